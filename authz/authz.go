@@ -1,0 +1,252 @@
+// Package authz is M1's decision pipeline: an Envoy ext_authz v3
+// Authorization service that parses the call, evaluates the Rego policy
+// (through a decision cache when the policy allows it) and answers allow or
+// deny in the wire shapes of DESIGN §6.
+//
+// Every decision is a CheckResponse: the service never answers a Check with
+// a gRPC error, and any failure on the decision path is a deny with a stable
+// reason code.
+package authz
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/m1-agent/m1/internal/cache"
+	"github.com/m1-agent/m1/internal/metrics"
+	"github.com/m1-agent/m1/internal/policy"
+)
+
+// Deny codes of the decision path besides the request errors of parse.go.
+const (
+	CodePolicyDenied  = "policy_denied"
+	CodePolicyError   = "policy_error"
+	CodeInternalError = "internal_error"
+	codeOK            = "ok" // the reason label of an allow
+)
+
+// DecisionCache stores policy decisions by key. Implementations are safe for
+// concurrent use; Get reports the tier that answered.
+type DecisionCache interface {
+	Get(k cache.Key) (d *policy.Decision, tier string, ok bool)
+	Set(k cache.Key, d *policy.Decision)
+	Purge()
+}
+
+var _ DecisionCache = (*cache.Memory)(nil)
+
+// Options configure a Service.
+type Options struct {
+	Parse          ParseOptions
+	ApprovalHeader string        // lower-case, e.g. "x-m1-approval-token"
+	Cache          DecisionCache // nil disables caching
+	Logger         *zap.Logger
+	Metrics        *metrics.Authz
+	Now            func() time.Time
+}
+
+// Service answers Envoy's Check calls. It is safe for concurrent use; the
+// policy is swapped atomically with SetPolicy.
+type Service struct {
+	authv3.UnimplementedAuthorizationServer
+	opts   Options
+	policy atomic.Pointer[policy.Engine]
+	ids    idGen
+	debug  bool
+}
+
+// New returns a Service that decides with engine.
+func New(opts Options, engine *policy.Engine) (*Service, error) {
+	switch {
+	case engine == nil:
+		return nil, fmt.Errorf("authz: no policy engine")
+	case opts.Logger == nil || opts.Metrics == nil || opts.Now == nil:
+		return nil, fmt.Errorf("authz: Logger, Metrics and Now are required")
+	case opts.ApprovalHeader == "" || opts.ApprovalHeader != strings.ToLower(opts.ApprovalHeader):
+		return nil, fmt.Errorf("authz: ApprovalHeader %q must be a non-empty lower-case header name", opts.ApprovalHeader)
+	case opts.Parse.MCPPath == "" || opts.Parse.MaxBodyBytes <= 0:
+		return nil, fmt.Errorf("authz: Parse.MCPPath and Parse.MaxBodyBytes are required")
+	}
+	s := &Service{opts: opts, ids: newIDGen(), debug: opts.Logger.Core().Enabled(zapcore.DebugLevel)}
+	s.SetPolicy(engine)
+	return s, nil
+}
+
+// SetPolicy makes engine the policy for every later Check and drops cached
+// decisions of the previous revision.
+func (s *Service) SetPolicy(engine *policy.Engine) {
+	old := s.policy.Swap(engine)
+	if old != nil && old.Revision() != engine.Revision() {
+		s.opts.Metrics.BundleInfo.DeleteLabelValues(old.Revision())
+	}
+	s.opts.Metrics.BundleInfo.WithLabelValues(engine.Revision()).Set(1)
+	if s.opts.Cache != nil && old != nil {
+		s.opts.Cache.Purge()
+	}
+}
+
+// Policy returns the engine in force.
+func (s *Service) Policy() *policy.Engine { return s.policy.Load() }
+
+// verdict is one decision before it is put on the wire.
+type verdict struct {
+	id        string
+	allowed   bool
+	code      string // deny code, codeOK on allow
+	status    int
+	reason    string
+	call      Call
+	principal string
+	runID     string
+	tier      string // cache tier that answered, "" when evaluated or not reached
+	policy    *policy.Decision
+}
+
+// Check decides one request. It always returns a CheckResponse and a nil error.
+func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, _ error) {
+	start := s.opts.Now()
+	v := verdict{id: s.ids.next(start)}
+	defer func() {
+		if p := recover(); p != nil {
+			s.opts.Logger.Error("check panicked; denying", zap.String(fieldDecisionID, v.id), zap.Any("panic", p))
+			v.allowed, v.code, v.status, v.reason = false, CodeInternalError, 500, "internal error"
+			resp = s.deny(&v, HeadersOf(req.GetAttributes().GetRequest().GetHttp()))
+		}
+		s.record(&v, start)
+	}()
+	headers := s.decide(ctx, req, &v)
+	if v.allowed {
+		return s.allow(&v, headers), nil
+	}
+	return s.deny(&v, headers), nil
+}
+
+func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, v *verdict) Headers {
+	attrs := req.GetAttributes()
+	h := attrs.GetRequest().GetHttp()
+	headers := HeadersOf(h)
+	if h == nil {
+		v.code, v.status, v.reason = CodeBadRequest, 400, "CheckRequest has no attributes.request.http"
+		return headers
+	}
+	call, rerr := ParseCall(h, headers, s.opts.Parse)
+	v.call = call
+	if rerr != nil {
+		v.code, v.status, v.reason = rerr.Code, rerr.Status, rerr.Reason
+		return headers
+	}
+	v.principal = attrs.GetSource().GetPrincipal()
+
+	engine := s.policy.Load()
+	var key cache.Key
+	cacheable, _ := engine.Cacheable()
+	cacheable = cacheable && s.opts.Cache != nil
+	if cacheable {
+		key = cacheKey(engine.Revision(), &call, v.principal)
+		if d, tier, ok := s.opts.Cache.Get(key); ok {
+			s.opts.Metrics.CacheHits.WithLabelValues(tier).Inc()
+			v.tier = tier
+			s.apply(v, d)
+			return headers
+		}
+		s.opts.Metrics.CacheMisses.Inc()
+	}
+	input, err := buildInput(req, &call, headers, v.principal, engine.Needs())
+	if err != nil {
+		v.code, v.status, v.reason = CodePolicyError, 403, "cannot build policy input: "+err.Error()
+		return headers
+	}
+	evalStart := time.Now()
+	d, err := engine.Eval(ctx, input)
+	s.opts.Metrics.EvalDuration.Observe(time.Since(evalStart).Seconds())
+	if err != nil {
+		v.code, v.status, v.reason = CodePolicyError, 403, "policy error: "+err.Error()
+		return headers
+	}
+	if cacheable {
+		s.opts.Cache.Set(key, &d)
+	}
+	s.apply(v, &d)
+	return headers
+}
+
+// apply turns a policy decision into the verdict.
+func (s *Service) apply(v *verdict, d *policy.Decision) {
+	v.policy = d
+	if d.Allowed {
+		v.allowed, v.code, v.status = true, codeOK, 200
+		return
+	}
+	v.code, v.status, v.reason = CodePolicyDenied, 403, d.Reason
+	if d.HTTPStatus != 0 {
+		v.status = d.HTTPStatus
+	}
+	if v.reason == "" {
+		v.reason = "denied by policy"
+	}
+}
+
+// cacheKey hashes the bundle revision and every field of input.m1, with the
+// arguments standing as their hash. Fields are length-prefixed so that no two
+// inputs share an encoding.
+func cacheKey(revision string, c *Call, principal string) cache.Key {
+	var buf [512]byte
+	b := buf[:0]
+	mcp := ""
+	if c.IsMCP {
+		mcp = "1"
+	}
+	for _, f := range [...]string{revision, c.Kind, c.Tool, c.ArgsSHA256, mcp, c.MCPMethod, principal, c.Method, c.Host, c.Path} {
+		b = binary.AppendUvarint(b, uint64(len(f)))
+		b = append(b, f...)
+	}
+	return sha256.Sum256(b)
+}
+
+const (
+	fieldDecisionID = "decision_id"
+	fieldDecision   = "decision"
+	fieldCode       = "code"
+	fieldReason     = "reason"
+	fieldStatus     = "status"
+	fieldKind       = "kind"
+	fieldTool       = "tool"
+	fieldPrincipal  = "principal"
+	fieldCacheTier  = "cache_tier"
+	fieldDuration   = "duration"
+)
+
+// record updates metrics and logs the decision at debug level.
+func (s *Service) record(v *verdict, start time.Time) {
+	elapsed := s.opts.Now().Sub(start)
+	decision := metrics.Deny
+	if v.allowed {
+		decision = metrics.Allow
+	}
+	s.opts.Metrics.Checks.WithLabelValues(decision, v.code).Inc()
+	s.opts.Metrics.CheckDuration.Observe(elapsed.Seconds())
+	if !s.debug {
+		return
+	}
+	s.opts.Logger.Debug("decision",
+		zap.String(fieldDecisionID, v.id),
+		zap.String(fieldDecision, decision),
+		zap.String(fieldCode, v.code),
+		zap.String(fieldReason, v.reason),
+		zap.Int(fieldStatus, v.status),
+		zap.String(fieldKind, v.call.Kind),
+		zap.String(fieldTool, v.call.Tool),
+		zap.String(fieldPrincipal, v.principal),
+		zap.String(fieldCacheTier, v.tier),
+		zap.Duration(fieldDuration, elapsed),
+	)
+}

@@ -1,0 +1,218 @@
+package authz
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+	"testing"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/gowebpki/jcs"
+)
+
+var testParseOpts = ParseOptions{MCPPath: "/mcp", ToolsPathPrefix: "/tools/", MaxBodyBytes: 1 << 20}
+
+func httpReq(method, path, body string, headers ...string) *authv3.AttributeContext_HttpRequest {
+	h := map[string]string{}
+	for i := 0; i+1 < len(headers); i += 2 {
+		h[headers[i]] = headers[i+1]
+	}
+	return &authv3.AttributeContext_HttpRequest{Method: method, Path: path, Host: "tools.local", Headers: h, Body: body}
+}
+
+func mcpCall(name, args string) string {
+	return `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"` + name + `","arguments":` + args + `}}`
+}
+
+func parse(r *authv3.AttributeContext_HttpRequest) (Call, *RequestError) {
+	return ParseCall(r, HeadersOf(r), testParseOpts)
+}
+
+func sha(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+func TestParseCallKinds(t *testing.T) {
+	tests := []struct {
+		name                       string
+		req                        *authv3.AttributeContext_HttpRequest
+		kind, tool, method, hashOf string
+	}{
+		{"mcp tools/call", httpReq("POST", "/mcp?session=abc", mcpCall("read_file", `{"path":"/etc/hosts"}`)), KindToolCall, "read_file", "tools/call", `{"path":"/etc/hosts"}`},
+		{"mcp tools/call no arguments", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_dir"}}`), KindToolCall, "list_dir", "tools/call", `{}`},
+		{"mcp params before method", httpReq("POST", "/mcp", `{"params":{"arguments":{"b":1,"a":2},"name":"x"},"method":"tools/call","id":1,"jsonrpc":"2.0"}`), KindToolCall, "x", "tools/call", `{"a":2,"b":1}`},
+		{"mcp escaped method", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools\/c\u0061ll","params":{"name":"r\u0065ad","arguments":{}}}`), KindToolCall, "read", "tools/call", `{}`},
+		{"mcp initialize", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}`), KindMCP, "", "initialize", ""},
+		{"mcp notification", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","method":"notifications/initialized"}`), KindMCP, "", "notifications/initialized", ""},
+		{"mcp response", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":3,"result":{}}`), KindMCP, "", "", ""},
+		{"mcp stream", httpReq("GET", "/mcp", ""), KindMCP, "", "", ""},
+		{"mcp session end", httpReq("DELETE", "/mcp", ""), KindMCP, "", "", ""},
+		{"mcp PUT is http", httpReq("PUT", "/mcp", "{"), KindHTTP, "", "", ""},
+		{"rest", httpReq("POST", "/tools/write_file", `{"path":"/tmp/x","content":"hi"}`), KindToolCall, "write_file", "", `{"content":"hi","path":"/tmp/x"}`},
+		{"rest empty body", httpReq("POST", "/tools/list_dir", ""), KindToolCall, "list_dir", "", `{}`},
+		{"rest with query", httpReq("POST", "/tools/list_dir?x=1", `{"a":[1,2.5,true,null]}`), KindToolCall, "list_dir", "", `{"a":[1,2.5,true,null]}`},
+		{"rest GET is http", httpReq("GET", "/tools/list_dir", ""), KindHTTP, "", "", ""},
+		{"other path", httpReq("GET", "/healthz", "not json"), KindHTTP, "", "", ""},
+		{"encoded tool path", httpReq("POST", "/tools/read%5Ffile", `{}`), KindToolCall, "read_file", "", `{}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := parse(tt.req)
+			if err != nil {
+				t.Fatalf("ParseCall(%s) error %v", tt.name, err)
+			}
+			if c.Kind != tt.kind || c.Tool != tt.tool || c.MCPMethod != tt.method {
+				t.Fatalf("ParseCall(%s) = kind %q tool %q method %q, want %q %q %q", tt.name, c.Kind, c.Tool, c.MCPMethod, tt.kind, tt.tool, tt.method)
+			}
+			if tt.hashOf != "" && c.ArgsSHA256 != sha(tt.hashOf) {
+				t.Fatalf("ParseCall(%s) args_sha256 = %s, want sha256(%s)", tt.name, c.ArgsSHA256, tt.hashOf)
+			}
+		})
+	}
+}
+
+func TestParseCallRejects(t *testing.T) {
+	deep := strings.Repeat(`{"a":`, 64) + "1" + strings.Repeat("}", 64)
+	// the envelope uses 3 levels (message, params, arguments): 62 more make 65
+	over64 := strings.Repeat(`[`, 62) + strings.Repeat("]", 62)
+	tests := []struct {
+		name   string
+		req    *authv3.AttributeContext_HttpRequest
+		code   string
+		status int
+	}{
+		{"partial body", httpReq("POST", "/mcp", mcpCall("x", "{}"), "x-envoy-auth-partial-body", "true"), CodeBodyTooLarge, 413},
+		{"content-length larger", httpReq("POST", "/tools/x", `{}`, "content-length", "10"), CodeBodyTooLarge, 413},
+		{"content-length smaller", httpReq("POST", "/tools/x", `{"a":1}`, "content-length", "2"), CodeBadRequest, 400},
+		{"content-length not a number", httpReq("POST", "/tools/x", `{}`, "content-length", "2, 2"), CodeBadRequest, 400},
+		{"content-length plus sign", httpReq("POST", "/tools/x", `{}`, "content-length", "+2"), CodeBadRequest, 400},
+		{"body too large", httpReq("POST", "/tools/x", `{"a":"`+strings.Repeat("x", 1<<20)+`"}`), CodeBodyTooLarge, 413},
+		{"not json", httpReq("POST", "/mcp", `hello`), CodeBadRequest, 400},
+		{"truncated json", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x"`), CodeBadRequest, 400},
+		{"trailing data", httpReq("POST", "/tools/x", `{} {}`), CodeBadRequest, 400},
+		{"invalid utf-8", &authv3.AttributeContext_HttpRequest{Method: "POST", Path: "/tools/x", RawBody: []byte("{\"a\":\"\xff\"}")}, CodeBadRequest, 400},
+		{"batch", httpReq("POST", "/mcp", `[`+mcpCall("x", "{}")+`]`), CodeBadRequest, 400},
+		{"params null", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":null}`), CodeBadRequest, 400},
+		{"params array", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":[1]}`), CodeBadRequest, 400},
+		{"arguments null", httpReq("POST", "/mcp", mcpCall("x", "null")), CodeBadRequest, 400},
+		{"arguments string", httpReq("POST", "/mcp", mcpCall("x", `"{}"`)), CodeBadRequest, 400},
+		{"name missing", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}`), CodeBadRequest, 400},
+		{"name not string", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":1}}`), CodeBadRequest, 400},
+		{"method not string", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":1}`), CodeBadRequest, 400},
+		{"rest body array", httpReq("POST", "/tools/x", `[]`), CodeBadRequest, 400},
+		{"rest body null", httpReq("POST", "/tools/x", `null`), CodeBadRequest, 400},
+		{"duplicate top key", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call","params":{"name":"x"}}`), CodeBadRequest, 400},
+		{"duplicate escaped key", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"ping","m\u0065thod":"tools/call"}`), CodeBadRequest, 400},
+		{"duplicate deep key", httpReq("POST", "/tools/x", `{"a":{"b":[{"c":1,"c":2}]}}`), CodeBadRequest, 400},
+		{"duplicate arguments", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{},"arguments":{"a":1}}}`), CodeBadRequest, 400},
+		{"too deep", httpReq("POST", "/tools/x", `{"x":`+deep+`}`), CodeBadRequest, 400},
+		{"too deep mcp", httpReq("POST", "/mcp", mcpCall("x", `{"a":`+over64+`}`)), CodeBadRequest, 400},
+		{"big integer", httpReq("POST", "/tools/x", `{"n":9007199254740993}`), CodeNumberNotCanonical, 400},
+		{"long fraction", httpReq("POST", "/mcp", mcpCall("x", `{"n":0.10000000000000000001}`)), CodeNumberNotCanonical, 400},
+		{"overflow", httpReq("POST", "/tools/x", `{"n":1e400}`), CodeNumberNotCanonical, 400},
+		{"number in ignored field", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":18446744073709551617,"method":"ping"}`), CodeNumberNotCanonical, 400},
+		{"dotdot", httpReq("POST", "/tools/../mcp", `{}`), CodeBadPath, 400},
+		{"dot", httpReq("POST", "/./mcp", `{}`), CodeBadPath, 400},
+		{"double slash", httpReq("POST", "//mcp", `{}`), CodeBadPath, 400},
+		{"trailing slash", httpReq("POST", "/tools/", `{}`), CodeBadPath, 400},
+		{"encoded dotdot", httpReq("POST", "/tools/%2e%2e/mcp", `{}`), CodeBadPath, 400},
+		{"encoded slash", httpReq("POST", "/tools/x%2f..%2fy", `{}`), CodeBadPath, 400},
+		{"bad percent", httpReq("POST", "/tools/x%zz", `{}`), CodeBadPath, 400},
+		{"dotdot on other path", httpReq("GET", "/a/../b", ``), CodeBadPath, 400},
+		{"backslash", httpReq("GET", `/a\..\b`, ``), CodeBadPath, 400},
+		{"no leading slash", httpReq("GET", "mcp", ``), CodeBadPath, 400},
+		{"bad tool name", httpReq("POST", "/tools/a%20b", `{}`), CodeBadPath, 400},
+		{"long tool name", httpReq("POST", "/tools/"+strings.Repeat("a", 129), `{}`), CodeBadPath, 400},
+		{"bad mcp tool name", httpReq("POST", "/mcp", mcpCall("../x", `{}`)), CodeBadPath, 400},
+		{"body differs from raw_body", &authv3.AttributeContext_HttpRequest{Method: "POST", Path: "/tools/x", Body: `{}`, RawBody: []byte(`{"a":1}`)}, CodeBadRequest, 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parse(tt.req)
+			if err == nil {
+				t.Fatalf("ParseCall(%s) = ok, want %s", tt.name, tt.code)
+			}
+			if err.Code != tt.code || err.Status != tt.status {
+				t.Fatalf("ParseCall(%s) = %s/%d (%s), want %s/%d", tt.name, err.Code, err.Status, err.Reason, tt.code, tt.status)
+			}
+		})
+	}
+}
+
+func TestParseCallDepthLimit(t *testing.T) {
+	// message, params and arguments use three levels; 61 arrays make 64.
+	at64 := `{"a":` + strings.Repeat("[", 61) + strings.Repeat("]", 61) + `}`
+	if _, err := parse(httpReq("POST", "/mcp", mcpCall("x", at64))); err != nil {
+		t.Fatalf("ParseCall(depth 64) = %v, want ok", err)
+	}
+}
+
+func TestArgsHashIgnoresFormatting(t *testing.T) {
+	bodies := []string{
+		`{"path":"/etc/hosts","n":1}`,
+		`{ "n" : 1.0 , "path" : "/etc/hosts" }`,
+		`{"n":1e0,"path":"\/etc\/hosts"}`,
+		`{"path":"\u002fetc/hosts","n":10e-1}`,
+	}
+	var want string
+	for i, b := range bodies {
+		c, err := parse(httpReq("POST", "/tools/read_file", b))
+		if err != nil {
+			t.Fatalf("ParseCall(%s) error %v", b, err)
+		}
+		if i == 0 {
+			want = c.ArgsSHA256
+		} else if c.ArgsSHA256 != want {
+			t.Errorf("args_sha256(%s) = %s, want %s", b, c.ArgsSHA256, want)
+		}
+	}
+	for _, b := range []string{`{"path":"/etc/hosts","n":2}`, `{"path":"/etc/hosts ","n":1}`, `{"path":"/etc/hosts","n":1,"x":null}`} {
+		c, err := parse(httpReq("POST", "/tools/read_file", b))
+		if err != nil {
+			t.Fatalf("ParseCall(%s) error %v", b, err)
+		}
+		if c.ArgsSHA256 == want {
+			t.Errorf("args_sha256(%s) equals the original's; a changed value must change it", b)
+		}
+	}
+}
+
+func TestExactNumber(t *testing.T) {
+	tests := []struct {
+		lit  string
+		want bool
+	}{
+		{"0", true}, {"-0", true}, {"0.0", true}, {"1", true}, {"-1", true}, {"1.0", true}, {"1e2", true}, {"1E+2", true},
+		{"0.1", true}, {"0.5", true}, {"123456789012345", true}, {"9007199254740992", true}, {"9007199254740993", false},
+		{"18446744073709551616", false}, {"18446744073709552000", true}, {"18446744073709551617", false}, {"1e400", false}, {"-1e400", false},
+		{"1e-400", false}, {"5e-324", true}, {"1.7976931348623157e308", true}, {"0.10000000000000000001", false},
+		{"3.141592653589793", true}, {"3.1415926535897932", false}, {"100e-2", true}, {"0.000001", true}, {"1.5e-7", true},
+	}
+	for _, tt := range tests {
+		if got := exactNumber([]byte(tt.lit)); got != tt.want {
+			t.Errorf("exactNumber(%s) = %v, want %v", tt.lit, got, tt.want)
+		}
+	}
+}
+
+// TestCanonicalFormMatchesJCS cross-checks the canonical form against an
+// independent RFC 8785 implementation.
+func TestCanonicalFormMatchesJCS(t *testing.T) {
+	for _, b := range []string{
+		`{"b":[1,2.5e10,-0.000001,{"z":"é","a":"\u20ac"}],"a":"\u0000\n\"","€":1,"\ud83d\ude00":2,"\u00e9":3}`,
+		`{"numbers":[333333333.33333329,1E30,4.50,2e-3,0.000000000000000000000000001]}`,
+	} {
+		want, err := jcs.Transform([]byte(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := Call{Args: []byte(b)}
+		if rerr := hashArgs(&c); rerr != nil {
+			t.Fatal(rerr)
+		}
+		if c.ArgsSHA256 != sha(string(want)) {
+			t.Errorf("hash of %s differs from sha256(jcs) = sha256(%s)", b, want)
+		}
+	}
+}

@@ -1,0 +1,125 @@
+// Package admin serves m1-authz's admin HTTP port: open health and metrics
+// endpoints, and a JSON API behind a bearer token (DESIGN §8).
+package admin
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"net/http"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Health statuses, overall and per check.
+const (
+	StatusOK       = "ok"
+	StatusDegraded = "degraded"
+	StatusFailing  = "failing"
+	StatusDisabled = "disabled" // a check whose component is not configured
+)
+
+// Check is one component's health.
+type Check struct {
+	Status string         `json:"status"`
+	Detail string         `json:"detail,omitempty"`
+	Info   map[string]any `json:"info,omitempty"`
+}
+
+// Report is the /health document.
+type Report struct {
+	Status  string           `json:"status"`
+	Version string           `json:"version"`
+	Checks  map[string]Check `json:"checks"`
+	// Ready is false while the policy is not loaded or the process drains;
+	// it decides the 503 of /health and /health/ready.
+	Ready bool `json:"-"`
+	// Started is true once startup finished (policy loaded, listeners up).
+	Started bool `json:"-"`
+}
+
+// Options configure the handler.
+type Options struct {
+	Token    string                  // bearer token for everything but health and metrics; required
+	Gatherer prometheus.Gatherer     // for /metrics
+	Health   func() Report           // called per request
+	API      map[string]func() any   // JSON documents under /api/m1/dashboard/{name}
+	Routes   map[string]http.Handler // further authenticated routes, by ServeMux pattern
+}
+
+// NewHandler returns the admin HTTP handler.
+func NewHandler(o Options) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
+		rep := o.Health()
+		code := http.StatusOK
+		if !rep.Ready {
+			code = http.StatusServiceUnavailable
+		}
+		writeJSON(w, code, rep)
+	})
+	mux.HandleFunc("GET /health/live", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": StatusOK})
+	})
+	mux.HandleFunc("GET /health/ready", func(w http.ResponseWriter, r *http.Request) {
+		rep := o.Health()
+		if !rep.Ready {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": rep.Status})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": rep.Status})
+	})
+	mux.HandleFunc("GET /health/startup", func(w http.ResponseWriter, r *http.Request) {
+		if !o.Health().Started {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "started"})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
+
+	api := http.NewServeMux()
+	for name, fn := range o.API {
+		api.HandleFunc("GET /api/m1/dashboard/"+name, func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusOK, fn())
+		})
+	}
+	for pattern, h := range o.Routes {
+		api.Handle(pattern, h)
+	}
+	api.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, http.StatusNotFound, "not_found", "no such admin endpoint")
+	})
+	mux.Handle("/", RequireToken(o.Token, api))
+	return mux
+}
+
+// RequireToken lets a request through only with "Authorization: Bearer
+// <token>", compared in constant time; others get 401 with a JSON reason.
+func RequireToken(token string, next http.Handler) http.Handler {
+	want := []byte(token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || len(want) == 0 || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="m1-admin"`)
+			WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong admin bearer token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// WriteError writes the JSON error body used across M1's HTTP APIs.
+func WriteError(w http.ResponseWriter, code int, errCode, reason string) {
+	writeJSON(w, code, map[string]string{"error": errCode, "reason": reason})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

@@ -1,0 +1,288 @@
+// Package sidecar wires m1-authz: the ext_authz gRPC server (with gRPC
+// health and reflection) and the admin HTTP server around the authz
+// decision pipeline. Tests embed it in-process: New, Start, Addr, Stop.
+package sidecar
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/m1-agent/m1/authz"
+	"github.com/m1-agent/m1/internal/admin"
+	"github.com/m1-agent/m1/internal/cache"
+	"github.com/m1-agent/m1/internal/metrics"
+	"github.com/m1-agent/m1/internal/policy"
+	"github.com/m1-agent/m1/policies"
+)
+
+// Server is one m1-authz process: New, then Start, then Stop.
+type Server struct {
+	opts     Options
+	log      *zap.Logger
+	authz    *authz.Service
+	cache    *cache.Memory
+	grpc     *grpc.Server
+	health   *health.Server
+	admin    *http.Server
+	grpcLis  net.Listener
+	adminLis net.Listener
+	started  atomic.Bool
+	draining atomic.Bool
+	stopOnce sync.Once
+	stopErr  error
+	done     chan struct{}
+
+	tokenGenerated bool
+}
+
+// New loads and prepares the policy bundle and builds the servers. A broken
+// bundle is an error naming the file and line.
+func New(ctx context.Context, opts Options) (*Server, error) {
+	if err := opts.validate(); err != nil {
+		return nil, fmt.Errorf("options: %w", err)
+	}
+	engine, err := LoadPolicy(ctx, opts.PolicyDir, policy.Options{Path: opts.PolicyPath, Timeout: opts.PolicyTimeout})
+	if err != nil {
+		return nil, err
+	}
+	m, err := metrics.NewAuthz(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	s := &Server{opts: opts, log: opts.Logger, done: make(chan struct{})}
+	ao := authz.Options{
+		Parse: authz.ParseOptions{
+			MCPPath:         opts.MCPPath,
+			ToolsPathPrefix: opts.ToolsPathPrefix,
+			MaxBodyBytes:    opts.MaxBodyBytes,
+		},
+		ApprovalHeader: opts.ApprovalHeader,
+		Logger:         opts.Logger,
+		Metrics:        m,
+		Now:            opts.Now,
+	}
+	if opts.CacheSize > 0 {
+		if s.cache, err = cache.NewMemory(cache.MemoryOptions{MaxEntries: opts.CacheSize, TTL: opts.CacheTTL}); err != nil {
+			return nil, fmt.Errorf("decision cache: %w", err)
+		}
+		ao.Cache = s.cache
+	}
+	if s.authz, err = authz.New(ao, engine); err != nil {
+		return nil, err
+	}
+	if ok, why := engine.Cacheable(); !ok {
+		opts.Logger.Warn("decision cache off: the policy's decisions depend on more than input.m1", zap.String("why", why))
+	}
+
+	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(opts.GRPCMaxRecvBytes))
+	authv3.RegisterAuthorizationServer(s.grpc, s.authz)
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+
+	if opts.AdminToken == "" {
+		s.opts.AdminToken, s.tokenGenerated = randomToken(), true
+	}
+	s.admin = &http.Server{
+		Handler:           s.adminHandler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          zap.NewStdLog(opts.Logger.Named("admin")),
+	}
+	return s, nil
+}
+
+// LoadPolicy loads the bundle in dir (the embedded default when dir is "")
+// and prepares it.
+func LoadPolicy(ctx context.Context, dir string, o policy.Options) (*policy.Engine, error) {
+	var (
+		b   *policy.Bundle
+		err error
+	)
+	if dir == "" {
+		b, err = policy.LoadFS(policies.FS())
+	} else {
+		b, err = policy.LoadDir(dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	e, err := policy.Prepare(ctx, b, o)
+	if err != nil {
+		return nil, fmt.Errorf("prepare policy: %w", err)
+	}
+	return e, nil
+}
+
+func randomToken() string {
+	var b [24]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Start listens on both addresses and serves until Stop.
+func (s *Server) Start(ctx context.Context) error {
+	var lc net.ListenConfig
+	var err error
+	if s.grpcLis, err = lc.Listen(ctx, "tcp", s.opts.GRPCAddr); err != nil {
+		return fmt.Errorf("listen gRPC %s: %w", s.opts.GRPCAddr, err)
+	}
+	if s.adminLis, err = lc.Listen(ctx, "tcp", s.opts.AdminAddr); err != nil {
+		s.grpcLis.Close()
+		return fmt.Errorf("listen admin %s: %w", s.opts.AdminAddr, err)
+	}
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	go func() {
+		if err := s.grpc.Serve(s.grpcLis); err != nil {
+			s.log.Error("gRPC server stopped", zap.Error(err))
+		}
+	}()
+	go func() {
+		if err := s.admin.Serve(s.adminLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("admin server stopped", zap.Error(err))
+		}
+	}()
+	s.started.Store(true)
+	rev := s.authz.Policy().Revision()
+	s.log.Info("m1-authz started",
+		zap.String("grpc_addr", s.grpcLis.Addr().String()),
+		zap.String("admin_addr", s.adminLis.Addr().String()),
+		zap.String("policy_revision", rev),
+		zap.String("version", s.opts.Version))
+	if s.tokenGenerated {
+		s.log.Info("admin token generated; set M1_ADMIN_TOKEN to choose one",
+			zap.String("dashboard_url", "http://"+s.adminLis.Addr().String()+"/?token="+s.opts.AdminToken))
+	}
+	return nil
+}
+
+// Addr is the gRPC listen address (after Start).
+func (s *Server) Addr() net.Addr { return s.grpcLis.Addr() }
+
+// AdminAddr is the admin HTTP listen address (after Start).
+func (s *Server) AdminAddr() net.Addr { return s.adminLis.Addr() }
+
+// AdminToken is the admin bearer token in force (generated when none was set).
+func (s *Server) AdminToken() string { return s.opts.AdminToken }
+
+// Authz is the decision service, for in-process callers and benchmarks.
+func (s *Server) Authz() *authz.Service { return s.authz }
+
+// Stop drains: health turns NOT_SERVING, in-flight checks finish (until ctx
+// ends, then they are cut), and both servers close. Safe to call twice.
+func (s *Server) Stop(ctx context.Context) error {
+	s.stopOnce.Do(func() {
+		defer close(s.done)
+		s.draining.Store(true)
+		s.health.Shutdown()
+		// The admin port keeps answering /health (draining) until gRPC
+		// has drained.
+		var err error
+		stopped := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-ctx.Done():
+			s.grpc.Stop()
+			err = fmt.Errorf("drain gRPC: %w", ctx.Err())
+		}
+		if s.started.Load() {
+			if e := s.admin.Shutdown(ctx); e != nil && err == nil {
+				err = fmt.Errorf("shut down admin: %w", e)
+			}
+		}
+		s.stopErr = err
+		s.log.Info("m1-authz stopped")
+	})
+	<-s.done
+	return s.stopErr
+}
+
+// Run starts the server and stops it when ctx ends, waiting at most
+// DrainTimeout for in-flight checks.
+func Run(ctx context.Context, opts Options) error {
+	s, err := New(ctx, opts)
+	if err != nil {
+		return err
+	}
+	if err := s.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	s.log.Info("draining", zap.Duration("timeout", opts.DrainTimeout))
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opts.DrainTimeout)
+	defer cancel()
+	return s.Stop(stopCtx)
+}
+
+func (s *Server) healthReport() admin.Report {
+	e := s.authz.Policy()
+	rep := admin.Report{Version: s.opts.Version, Checks: map[string]admin.Check{}, Started: s.started.Load()}
+	pol := admin.Check{Status: admin.StatusOK, Info: map[string]any{"revision": e.Revision()}}
+	if ok, why := e.Cacheable(); ok {
+		pol.Info["decision_cache"] = "on"
+	} else {
+		pol.Info["decision_cache"] = "off"
+		pol.Detail = "decision cache off: " + why
+	}
+	rep.Checks["policy"] = pol
+	rep.Checks["keys"] = admin.Check{Status: admin.StatusDisabled, Detail: "no approval keys configured"}
+	rep.Checks["redis"] = admin.Check{Status: admin.StatusDisabled, Detail: "REDIS_URL not set: state is in-process"}
+	rep.Checks["database"] = admin.Check{Status: admin.StatusDisabled, Detail: "no audit store configured"}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	rep.Checks["memory"] = admin.Check{Status: admin.StatusOK, Info: map[string]any{
+		"heap_alloc_bytes": ms.HeapAlloc, "sys_bytes": ms.Sys, "goroutines": runtime.NumGoroutine(),
+	}}
+	switch {
+	case s.draining.Load():
+		rep.Status, rep.Ready = admin.StatusFailing, false
+		rep.Checks["lifecycle"] = admin.Check{Status: admin.StatusFailing, Detail: "draining"}
+	default:
+		rep.Status, rep.Ready = admin.StatusOK, true
+		for _, c := range rep.Checks {
+			if c.Status == admin.StatusDegraded {
+				rep.Status = admin.StatusDegraded
+			}
+		}
+	}
+	return rep
+}
+
+func (s *Server) adminHandler() http.Handler {
+	return admin.NewHandler(admin.Options{
+		Token:    s.opts.AdminToken,
+		Gatherer: s.opts.Gatherer,
+		Health:   s.healthReport,
+		API: map[string]func() any{
+			"health": func() any { return s.healthReport() },
+			"policy": func() any {
+				e := s.authz.Policy()
+				ok, why := e.Cacheable()
+				return map[string]any{"revision": e.Revision(), "cacheable": ok, "cache_off_reason": why, "needs": e.Needs(), "tools": e.Tools()}
+			},
+			"cache": func() any {
+				if s.cache == nil {
+					return map[string]any{"enabled": false}
+				}
+				return map[string]any{"enabled": true, "l1_entries": s.cache.Len(), "l1_max_entries": s.opts.CacheSize, "ttl": s.opts.CacheTTL.String()}
+			},
+		},
+	})
+}
