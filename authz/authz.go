@@ -76,7 +76,8 @@ func New(opts Options, engine *policy.Engine) (*Service, error) {
 	case opts.Parse.MCPPath == "" || opts.Parse.MaxBodyBytes <= 0:
 		return nil, fmt.Errorf("authz: Parse.MCPPath and Parse.MaxBodyBytes are required")
 	}
-	s := &Service{opts: opts, ids: newIDGen(), debug: opts.Logger.Core().Enabled(zapcore.DebugLevel)}
+	s := &Service{opts: opts, debug: opts.Logger.Core().Enabled(zapcore.DebugLevel)}
+	s.ids.seed()
 	s.SetPolicy(engine)
 	return s, nil
 }

@@ -16,12 +16,10 @@ type idGen struct {
 	n atomic.Uint64
 }
 
-func newIDGen() idGen {
+func (g *idGen) seed() {
 	var seed [8]byte
 	_, _ = rand.Read(seed[:]) // crypto/rand.Read never fails on Linux
-	var g idGen
 	g.n.Store(binary.BigEndian.Uint64(seed[:]))
-	return g
 }
 
 func (g *idGen) next(now time.Time) string {
