@@ -27,8 +27,6 @@ func run() int {
 	opts := sidecar.DefaultOptions()
 	fs := flag.NewFlagSet("m1-authz", flag.ContinueOnError)
 	env := opts.BindFlags(fs)
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	env["log-level"] = "LOG_LEVEL"
 	fs.Usage = config.Usage(fs, env)
 	if err := config.Load(fs, os.Args[1:], env, os.LookupEnv); err != nil {
 		if err == flag.ErrHelp {
@@ -37,7 +35,7 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "m1-authz:", err)
 		return 2
 	}
-	logger, err := logging.New(*logLevel)
+	logger, err := logging.New(opts.LogLevel)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "m1-authz:", err)
 		return 2

@@ -28,6 +28,7 @@ type Options struct {
 	CacheTTL         time.Duration // L1 decision cache entry lifetime
 	DrainTimeout     time.Duration // how long Stop waits for in-flight checks
 	DataDir          string        // directory for local state (SQLite store, spool)
+	LogLevel         string        // read by main to build Logger
 
 	Version    string
 	Logger     *zap.Logger
@@ -51,6 +52,7 @@ func DefaultOptions() Options {
 		CacheTTL:        5 * time.Minute,
 		DrainTimeout:    15 * time.Second,
 		DataDir:         "./data",
+		LogLevel:        "info",
 		Version:         "dev",
 		Now:             time.Now,
 	}
@@ -85,6 +87,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "how long shutdown waits for in-flight checks")
 	env["drain-timeout"] = "M1_DRAIN_TIMEOUT"
 	str(&o.DataDir, "data-dir", "M1_DATA_DIR", "directory for local state")
+	str(&o.LogLevel, "log-level", "LOG_LEVEL", "log level: debug (one line per decision), info, warn, error")
 	return env
 }
 

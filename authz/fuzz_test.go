@@ -1,0 +1,53 @@
+package authz
+
+import (
+	"encoding/hex"
+	"testing"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/gowebpki/jcs"
+)
+
+// FuzzParseCall feeds arbitrary paths and bodies to the parser. It must
+// never panic, and whatever it accepts as a tool call must hash like an
+// independent RFC 8785 implementation hashes the same arguments.
+// Seeds: f.Add below and testdata/fuzz/FuzzParseCall.
+func FuzzParseCall(f *testing.F) {
+	f.Add("POST", "/mcp", []byte(mcpCall("read_file", `{"path":"/etc/hosts"}`)))
+	f.Add("POST", "/mcp", []byte(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}`))
+	f.Add("POST", "/tools/write_file", []byte(`{"path":"/tmp/x","n":[1,2.5e3,-0,true,null]}`))
+	f.Add("POST", "/tools/%2e%2e/x", []byte(`{}`))
+	f.Add("POST", "/mcp", []byte(`{"a":{"a":{"a":1,"a":2}}}`))
+	f.Add("POST", "/tools/x", []byte(`{"n":9007199254740993}`))
+	f.Add("GET", "/mcp", []byte(nil))
+	f.Fuzz(func(t *testing.T, method, path string, body []byte) {
+		r := &authv3.AttributeContext_HttpRequest{Method: method, Path: path, RawBody: body}
+		c, err := ParseCall(r, HeadersOf(r), testParseOpts)
+		c2, err2 := ParseCall(r, HeadersOf(r), testParseOpts)
+		if (err == nil) != (err2 == nil) || c.ArgsSHA256 != c2.ArgsSHA256 || c.Kind != c2.Kind {
+			t.Fatalf("ParseCall is not deterministic: %v/%v, %+v/%+v", err, err2, c, c2)
+		}
+		if err != nil {
+			if err.Status != 400 && err.Status != 413 {
+				t.Fatalf("RequestError status %d, want 400 or 413", err.Status)
+			}
+			return
+		}
+		if c.Kind != KindToolCall {
+			return
+		}
+		if !validToolName(c.Tool) {
+			t.Fatalf("accepted tool name %q", c.Tool)
+		}
+		want, jerr := jcs.Transform(c.Args)
+		if jerr != nil {
+			t.Fatalf("accepted arguments %q that RFC 8785 rejects: %v", c.Args, jerr)
+		}
+		if c.ArgsSHA256 != sha(string(want)) {
+			t.Fatalf("args_sha256 of %q = %s, want sha256(%s)", c.Args, c.ArgsSHA256, want)
+		}
+		if _, herr := hex.DecodeString(c.ArgsSHA256); herr != nil || len(c.ArgsSHA256) != 64 {
+			t.Fatalf("args_sha256 %q is not 64 hex digits", c.ArgsSHA256)
+		}
+	})
+}

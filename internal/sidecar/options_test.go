@@ -1,0 +1,94 @@
+package sidecar
+
+import (
+	"flag"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/m1-agent/m1/internal/config"
+)
+
+// TestConfigurationDocMatchesFlags keeps docs/CONFIGURATION.md in step with
+// the flags: every flag appears with its env variable and default.
+func TestConfigurationDocMatchesFlags(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/CONFIGURATION.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := DefaultOptions()
+	fs := flag.NewFlagSet("m1-authz", flag.ContinueOnError)
+	env := o.BindFlags(fs)
+	fs.VisitAll(func(f *flag.Flag) {
+		var row string
+		for _, line := range strings.Split(string(doc), "\n") {
+			if strings.HasPrefix(line, "| `--"+f.Name+"` |") {
+				row = line
+			}
+		}
+		if row == "" {
+			t.Errorf("docs/CONFIGURATION.md has no row for --%s", f.Name)
+			return
+		}
+		if e := env[f.Name]; e == "" || !strings.Contains(row, "`"+e+"`") {
+			t.Errorf("docs row for --%s does not name its env variable %q: %s", f.Name, e, row)
+		}
+		if f.DefValue != "" && !strings.Contains(row, "`"+f.DefValue+"`") {
+			t.Errorf("docs row for --%s does not show its default %q: %s", f.Name, f.DefValue, row)
+		}
+	})
+}
+
+func TestConfigPrecedence(t *testing.T) {
+	file := t.TempDir() + "/m1.yaml"
+	if err := os.WriteFile(file, []byte("max-body-bytes: 100\npolicy-timeout: 1s\nmcp-path: /from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := DefaultOptions()
+	fs := flag.NewFlagSet("m1-authz", flag.ContinueOnError)
+	env := o.BindFlags(fs)
+	vars := map[string]string{"M1_MAX_BODY_BYTES": "200", "M1_POLICY_TIMEOUT": "2s", "M1_GRPC_ADDR": ""}
+	lookup := func(k string) (string, bool) { v, ok := vars[k]; return v, ok }
+	if err := config.Load(fs, []string{"--config", file, "--max-body-bytes", "300"}, env, lookup); err != nil {
+		t.Fatal(err)
+	}
+	if o.MaxBodyBytes != 300 || o.PolicyTimeout.String() != "2s" || o.MCPPath != "/from-file" || o.GRPCAddr != ":9191" {
+		t.Fatalf("flag > env > file > default broken: max-body %d (want 300), timeout %s (want 2s), mcp-path %s (want /from-file), grpc-addr %s (want :9191)",
+			o.MaxBodyBytes, o.PolicyTimeout, o.MCPPath, o.GRPCAddr)
+	}
+}
+
+func TestConfigRejectsUnknownKey(t *testing.T) {
+	file := t.TempDir() + "/m1.yaml"
+	if err := os.WriteFile(file, []byte("max-body-byte: 100\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := DefaultOptions()
+	fs := flag.NewFlagSet("m1-authz", flag.ContinueOnError)
+	env := o.BindFlags(fs)
+	err := config.Load(fs, []string{"--config", file}, env, func(string) (string, bool) { return "", false })
+	if err == nil || !strings.Contains(err.Error(), "max-body-byte") {
+		t.Fatalf("Load(config with a typo) = %v, want an error naming the key", err)
+	}
+}
+
+func TestValidateNamesTheField(t *testing.T) {
+	tests := []struct {
+		name  string
+		mod   func(*Options)
+		field string
+	}{
+		{"empty grpc addr", func(o *Options) { o.GRPCAddr = "" }, "M1_GRPC_ADDR"},
+		{"relative mcp path", func(o *Options) { o.MCPPath = "mcp" }, "M1_MCP_PATH"},
+		{"recv below body", func(o *Options) { o.GRPCMaxRecvBytes = 10 }, "M1_GRPC_MAX_RECV_BYTES"},
+		{"zero body", func(o *Options) { o.MaxBodyBytes = 0 }, "M1_MAX_BODY_BYTES"},
+		{"prefix without slash", func(o *Options) { o.ToolsPathPrefix = "/tools" }, "M1_TOOLS_PATH_PREFIX"},
+	}
+	for _, tt := range tests {
+		o := testOptions(t)
+		tt.mod(&o)
+		if err := o.validate(); err == nil || !strings.Contains(err.Error(), tt.field) {
+			t.Errorf("validate(%s) = %v, want an error naming %s", tt.name, err, tt.field)
+		}
+	}
+}

@@ -1,0 +1,140 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+func testOptions(t testing.TB) Options {
+	t.Helper()
+	o := DefaultOptions()
+	reg := prometheus.NewRegistry()
+	o.GRPCAddr, o.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
+	o.Logger, o.Registerer, o.Gatherer = zap.NewNop(), reg, reg
+	o.DataDir = t.TempDir()
+	return o
+}
+
+func startServer(t *testing.T, o Options) *Server {
+	t.Helper()
+	ctx := context.Background()
+	s, err := New(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.Stop(ctx)
+	})
+	return s
+}
+
+func get(t *testing.T, url, token string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestAdminEndpoints(t *testing.T) {
+	s := startServer(t, testOptions(t))
+	base := "http://" + s.AdminAddr().String()
+	if len(s.AdminToken()) < 32 {
+		t.Fatalf("generated admin token %q is too short", s.AdminToken())
+	}
+	for _, p := range []string{"/health", "/health/live", "/health/ready", "/health/startup", "/metrics"} {
+		if code, body := get(t, base+p, ""); code != 200 {
+			t.Errorf("GET %s without a token = %d %s, want 200", p, code, body)
+		}
+	}
+	code, body := get(t, base+"/health", "")
+	var rep struct {
+		Status  string                     `json:"status"`
+		Version string                     `json:"version"`
+		Checks  map[string]json.RawMessage `json:"checks"`
+	}
+	if err := json.Unmarshal([]byte(body), &rep); err != nil || code != 200 || rep.Status != "ok" || rep.Version == "" {
+		t.Fatalf("/health = %d %s, want 200 status ok with a version", code, body)
+	}
+	for _, c := range []string{"policy", "keys", "redis", "database", "memory"} {
+		if _, ok := rep.Checks[c]; !ok {
+			t.Errorf("/health checks lack %q: %s", c, body)
+		}
+	}
+	for _, tok := range []string{"", "wrong", s.AdminToken() + "x"} {
+		if code, _ := get(t, base+"/api/m1/dashboard/policy", tok); code != 401 {
+			t.Errorf("GET /api/m1/dashboard/policy with token %q = %d, want 401", tok, code)
+		}
+	}
+	if code, body := get(t, base+"/api/m1/dashboard/policy", s.AdminToken()); code != 200 || !strings.Contains(body, `"cacheable": true`) {
+		t.Errorf("GET /api/m1/dashboard/policy with the token = %d %s, want 200 and cacheable", code, body)
+	}
+	if code, _ := get(t, base+"/", ""); code != 401 {
+		t.Errorf("GET / without a token = %d, want 401", code)
+	}
+}
+
+func TestStopDrainsAndIsIdempotent(t *testing.T) {
+	o := testOptions(t)
+	s := startServer(t, o)
+	conn, err := grpc.NewClient(s.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: authv3.Authorization_ServiceDesc.ServiceName})
+	if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health = %v, %v; want SERVING", r, err)
+	}
+	if err := s.Stop(ctx); err != nil {
+		t.Fatalf("Stop = %v", err)
+	}
+	if err := s.Stop(ctx); err != nil {
+		t.Fatalf("second Stop = %v, want nil", err)
+	}
+	if _, err := authv3.NewAuthorizationClient(conn).Check(ctx, &authv3.CheckRequest{}); err == nil {
+		t.Fatalf("Check after Stop succeeded, want the port closed")
+	}
+}
+
+func TestNewFailsOnBrokenBundle(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "authz.rego"), []byte("package m1.authz\n\ndecision := {\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := testOptions(t)
+	o.PolicyDir = dir
+	_, err := New(context.Background(), o)
+	if err == nil || !strings.Contains(err.Error(), "authz.rego:") {
+		t.Fatalf("New(broken bundle) = %v, want an error with authz.rego:<line>", err)
+	}
+}
