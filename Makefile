@@ -2,7 +2,7 @@
 GO        ?= go
 BIN       ?= bin
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X main.version=$(VERSION)
+LDFLAGS   := -s -w -X main.version=$(VERSION) -X github.com/m1-agent/m1/internal/cli.Version=$(VERSION)
 FUZZTIME  ?= 30s
 BENCHTIME ?= 2s
 

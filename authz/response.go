@@ -152,6 +152,7 @@ func (s *Service) deny(v *verdict, _ Headers) *authv3.CheckResponse {
 	md := &structpb.Struct{Fields: map[string]*structpb.Value{
 		"decision_id": structpb.NewStringValue(v.id),
 		"error":       structpb.NewStringValue(v.code),
+		"reason":      structpb.NewStringValue(v.reason),
 	}}
 	if v.call.Tool != "" {
 		md.Fields["tool"] = structpb.NewStringValue(v.call.Tool)
