@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/cache"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
@@ -49,6 +50,11 @@ type Options struct {
 	Parse          ParseOptions
 	ApprovalHeader string        // lower-case, e.g. "x-m1-approval-token"
 	Cache          DecisionCache // nil disables caching
+	Tokens         TokenVerifier // nil: no keys; a presented token is token_invalid
+	Uses           UseStore      // required
+	Revocations    RevocationChecker
+	Epoch          Epoch         // nil: no data-loss fencing
+	ClockSkew      time.Duration // leeway of token times; used records outlive exp by it
 	Logger         *zap.Logger
 	Metrics        *metrics.Authz
 	Now            func() time.Time
@@ -71,6 +77,8 @@ func New(opts Options, engine *policy.Engine) (*Service, error) {
 		return nil, fmt.Errorf("authz: no policy engine")
 	case opts.Logger == nil || opts.Metrics == nil || opts.Now == nil:
 		return nil, fmt.Errorf("authz: Logger, Metrics and Now are required")
+	case opts.Uses == nil || opts.Revocations == nil:
+		return nil, fmt.Errorf("authz: Uses and Revocations are required")
 	case opts.ApprovalHeader == "" || opts.ApprovalHeader != strings.ToLower(opts.ApprovalHeader):
 		return nil, fmt.Errorf("authz: ApprovalHeader %q must be a non-empty lower-case header name", opts.ApprovalHeader)
 	case opts.Parse.MCPPath == "" || opts.Parse.MaxBodyBytes <= 0:
@@ -110,6 +118,10 @@ type verdict struct {
 	runID     string
 	tier      string // cache tier that answered, "" when evaluated or not reached
 	policy    *policy.Decision
+	claims    *approval.Claims // verified token, nil without one
+	// tokenResult is the m1_token_verifications_total result: "" without a
+	// token, "ok", or the token-related deny code.
+	tokenResult string
 }
 
 // Check decides one request. It always returns a CheckResponse and a nil error.
@@ -146,38 +158,56 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, v *verdi
 		return headers
 	}
 	v.principal = attrs.GetSource().GetPrincipal()
+	if raw, ok := headers.Lookup(s.opts.ApprovalHeader); ok && !s.checkToken(ctx, tokenFromHeader(raw), v) {
+		return headers
+	}
+	s.evaluate(ctx, req, headers, v)
+	if v.allowed && v.claims != nil && call.Kind == KindToolCall {
+		s.consume(ctx, v)
+	}
+	return headers
+}
 
+// evaluate runs the policy (hard check 10), through the decision cache when
+// the policy allows it.
+func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, headers Headers, v *verdict) {
 	engine := s.policy.Load()
 	var key cache.Key
 	cacheable, _ := engine.Cacheable()
 	cacheable = cacheable && s.opts.Cache != nil
 	if cacheable {
-		key = cacheKey(engine.Revision(), &call, v.principal)
+		key = cacheKey(engine.Revision(), &v.call, v.principal, v.claims)
 		if d, tier, ok := s.opts.Cache.Get(key); ok {
 			s.opts.Metrics.CacheHits.WithLabelValues(tier).Inc()
 			v.tier = tier
 			s.apply(v, d)
-			return headers
+			return
 		}
 		s.opts.Metrics.CacheMisses.Inc()
 	}
-	input, err := buildInput(req, &call, headers, v.principal, engine.Needs())
+	input, err := buildInput(req, &v.call, headers, v.principal, v.claims, engine.Needs())
 	if err != nil {
-		v.code, v.status, v.reason = CodePolicyError, 403, "cannot build policy input: "+err.Error()
-		return headers
+		s.policyError(v, "build policy input", err)
+		return
 	}
 	evalStart := time.Now()
 	d, err := engine.Eval(ctx, input)
 	s.opts.Metrics.EvalDuration.Observe(time.Since(evalStart).Seconds())
 	if err != nil {
-		v.code, v.status, v.reason = CodePolicyError, 403, "policy error: "+err.Error()
-		return headers
+		s.policyError(v, "evaluate policy", err)
+		return
 	}
 	if cacheable {
 		s.opts.Cache.Set(key, &d)
 	}
 	s.apply(v, &d)
-	return headers
+}
+
+// policyError denies with policy_error. The details (bundle paths, lines,
+// policy source) go to the operator's log, not to the caller.
+func (s *Service) policyError(v *verdict, what string, err error) {
+	v.code, v.status, v.reason = CodePolicyError, 403, "policy evaluation failed; the operator's log has decision "+v.id
+	s.opts.Logger.Warn("policy error; denied", zap.String(fieldDecisionID, v.id), zap.String("stage", what), zap.Error(err))
 }
 
 // apply turns a policy decision into the verdict.
@@ -197,14 +227,20 @@ func (s *Service) apply(v *verdict, d *policy.Decision) {
 }
 
 // cacheKey hashes the bundle revision and every field of input.m1, with the
-// arguments standing as their hash. Fields are length-prefixed so that no two
+// arguments and the token's claims standing as their hashes. Fields are length-prefixed so that no two
 // inputs share an encoding.
-func cacheKey(revision string, c *Call, principal string) cache.Key {
+func cacheKey(revision string, c *Call, principal string, claims *approval.Claims) cache.Key {
 	var buf [512]byte
 	b := buf[:0]
 	mcp := ""
 	if c.IsMCP {
 		mcp = "1"
+	}
+	if claims != nil { // the token's claims, by the hash of their signed bytes
+		b = append(b, 1)
+		b = append(b, claims.PayloadSHA256[:]...)
+	} else {
+		b = append(b, 0)
 	}
 	for _, f := range [...]string{revision, c.Kind, c.Tool, c.ArgsSHA256, mcp, c.MCPMethod, principal, c.Method, c.Host, c.Path} {
 		b = binary.AppendUvarint(b, uint64(len(f)))
@@ -224,7 +260,16 @@ const (
 	fieldPrincipal  = "principal"
 	fieldCacheTier  = "cache_tier"
 	fieldDuration   = "duration"
+	fieldToken      = "token"
+	fieldJTI        = "jti"
 )
+
+func jtiOf(c *approval.Claims) string {
+	if c == nil {
+		return ""
+	}
+	return c.ID
+}
 
 // record updates metrics and logs the decision at debug level.
 func (s *Service) record(v *verdict, start time.Time) {
@@ -234,6 +279,9 @@ func (s *Service) record(v *verdict, start time.Time) {
 		decision = metrics.Allow
 	}
 	s.opts.Metrics.Checks.WithLabelValues(decision, v.code).Inc()
+	if v.tokenResult != "" {
+		s.opts.Metrics.TokenVerifyTotal.WithLabelValues(v.tokenResult).Inc()
+	}
 	s.opts.Metrics.CheckDuration.Observe(elapsed.Seconds())
 	if !s.debug {
 		return
@@ -248,6 +296,8 @@ func (s *Service) record(v *verdict, start time.Time) {
 		zap.String(fieldTool, v.call.Tool),
 		zap.String(fieldPrincipal, v.principal),
 		zap.String(fieldCacheTier, v.tier),
+		zap.String(fieldToken, v.tokenResult),
+		zap.String(fieldJTI, jtiOf(v.claims)),
 		zap.Duration(fieldDuration, elapsed),
 	)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/m1-agent/m1/internal/cache"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
+	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/policies"
 )
 
@@ -67,6 +68,8 @@ func newService(t testing.TB, e *policy.Engine, withCache bool) testService {
 		Logger:         zap.NewNop(),
 		Metrics:        m,
 		Now:            time.Now,
+		Uses:           state.NewMemory(state.MemoryOptions{}),
+		Revocations:    state.NewMemory(state.MemoryOptions{}),
 	}
 	if withCache {
 		c, err := cache.NewMemory(cache.MemoryOptions{MaxEntries: 1000, TTL: time.Minute})
@@ -172,7 +175,7 @@ func TestCheckDefaultPolicy(t *testing.T) {
 func TestAllowResponseHeaders(t *testing.T) {
 	s := newService(t, defaultEngine(t), false)
 	r := check(t, s.Service, httpReq("POST", "/mcp", mcpCall("read_file", `{}`),
-		"x-m1-approval-token", "abc", "x-m1-principal", "evil", "x-m1-foo", "bar", "x-m1-decision-id", "forged", "x-other", "keep"))
+		"x-m1-principal", "evil", "x-m1-foo", "bar", "x-m1-decision-id", "forged", "x-other", "keep"))
 	if !r.allowed {
 		t.Fatalf("Check(read_file) = deny %s, want allow", r.raw)
 	}

@@ -6,19 +6,21 @@ import (
 	"strings"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/policy"
 )
 
 // buildInput makes the policy input: the opa-envoy-plugin document
 // (attributes, parsed_path, parsed_query, parsed_body, truncated_body,
 // version) plus input.m1, building only the parts the policy reads.
-func buildInput(req *authv3.CheckRequest, c *Call, headers Headers, principal string, needs policy.Needs) (ast.Value, error) {
+func buildInput(req *authv3.CheckRequest, c *Call, headers Headers, principal string, claims *approval.Claims, needs policy.Needs) (ast.Value, error) {
 	in := ast.NewObjectWithCapacity(7)
 	if needs.All || needs.M1 {
-		m1, err := m1Input(c, principal)
+		m1, err := m1Input(c, principal, claims)
 		if err != nil {
 			return nil, err
 		}
@@ -80,11 +82,18 @@ func buildInput(req *authv3.CheckRequest, c *Call, headers Headers, principal st
 }
 
 // m1Input is input.m1 (DESIGN §5).
-func m1Input(c *Call, principal string) (ast.Value, error) {
+func m1Input(c *Call, principal string, claims *approval.Claims) (ast.Value, error) {
 	m1 := ast.NewObjectWithCapacity(8)
 	m1.Insert(ast.InternedTerm("kind"), ast.StringTerm(c.Kind))
 	if c.Kind == KindToolCall {
-		args, err := ast.ValueFromReader(bytes.NewReader(c.Args))
+		// The policy sees the canonical (JCS) arguments, so that everything
+		// it can observe of them is fixed by args_sha256, the cache key:
+		// {"n":1.0} and {"n":1} must not decide differently.
+		canon := jsontext.Value(bytes.Clone(c.Args))
+		if err := canon.Canonicalize(); err != nil {
+			return nil, err
+		}
+		args, err := ast.ValueFromReader(bytes.NewReader(canon))
 		if err != nil {
 			return nil, err
 		}
@@ -96,7 +105,15 @@ func m1Input(c *Call, principal string) (ast.Value, error) {
 		m1.Insert(ast.InternedTerm("mcp_method"), ast.StringTerm(c.MCPMethod))
 	}
 	m1.Insert(ast.InternedTerm("principal"), ast.StringTerm(principal))
-	m1.Insert(ast.InternedTerm("token"), ast.NullTerm())
+	token := ast.NullTerm()
+	if claims != nil {
+		v, err := ast.ValueFromReader(bytes.NewReader(claims.Raw))
+		if err != nil {
+			return nil, err
+		}
+		token = ast.NewTerm(v)
+	}
+	m1.Insert(ast.InternedTerm("token"), token)
 	m1.Insert(ast.InternedTerm("request"), ast.ObjectTerm(
 		ast.Item(ast.InternedTerm("method"), ast.StringTerm(c.Method)),
 		ast.Item(ast.InternedTerm("host"), ast.StringTerm(c.Host)),

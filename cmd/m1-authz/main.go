@@ -23,6 +23,13 @@ var version = "dev" // set with -ldflags "-X main.version=…"
 
 func main() { os.Exit(run()) }
 
+// hangups delivers SIGHUP, which reloads the JWKS file.
+func hangups() <-chan os.Signal {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGHUP)
+	return ch
+}
+
 func run() int {
 	opts := sidecar.DefaultOptions()
 	fs := flag.NewFlagSet("m1-authz", flag.ContinueOnError)
@@ -48,7 +55,7 @@ func run() int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := sidecar.Run(ctx, opts); err != nil {
+	if err := sidecar.Run(ctx, opts, hangups()); err != nil {
 		logger.Error("m1-authz failed", zap.Error(err))
 		fmt.Fprintln(os.Stderr, "m1-authz:", err)
 		return 1

@@ -96,11 +96,18 @@ func NewHandler(o Options) http.Handler {
 }
 
 // RequireToken lets a request through only with "Authorization: Bearer
-// <token>", compared in constant time; others get 401 with a JSON reason.
+// <token>" (the scheme in any case), or for GET the "token" query parameter
+// of the URL logged at start, compared in constant time; others get 401 with
+// a JSON reason.
 func RequireToken(token string, next http.Handler) http.Handler {
 	want := []byte(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		got, ok := "", false
+		if scheme, cred, found := strings.Cut(r.Header.Get("Authorization"), " "); found && strings.EqualFold(scheme, "bearer") {
+			got, ok = strings.TrimSpace(cred), true
+		} else if q := r.URL.Query().Get("token"); r.Method == http.MethodGet && q != "" {
+			got, ok = q, true
+		}
 		if !ok || len(want) == 0 || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="m1-admin"`)
 			WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong admin bearer token")

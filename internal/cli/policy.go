@@ -18,6 +18,7 @@ import (
 	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
+	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/policies"
 )
 
@@ -139,6 +140,7 @@ func runPolicyEval(ctx context.Context, c *cmdIO, args []string) int {
 		if err != nil {
 			return fail(c, "policy eval", err)
 		}
+		st := state.NewMemory(state.MemoryOptions{})
 		svc, err := authz.New(authz.Options{
 			Parse: authz.ParseOptions{
 				MCPPath:         *mcpPath,
@@ -149,6 +151,8 @@ func runPolicyEval(ctx context.Context, c *cmdIO, args []string) int {
 			Logger:         zap.NewNop(),
 			Metrics:        m,
 			Now:            time.Now,
+			Uses:           st, // a fresh store: eval never replays
+			Revocations:    st,
 		}, engine)
 		if err != nil {
 			return fail(c, "policy eval", err)

@@ -30,6 +30,14 @@ type Options struct {
 	DataDir          string        // directory for local state (SQLite store, spool)
 	LogLevel         string        // read by main to build Logger
 
+	// Approval tokens (DESIGN §4).
+	Audience        string        // this tool service's audience; required when keys are set
+	JWKSFile        string        // public verification keys (reloaded on change and SIGHUP)
+	JWTSecret       string        // HS256 secret (≥ 32 bytes); every holder can mint approvals
+	TokenTTLMinutes int           // longest accepted exp - iat
+	ClockSkew       time.Duration // leeway on exp, nbf and iat
+	TrustedIssuers  string        // comma-separated iss allow-list; empty = any
+
 	Version    string
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer // also a Gatherer when it is a *prometheus.Registry
@@ -53,6 +61,8 @@ func DefaultOptions() Options {
 		DrainTimeout:    15 * time.Second,
 		DataDir:         "./data",
 		LogLevel:        "info",
+		TokenTTLMinutes: 5,
+		ClockSkew:       30 * time.Second,
 		Version:         "dev",
 		Now:             time.Now,
 	}
@@ -88,6 +98,14 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	env["drain-timeout"] = "M1_DRAIN_TIMEOUT"
 	str(&o.DataDir, "data-dir", "M1_DATA_DIR", "directory for local state")
 	str(&o.LogLevel, "log-level", "LOG_LEVEL", "log level: debug (one line per decision), info, warn, error")
+	str(&o.Audience, "audience", "M1_AUDIENCE", "this tool service's audience; tokens must name it in aud (required with keys)")
+	str(&o.JWKSFile, "jwks-file", "M1_JWKS_FILE", "JWKS file of approval verification keys (reloaded on change and on SIGHUP)")
+	str(&o.JWTSecret, "jwt-secret", "M1_JWT_SECRET", "HS256 secret of at least 32 bytes (discouraged: every holder can mint approvals)")
+	fs.IntVar(&o.TokenTTLMinutes, "approval-token-ttl-minutes", o.TokenTTLMinutes, "longest approval token lifetime (exp - iat) accepted, in minutes")
+	env["approval-token-ttl-minutes"] = "M1_APPROVAL_TOKEN_TTL_MINUTES"
+	fs.DurationVar(&o.ClockSkew, "clock-skew", o.ClockSkew, "leeway on token exp, nbf and iat")
+	env["clock-skew"] = "M1_CLOCK_SKEW"
+	str(&o.TrustedIssuers, "trusted-issuers", "M1_TRUSTED_ISSUERS", "comma-separated allow-list of token issuers (empty = any)")
 	return env
 }
 
@@ -117,6 +135,14 @@ func (o *Options) validate() error {
 		return fmt.Errorf("CacheSize (M1_CACHE_SIZE) must not be negative")
 	case o.CacheSize > 0 && o.CacheTTL <= 0:
 		return fmt.Errorf("CacheTTL (M1_CACHE_TTL) must be positive")
+	case (o.JWKSFile != "" || o.JWTSecret != "") && o.Audience == "":
+		return fmt.Errorf("Audience (M1_AUDIENCE) is required when approval keys are set (M1_JWKS_FILE or M1_JWT_SECRET)")
+	case o.JWTSecret != "" && len(o.JWTSecret) < 32:
+		return fmt.Errorf("JWTSecret (M1_JWT_SECRET) must be at least 32 bytes, got %d", len(o.JWTSecret))
+	case o.TokenTTLMinutes < 1:
+		return fmt.Errorf("TokenTTLMinutes (M1_APPROVAL_TOKEN_TTL_MINUTES) must be at least 1")
+	case o.ClockSkew < 0:
+		return fmt.Errorf("ClockSkew (M1_CLOCK_SKEW) must not be negative")
 	case o.Logger == nil || o.Registerer == nil || o.Gatherer == nil || o.Now == nil:
 		return fmt.Errorf("Logger, Registerer, Gatherer and Now are required")
 	}
@@ -124,4 +150,15 @@ func (o *Options) validate() error {
 		o.GRPCMaxRecvBytes = int(o.MaxBodyBytes) + 256<<10
 	}
 	return nil
+}
+
+// issuers splits TrustedIssuers.
+func (o *Options) issuers() []string {
+	var out []string
+	for _, s := range strings.Split(o.TrustedIssuers, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }

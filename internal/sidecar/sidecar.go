@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -25,9 +26,11 @@ import (
 
 	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/admin"
+	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/cache"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
+	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/policies"
 )
 
@@ -49,6 +52,10 @@ type Server struct {
 	done     chan struct{}
 
 	tokenGenerated bool
+	stopKeys       context.CancelFunc
+	state          *state.Memory
+	keys           *approval.Watcher // nil without a JWKS file
+	verifier       *approval.Verifier
 }
 
 // New loads and prepares the policy bundle and builds the servers. A broken
@@ -66,6 +73,10 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
 	s := &Server{opts: opts, log: opts.Logger, done: make(chan struct{})}
+	s.state = state.NewMemory(state.MemoryOptions{Now: opts.Now})
+	if err := s.setupKeys(); err != nil {
+		return nil, err
+	}
 	ao := authz.Options{
 		Parse: authz.ParseOptions{
 			MCPPath:         opts.MCPPath,
@@ -73,6 +84,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 			MaxBodyBytes:    opts.MaxBodyBytes,
 		},
 		ApprovalHeader: opts.ApprovalHeader,
+		Uses:           s.state,
+		Revocations:    s.state,
+		ClockSkew:      opts.ClockSkew,
 		Logger:         opts.Logger,
 		Metrics:        m,
 		Now:            opts.Now,
@@ -82,6 +96,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 			return nil, fmt.Errorf("decision cache: %w", err)
 		}
 		ao.Cache = s.cache
+	}
+	if s.verifier != nil {
+		ao.Tokens = s.verifier
 	}
 	if s.authz, err = authz.New(ao, engine); err != nil {
 		return nil, err
@@ -105,6 +122,54 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		ErrorLog:          zap.NewStdLog(opts.Logger.Named("admin")),
 	}
 	return s, nil
+}
+
+// setupKeys builds the token verifier from the JWKS file and/or the HS256
+// secret. Without either, a presented token is refused (token_invalid).
+func (s *Server) setupKeys() error {
+	o := s.opts
+	if o.JWKSFile == "" && o.JWTSecret == "" {
+		return nil
+	}
+	var (
+		ks  *approval.KeySet
+		err error
+	)
+	if o.JWKSFile != "" {
+		if ks, err = approval.LoadJWKS(o.JWKSFile); err != nil {
+			return fmt.Errorf("load M1_JWKS_FILE: %w", err)
+		}
+	}
+	if o.JWTSecret != "" {
+		if ks, err = ks.WithSecret([]byte(o.JWTSecret)); err != nil {
+			return err
+		}
+		s.log.Warn("HS256 approval secret in use: every holder of M1_JWT_SECRET (every sidecar) can mint approvals; prefer M1_JWKS_FILE with EdDSA keys")
+	}
+	s.verifier, err = approval.NewVerifier(approval.VerifierOptions{
+		Keys:           ks,
+		Audience:       o.Audience,
+		TrustedIssuers: o.issuers(),
+		MaxTTL:         time.Duration(o.TokenTTLMinutes) * time.Minute,
+		ClockSkew:      o.ClockSkew,
+		Now:            o.Now,
+	})
+	if err != nil {
+		return fmt.Errorf("approval verifier: %w", err)
+	}
+	if o.JWKSFile != "" {
+		s.keys = approval.NewWatcher(o.JWKSFile, []byte(o.JWTSecret), s.verifier, s.log.Named("keys"))
+	}
+	return nil
+}
+
+// ReloadKeys re-reads the JWKS file (main calls it on SIGHUP). A bad file
+// keeps the old keys and is reported on /health.
+func (s *Server) ReloadKeys() error {
+	if s.keys == nil {
+		return nil
+	}
+	return s.keys.Reload()
 }
 
 // LoadPolicy loads the bundle in dir (the embedded default when dir is "")
@@ -145,6 +210,17 @@ func (s *Server) Start(ctx context.Context) error {
 	if s.adminLis, err = lc.Listen(ctx, "tcp", s.opts.AdminAddr); err != nil {
 		s.grpcLis.Close()
 		return fmt.Errorf("listen admin %s: %w", s.opts.AdminAddr, err)
+	}
+	if s.keys != nil {
+		// The watcher lives as long as the server: Stop cancels it.
+		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		s.stopKeys = cancel
+		if err := s.keys.Start(wctx); err != nil {
+			cancel()
+			s.grpcLis.Close()
+			s.adminLis.Close()
+			return fmt.Errorf("watch M1_JWKS_FILE: %w", err)
+		}
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
@@ -191,6 +267,9 @@ func (s *Server) Stop(ctx context.Context) error {
 		defer close(s.done)
 		s.draining.Store(true)
 		s.health.Shutdown()
+		if s.stopKeys != nil {
+			s.stopKeys()
+		}
 		// The admin port keeps answering /health (draining) until gRPC
 		// has drained.
 		var err error
@@ -215,8 +294,9 @@ func (s *Server) Stop(ctx context.Context) error {
 }
 
 // Run starts the server and stops it when ctx ends, waiting at most
-// DrainTimeout for in-flight checks.
-func Run(ctx context.Context, opts Options) error {
+// DrainTimeout for in-flight checks. Each value on reload re-reads the JWKS
+// file.
+func Run(ctx context.Context, opts Options, reload <-chan os.Signal) error {
 	s, err := New(ctx, opts)
 	if err != nil {
 		return err
@@ -224,7 +304,18 @@ func Run(ctx context.Context, opts Options) error {
 	if err := s.Start(ctx); err != nil {
 		return err
 	}
-	<-ctx.Done()
+	for wait := true; wait; {
+		select {
+		case <-reload:
+			if err := s.ReloadKeys(); err != nil {
+				s.log.Error("reload approval keys: old keys kept", zap.Error(err))
+			} else {
+				s.log.Info("approval keys reloaded")
+			}
+		case <-ctx.Done():
+			wait = false
+		}
+	}
 	s.log.Info("draining", zap.Duration("timeout", opts.DrainTimeout))
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opts.DrainTimeout)
 	defer cancel()
@@ -242,7 +333,7 @@ func (s *Server) healthReport() admin.Report {
 		pol.Detail = "decision cache off: " + why
 	}
 	rep.Checks["policy"] = pol
-	rep.Checks["keys"] = admin.Check{Status: admin.StatusDisabled, Detail: "no approval keys configured"}
+	rep.Checks["keys"] = s.keysCheck()
 	rep.Checks["redis"] = admin.Check{Status: admin.StatusDisabled, Detail: "REDIS_URL not set: state is in-process"}
 	rep.Checks["database"] = admin.Check{Status: admin.StatusDisabled, Detail: "no audit store configured"}
 	var ms runtime.MemStats
@@ -265,8 +356,31 @@ func (s *Server) healthReport() admin.Report {
 	return rep
 }
 
+func (s *Server) keysCheck() admin.Check {
+	switch {
+	case s.verifier == nil:
+		return admin.Check{Status: admin.StatusDisabled, Detail: "no approval keys configured: presented tokens are refused"}
+	case s.keys == nil:
+		return admin.Check{Status: admin.StatusOK, Detail: "HS256 secret only", Info: map[string]any{"hs256": true}}
+	}
+	st := s.keys.Status()
+	c := admin.Check{Status: admin.StatusOK, Info: map[string]any{
+		"jwks_file": st.Path, "kids": st.KIDs, "loaded_at": st.LoadedAt, "hs256": s.verifier.Keys().HasSecret(),
+	}}
+	if st.LastError != "" {
+		c.Status, c.Detail = admin.StatusDegraded, "last JWKS reload failed, old keys kept: "+st.LastError
+	}
+	return c
+}
+
 func (s *Server) adminHandler() http.Handler {
+	revocations := &admin.RevocationsAPI{
+		Store:         s.state,
+		DefaultJTITTL: time.Duration(s.opts.TokenTTLMinutes)*time.Minute + 2*s.opts.ClockSkew,
+		Now:           s.opts.Now,
+	}
 	return admin.NewHandler(admin.Options{
+		Routes: revocations.Routes(),
 		Token:    s.opts.AdminToken,
 		Gatherer: s.opts.Gatherer,
 		Health:   s.healthReport,

@@ -1,0 +1,141 @@
+package authz
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/m1-agent/m1/internal/approval"
+)
+
+// Deny codes of the hard checks that follow verification (DESIGN §4, 8–11).
+const (
+	CodeToolMismatch     = "tool_mismatch"
+	CodeArgsMismatch     = "args_mismatch"
+	CodeTokenRevoked     = "token_revoked"
+	CodeTokenReplayed    = "token_replayed"
+	CodeGrantExhausted   = "grant_exhausted"
+	CodeStateUnavailable = "state_unavailable"
+	CodeStateReset       = "state_reset"
+)
+
+// TokenVerifier runs hard checks 1–7 on an approval token.
+type TokenVerifier interface {
+	Verify(token string) (*approval.Claims, error)
+}
+
+// UseStore records single use of approvals and counts grant uses, atomically
+// (DESIGN §4 check 11). Entries may be dropped after exp.
+type UseStore interface {
+	Consume(ctx context.Context, jti string, exp time.Time) (first bool, err error)
+	CountUse(ctx context.Context, jti string, max int, exp time.Time) (ok bool, err error)
+}
+
+// RevocationChecker answers hard check 9.
+type RevocationChecker interface {
+	Revoked(ctx context.Context, jti, sub string) (bool, error)
+}
+
+// Epoch reports the start of the current shared-state epoch (DESIGN §7):
+// tokens issued before it are refused with state_reset. The zero time means
+// no fencing (in-process state).
+type Epoch interface {
+	Epoch() time.Time
+}
+
+// checkToken runs hard checks 1–9 for a presented token and fills v on
+// success; it returns false after filling the deny.
+func (s *Service) checkToken(ctx context.Context, raw string, v *verdict) bool {
+	fail := func(code string, status int, reason string) bool {
+		v.code, v.status, v.reason, v.tokenResult = code, status, reason, code
+		return false
+	}
+	if s.opts.Tokens == nil {
+		return fail(approval.CodeInvalid, 401, "no approval keys are configured on this sidecar")
+	}
+	c, err := s.opts.Tokens.Verify(raw)
+	if err != nil {
+		var ae *approval.Error
+		if errors.As(err, &ae) {
+			return fail(ae.Code, 401, ae.Error())
+		}
+		return fail(approval.CodeInvalid, 401, err.Error())
+	}
+	v.claims = c
+	if v.call.Kind == KindToolCall {
+		switch {
+		case !c.MatchesTool(v.call.Tool):
+			return fail(CodeToolMismatch, 403, "token does not allow tool "+v.call.Tool)
+		case c.Kind == approval.KindApproval && c.ArgsSHA256 != v.call.ArgsSHA256:
+			return fail(CodeArgsMismatch, 403, "arguments differ from the approved arguments (args_sha256 "+v.call.ArgsSHA256+")")
+		}
+	}
+	revoked, err := s.opts.Revocations.Revoked(ctx, c.ID, c.Subject)
+	switch {
+	case err != nil:
+		return fail(CodeStateUnavailable, 503, "revocation state unavailable: "+err.Error())
+	case revoked:
+		return fail(CodeTokenRevoked, 403, "token or subject revoked")
+	}
+	if s.opts.Epoch != nil {
+		if epoch := s.opts.Epoch.Epoch(); !epoch.IsZero() && c.IssuedAt.Before(epoch) {
+			return fail(CodeStateReset, 403, "token issued before the shared state was reset; ask for a new approval")
+		}
+	}
+	v.principal, v.runID, v.tokenResult = c.Subject, c.RunID, codeOK
+	return true
+}
+
+// consume runs hard check 11 on an allowed tool call: the approval's jti is
+// used up, or the grant's use counted. It returns false after filling the
+// deny. Records last until the token could no longer verify.
+func (s *Service) consume(ctx context.Context, v *verdict) bool {
+	c := v.claims
+	until := c.Expiry.Add(s.opts.ClockSkew)
+	var (
+		ok   bool
+		err  error
+		code = CodeTokenReplayed
+	)
+	if c.Kind == approval.KindGrant {
+		ok, err = s.opts.Uses.CountUse(ctx, c.ID, c.MaxUses, until)
+		code = CodeGrantExhausted
+	} else {
+		ok, err = s.opts.Uses.Consume(ctx, c.ID, until)
+	}
+	switch {
+	case err != nil:
+		v.allowed, v.code, v.status, v.reason = false, CodeStateUnavailable, 503, "single-use state unavailable: "+err.Error()
+	case !ok && code == CodeGrantExhausted:
+		v.allowed, v.code, v.status, v.reason = false, code, 403, "grant used "+itoa(c.MaxUses)+" times already"
+	case !ok:
+		v.allowed, v.code, v.status, v.reason = false, code, 403, "approval already used"
+	default:
+		return true
+	}
+	v.tokenResult = v.code
+	return false
+}
+
+func itoa(n int) string {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			break
+		}
+	}
+	return string(b[i:])
+}
+
+// tokenFromHeader strips an optional "Bearer " prefix.
+func tokenFromHeader(h string) string {
+	if t, ok := strings.CutPrefix(h, "Bearer "); ok {
+		return t
+	}
+	return h
+}
