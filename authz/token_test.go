@@ -232,7 +232,9 @@ func (e fixedEpoch) Epoch() time.Time { return time.Time(e) }
 
 func TestStateResetFencesOldTokens(t *testing.T) {
 	f := newTokenFixture(t)
-	old := f.mint(t, func(c *approval.Claims) { c.IssuedAt, c.NotBefore = time.Now().Add(-time.Minute), time.Now().Add(-time.Minute) })
+	old := f.mint(t, func(c *approval.Claims) {
+		c.IssuedAt, c.NotBefore = time.Now().Add(-time.Minute), time.Now().Add(-time.Minute)
+	})
 	f.opts.Epoch = fixedEpoch(time.Now().Add(-time.Second))
 	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), old)); r.allowed || r.body.Error != CodeStateReset {
 		t.Fatalf("Check(token from before the epoch) = %v %s, want deny state_reset", r.allowed, r.raw)

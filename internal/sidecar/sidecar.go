@@ -380,7 +380,7 @@ func (s *Server) adminHandler() http.Handler {
 		Now:           s.opts.Now,
 	}
 	return admin.NewHandler(admin.Options{
-		Routes: revocations.Routes(),
+		Routes:   revocations.Routes(),
 		Token:    s.opts.AdminToken,
 		Gatherer: s.opts.Gatherer,
 		Health:   s.healthReport,
