@@ -176,7 +176,7 @@ func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, header
 	cacheable, _ := engine.Cacheable()
 	cacheable = cacheable && s.opts.Cache != nil
 	if cacheable {
-		key = cacheKey(engine.Revision(), &v.call, v.principal, v.claims)
+		key = cacheKey(engine.Revision(), engine.Needs().M1Paths, &v.call, v.principal, v.claims)
 		if d, tier, ok := s.opts.Cache.Get(key); ok {
 			s.opts.Metrics.CacheHits.WithLabelValues(tier).Inc()
 			v.tier = tier
@@ -226,27 +226,87 @@ func (s *Service) apply(v *verdict, d *policy.Decision) {
 	}
 }
 
-// cacheKey hashes the bundle revision and every field of input.m1, with the
-// arguments and the token's claims standing as their hashes. Fields are length-prefixed so that no two
-// inputs share an encoding.
-func cacheKey(revision string, c *Call, principal string, claims *approval.Claims) cache.Key {
+// cacheKey hashes the bundle revision and the parts of input.m1 that the
+// policy reads (paths, from the policy analysis; nil means all of it). The
+// arguments stand as their JCS hash, and token claims as the hash of their
+// signed bytes except for the string claims a policy commonly reads (iss,
+// sub, jti, m1.kind, and an approval's m1.tool and m1.args_sha256), which
+// stand as themselves, so fresh approvals for the same call share a key.
+// Fields are length-prefixed so that no two inputs share an encoding.
+func cacheKey(revision string, paths [][]string, c *Call, principal string, claims *approval.Claims) cache.Key {
 	var buf [512]byte
-	b := buf[:0]
-	mcp := ""
-	if c.IsMCP {
-		mcp = "1"
-	}
-	if claims != nil { // the token's claims, by the hash of their signed bytes
-		b = append(b, 1)
-		b = append(b, claims.PayloadSHA256[:]...)
+	b := appendField(buf[:0], revision)
+	if paths == nil {
+		for _, p := range wholeM1 {
+			b = appendM1(b, p, c, principal, claims)
+		}
 	} else {
-		b = append(b, 0)
-	}
-	for _, f := range [...]string{revision, c.Kind, c.Tool, c.ArgsSHA256, mcp, c.MCPMethod, principal, c.Method, c.Host, c.Path} {
-		b = binary.AppendUvarint(b, uint64(len(f)))
-		b = append(b, f...)
+		for _, p := range paths {
+			for _, seg := range p {
+				b = appendField(b, seg)
+			}
+			b = append(b, 0xff) // end of path
+			b = appendM1(b, p, c, principal, claims)
+		}
 	}
 	return sha256.Sum256(b)
+}
+
+// wholeM1 are the paths that together cover all of input.m1.
+var wholeM1 = [][]string{{"kind"}, {"tool"}, {"args"}, {"mcp_method"}, {"principal"}, {"token"}, {"request"}}
+
+func appendField(b []byte, f string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(f)))
+	return append(b, f...)
+}
+
+// appendM1 appends the value at path p of input.m1 (as m1Input builds it),
+// or something that determines it.
+func appendM1(b []byte, p []string, c *Call, principal string, claims *approval.Claims) []byte {
+	switch p[0] {
+	case "kind":
+		return appendField(b, c.Kind)
+	case "tool": // "" only when absent: tool names are never empty
+		return appendField(b, c.Tool)
+	case "args", "args_sha256": // every argument value is fixed by the hash
+		return appendField(b, c.ArgsSHA256)
+	case "mcp_method":
+		if !c.IsMCP {
+			return append(b, 0)
+		}
+		return appendField(append(b, 1), c.MCPMethod)
+	case "principal":
+		return appendField(b, principal)
+	case "request":
+		return appendField(appendField(appendField(b, c.Method), c.Host), c.Path)
+	case "token":
+		if claims == nil {
+			return append(b, 0)
+		}
+		b = append(b, 1)
+		if len(p) == 2 {
+			switch p[1] { // required string claims: never absent
+			case "iss":
+				return appendField(b, claims.Issuer)
+			case "sub":
+				return appendField(b, claims.Subject)
+			case "jti":
+				return appendField(b, claims.ID)
+			}
+		}
+		if len(p) == 3 && p[1] == "m1" {
+			switch {
+			case p[2] == "kind":
+				return appendField(b, claims.Kind)
+			case p[2] == "tool" && claims.Kind == approval.KindApproval:
+				return appendField(b, claims.Tool)
+			case p[2] == "args_sha256" && claims.Kind == approval.KindApproval:
+				return appendField(b, claims.ArgsSHA256)
+			}
+		}
+		return append(b, claims.PayloadSHA256[:]...)
+	}
+	return b // a key input.m1 never has: always undefined
 }
 
 const (

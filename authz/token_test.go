@@ -253,11 +253,60 @@ func BenchmarkCheckFreshApproval(b *testing.B) {
 	for i := range toks {
 		toks[i] = f.mint(b, nil)
 	}
+	// Every presentation must take the full path: no verified-token cache,
+	// and a use store that never reports a replay.
+	ks, err := approval.ParseJWKS(must(f.key.PublicJWKS()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	v, err := approval.NewVerifier(approval.VerifierOptions{Keys: ks, Audience: "tools.local", CacheSize: -1, Now: time.Now})
+	if err != nil {
+		b.Fatal(err)
+	}
+	f.opts.Tokens, f.opts.Uses = v, alwaysFirst{}
 	ctx := context.Background()
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
 		f.Check(ctx, checkReq(withToken(writeReq(`{"path":"/tmp/x"}`), toks[i%len(toks)])))
 		i++
+	}
+}
+
+type alwaysFirst struct{}
+
+func (alwaysFirst) Consume(context.Context, string, time.Time) (bool, error)       { return true, nil }
+func (alwaysFirst) CountUse(context.Context, string, int, time.Time) (bool, error) { return true, nil }
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func TestCacheKeyFollowsTheClaimsThePolicyReads(t *testing.T) {
+	f := newTokenFixture(t)
+	// Default policy: reads input.m1.token.m1.kind only, so fresh approvals
+	// of one call share a cache entry.
+	for i := range 3 {
+		if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), f.mint(t, nil))); !r.allowed {
+			t.Fatalf("Check(fresh approval %d) = deny %s", i, r.raw)
+		}
+	}
+	if hits := testutil.ToFloat64(f.m.CacheHits.WithLabelValues("l1")); hits != 2 {
+		t.Errorf("l1 hits after 3 fresh approvals of one call = %v, want 2", hits)
+	}
+	// A policy reading a claim outside the common set keys by the whole
+	// payload: two tokens differing only in act.sub must not share a decision.
+	f.SetPolicy(regoEngine(t, "package m1.authz\nimport rego.v1\ndecision if input.m1.token.act.sub == \"alice\"\n"))
+	for _, tt := range []struct {
+		actor string
+		allow bool
+	}{{"alice", true}, {"bob", false}, {"alice", true}, {"bob", false}} {
+		tok := f.mint(t, func(c *approval.Claims) { c.Actor = tt.actor })
+		if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok)); r.allowed != tt.allow {
+			t.Fatalf("Check(approval by %s) allowed = %v, want %v", tt.actor, r.allowed, tt.allow)
+		}
 	}
 }

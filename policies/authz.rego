@@ -42,8 +42,11 @@ known_tool if data.m1.tools[input.m1.tool]
 requires_approval if not data.m1.tools[input.m1.tool].requires_approval == false
 
 # The Go side sets input.m1.token to the verified claims, or null without a
-# token; a missing key also counts as no token.
-has_token if is_object(input.m1.token)
+# token; a missing key also counts as no token. Reading only the token's
+# m1.kind (not the whole token) keeps the decision cacheable across fresh
+# approvals: the cache is keyed by the input.m1 paths a policy reads, and
+# every approval's jti, iat and exp differ.
+has_token if input.m1.token.m1.kind in {"approval", "grant"}
 
 mcp_decision := allow if {
 	mcp_method_allowed

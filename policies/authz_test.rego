@@ -164,3 +164,13 @@ test_ignores_envoy_input if {
 	})
 	authz.decision == denied("token_missing", 401) with input as inp
 }
+
+test_tool_call_token_without_kind_denied if {
+	authz.decision == denied("token_missing", 401) with input as tool_call("write_file", {"sub": "agent-42"})
+	authz.decision == denied("token_missing", 401) with input as tool_call("write_file", {"m1": {"kind": "other"}})
+}
+
+test_tool_call_grant_token_allowed if {
+	grant := {"sub": "agent-42", "jti": "g-1", "m1": {"kind": "grant", "tools": ["write_*"], "max_uses": 3}}
+	authz.decision == allowed with input as tool_call("write_file", grant)
+}

@@ -2,6 +2,7 @@ package policies_test
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -47,7 +48,10 @@ func TestBundle(t *testing.T) {
 	if ok, reason := e.Cacheable(); !ok {
 		t.Errorf("Cacheable() = false (%s), want true", reason)
 	}
-	if got, want := e.Needs(), (policy.Needs{M1: true}); got != want {
+	// Only these input.m1 paths: in particular not the whole token, so fresh
+	// approvals hit the decision cache.
+	want := policy.Needs{M1: true, M1Paths: [][]string{{"kind"}, {"mcp_method"}, {"token", "m1", "kind"}, {"tool"}}}
+	if got := e.Needs(); !reflect.DeepEqual(got, want) {
 		t.Errorf("Needs() = %+v, want %+v", got, want)
 	}
 	for name, want := range map[string]policy.Tool{

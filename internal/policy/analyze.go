@@ -32,6 +32,13 @@ type Needs struct {
 	Version bool
 	// M1 is input.m1.
 	M1 bool
+	// M1Paths are the constant paths below input.m1 that the policy reads,
+	// each cut at its first non-constant key: input.m1.token.m1.kind gives
+	// ["token","m1","kind"], input.m1.token[k] gives ["token"]. A path that
+	// is a prefix of another subsumes it. Nil when the policy reads all of
+	// input.m1 (input.m1 itself, or All); a cacheable decision depends on
+	// input.m1 only through these paths, so they may key the cache.
+	M1Paths [][]string
 }
 
 // inputKeys maps the top-level input keys M1 builds to their Needs field.
@@ -85,6 +92,8 @@ type analysis struct {
 // not), looking at each term.
 type analyzer struct {
 	analysis
+	m1Paths   [][]string
+	m1Whole   bool
 	vis       *ast.GenericVisitor
 	rewritten map[ast.Var]ast.Var // compiler-generated locals -> source names
 	rule      *ast.Rule           // rule being walked, for locations
@@ -106,7 +115,27 @@ func analyze(c *ast.Compiler) analysis {
 			a.vis.Walk(r)
 		}
 	}
+	if !a.needs.All && !a.m1Whole {
+		a.needs.M1Paths = minimalPaths(a.m1Paths)
+	}
 	return a.analysis
+}
+
+// minimalPaths sorts and dedupes paths, dropping any path that has another
+// as a prefix.
+func minimalPaths(paths [][]string) [][]string {
+	slices.SortFunc(paths, func(a, b []string) int { return slices.Compare(a, b) })
+	var out [][]string
+	for _, p := range paths {
+		if n := len(out); n > 0 && len(out[n-1]) <= len(p) && slices.Equal(out[n-1], p[:len(out[n-1])]) {
+			continue // the previous (shorter or equal) path covers p
+		}
+		out = append(out, p)
+	}
+	if out == nil {
+		out = [][]string{}
+	}
+	return out
 }
 
 func (a *analyzer) visit(x any) bool {
@@ -200,6 +229,20 @@ func (a *analyzer) inputRef(ref ast.Ref, loc *ast.Location) {
 	}
 	if field, ok := inputKeys[string(key)]; ok {
 		*field(&a.needs) = true
+	}
+	if key == "m1" {
+		var path []string
+		for _, t := range ref[2:] {
+			s, ok := t.Value.(ast.String)
+			if !ok {
+				break
+			}
+			path = append(path, string(s))
+		}
+		if len(path) == 0 {
+			a.m1Whole = true
+		}
+		a.m1Paths = append(a.m1Paths, path)
 	}
 	if key != "m1" {
 		a.uncacheable(fmt.Sprintf("policy reads input.%s", string(key)), loc)

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -367,7 +368,9 @@ func TestCacheable(t *testing.T) {
 			if !strings.Contains(reason, tt.reason) {
 				t.Errorf("Cacheable(%s) reason = %q, want it to contain %q", tt.name, reason, tt.reason)
 			}
-			if got := e.Needs(); got != tt.needs {
+			got := e.Needs()
+			got.M1Paths = nil // TestM1Paths covers them
+			if !reflect.DeepEqual(got, tt.needs) {
 				t.Errorf("Needs(%s) = %+v, want %+v", tt.name, got, tt.needs)
 			}
 		})
@@ -389,5 +392,36 @@ func TestCacheableReasonNamesDir(t *testing.T) {
 	want := "policy reads input.attributes (" + dir + "/authz.rego:5)"
 	if ok, reason := e.Cacheable(); ok || reason != want {
 		t.Errorf("Cacheable() = %v, %q, want false, %q", ok, reason, want)
+	}
+}
+
+func TestM1Paths(t *testing.T) {
+	tests := []struct {
+		name string
+		body string
+		want [][]string // nil: all of input.m1
+	}{
+		{"no input", "decision := true\n", [][]string{}},
+		{"fields", "decision if {\n\tinput.m1.kind == \"tool_call\"\n\tinput.m1.token.m1.kind == \"approval\"\n}\n",
+			[][]string{{"kind"}, {"token", "m1", "kind"}}},
+		{"prefix subsumes", "decision if {\n\tinput.m1.token.sub == \"a\"\n\tis_object(input.m1.token)\n}\n", [][]string{{"token"}}},
+		{"variable key cuts the path", "decision if {\n\tsome k\n\tinput.m1.token[k] == \"a\"\n}\n", [][]string{{"token"}}},
+		{"through a local", "decision if {\n\tt := input.m1.token\n\tt.m1.kind == \"grant\"\n}\n", [][]string{{"token"}}},
+		{"whole m1", "decision if {\n\tm := input.m1\n\tm.kind == \"mcp\"\n}\n", nil},
+		{"object.get on m1", "decision if object.get(input.m1, \"kind\", \"\") == \"mcp\"\n", nil},
+		{"whole input", "decision if input.m1.kind == input.version\n", [][]string{{"kind"}}},
+		{"bare input", "decision if walk(input, _)\n", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := &Bundle{Modules: map[string]string{"p.rego": "package m1.authz\n\nimport rego.v1\n\n" + tt.body}}
+			e, err := Prepare(context.Background(), b, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := e.Needs().M1Paths; !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("M1Paths(%s) = %q, want %q", tt.name, got, tt.want)
+			}
+		})
 	}
 }

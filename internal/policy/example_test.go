@@ -40,7 +40,7 @@ func Example() {
 	fmt.Println(d.Allowed, d.Reason, d.HTTPStatus)
 	// Output:
 	// cacheable: true
-	// needs: {All:false Attributes:false ParsedPath:false ParsedQuery:false ParsedBody:false TruncatedBody:false Version:false M1:true}
+	// needs: {All:false Attributes:false ParsedPath:false ParsedQuery:false ParsedBody:false TruncatedBody:false Version:false M1:true M1Paths:[[kind] [mcp_method] [token m1 kind] [tool]]}
 	// write_file requires approval: true
 	// false token_missing 401
 }
