@@ -1,0 +1,164 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+)
+
+// smallOptions is a run small enough for a unit test.
+func smallOptions() Options {
+	o := DefaultOptions()
+	o.Requests, o.Concurrency, o.Warmup = 2000, 4, 100
+	return o
+}
+
+// denier is an ext_authz server that denies every request.
+type denier struct {
+	authv3.UnimplementedAuthorizationServer
+}
+
+func (denier) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return &authv3.CheckResponse{
+		Status: &status.Status{Code: int32(code.Code_PERMISSION_DENIED), Message: "policy_denied"},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Body: `{"error":"policy_denied"}`,
+		}},
+	}, nil
+}
+
+func TestRunInProcess(t *testing.T) {
+	rep, err := Run(t.Context(), smallOptions())
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(rep.Targets) != 2 || rep.Targets[0].Name != TargetNoop || rep.Targets[1].Name != TargetM1 {
+		t.Fatalf("Run targets = %+v, want %s then %s", rep.Targets, TargetNoop, TargetM1)
+	}
+	for _, tg := range rep.Targets {
+		if tg.Calls != 2000 || tg.Errors != 0 || tg.ChecksPerSec <= 0 || tg.P50 <= 0 || tg.P99 < tg.P50 {
+			t.Errorf("Run(%s) = %d calls, %d errors %v, %.0f checks/s, p50 %s, p99 %s; want 2000 calls, no errors, throughput and latencies",
+				tg.Name, tg.Calls, tg.Errors, tg.ErrorCounts, tg.ChecksPerSec, tg.P50, tg.P99)
+		}
+	}
+	m1 := rep.Targets[1]
+	if !m1.InProcess || m1.Cache == nil || !m1.Cache.Enabled || m1.Cache.Hits != 2000 || m1.Cache.Misses != 0 {
+		t.Errorf("Run(%s) cache = %+v, want enabled with 2000 hits and no misses", TargetM1, m1.Cache)
+	}
+	if rep.Ratio.Throughput <= 0 || rep.Ratio.P50 <= 0 || rep.Ratio.P99 <= 0 {
+		t.Errorf("Run ratio = %+v, want positive", rep.Ratio)
+	}
+
+	var buf bytes.Buffer
+	if err := WriteTable(&buf, rep); err != nil {
+		t.Fatalf("WriteTable: %v", err)
+	}
+	for _, want := range []string{"checks/s", TargetNoop, TargetM1 + " (in-process)", TargetM1 + " / " + TargetNoop, "2000 hits"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("WriteTable = %q, want it to contain %q", buf.String(), want)
+		}
+	}
+}
+
+// TestRunDenied points the m1 target at a server that denies: every call
+// must be reported as an error, not as a fast answer.
+func TestRunDenied(t *testing.T) {
+	addr, stop, err := startGRPC(t.Context(), denier{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	o := smallOptions()
+	o.Addr = addr
+	rep, err := Run(t.Context(), o)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(rep.Targets) != 2 {
+		t.Fatalf("Run targets = %+v, want 2", rep.Targets)
+	}
+	if base := rep.Targets[0]; base.Errors != 0 {
+		t.Errorf("Run(%s) errors = %d %v, want 0", base.Name, base.Errors, base.ErrorCounts)
+	}
+	m1 := rep.Targets[1]
+	if m1.InProcess || m1.Cache != nil || m1.Calls != 2000 || m1.Errors != 2000 {
+		t.Errorf("Run(denying %s) = in-process %v, cache %+v, %d calls, %d errors; want external, 2000 calls all errors",
+			m1.Name, m1.InProcess, m1.Cache, m1.Calls, m1.Errors)
+	}
+	for msg := range m1.ErrorCounts {
+		if !strings.Contains(msg, "PermissionDenied policy_denied") {
+			t.Errorf("Run(denying %s) error %q, want it to name the deny", m1.Name, msg)
+		}
+	}
+}
+
+func TestMainExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"unknown flag", []string{"--nope"}, 2},
+		{"extra argument", []string{"now"}, 2},
+		{"duration too long", []string{"--duration", "61s"}, 2},
+		{"connections above concurrency", []string{"--concurrency", "2", "--connections", "3"}, 2},
+		{"remote addr", []string{"--addr", "10.0.0.9:9191"}, 2},
+		{"host name addr", []string{"--addr", "example.com:9191"}, 2},
+		{"unreachable addr", []string{"--addr", "127.0.0.1:1", "--requests", "10", "--warmup", "0"}, 1},
+		{"help", []string{"-h"}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			if got := Main(tc.args, &out, &errOut); got != tc.want {
+				t.Errorf("Main(%q) = %d, want %d (stderr %q)", tc.args, got, tc.want, errOut.String())
+			}
+		})
+	}
+}
+
+func TestMainJSON(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if got := Main([]string{"--json", "--requests", "200", "--concurrency", "2", "--warmup", "10"}, &out, &errOut); got != 0 {
+		t.Fatalf("Main(--json) = %d, want 0 (stderr %q)", got, errOut.String())
+	}
+	var rep Report
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("Main(--json) output is not a Report: %v\n%s", err, out.String())
+	}
+	if len(rep.Targets) != 2 || rep.Targets[1].Calls != 200 {
+		t.Errorf("Main(--json) targets = %+v, want 2 with 200 calls", rep.Targets)
+	}
+}
+
+func TestCheckStatus(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		resp     *authv3.CheckResponse
+		wantCode codes.Code
+		wantMsg  string
+	}{
+		{"ok", okResponse, codes.OK, ""},
+		{"no status", &authv3.CheckResponse{}, codes.OK, ""},
+		{"denied", &authv3.CheckResponse{Status: &status.Status{Code: 7, Message: "token_missing"}}, codes.PermissionDenied, "token_missing"},
+	} {
+		b, err := proto.Marshal(tc.resp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, msg, err := checkStatus(b)
+		if err != nil || c != tc.wantCode || msg != tc.wantMsg {
+			t.Errorf("checkStatus(%s) = %v, %q, %v; want %v, %q", tc.name, c, msg, err, tc.wantCode, tc.wantMsg)
+		}
+	}
+	if _, _, err := checkStatus([]byte{0x0a, 0x05, 0x08}); err == nil {
+		t.Error("checkStatus(truncated) = nil error, want one")
+	}
+}

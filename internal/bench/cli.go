@@ -1,0 +1,171 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unicode/utf8"
+)
+
+// Main is `m1 bench`: it parses args (the arguments after "bench"), runs the
+// benchmark until it ends or the process is interrupted, and writes the
+// report to stdout, as a table or with --json as JSON. It returns the exit
+// code: 0 when every call was allowed, 1 when a run failed or any call
+// failed or was denied (the report is still written), 2 for bad usage.
+func Main(args []string, stdout, stderr io.Writer) int {
+	opts := DefaultOptions()
+	fs := flag.NewFlagSet("m1 bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&opts.Concurrency, "concurrency", opts.Concurrency, "calls in flight per target")
+	fs.IntVar(&opts.Connections, "connections", opts.Connections, "gRPC connections the calls share")
+	fs.IntVar(&opts.Requests, "requests", opts.Requests, "measured calls per target (when --duration is 0)")
+	fs.DurationVar(&opts.Duration, "duration", opts.Duration, "measured time per target instead of --requests (0 = use --requests; at most "+MaxDuration.String()+")")
+	fs.IntVar(&opts.Warmup, "warmup", opts.Warmup, "unmeasured calls per target before measuring (they also fill m1-authz's decision cache)")
+	fs.StringVar(&opts.Addr, "addr", "", "a running m1-authz (loopback host:port) to measure instead of an in-process one")
+	asJSON := fs.Bool("json", false, "write the report as JSON")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `Usage: m1 bench [flags]
+
+Measures ext_authz Check throughput and latency of m1-authz (in-process with
+the default policy, on its decision-cache hit path, or --addr) against a no-op
+ext_authz server, with ghz on 127.0.0.1. The request is an MCP tools/call of
+read_file that the default policy allows; a deny counts as an error.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "m1 bench: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if err := opts.validate(); err != nil {
+		fmt.Fprintln(stderr, "m1 bench:", err)
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := Run(ctx, opts)
+	if err != nil {
+		fmt.Fprintln(stderr, "m1 bench:", err)
+		return 1
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			fmt.Fprintln(stderr, "m1 bench:", err)
+			return 1
+		}
+	} else if err := WriteTable(stdout, rep); err != nil {
+		fmt.Fprintln(stderr, "m1 bench:", err)
+		return 1
+	}
+	code := 0
+	for _, t := range rep.Targets {
+		if t.Errors > 0 {
+			fmt.Fprintf(stderr, "m1 bench: %s: %d of %d calls failed or were not allowed\n", t.Name, t.Errors, t.Calls)
+			code = 1
+		}
+	}
+	return code
+}
+
+// WriteTable writes rep as a table: one row per target, then the ratio of
+// m1-authz to the baseline, then the decision cache and the most frequent
+// errors, if any.
+func WriteTable(w io.Writer, rep Report) error {
+	rows := [][]string{{"target", "checks/s", "p50", "p99", "errors", "calls"}}
+	for _, t := range rep.Targets {
+		name := t.Name
+		if t.Name == TargetM1 && t.InProcess {
+			name += " (in-process)"
+		}
+		if t.TimedOut {
+			name += " (time limit)"
+		}
+		rows = append(rows, []string{name, strconv.FormatFloat(t.ChecksPerSec, 'f', 0, 64), ms(t.P50), ms(t.P99),
+			strconv.FormatUint(t.Errors, 10), strconv.FormatUint(t.Calls, 10)})
+	}
+	if r := rep.Ratio; r.Throughput != 0 {
+		rows = append(rows, []string{TargetM1 + " / " + TargetNoop, times(r.Throughput), times(r.P50), times(r.P99), "", ""})
+	}
+	width := make([]int, len(rows[0]))
+	for _, row := range rows {
+		for i, cell := range row {
+			width[i] = max(width[i], utf8.RuneCountInString(cell))
+		}
+	}
+	for _, row := range rows {
+		line := make([]byte, 0, 80)
+		for i, cell := range row {
+			pad := strings.Repeat(" ", width[i]-utf8.RuneCountInString(cell))
+			if i == 0 {
+				line = append(append(line, cell...), pad...)
+			} else {
+				line = append(append(append(line, "  "...), pad...), cell...)
+			}
+		}
+		if _, err := fmt.Fprintf(w, "%s\n", strings.TrimRight(string(line), " ")); err != nil {
+			return err
+		}
+	}
+
+	o := rep.Options
+	load := strconv.Itoa(o.Requests) + " calls"
+	if o.Duration > 0 {
+		load = o.Duration.String()
+	}
+	fmt.Fprintf(w, "\nconcurrency %d, connections %d, %s per target in %d alternating rounds after %d warm-up calls, GOMAXPROCS %d\n",
+		o.Concurrency, o.Connections, load, rep.Rounds, o.Warmup, rep.GOMAXPROCS)
+	for _, t := range rep.Targets {
+		if c := t.Cache; c != nil {
+			if c.Enabled {
+				fmt.Fprintf(w, "%s decision cache: %d hits, %d misses\n", t.Name, c.Hits, c.Misses)
+			} else {
+				fmt.Fprintf(w, "%s decision cache off: %s\n", t.Name, c.Why)
+			}
+		}
+		if sp := t.Spread(); sp > noisySpread {
+			fmt.Fprintf(w, "warning: %s's rounds differ by %.0f%% in checks/s: something else was using the CPU; rerun on an idle machine\n", t.Name, 100*sp)
+		}
+		for _, e := range topErrors(t.ErrorCounts, 3) {
+			fmt.Fprintf(w, "%s error: %s\n", t.Name, e)
+		}
+	}
+	return nil
+}
+
+// noisySpread is the Target.Spread above which WriteTable warns that the
+// figures are not to be trusted.
+const noisySpread = 0.25
+
+func ms(d time.Duration) string {
+	if d == 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 3, 64) + "ms"
+}
+
+func times(r float64) string {
+	if r == 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(r, 'f', 2, 64) + "×"
+}

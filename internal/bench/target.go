@@ -1,0 +1,117 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+
+	"github.com/m1-agent/m1/internal/sidecar"
+)
+
+// noop is the baseline ext_authz server: it allows every request with an
+// empty OkHttpResponse and does nothing else, so its figures are the cost of
+// gRPC and the load generator alone.
+type noop struct {
+	authv3.UnimplementedAuthorizationServer
+}
+
+var okResponse = &authv3.CheckResponse{
+	Status:       &status.Status{},
+	HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}},
+}
+
+// Check allows the request.
+func (noop) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return okResponse, nil
+}
+
+// startGRPC serves srv as the Authorization service on a free 127.0.0.1
+// port. The returned stop closes it at once.
+func startGRPC(ctx context.Context, srv authv3.AuthorizationServer) (addr string, stop func(), err error) {
+	var lc net.ListenConfig
+	lis, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, fmt.Errorf("listen: %w", err)
+	}
+	s := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(s, srv)
+	go s.Serve(lis) //nolint:errcheck // Serve returns when stop closes the listener
+	return lis.Addr().String(), s.Stop, nil
+}
+
+// m1Server is an in-process m1-authz with the embedded default policy and
+// its decision cache on, and the registry its metrics are on.
+type m1Server struct {
+	srv     *sidecar.Server
+	reg     *prometheus.Registry
+	dataDir string
+}
+
+// startM1 starts m1-authz in-process on free 127.0.0.1 ports, logging
+// nothing. Its local state lives in a temporary directory that stop removes.
+func startM1(ctx context.Context) (*m1Server, error) {
+	dir, err := os.MkdirTemp("", "m1-bench-")
+	if err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	opts := sidecar.DefaultOptions()
+	opts.GRPCAddr, opts.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
+	opts.DataDir = dir
+	opts.Logger, opts.Registerer, opts.Gatherer = zap.NewNop(), reg, reg
+	srv, err := sidecar.New(ctx, opts)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("m1-authz: %w", err)
+	}
+	if err := srv.Start(ctx); err != nil {
+		_ = srv.Stop(ctx)
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("start m1-authz: %w", err)
+	}
+	return &m1Server{srv: srv, reg: reg, dataDir: dir}, nil
+}
+
+// cacheable says whether the policy in force lets m1-authz cache decisions,
+// and why not.
+func (m *m1Server) cacheable() (bool, string) { return m.srv.Authz().Policy().Cacheable() }
+
+// cacheCounts reads the decision cache's hit and miss counters.
+func (m *m1Server) cacheCounts() (hits, misses uint64) {
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		return 0, 0
+	}
+	sum := func(ms []*dto.Metric) (n uint64) {
+		for _, m := range ms {
+			n += uint64(m.GetCounter().GetValue())
+		}
+		return n
+	}
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case "m1_policy_cache_hits_total":
+			hits = sum(mf.GetMetric())
+		case "m1_policy_cache_misses_total":
+			misses = sum(mf.GetMetric())
+		}
+	}
+	return hits, misses
+}
+
+// stop shuts the server down, waiting for in-flight checks until ctx ends.
+func (m *m1Server) stop(ctx context.Context) error {
+	err := m.srv.Stop(ctx)
+	if rerr := os.RemoveAll(m.dataDir); rerr != nil && err == nil {
+		err = rerr
+	}
+	return err
+}
