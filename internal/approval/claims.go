@@ -2,8 +2,10 @@ package approval
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -56,34 +58,134 @@ func (c *Claims) MatchesTool(tool string) bool {
 	return false
 }
 
-// wireClaims is the payload as decoded for check 2. Required members are
-// pointers (absent or null → nil); members whose JSON type must be checked
-// even when present as null are raw values.
+// wireClaims is the payload as decoded for check 2. Each member type
+// records whether the member was present and fails unless it has the right
+// JSON type (null included), so that presence and type are checked in one
+// pass without intermediate allocations.
 type wireClaims struct {
-	Iss *string        `json:"iss"`
-	Sub *string        `json:"sub"`
-	Aud jsontext.Value `json:"aud"`
-	Iat *float64       `json:"iat"`
-	Nbf *float64       `json:"nbf"`
-	Exp *float64       `json:"exp"`
-	Jti *string        `json:"jti"`
-	Act jsontext.Value `json:"act"`
-	M1  *wireM1        `json:"m1"`
+	Iss jsonString  `json:"iss"`
+	Sub jsonString  `json:"sub"`
+	Aud jsonStrings `json:"aud"` // a string or an array of strings
+	Iat jsonNumber  `json:"iat"`
+	Nbf jsonNumber  `json:"nbf"`
+	Exp jsonNumber  `json:"exp"`
+	Jti jsonString  `json:"jti"`
+	Act jsonActor   `json:"act"`
+	M1  *wireM1     `json:"m1"`
 }
 
 type wireM1 struct {
-	Kind       *string        `json:"kind"`
-	Tool       jsontext.Value `json:"tool"`
-	ArgsSHA256 jsontext.Value `json:"args_sha256"`
-	Tools      jsontext.Value `json:"tools"`
-	MaxUses    jsontext.Value `json:"max_uses"`
-	RunID      jsontext.Value `json:"run_id"`
-	ProposalID jsontext.Value `json:"proposal_id"`
+	Kind       jsonString  `json:"kind"`
+	Tool       jsonString  `json:"tool"`
+	ArgsSHA256 jsonString  `json:"args_sha256"`
+	Tools      jsonStrings `json:"tools"` // an array of strings
+	MaxUses    jsonNumber  `json:"max_uses"`
+	RunID      jsonString  `json:"run_id"`
+	ProposalID jsonString  `json:"proposal_id"`
 }
 
-// maxNumericDate is 9999-12-31T23:59:59Z: later or negative NumericDates are
-// malformed (and would overflow time arithmetic).
-const maxNumericDate = 253402300799
+// jsonString is a member that must be a JSON string when present.
+type jsonString struct {
+	set bool
+	v   string
+}
+
+func (s *jsonString) UnmarshalJSONFrom(d *jsontext.Decoder) error {
+	tok, err := d.ReadToken()
+	if err != nil {
+		return err
+	}
+	if tok.Kind() != '"' {
+		return fmt.Errorf("want a string, got %v", tok.Kind())
+	}
+	s.set, s.v = true, tok.String()
+	return nil
+}
+
+// jsonNumber is a member that must be a JSON number when present.
+type jsonNumber struct {
+	set bool
+	v   float64
+}
+
+func (n *jsonNumber) UnmarshalJSONFrom(d *jsontext.Decoder) error {
+	tok, err := d.ReadToken()
+	if err != nil {
+		return err
+	}
+	if tok.Kind() != '0' {
+		return fmt.Errorf("want a number, got %v", tok.Kind())
+	}
+	v, err := tok.Float()
+	if err != nil || math.IsInf(v, 0) {
+		return errors.New("number out of range")
+	}
+	n.set, n.v = true, v
+	return nil
+}
+
+// jsonStrings is a member that must be an array of strings, or (if
+// single) a string, when present.
+type jsonStrings struct {
+	set    bool
+	single bool // it was a string
+	v      []string
+}
+
+func (ss *jsonStrings) UnmarshalJSONFrom(d *jsontext.Decoder) error {
+	tok, err := d.ReadToken()
+	if err != nil {
+		return err
+	}
+	switch tok.Kind() {
+	case '"':
+		ss.set, ss.single, ss.v = true, true, []string{tok.String()}
+		return nil
+	case '[':
+	default:
+		return fmt.Errorf("want an array of strings, got %v", tok.Kind())
+	}
+	ss.set, ss.v = true, []string{}
+	for d.PeekKind() != ']' {
+		if tok, err = d.ReadToken(); err != nil {
+			return err
+		}
+		if tok.Kind() != '"' {
+			return fmt.Errorf("want an array of strings, got an element %v", tok.Kind())
+		}
+		ss.v = append(ss.v, tok.String())
+	}
+	_, err = d.ReadToken() // ]
+	return err
+}
+
+// jsonActor is the act member: when present, an object with a string sub.
+type jsonActor struct {
+	set bool
+	sub jsonString
+}
+
+func (a *jsonActor) UnmarshalJSONFrom(d *jsontext.Decoder) error {
+	if k := d.PeekKind(); k != '{' {
+		return fmt.Errorf("want an object, got %v", k)
+	}
+	var act struct {
+		Sub jsonString `json:"sub"`
+	}
+	if err := json.UnmarshalDecode(d, &act); err != nil {
+		return err
+	}
+	a.set, a.sub = true, act.Sub
+	return nil
+}
+
+// Limits on numeric claims: NumericDates must lie in [0, 9999-12-31T23:59:59Z]
+// (later ones would overflow time arithmetic); max_uses must be an integer
+// a float64 represents exactly.
+const (
+	maxNumericDate = 253402300799
+	maxMaxUses     = 1 << 53
+)
 
 // parseClaims runs the claim half of hard check 2 on a verified payload. The
 // JSON must be a single object with case-sensitive, unique member names and
@@ -95,48 +197,42 @@ func parseClaims(payload []byte) (*Claims, *Error) {
 		return nil, invalid("payload: " + err.Error())
 	}
 	c := &Claims{Raw: payload, PayloadSHA256: sha256.Sum256(payload)}
-	var err *Error
-	str := func(name string, p *string, dst *string) {
-		if err != nil {
-			return
+	for _, f := range []struct {
+		name string
+		v    jsonString
+		dst  *string
+	}{{"iss", w.Iss, &c.Issuer}, {"sub", w.Sub, &c.Subject}, {"jti", w.Jti, &c.ID}} {
+		if f.v.v == "" {
+			return nil, invalid("missing " + f.name)
 		}
-		if p == nil || *p == "" {
-			err = invalid("missing " + name)
-			return
-		}
-		*dst = *p
+		*f.dst = f.v.v
 	}
-	str("iss", w.Iss, &c.Issuer)
-	str("sub", w.Sub, &c.Subject)
-	str("jti", w.Jti, &c.ID)
-	if err != nil {
-		return nil, err
+	if !w.Aud.set {
+		return nil, invalid("missing aud")
 	}
-	if c.Audience, err = parseAudience(w.Aud); err != nil {
-		return nil, err
+	if len(w.Aud.v) == 0 || slices.Contains(w.Aud.v, "") {
+		return nil, invalid("aud must be a non-empty string or array of non-empty strings")
 	}
+	c.Audience = w.Aud.v
 	for _, t := range []struct {
 		name string
-		v    *float64
+		v    jsonNumber
 		dst  *time.Time
 	}{{"iat", w.Iat, &c.IssuedAt}, {"nbf", w.Nbf, &c.NotBefore}, {"exp", w.Exp, &c.Expiry}} {
-		if t.v == nil {
+		if !t.v.set {
 			return nil, invalid("missing " + t.name)
 		}
-		if *t.v < 0 || *t.v > maxNumericDate {
+		if t.v.v < 0 || t.v.v > maxNumericDate {
 			return nil, invalid(t.name + " out of range")
 		}
-		sec, frac := math.Modf(*t.v)
+		sec, frac := math.Modf(t.v.v)
 		*t.dst = time.Unix(int64(sec), int64(frac*1e9)).UTC()
 	}
-	if len(w.Act) > 0 {
-		var act struct {
-			Sub *string `json:"sub"`
-		}
-		if w.Act.Kind() != '{' || json.Unmarshal(w.Act, &act) != nil || act.Sub == nil || *act.Sub == "" {
+	if w.Act.set {
+		if w.Act.sub.v == "" {
 			return nil, invalid("act must be an object with a string sub")
 		}
-		c.Actor = *act.Sub
+		c.Actor = w.Act.sub.v
 	}
 	if w.M1 == nil {
 		return nil, invalid("missing m1")
@@ -147,86 +243,42 @@ func parseClaims(payload []byte) (*Claims, *Error) {
 	return c, nil
 }
 
-func parseAudience(v jsontext.Value) ([]string, *Error) {
-	switch v.Kind() {
-	case '"':
-		var s string
-		if json.Unmarshal(v, &s) == nil && s != "" {
-			return []string{s}, nil
-		}
-	case '[':
-		var ss []string
-		if json.Unmarshal(v, &ss) == nil && len(ss) > 0 && !containsEmpty(ss) {
-			return ss, nil
-		}
-	case 0:
-		return nil, invalid("missing aud")
-	}
-	return nil, invalid("aud must be a non-empty string or array of non-empty strings")
-}
-
 func parseM1(m *wireM1, c *Claims) *Error {
-	if m.Kind == nil {
+	if !m.Kind.set {
 		return invalid("missing m1.kind")
 	}
-	c.Kind = *m.Kind
-	var err *Error
-	optString := func(name string, v jsontext.Value, dst *string) {
-		if err != nil || len(v) == 0 {
-			return
-		}
-		if v.Kind() != '"' || json.Unmarshal(v, dst) != nil {
-			err = invalid(name + " must be a string")
-		}
-	}
-	optString("m1.run_id", m.RunID, &c.RunID)
-	optString("m1.proposal_id", m.ProposalID, &c.ProposalID)
-	if err != nil {
-		return err
-	}
+	c.Kind, c.RunID, c.ProposalID = m.Kind.v, m.RunID.v, m.ProposalID.v
 	switch c.Kind {
 	case KindApproval:
-		if len(m.Tools) > 0 || len(m.MaxUses) > 0 {
-			return invalid("an approval must not carry m1.tools or m1.max_uses")
-		}
-		optString("m1.tool", m.Tool, &c.Tool)
-		optString("m1.args_sha256", m.ArgsSHA256, &c.ArgsSHA256)
 		switch {
-		case err != nil:
-			return err
-		case !validToolName(c.Tool):
+		case m.Tools.set || m.MaxUses.set:
+			return invalid("an approval must not carry m1.tools or m1.max_uses")
+		case !validToolName(m.Tool.v):
 			return invalid("m1.tool must match [A-Za-z0-9_.-]{1,128}")
-		case !validSHA256Hex(c.ArgsSHA256):
+		case !validSHA256Hex(m.ArgsSHA256.v):
 			return invalid("m1.args_sha256 must be 64 lowercase hex digits")
 		}
+		c.Tool, c.ArgsSHA256 = m.Tool.v, m.ArgsSHA256.v
 	case KindGrant:
-		if len(m.Tool) > 0 || len(m.ArgsSHA256) > 0 {
+		switch {
+		case m.Tool.set || m.ArgsSHA256.set:
 			return invalid("a grant must not carry m1.tool or m1.args_sha256")
-		}
-		if m.Tools.Kind() != '[' || json.Unmarshal(m.Tools, &c.Tools) != nil || len(c.Tools) == 0 {
+		case m.Tools.single || len(m.Tools.v) == 0:
 			return invalid("m1.tools must be a non-empty array of tool patterns")
 		}
-		for _, p := range c.Tools {
+		for _, p := range m.Tools.v {
 			if !validToolPattern(p) {
 				return invalid(fmt.Sprintf("m1.tools: invalid pattern %q (an exact name or prefix* with a non-empty prefix)", clip(p)))
 			}
 		}
-		if m.MaxUses.Kind() != '0' || json.Unmarshal(m.MaxUses, &c.MaxUses) != nil || c.MaxUses < 1 {
+		if n := m.MaxUses.v; !m.MaxUses.set || n < 1 || n > maxMaxUses || n != math.Trunc(n) {
 			return invalid("m1.max_uses must be an integer ≥ 1")
 		}
+		c.Tools, c.MaxUses = m.Tools.v, int(m.MaxUses.v)
 	default:
 		return invalid(fmt.Sprintf("m1.kind must be %q or %q", KindApproval, KindGrant))
 	}
 	return nil
-}
-
-func containsEmpty(ss []string) bool {
-	for _, s := range ss {
-		if s == "" {
-			return true
-		}
-	}
-	return false
 }
 
 // validToolName reports whether s matches [A-Za-z0-9_.-]{1,128}.
