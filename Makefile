@@ -6,7 +6,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X github.com/m1-agent/m1/internal
 FUZZTIME  ?= 30s
 BENCHTIME ?= 2s
 
-.PHONY: help build run test test-go test-rego lint bench fuzz clean
+.PHONY: help build run test test-deps test-go test-rego lint bench fuzz clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -17,7 +17,16 @@ build: ## build m1-authz and m1 into ./bin
 run: build ## start m1-authz on embedded defaults (gRPC :9191, admin :9192)
 	$(BIN)/m1-authz
 
-test: test-go test-rego ## go test -race plus the Rego tests of the default bundle
+test: test-deps test-go test-rego ## go test -race plus the Rego tests of the default bundle
+
+# Install the servers the tests start (redis-server) when missing and we can.
+test-deps:
+	@if ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing redis-server for the tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) || echo "could not install redis-server; Redis tests will skip"; \
+	  else echo "redis-server not installed and not root: Redis tests will skip (apt-get install redis-server)"; fi; \
+	fi
 
 test-go:
 	$(GO) test -race -count=1 ./...
