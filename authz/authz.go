@@ -36,11 +36,19 @@ const (
 )
 
 // DecisionCache stores policy decisions by key. Implementations are safe for
-// concurrent use; Get reports the tier that answered.
+// concurrent use; Get reports the tier that answered and must return within
+// ctx (a shared tier that cannot answer in time is a miss). Set must not
+// block on a shared tier.
 type DecisionCache interface {
-	Get(k cache.Key) (d *policy.Decision, tier string, ok bool)
+	Get(ctx context.Context, k cache.Key) (d *policy.Decision, tier string, ok bool)
 	Set(k cache.Key, d *policy.Decision)
 	Purge()
+}
+
+// EvalObserver is implemented by caches that decide per call whether a
+// shared tier is worth a round trip: they are told each evaluation's time.
+type EvalObserver interface {
+	ObserveEval(time.Duration)
 }
 
 var _ DecisionCache = (*cache.Memory)(nil)
@@ -177,7 +185,7 @@ func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, header
 	cacheable = cacheable && s.opts.Cache != nil
 	if cacheable {
 		key = cacheKey(engine.Revision(), engine.Needs().M1Paths, &v.call, v.principal, v.claims)
-		if d, tier, ok := s.opts.Cache.Get(key); ok {
+		if d, tier, ok := s.opts.Cache.Get(ctx, key); ok {
 			s.opts.Metrics.CacheHits.WithLabelValues(tier).Inc()
 			v.tier = tier
 			s.apply(v, d)
@@ -192,7 +200,11 @@ func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, header
 	}
 	evalStart := time.Now()
 	d, err := engine.Eval(ctx, input)
-	s.opts.Metrics.EvalDuration.Observe(time.Since(evalStart).Seconds())
+	took := time.Since(evalStart)
+	s.opts.Metrics.EvalDuration.Observe(took.Seconds())
+	if o, ok := s.opts.Cache.(EvalObserver); ok && cacheable {
+		o.ObserveEval(took)
+	}
 	if err != nil {
 		s.policyError(v, "evaluate policy", err)
 		return

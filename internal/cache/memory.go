@@ -7,6 +7,7 @@
 package cache
 
 import (
+	"context"
 	"time"
 
 	"github.com/maypok86/otter/v2"
@@ -50,7 +51,7 @@ func NewMemory(o MemoryOptions) (*Memory, error) {
 
 // Get returns the cached decision for k. The decision is shared: callers
 // must not modify it.
-func (m *Memory) Get(k Key) (*policy.Decision, string, bool) {
+func (m *Memory) Get(_ context.Context, k Key) (*policy.Decision, string, bool) {
 	d, ok := m.c.GetIfPresent(k)
 	return d, TierL1, ok
 }

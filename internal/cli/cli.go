@@ -55,6 +55,9 @@ func commands() []command {
 		{"policy", "test a policy bundle, or evaluate its decision for one input", runPolicy},
 		{"bench", "load-test m1-authz (see m1 bench -h)", runBench},
 		{"health", "probe an m1-authz health endpoint (container HEALTHCHECK)", runHealth},
+		{"keys", "generate approval signing keys and the public JWKS", runKeys},
+		{"token", "mint or inspect approval tokens", runToken},
+		{"revoke", "revoke approval tokens by jti or agent (admin API)", runRevoke},
 		{"version", "print the version", runVersion},
 		{"help", "print help for m1 or one command", nil}, // handled by Main
 	}
