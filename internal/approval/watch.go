@@ -68,21 +68,26 @@ func NewWatcher(path string, secret []byte, v *Verifier, logger *zap.Logger) *Wa
 	return w
 }
 
-// Start loads the file once, then reloads it whenever its directory reports
-// a change that alters its content, until ctx ends (then it returns nil). It
-// returns an error only if the directory cannot be watched; load failures go
-// to Status and the log.
+// Start loads the file once and starts watching its directory; it returns
+// once the watch is in place (an error only if the directory cannot be
+// watched). In the background it reloads the file whenever a change alters
+// its content, until ctx ends. Load failures go to Status and the log.
 func (w *Watcher) Start(ctx context.Context) error {
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
 		return fmt.Errorf("watch jwks %q: %w", w.path, err)
 	}
-	defer fw.Close()
 	if err := fw.Add(filepath.Dir(w.path)); err != nil {
+		fw.Close()
 		return fmt.Errorf("watch jwks %q: %w", w.path, err)
 	}
 	_ = w.load(false)
+	go w.watch(ctx, fw)
+	return nil
+}
 
+func (w *Watcher) watch(ctx context.Context, fw *fsnotify.Watcher) {
+	defer fw.Close()
 	timer := time.NewTimer(0)
 	if !timer.Stop() {
 		<-timer.C
@@ -91,17 +96,19 @@ func (w *Watcher) Start(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case _, ok := <-fw.Events:
 			if !ok {
-				return fmt.Errorf("watch jwks %q: event stream closed", w.path)
+				w.logger.Error("jwks watch stopped: event stream closed", zap.String(fieldPath, w.path))
+				return
 			}
 			// Any change in the directory may be ours (a rename over the
 			// file, a ConfigMap's ..data swap); load compares content.
 			timer.Reset(w.debounce)
 		case err, ok := <-fw.Errors:
 			if !ok {
-				return fmt.Errorf("watch jwks %q: error stream closed", w.path)
+				w.logger.Error("jwks watch stopped: error stream closed", zap.String(fieldPath, w.path))
+				return
 			}
 			w.logger.Warn("jwks watch error", zap.String(fieldPath, w.path), zap.Error(err))
 		case <-timer.C:
@@ -130,6 +137,7 @@ func (w *Watcher) load(force bool) error {
 	defer w.mu.Unlock()
 	data, err := os.ReadFile(w.path)
 	if err != nil {
+		w.haveSum = false // the same content coming back must load (and clear the error)
 		return w.fail(fmt.Errorf("load jwks: %w", err))
 	}
 	sum := sha256.Sum256(data)
