@@ -11,16 +11,14 @@ import (
 	"github.com/m1-agent/m1/internal/state"
 )
 
-// RevocationStore is what the revocation API needs of the state store.
+// RevocationStore is what the revocation API needs of the state store. An
+// error wrapping state.ErrUnavailable means the shared store could not be
+// written; the revocation still applies in this process (503).
 type RevocationStore interface {
 	Revoke(ctx context.Context, r state.Revocation) error
 	LiftSub(ctx context.Context, sub string) (bool, error)
 	List(ctx context.Context) ([]state.Revocation, error)
 }
-
-// ErrStateUnavailable is returned by a RevocationStore when the shared state
-// could not be written; the revocation still applies in this process.
-var ErrStateUnavailable = errors.New("shared state unavailable")
 
 // RevocationsAPI serves DESIGN §7's revocation endpoints (mount it behind
 // RequireToken). DefaultJTITTL is how long a jti revocation without "until"
@@ -89,7 +87,7 @@ func (a *RevocationsAPI) post(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := a.Store.Revoke(r.Context(), rev); err != nil {
-		if errors.Is(err, ErrStateUnavailable) {
+		if errors.Is(err, state.ErrUnavailable) {
 			WriteError(w, http.StatusServiceUnavailable, "state_unavailable", "revocation applies in this process only: "+err.Error())
 			return
 		}
@@ -115,7 +113,7 @@ func (a *RevocationsAPI) lift(w http.ResponseWriter, r *http.Request) {
 	sub := r.PathValue("sub")
 	lifted, err := a.Store.LiftSub(r.Context(), sub)
 	switch {
-	case errors.Is(err, ErrStateUnavailable):
+	case errors.Is(err, state.ErrUnavailable):
 		WriteError(w, http.StatusServiceUnavailable, "state_unavailable", err.Error())
 	case err != nil:
 		WriteError(w, http.StatusInternalServerError, "internal_error", err.Error())

@@ -38,6 +38,20 @@ type Options struct {
 	ClockSkew       time.Duration // leeway on exp, nbf and iat
 	TrustedIssuers  string        // comma-separated iss allow-list; empty = any
 
+	// Shared state in Redis (DESIGN §7); empty RedisURL keeps everything in-process.
+	RedisURL              string
+	RedisPassword         string
+	RedisDB               int
+	RedisTLS              bool
+	RedisMaxRetries       int
+	RedisRetryDelayMS     int
+	RedisRetryDelayMaxMS  int
+	RedisConnectTimeoutMS int
+	RedisCommandTimeoutMS int
+	ReplayFallback        string // "" fail closed, "local" in-process while Redis is down
+	CacheL2Mode           string // auto | always | off
+	CacheL2TTL            time.Duration
+
 	Version    string
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer // also a Gatherer when it is a *prometheus.Registry
@@ -63,8 +77,17 @@ func DefaultOptions() Options {
 		LogLevel:        "info",
 		TokenTTLMinutes: 5,
 		ClockSkew:       30 * time.Second,
-		Version:         "dev",
-		Now:             time.Now,
+
+		RedisDB:               -1,
+		RedisMaxRetries:       3,
+		RedisRetryDelayMS:     8,
+		RedisRetryDelayMaxMS:  512,
+		RedisConnectTimeoutMS: 500,
+		RedisCommandTimeoutMS: 200,
+		CacheL2Mode:           "auto",
+		CacheL2TTL:            10 * time.Minute,
+		Version:               "dev",
+		Now:                   time.Now,
 	}
 }
 
@@ -106,6 +129,24 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.DurationVar(&o.ClockSkew, "clock-skew", o.ClockSkew, "leeway on token exp, nbf and iat")
 	env["clock-skew"] = "M1_CLOCK_SKEW"
 	str(&o.TrustedIssuers, "trusted-issuers", "M1_TRUSTED_ISSUERS", "comma-separated allow-list of token issuers (empty = any)")
+	str(&o.RedisURL, "redis-url", "REDIS_URL", "Redis for shared state (empty = in-process only); see docs/REDIS.md for the URL forms")
+	str(&o.RedisPassword, "redis-password", "REDIS_PASSWORD", "Redis password (overrides the URL's)")
+	intv := func(p *int, name, envName, usage string) {
+		fs.IntVar(p, name, *p, usage)
+		env[name] = envName
+	}
+	intv(&o.RedisDB, "redis-db", "REDIS_DB", "Redis database number (-1 = from the URL)")
+	fs.BoolVar(&o.RedisTLS, "redis-tls", o.RedisTLS, "connect to Redis with TLS (implied by rediss://)")
+	env["redis-tls"] = "REDIS_TLS"
+	intv(&o.RedisMaxRetries, "redis-max-retries", "REDIS_MAX_RETRIES", "retries of a failed Redis command")
+	intv(&o.RedisRetryDelayMS, "redis-retry-delay-ms", "REDIS_RETRY_DELAY_MS", "first retry backoff, doubling per retry")
+	intv(&o.RedisRetryDelayMaxMS, "redis-retry-delay-max-ms", "REDIS_RETRY_DELAY_MAX_MS", "longest retry backoff")
+	intv(&o.RedisConnectTimeoutMS, "redis-connect-timeout-ms", "REDIS_CONNECT_TIMEOUT_MS", "Redis dial timeout")
+	intv(&o.RedisCommandTimeoutMS, "redis-command-timeout-ms", "REDIS_COMMAND_TIMEOUT_MS", "Redis read/write timeout per command")
+	str(&o.ReplayFallback, "replay-fallback", "M1_REPLAY_FALLBACK", "while Redis is unreachable: empty = deny single-use and grant checks (state_unavailable); local = count them in this process")
+	str(&o.CacheL2Mode, "cache-l2-mode", "M1_CACHE_L2_MODE", "Redis decision cache: auto (only when evaluation is slower than a Redis round trip), always, off")
+	fs.DurationVar(&o.CacheL2TTL, "cache-l2-ttl", o.CacheL2TTL, "Redis decision cache entry lifetime")
+	env["cache-l2-ttl"] = "M1_CACHE_L2_TTL"
 	return env
 }
 
@@ -143,6 +184,12 @@ func (o *Options) validate() error {
 		return fmt.Errorf("TokenTTLMinutes (M1_APPROVAL_TOKEN_TTL_MINUTES) must be at least 1")
 	case o.ClockSkew < 0:
 		return fmt.Errorf("ClockSkew (M1_CLOCK_SKEW) must not be negative")
+	case o.ReplayFallback != "" && o.ReplayFallback != "local":
+		return fmt.Errorf("ReplayFallback (M1_REPLAY_FALLBACK) %q: want empty or \"local\"", o.ReplayFallback)
+	case o.CacheL2Mode != "auto" && o.CacheL2Mode != "always" && o.CacheL2Mode != "off":
+		return fmt.Errorf("CacheL2Mode (M1_CACHE_L2_MODE) %q: want auto, always or off", o.CacheL2Mode)
+	case o.RedisURL != "" && (o.RedisCommandTimeoutMS <= 0 || o.RedisConnectTimeoutMS <= 0):
+		return fmt.Errorf("REDIS_COMMAND_TIMEOUT_MS and REDIS_CONNECT_TIMEOUT_MS must be positive")
 	case o.Logger == nil || o.Registerer == nil || o.Gatherer == nil || o.Now == nil:
 		return fmt.Errorf("Logger, Registerer, Gatherer and Now are required")
 	}

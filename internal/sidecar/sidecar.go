@@ -28,9 +28,12 @@ import (
 	"github.com/m1-agent/m1/internal/admin"
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/cache"
+	"github.com/m1-agent/m1/internal/cache/rediscache"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
+	"github.com/m1-agent/m1/internal/redisconn"
 	"github.com/m1-agent/m1/internal/state"
+	"github.com/m1-agent/m1/internal/state/redisstate"
 	"github.com/m1-agent/m1/policies"
 )
 
@@ -53,7 +56,12 @@ type Server struct {
 
 	tokenGenerated bool
 	stopKeys       context.CancelFunc
-	state          *state.Memory
+	store          stateStore      // in-process, or Redis-backed
+	redis          *redisconn.Conn // nil without REDIS_URL
+	shared         *redisstate.Store
+	l2             *rediscache.Cache
+	tiered         *cache.Tiered
+	stopRedis      context.CancelFunc
 	keys           *approval.Watcher // nil without a JWKS file
 	verifier       *approval.Verifier
 }
@@ -73,8 +81,11 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
 	s := &Server{opts: opts, log: opts.Logger, done: make(chan struct{})}
-	s.state = state.NewMemory(state.MemoryOptions{Now: opts.Now})
+	s.store = state.NewMemory(state.MemoryOptions{Now: opts.Now})
 	if err := s.setupKeys(); err != nil {
+		return nil, err
+	}
+	if err := s.setupRedis(); err != nil {
 		return nil, err
 	}
 	ao := authz.Options{
@@ -84,8 +95,8 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 			MaxBodyBytes:    opts.MaxBodyBytes,
 		},
 		ApprovalHeader: opts.ApprovalHeader,
-		Uses:           s.state,
-		Revocations:    s.state,
+		Uses:           s.store,
+		Revocations:    s.store,
 		ClockSkew:      opts.ClockSkew,
 		Logger:         opts.Logger,
 		Metrics:        m,
@@ -96,6 +107,18 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 			return nil, fmt.Errorf("decision cache: %w", err)
 		}
 		ao.Cache = s.cache
+		if s.l2 != nil {
+			mode, err := cache.ParseMode(opts.CacheL2Mode)
+			if err != nil {
+				return nil, fmt.Errorf("M1_CACHE_L2_MODE: %w", err)
+			}
+			s.tiered = cache.NewTiered(s.cache, s.l2, mode, s.redis.RTT, s.redis.Connected)
+			s.tiered.SetRevision(engine.Revision())
+			ao.Cache = s.tiered
+		}
+	}
+	if s.shared != nil {
+		ao.Epoch = s.shared
 	}
 	if s.verifier != nil {
 		ao.Tokens = s.verifier
@@ -232,6 +255,11 @@ func (s *Server) Start(ctx context.Context) error {
 			return fmt.Errorf("watch M1_JWKS_FILE: %w", err)
 		}
 	}
+	if err := s.startRedis(ctx); err != nil {
+		s.grpcLis.Close()
+		s.adminLis.Close()
+		return err
+	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	go func() {
@@ -280,6 +308,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		if s.stopKeys != nil {
 			s.stopKeys()
 		}
+		defer s.closeRedis()
 		// The admin port keeps answering /health (draining) until gRPC
 		// has drained.
 		var err error
@@ -344,7 +373,7 @@ func (s *Server) healthReport() admin.Report {
 	}
 	rep.Checks["policy"] = pol
 	rep.Checks["keys"] = s.keysCheck()
-	rep.Checks["redis"] = admin.Check{Status: admin.StatusDisabled, Detail: "REDIS_URL not set: state is in-process"}
+	rep.Checks["redis"] = s.redisCheck()
 	rep.Checks["database"] = admin.Check{Status: admin.StatusDisabled, Detail: "no audit store configured"}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -385,7 +414,7 @@ func (s *Server) keysCheck() admin.Check {
 
 func (s *Server) adminHandler() http.Handler {
 	revocations := &admin.RevocationsAPI{
-		Store:         s.state,
+		Store:         s.store,
 		DefaultJTITTL: time.Duration(s.opts.TokenTTLMinutes)*time.Minute + 2*s.opts.ClockSkew,
 		Now:           s.opts.Now,
 	}
@@ -405,7 +434,11 @@ func (s *Server) adminHandler() http.Handler {
 				if s.cache == nil {
 					return map[string]any{"enabled": false}
 				}
-				return map[string]any{"enabled": true, "l1_entries": s.cache.Len(), "l1_max_entries": s.opts.CacheSize, "ttl": s.opts.CacheTTL.String()}
+				doc := map[string]any{"enabled": true, "l1_entries": s.cache.Len(), "l1_max_entries": s.opts.CacheSize, "ttl": s.opts.CacheTTL.String()}
+				if s.tiered != nil {
+					doc["tiered"] = s.tiered.Stats()
+				}
+				return doc
 			},
 		},
 	})

@@ -14,6 +14,14 @@ import (
 	"time"
 )
 
+// ErrUnavailable is wrapped by every error of a shared backend that could
+// not reach its store; callers deny with state_unavailable (503).
+var ErrUnavailable = errors.New("shared state unavailable")
+
+// ErrStateReset is wrapped by the error of a use that found the shared state
+// reset (DESIGN §7 fencing); callers deny with state_reset (403).
+var ErrStateReset = errors.New("shared state was reset; tokens issued before the new epoch are refused")
+
 // ErrFull is returned when the in-process use store holds MaxEntries
 // unexpired entries: it refuses new ones (the check fails closed) rather
 // than forget a consumed approval.

@@ -1,0 +1,39 @@
+package cache_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/m1-agent/m1/internal/cache"
+	"github.com/m1-agent/m1/internal/cache/cachetest"
+	"github.com/m1-agent/m1/internal/policy"
+)
+
+func newMemory(t testing.TB) *cache.Memory {
+	t.Helper()
+	m, err := cache.NewMemory(cache.MemoryOptions{MaxEntries: 1000, TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestMemoryConformance(t *testing.T) {
+	cachetest.Run(t, func(t *testing.T) cachetest.Cache { return newMemory(t) })
+}
+
+// TestMemoryPurgeEmpties: unlike a shared tier, Memory forgets everything
+// on Purge.
+func TestMemoryPurgeEmpties(t *testing.T) {
+	m := newMemory(t)
+	k := cachetest.Key("k")
+	m.Set(k, &policy.Decision{Allowed: true})
+	if _, tier, ok := m.Get(context.Background(), k); !ok || tier != cache.TierL1 {
+		t.Fatalf("Get after Set = %v, %q; want a hit from l1", ok, tier)
+	}
+	m.Purge()
+	if d, _, ok := m.Get(context.Background(), k); ok {
+		t.Errorf("Get after Purge = %+v, want a miss", d)
+	}
+}

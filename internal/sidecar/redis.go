@@ -1,0 +1,152 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/m1-agent/m1/internal/admin"
+	"github.com/m1-agent/m1/internal/cache/rediscache"
+	"github.com/m1-agent/m1/internal/redisconn"
+	"github.com/m1-agent/m1/internal/state"
+	"github.com/m1-agent/m1/internal/state/redisstate"
+)
+
+// stateStore is what the sidecar needs of its state backend.
+type stateStore interface {
+	Consume(ctx context.Context, jti string, exp time.Time) (bool, error)
+	CountUse(ctx context.Context, jti string, max int, exp time.Time) (bool, error)
+	Revoked(ctx context.Context, jti, sub string) (bool, error)
+	admin.RevocationStore
+}
+
+var (
+	_ stateStore = (*state.Memory)(nil)
+	_ stateStore = (*redisstate.Store)(nil)
+)
+
+// setupRedis builds the shared-state pieces when REDIS_URL is set: the
+// connection, the state store (single use, grant counts, revocations,
+// fencing, invalidation) and the L2 decision cache. Nothing connects yet.
+func (s *Server) setupRedis() error {
+	o := s.opts
+	if o.RedisURL == "" {
+		return nil
+	}
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	conn, err := redisconn.New(redisconn.Options{
+		URL:            o.RedisURL,
+		Password:       o.RedisPassword,
+		DB:             o.RedisDB,
+		TLS:            o.RedisTLS,
+		MaxRetries:     o.RedisMaxRetries,
+		RetryDelay:     ms(o.RedisRetryDelayMS),
+		RetryDelayMax:  ms(o.RedisRetryDelayMaxMS),
+		ConnectTimeout: ms(o.RedisConnectTimeoutMS),
+		CommandTimeout: ms(o.RedisCommandTimeoutMS),
+	}, o.Registerer, s.log.Named("redis"))
+	if err != nil {
+		return err
+	}
+	s.redis = conn
+	ro := redisstate.DefaultOptions()
+	ro.Fallback = o.ReplayFallback
+	ro.Timeout = ms(o.RedisCommandTimeoutMS) * time.Duration(o.RedisMaxRetries+1)
+	ro.EpochMargin = o.ClockSkew
+	ro.Now = o.Now
+	ro.Logger = s.log.Named("state")
+	ro.OnInvalidate = s.invalidate
+	if s.shared, err = redisstate.New(conn.Client(), ro); err != nil {
+		conn.Close()
+		return fmt.Errorf("redis state: %w", err)
+	}
+	s.store = s.shared
+	if o.CacheSize > 0 && o.CacheL2Mode != "off" {
+		s.l2 = rediscache.New(conn.Client(), rediscache.Options{
+			TTL:        o.CacheL2TTL,
+			Logger:     s.log.Named("l2"),
+			Registerer: o.Registerer,
+		})
+	}
+	return nil
+}
+
+// invalidate handles another sidecar's bundle change or cache flush.
+func (s *Server) invalidate(e redisstate.Event) {
+	if s.authz == nil {
+		return
+	}
+	s.log.Info("invalidation from another sidecar", zap.String("type", e.Type), zap.String("revision", e.Revision))
+	if s.tiered != nil {
+		s.tiered.Purge()
+	} else if s.cache != nil {
+		s.cache.Purge()
+	}
+}
+
+// startRedis starts the prober, the L2 writer and the state store. Redis
+// being down is not an error: the sidecar serves, degraded, and reconnects.
+func (s *Server) startRedis(ctx context.Context) error {
+	if s.redis == nil {
+		return nil
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopRedis = cancel
+	s.redis.OnStateChange(func(up bool) {
+		if !up {
+			s.log.Warn("redis unreachable: decision cache falls back to L1; approvals and grants " + s.fallbackWord())
+			return
+		}
+		s.log.Info("redis connected")
+		if err := s.shared.Resync(rctx); err != nil {
+			s.log.Warn("redis resync failed; will retry on the next reconnect", zap.Error(err))
+		}
+	})
+	s.redis.Start(rctx)
+	if s.l2 != nil {
+		s.l2.Start(rctx)
+	}
+	go func() { // Start subscribes and applies events until rctx ends
+		if err := s.shared.Start(rctx); err != nil {
+			s.log.Error("redis state subscriber stopped", zap.Error(err))
+		}
+	}()
+	// Adopt the epoch and load revocations before serving, when Redis answers.
+	sctx, scancel := context.WithTimeout(rctx, 2*time.Second)
+	defer scancel()
+	if err := s.shared.Resync(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		s.log.Warn("redis not reachable at start; serving degraded", zap.Error(err))
+	}
+	return nil
+}
+
+func (s *Server) fallbackWord() string {
+	if s.opts.ReplayFallback == "local" {
+		return "are counted in this process (M1_REPLAY_FALLBACK=local)"
+	}
+	return "are denied with state_unavailable until it is back"
+}
+
+func (s *Server) closeRedis() {
+	if s.stopRedis != nil {
+		s.stopRedis()
+	}
+	if s.redis != nil {
+		_ = s.redis.Close()
+	}
+}
+
+func (s *Server) redisCheck() admin.Check {
+	if s.redis == nil {
+		return admin.Check{Status: admin.StatusDisabled, Detail: "REDIS_URL not set: state is in-process"}
+	}
+	info := map[string]any{"rtt": s.redis.RTT().String(), "replay_fallback": s.opts.ReplayFallback, "epoch": s.shared.Epoch()}
+	if s.redis.Connected() {
+		return admin.Check{Status: admin.StatusOK, Info: info}
+	}
+	return admin.Check{Status: admin.StatusDegraded, Info: info,
+		Detail: "redis unreachable: caches on L1, approvals and grants " + s.fallbackWord()}
+}

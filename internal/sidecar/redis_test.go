@@ -1,0 +1,229 @@
+package sidecar
+
+import (
+	"context"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/m1-agent/m1/authz"
+	"github.com/m1-agent/m1/internal/approval"
+	"github.com/m1-agent/m1/internal/state"
+	"github.com/m1-agent/m1/internal/testenv"
+)
+
+// sharedPair starts two in-process sidecars on one real Redis with the same
+// keys, as two pods of one tool service.
+type sharedPair struct {
+	redis *testenv.Redis
+	key   *approval.SigningKey
+	a, b  *Server
+}
+
+func startSharedPair(t *testing.T, mod func(*Options)) *sharedPair {
+	t.Helper()
+	r := testenv.StartRedis(t, testenv.RedisOptions{})
+	key, err := approval.GenerateKey("EdDSA", "k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks, _ := key.PublicJWKS()
+	path := t.TempDir() + "/jwks.json"
+	if err := writeFile(path, jwks); err != nil {
+		t.Fatal(err)
+	}
+	p := &sharedPair{redis: r, key: key}
+	for _, s := range []**Server{&p.a, &p.b} {
+		o := testOptions(t)
+		o.RedisURL, o.JWKSFile, o.Audience = r.URL(), path, "tools.local"
+		o.RedisCommandTimeoutMS = 300
+		o.ClockSkew = time.Second // the epoch margin: a new epoch starts skew+1s ahead
+		if mod != nil {
+			mod(&o)
+		}
+		*s = startServer(t, o)
+	}
+	// Both adopted the epoch: tokens issued from now on are valid.
+	waitUntil(t, "both sidecars adopt the epoch", func() bool {
+		return !p.a.shared.Epoch().IsZero() && p.a.shared.Epoch().Equal(p.b.shared.Epoch())
+	})
+	for time.Now().Before(p.a.shared.Epoch()) {
+		time.Sleep(20 * time.Millisecond) // tokens must be issued at or after the epoch
+	}
+	return p
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func checkClient(t *testing.T, s *Server) authv3.AuthorizationClient {
+	t.Helper()
+	conn, err := grpc.NewClient(s.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return authv3.NewAuthorizationClient(conn)
+}
+
+// writeReqFor builds a REST write_file call whose JCS args hash matches mint.
+func writeCall(tok string) *authv3.CheckRequest {
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
+		Http: &authv3.AttributeContext_HttpRequest{Method: "POST", Path: "/tools/write_file", Host: "tools.local",
+			Headers: map[string]string{"x-m1-approval-token": tok}, Body: `{"path":"/tmp/shared"}`},
+	}}}
+}
+
+func TestTwoSidecarsShareSingleUse(t *testing.T) {
+	p := startSharedPair(t, nil)
+	ca, cb := checkClient(t, p.a), checkClient(t, p.b)
+	tok := p.mintFor(t, `{"path":"/tmp/shared"}`)
+	var allows atomic.Int32
+	var denies sync.Map
+	var wg sync.WaitGroup
+	for i := range 24 {
+		c := ca
+		if i%2 == 1 {
+			c = cb
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			resp, err := c.Check(ctx, writeCall(tok))
+			if err != nil {
+				t.Errorf("Check: %v", err)
+				return
+			}
+			if resp.GetStatus().GetCode() == 0 {
+				allows.Add(1)
+				return
+			}
+			denies.Store(resp.GetStatus().GetMessage(), true)
+		}()
+	}
+	wg.Wait()
+	if allows.Load() != 1 {
+		t.Fatalf("one approval presented 24 times across two sidecars: %d allowed, want exactly 1", allows.Load())
+	}
+	denies.Range(func(k, _ any) bool {
+		if k != "token_replayed" {
+			t.Errorf("a concurrent presentation was denied %v, want token_replayed", k)
+		}
+		return true
+	})
+}
+
+func TestRevocationReachesTheOtherSidecar(t *testing.T) {
+	p := startSharedPair(t, nil)
+	tok := p.mintFor(t, `{"path":"/tmp/shared"}`)
+	claims, err := p.a.verifier.Verify(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.a.store.Revoke(context.Background(), stateRevocationJTI(claims.ID)); err != nil {
+		t.Fatal(err)
+	}
+	cb := checkClient(t, p.b)
+	waitUntil(t, "sidecar B denies the token revoked at A", func() bool {
+		resp, err := cb.Check(context.Background(), writeCall(tok))
+		return err == nil && resp.GetStatus().GetMessage() == "token_revoked"
+	})
+}
+
+func TestRedisDownFailsClosedThenRecovers(t *testing.T) {
+	p := startSharedPair(t, nil)
+	ca := checkClient(t, p.a)
+	p.redis.Stop(t)
+	ctx := context.Background()
+	start := time.Now()
+	resp, err := ca.Check(ctx, writeCall(p.mintFor(t, `{"path":"/tmp/shared"}`)))
+	took := time.Since(start)
+	if err != nil || resp.GetStatus().GetMessage() != "state_unavailable" || resp.GetDeniedResponse().GetStatus().GetCode() != 503 {
+		t.Fatalf("Check with Redis down = %v, %v; want deny 503 state_unavailable", resp, err)
+	}
+	t.Logf("deny with Redis down took %v", took)
+	// Non-token traffic still decides (L1 cache, no Redis needed).
+	read := writeCall("")
+	delete(read.Attributes.Request.Http.Headers, "x-m1-approval-token")
+	read.Attributes.Request.Http.Path = "/tools/read_file"
+	if resp, _ := ca.Check(ctx, read); resp.GetStatus().GetCode() != 0 {
+		t.Fatalf("read_file with Redis down = %v, want allow", resp.GetStatus())
+	}
+	waitUntil(t, "health reports redis degraded", func() bool {
+		return strings.Contains(p.a.healthReport().Checks["redis"].Status, "degraded") && p.a.healthReport().Ready
+	})
+	p.redis.Start(t)
+	waitUntil(t, "redis connected again", p.a.redis.Connected)
+	// Redis came back empty: a token minted after the new epoch is allowed.
+	waitUntil(t, "a fresh approval is allowed after recovery", func() bool {
+		resp, err := ca.Check(ctx, writeCall(p.mintFor(t, `{"path":"/tmp/shared"}`)))
+		return err == nil && resp.GetStatus().GetCode() == 0
+	})
+}
+
+func TestRedisRestartedEmptyDoesNotAllowReplay(t *testing.T) {
+	p := startSharedPair(t, nil)
+	ca := checkClient(t, p.a)
+	ctx := context.Background()
+	tok := p.mintFor(t, `{"path":"/tmp/shared"}`)
+	if resp, _ := ca.Check(ctx, writeCall(tok)); resp.GetStatus().GetCode() != 0 {
+		t.Fatalf("first use = %v, want allow", resp.GetStatus())
+	}
+	p.redis.Restart(t) // no persistence: every consumed jti is forgotten
+	waitUntil(t, "redis connected again", p.a.redis.Connected)
+	resp, err := ca.Check(ctx, writeCall(tok))
+	if err != nil || resp.GetStatus().GetCode() == 0 {
+		t.Fatalf("replay after Redis lost its data = allow; want deny")
+	}
+	if m := resp.GetStatus().GetMessage(); m != "state_reset" && m != "state_unavailable" {
+		t.Fatalf("replay after Redis lost its data = deny %s, want state_reset", m)
+	}
+}
+
+func (p *sharedPair) mintFor(t *testing.T, args string) string {
+	t.Helper()
+	sum := argsHash(t, args)
+	now := time.Now()
+	tok, err := approval.Mint(p.key, approval.Claims{
+		Issuer: "m1-cli", Subject: "agent-42", Audience: []string{"tools.local"},
+		IssuedAt: now, NotBefore: now, Expiry: now.Add(2 * time.Minute),
+		Kind: approval.KindApproval, Tool: "write_file", ArgsSHA256: sum,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func writeFile(path string, b []byte) error { return os.WriteFile(path, b, 0o600) }
+
+func argsHash(t *testing.T, args string) string {
+	t.Helper()
+	h := &authv3.AttributeContext_HttpRequest{Method: "POST", Path: "/tools/write_file", Body: args}
+	c, rerr := authz.ParseCall(h, authz.HeadersOf(h), authz.ParseOptions{MCPPath: "/mcp", ToolsPathPrefix: "/tools/", MaxBodyBytes: 1 << 20})
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	return c.ArgsSHA256
+}
+
+func stateRevocationJTI(jti string) state.Revocation {
+	return state.Revocation{JTI: jti, Until: time.Now().Add(time.Hour)}
+}

@@ -1,0 +1,346 @@
+package redisstate_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/m1-agent/m1/authz"
+	"github.com/m1-agent/m1/internal/admin"
+	"github.com/m1-agent/m1/internal/state"
+	"github.com/m1-agent/m1/internal/state/redisstate"
+	"github.com/m1-agent/m1/internal/state/statetest"
+	"github.com/m1-agent/m1/internal/testenv"
+)
+
+// The store is what the decision path and the revocation API consume.
+var (
+	_ authz.UseStore          = (*redisstate.Store)(nil)
+	_ authz.RevocationChecker = (*redisstate.Store)(nil)
+	_ authz.Epoch             = (*redisstate.Store)(nil)
+	_ admin.RevocationStore   = (*redisstate.Store)(nil)
+	_ statetest.Store         = (*redisstate.Store)(nil)
+)
+
+var prefixes atomic.Int64
+
+// uniquePrefix isolates stores sharing one Redis.
+func uniquePrefix() string { return fmt.Sprintf("{t%d}:", prefixes.Add(1)) }
+
+// newClient returns a go-redis client for addr, closed with the test.
+// ctxTimeouts sets ContextTimeoutEnabled.
+func newClient(t testing.TB, addr string, ctxTimeouts bool) *redis.Client {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{
+		Addr:                  addr,
+		ContextTimeoutEnabled: ctxTimeouts,
+		DialTimeout:           5 * time.Second,
+		ReadTimeout:           10 * time.Second, // far above the store's bounds, so a bound that does not hold shows
+		WriteTimeout:          10 * time.Second,
+		MaxRetries:            2,
+		MinRetryBackoff:       5 * time.Millisecond,
+		MaxRetryBackoff:       50 * time.Millisecond,
+	})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// newStore returns a store that has made first contact (Resync).
+func newStore(t testing.TB, c redis.UniversalClient, o redisstate.Options) *redisstate.Store {
+	t.Helper()
+	s, err := redisstate.New(c, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Resync(ctx); err != nil {
+		t.Fatalf("Resync: %v", err)
+	}
+	return s
+}
+
+// start runs s.Start until the test ends.
+func start(t testing.TB, s *redisstate.Store) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Start = %v", err)
+		}
+	})
+}
+
+// eventually polls cond every few milliseconds until it holds or 10s pass.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestConformance(t *testing.T) {
+	r := testenv.StartRedis(t, testenv.RedisOptions{})
+	c := newClient(t, r.Addr, true)
+	statetest.Run(t, func(t *testing.T, clock *statetest.Clock) statetest.Store {
+		s := newStore(t, c, redisstate.Options{Prefix: uniquePrefix(), Now: clock.Now})
+		start(t, s)
+		return s
+	})
+}
+
+func TestConformanceCluster(t *testing.T) {
+	cl := testenv.StartRedisCluster(t, 3)
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs(), ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = c.Close() })
+	statetest.Run(t, func(t *testing.T, clock *statetest.Clock) statetest.Store {
+		s := newStore(t, c, redisstate.Options{Prefix: uniquePrefix(), Now: clock.Now})
+		start(t, s)
+		return s
+	})
+}
+
+// Two sidecars, each with its own connection pool, share one Redis: one
+// token presented concurrently to both is used exactly as allowed.
+func TestTwoStoresShareUses(t *testing.T) {
+	r := testenv.StartRedis(t, testenv.RedisOptions{})
+	ctx := context.Background()
+	exp := time.Now().Add(time.Minute)
+	for _, tt := range []struct {
+		name  string
+		use   func(s *redisstate.Store) (bool, error)
+		tries int
+		want  int32
+	}{
+		{"approval once", func(s *redisstate.Store) (bool, error) { return s.Consume(ctx, "hot", exp) }, 24, 1},
+		{"grant max 5", func(s *redisstate.Store) (bool, error) { return s.CountUse(ctx, "grant", 5, exp) }, 24, 5},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			prefix := uniquePrefix()
+			stores := []*redisstate.Store{
+				newStore(t, newClient(t, r.Addr, true), redisstate.Options{Prefix: prefix}),
+				newStore(t, newClient(t, r.Addr, true), redisstate.Options{Prefix: prefix}),
+			}
+			var wins, errs atomic.Int32
+			var wg sync.WaitGroup
+			gate := make(chan struct{})
+			for i := range tt.tries {
+				wg.Go(func() {
+					<-gate
+					ok, err := tt.use(stores[i%2])
+					if err != nil {
+						errs.Add(1)
+						t.Errorf("use: %v", err)
+					}
+					if ok {
+						wins.Add(1)
+					}
+				})
+			}
+			close(gate)
+			wg.Wait()
+			if wins.Load() != tt.want || errs.Load() != 0 {
+				t.Fatalf("%d concurrent uses across two stores: %d allowed, %d errors; want %d allowed", tt.tries, wins.Load(), errs.Load(), tt.want)
+			}
+		})
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	t.Cleanup(func() { _ = c.Close() })
+	for _, tt := range []struct {
+		name string
+		o    redisstate.Options
+		ok   bool
+	}{
+		{"defaults", redisstate.Options{}, true},
+		{"local fallback", redisstate.Options{Fallback: redisstate.FallbackLocal}, true},
+		{"prefix without hash tag", redisstate.Options{Prefix: "m1:"}, false},
+		{"empty hash tag", redisstate.Options{Prefix: "{}:m1:"}, false},
+		{"unknown fallback", redisstate.Options{Fallback: "memory"}, false},
+		{"negative timeout", redisstate.Options{Timeout: -time.Second}, false},
+		{"negative epoch margin", redisstate.Options{EpochMargin: -time.Second}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := redisstate.New(c, tt.o)
+			if (err == nil) != tt.ok {
+				t.Errorf("New(%s) = %v, want ok %v", tt.name, err, tt.ok)
+			}
+		})
+	}
+	if _, err := redisstate.New(nil, redisstate.Options{}); err == nil {
+		t.Errorf("New(nil client) = nil error")
+	}
+}
+
+// A use before the first contact cannot be checked against the epoch by the
+// decision path: Consume answers ErrUnavailable (retry) once, and
+// ConsumeIssued, which checks iat itself, works at once.
+func TestFirstContact(t *testing.T) {
+	r := testenv.StartRedis(t, testenv.RedisOptions{})
+	c := newClient(t, r.Addr, true)
+	ctx := context.Background()
+	exp := time.Now().Add(time.Minute)
+	prefix := uniquePrefix()
+	newFresh := func() *redisstate.Store {
+		s, err := redisstate.New(c, redisstate.Options{Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+
+	s := newFresh()
+	if !s.Epoch().IsZero() {
+		t.Fatalf("Epoch() before contact = %v, want zero", s.Epoch())
+	}
+	ok, err := s.Consume(ctx, "j1", exp)
+	if ok || !errors.Is(err, redisstate.ErrUnavailable) || errors.Is(err, redisstate.ErrStateReset) {
+		t.Fatalf("Consume before contact = %v, %v; want false, ErrUnavailable", ok, err)
+	}
+	if s.Epoch().IsZero() {
+		t.Fatalf("Epoch() after contact is zero")
+	}
+	if ok, err := s.Consume(ctx, "j1", exp); !ok || err != nil {
+		t.Fatalf("Consume after contact = %v, %v; want true", ok, err)
+	}
+
+	s2 := newFresh()
+	if ok, err := s2.ConsumeIssued(ctx, "j2", s.Epoch(), exp); !ok || err != nil {
+		t.Fatalf("ConsumeIssued before contact = %v, %v; want true", ok, err)
+	}
+	if !s2.Epoch().Equal(s.Epoch()) {
+		t.Fatalf("second store adopted %v, want the stored epoch %v", s2.Epoch(), s.Epoch())
+	}
+}
+
+// proxy is a TCP proxy to a Redis that a test can cut (refuse and drop
+// every connection) or stall (accept and never answer).
+type proxy struct {
+	ln     net.Listener
+	target string
+
+	mu    sync.Mutex
+	mode  int
+	conns map[net.Conn]struct{}
+}
+
+const (
+	modePass = iota
+	modeCut
+	modeStall
+)
+
+func startProxy(t testing.TB, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	go p.serve()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.set(modeCut)
+	})
+	return p
+}
+
+func (p *proxy) Addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) get() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mode
+}
+
+// set switches the mode; modeCut closes the open connections.
+func (p *proxy) set(mode int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.mode = mode
+	if mode == modeCut {
+		for c := range p.conns {
+			_ = c.Close()
+		}
+		clear(p.conns)
+	}
+}
+
+func (p *proxy) serve() {
+	for {
+		down, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		if p.get() == modeCut {
+			_ = down.Close()
+			continue
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			_ = down.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns[down], p.conns[up] = struct{}{}, struct{}{}
+		p.mu.Unlock()
+		go p.pipe(up, down)
+		go p.pipe(down, up)
+	}
+}
+
+// pipe copies src to dst, dropping the bytes while stalled.
+func (p *proxy) pipe(dst, src net.Conn) {
+	defer func() { _ = dst.Close(); _ = src.Close() }()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && p.get() == modePass {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// revoked reports s.Revoked, failing the test on an error.
+func revoked(t testing.TB, s *redisstate.Store, jti, sub string) bool {
+	t.Helper()
+	r, err := s.Revoked(context.Background(), jti, sub)
+	if err != nil {
+		t.Fatalf("Revoked: %v", err)
+	}
+	return r
+}
+
+func listHas(s *redisstate.Store, want state.Revocation) bool {
+	list, err := s.List(context.Background())
+	if err != nil {
+		return false
+	}
+	for _, r := range list {
+		if r.JTI == want.JTI && r.Sub == want.Sub {
+			return true
+		}
+	}
+	return false
+}
