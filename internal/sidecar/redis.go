@@ -2,8 +2,10 @@ package sidecar
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"go.uber.org/zap"
@@ -149,4 +151,25 @@ func (s *Server) redisCheck() admin.Check {
 	}
 	return admin.Check{Status: admin.StatusDegraded, Info: info,
 		Detail: "redis unreachable: caches on L1, approvals and grants " + s.fallbackWord()}
+}
+
+// flushCache drops this process's cached decisions and, with Redis, tells
+// every other sidecar to do the same (POST /api/m1/cache/flush).
+func (s *Server) flushCache(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case s.tiered != nil:
+		s.tiered.Purge()
+	case s.cache != nil:
+		s.cache.Purge()
+	}
+	doc := map[string]any{"flushed": true, "published": false}
+	if s.shared != nil {
+		if err := s.shared.PublishInvalidate(r.Context(), redisstate.Event{Type: redisstate.EventFlush}); err != nil {
+			admin.WriteError(w, http.StatusServiceUnavailable, "state_unavailable", "flushed here; not published to other sidecars: "+err.Error())
+			return
+		}
+		doc["published"] = true
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(doc)
 }

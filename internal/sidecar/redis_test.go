@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -27,9 +28,19 @@ type sharedPair struct {
 	a, b  *Server
 }
 
-func startSharedPair(t *testing.T, mod func(*Options)) *sharedPair {
+func startSharedPair(t testing.TB, mod func(*Options)) *sharedPair {
 	t.Helper()
-	r := testenv.StartRedis(t, testenv.RedisOptions{})
+	return startPair(t, true, mod)
+}
+
+// startPair starts two sidecars with the same keys, sharing a real Redis
+// when withRedis, else each with in-process state.
+func startPair(t testing.TB, withRedis bool, mod func(*Options)) *sharedPair {
+	t.Helper()
+	var r *testenv.Redis
+	if withRedis {
+		r = testenv.StartRedis(t, testenv.RedisOptions{})
+	}
 	key, err := approval.GenerateKey("EdDSA", "k1")
 	if err != nil {
 		t.Fatal(err)
@@ -42,13 +53,19 @@ func startSharedPair(t *testing.T, mod func(*Options)) *sharedPair {
 	p := &sharedPair{redis: r, key: key}
 	for _, s := range []**Server{&p.a, &p.b} {
 		o := testOptions(t)
-		o.RedisURL, o.JWKSFile, o.Audience = r.URL(), path, "tools.local"
+		o.JWKSFile, o.Audience = path, "tools.local"
+		if r != nil {
+			o.RedisURL = r.URL()
+		}
 		o.RedisCommandTimeoutMS = 300
 		o.ClockSkew = time.Second // the epoch margin: a new epoch starts skew+1s ahead
 		if mod != nil {
 			mod(&o)
 		}
 		*s = startServer(t, o)
+	}
+	if r == nil {
+		return p
 	}
 	// Both adopted the epoch: tokens issued from now on are valid.
 	waitUntil(t, "both sidecars adopt the epoch", func() bool {
@@ -60,7 +77,7 @@ func startSharedPair(t *testing.T, mod func(*Options)) *sharedPair {
 	return p
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
+func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for !cond() {
@@ -71,7 +88,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func checkClient(t *testing.T, s *Server) authv3.AuthorizationClient {
+func checkClient(t testing.TB, s *Server) authv3.AuthorizationClient {
 	t.Helper()
 	conn, err := grpc.NewClient(s.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -197,7 +214,7 @@ func TestRedisRestartedEmptyDoesNotAllowReplay(t *testing.T) {
 	}
 }
 
-func (p *sharedPair) mintFor(t *testing.T, args string) string {
+func (p *sharedPair) mintFor(t testing.TB, args string) string {
 	t.Helper()
 	sum := argsHash(t, args)
 	now := time.Now()
@@ -214,7 +231,7 @@ func (p *sharedPair) mintFor(t *testing.T, args string) string {
 
 func writeFile(path string, b []byte) error { return os.WriteFile(path, b, 0o600) }
 
-func argsHash(t *testing.T, args string) string {
+func argsHash(t testing.TB, args string) string {
 	t.Helper()
 	h := &authv3.AttributeContext_HttpRequest{Method: "POST", Path: "/tools/write_file", Body: args}
 	c, rerr := authz.ParseCall(h, authz.HeadersOf(h), authz.ParseOptions{MCPPath: "/mcp", ToolsPathPrefix: "/tools/", MaxBodyBytes: 1 << 20})
@@ -226,4 +243,26 @@ func argsHash(t *testing.T, args string) string {
 
 func stateRevocationJTI(jti string) state.Revocation {
 	return state.Revocation{JTI: jti, Until: time.Now().Add(time.Hour)}
+}
+
+func TestCacheFlushReachesTheOtherSidecar(t *testing.T) {
+	p := startSharedPair(t, nil)
+	cb := checkClient(t, p.b)
+	read := writeCall("")
+	delete(read.Attributes.Request.Http.Headers, "x-m1-approval-token")
+	read.Attributes.Request.Http.Path = "/tools/read_file"
+	if resp, _ := cb.Check(context.Background(), read); resp.GetStatus().GetCode() != 0 {
+		t.Fatalf("read_file = %v, want allow", resp.GetStatus())
+	}
+	if p.b.cache.Len() == 0 {
+		t.Fatal("B cached nothing")
+	}
+	req, _ := http.NewRequest("POST", "http://"+p.a.AdminAddr().String()+"/api/m1/cache/flush", nil)
+	req.Header.Set("Authorization", "Bearer "+p.a.AdminToken())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("POST /api/m1/cache/flush = %v, %v", resp, err)
+	}
+	resp.Body.Close()
+	waitUntil(t, "B's L1 is flushed by A's flush", func() bool { return p.b.cache.Len() == 0 })
 }

@@ -418,8 +418,10 @@ func (s *Server) adminHandler() http.Handler {
 		DefaultJTITTL: time.Duration(s.opts.TokenTTLMinutes)*time.Minute + 2*s.opts.ClockSkew,
 		Now:           s.opts.Now,
 	}
+	routes := revocations.Routes()
+	routes["POST /api/m1/cache/flush"] = http.HandlerFunc(s.flushCache)
 	return admin.NewHandler(admin.Options{
-		Routes:   revocations.Routes(),
+		Routes:   routes,
 		Token:    s.opts.AdminToken,
 		Gatherer: s.opts.Gatherer,
 		Health:   s.healthReport,

@@ -29,7 +29,7 @@ func testOptions(t testing.TB) Options {
 	return o
 }
 
-func startServer(t *testing.T, o Options) *Server {
+func startServer(t testing.TB, o Options) *Server {
 	t.Helper()
 	ctx := context.Background()
 	s, err := New(ctx, o)
