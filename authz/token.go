@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/m1-agent/m1/internal/approval"
+	"github.com/m1-agent/m1/internal/state"
 )
 
 // Deny codes of the hard checks that follow verification (DESIGN §4, 8–11).
@@ -30,6 +31,15 @@ type TokenVerifier interface {
 type UseStore interface {
 	Consume(ctx context.Context, jti string, exp time.Time) (first bool, err error)
 	CountUse(ctx context.Context, jti string, max int, exp time.Time) (ok bool, err error)
+}
+
+// IssuedUseStore is a UseStore that also refuses, atomically with the use,
+// a token issued before the shared-state epoch (error wrapping
+// state.ErrStateReset): checking Epoch() first and using second would race
+// with an epoch change in between.
+type IssuedUseStore interface {
+	ConsumeIssued(ctx context.Context, jti string, iat, exp time.Time) (bool, error)
+	CountUseIssued(ctx context.Context, jti string, iat time.Time, max int, exp time.Time) (bool, error)
 }
 
 // RevocationChecker answers hard check 9.
@@ -98,13 +108,23 @@ func (s *Service) consume(ctx context.Context, v *verdict) bool {
 		err  error
 		code = CodeTokenReplayed
 	)
-	if c.Kind == approval.KindGrant {
+	issued, fenced := s.opts.Uses.(IssuedUseStore)
+	switch {
+	case c.Kind == approval.KindGrant && fenced:
+		ok, err = issued.CountUseIssued(ctx, c.ID, c.IssuedAt, c.MaxUses, until)
+	case c.Kind == approval.KindGrant:
 		ok, err = s.opts.Uses.CountUse(ctx, c.ID, c.MaxUses, until)
-		code = CodeGrantExhausted
-	} else {
+	case fenced:
+		ok, err = issued.ConsumeIssued(ctx, c.ID, c.IssuedAt, until)
+	default:
 		ok, err = s.opts.Uses.Consume(ctx, c.ID, until)
 	}
+	if c.Kind == approval.KindGrant {
+		code = CodeGrantExhausted
+	}
 	switch {
+	case errors.Is(err, state.ErrStateReset):
+		v.allowed, v.code, v.status, v.reason = false, CodeStateReset, 403, "token issued before the shared state was reset; ask for a new approval"
 	case err != nil:
 		v.allowed, v.code, v.status, v.reason = false, CodeStateUnavailable, 503, "single-use state unavailable: "+err.Error()
 	case !ok && code == CodeGrantExhausted:
