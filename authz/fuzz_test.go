@@ -6,6 +6,8 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/gowebpki/jcs"
+
+	"github.com/m1-agent/m1/internal/approval"
 )
 
 // FuzzParseCall feeds arbitrary paths and bodies to the parser. It must
@@ -36,7 +38,7 @@ func FuzzParseCall(f *testing.F) {
 		if c.Kind != KindToolCall {
 			return
 		}
-		if !validToolName(c.Tool) {
+		if !approval.ValidToolName(c.Tool) {
 			t.Fatalf("accepted tool name %q", c.Tool)
 		}
 		want, jerr := jcs.Transform(c.Args)

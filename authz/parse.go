@@ -14,6 +14,8 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/m1-agent/m1/internal/approval"
 )
 
 // Kinds of request, as seen by the policy in input.m1.kind.
@@ -111,7 +113,7 @@ func ParseCall(h *authv3.AttributeContext_HttpRequest, headers Headers, opts Par
 		return parseMCP(c, body)
 	case c.Method == "POST" && opts.ToolsPathPrefix != "" && strings.HasPrefix(path, opts.ToolsPathPrefix):
 		name := path[len(opts.ToolsPathPrefix):]
-		if !validToolName(name) {
+		if !approval.ValidToolName(name) {
 			return c, badPath("tool name must match [A-Za-z0-9_.-]{1,128}")
 		}
 		body, rerr := requestBody(h, headers, c.Truncated, opts.MaxBodyBytes)
@@ -200,19 +202,6 @@ func cleanPath(raw string) (string, *RequestError) {
 		}
 	}
 	return p, nil
-}
-
-func validToolName(s string) bool {
-	if len(s) == 0 || len(s) > 128 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 // decoders reuses jsontext decoders between requests.
@@ -471,7 +460,7 @@ func parseMCP(c Call, body []byte) (Call, *RequestError) {
 	if !hasName || nameKind != '"' {
 		return c, badRequest("tools/call without a string params.name")
 	}
-	if !validToolName(name) {
+	if !approval.ValidToolName(name) {
 		return c, badPath("tool name must match [A-Za-z0-9_.-]{1,128}")
 	}
 	c.Kind, c.Tool = KindToolCall, name

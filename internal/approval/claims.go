@@ -253,7 +253,7 @@ func parseM1(m *wireM1, c *Claims) *Error {
 		switch {
 		case m.Tools.set || m.MaxUses.set:
 			return invalid("an approval must not carry m1.tools or m1.max_uses")
-		case !validToolName(m.Tool.v):
+		case !ValidToolName(m.Tool.v):
 			return invalid("m1.tool must match [A-Za-z0-9_.-]{1,128}")
 		case !validSHA256Hex(m.ArgsSHA256.v):
 			return invalid("m1.args_sha256 must be 64 lowercase hex digits")
@@ -281,8 +281,9 @@ func parseM1(m *wireM1, c *Claims) *Error {
 	return nil
 }
 
-// validToolName reports whether s matches [A-Za-z0-9_.-]{1,128}.
-func validToolName(s string) bool {
+// ValidToolName reports whether s is a tool name: [A-Za-z0-9_.-]{1,128}
+// (DESIGN §3). The sidecar, the tokens and the CLI all use this one rule.
+func ValidToolName(s string) bool {
 	if len(s) == 0 || len(s) > 128 {
 		return false
 	}
@@ -300,7 +301,7 @@ func validToolName(s string) bool {
 // by a single '*'. A bare "*" is not a pattern.
 func validToolPattern(p string) bool {
 	prefix, _ := strings.CutSuffix(p, "*")
-	return validToolName(prefix)
+	return ValidToolName(prefix)
 }
 
 func validSHA256Hex(s string) bool {

@@ -281,7 +281,7 @@ func defaultKID(alg string, now time.Time) string {
 
 // validKID reports whether kid is usable as a file name: 1 to 128 of
 // [A-Za-z0-9_.-], not starting with '.'.
-func validKID(kid string) bool { return validName(kid) && kid[0] != '.' }
+func validKID(kid string) bool { return approval.ValidToolName(kid) && kid[0] != '.' }
 
 // printJSON writes v as one indented JSON object on stdout.
 func printJSON(c *cmdIO, name string, v any) int {

@@ -60,7 +60,7 @@ const toolsPathPrefix = "/tools/"
 // with authz.ParseCall, so the checks and the hash are the sidecar's own.
 // Empty args are {}, as for a call without a body.
 func argsSHA256(tool string, args []byte) (string, error) {
-	if !validName(tool) {
+	if !approval.ValidToolName(tool) {
 		return "", fmt.Errorf("tool %q: want 1 to 128 of [A-Za-z0-9_.-]", tool)
 	}
 	req := &authv3.AttributeContext_HttpRequest{Method: "POST", Path: toolsPathPrefix + tool, RawBody: args}
@@ -271,27 +271,11 @@ func toolPatterns(s string) ([]string, error) {
 		switch {
 		case p == "*":
 			return nil, errors.New("a bare * would allow every tool: name the tools, or use a prefix such as fs.*")
-		case !validName(prefix):
+		case !approval.ValidToolName(prefix):
 			return nil, fmt.Errorf("%q: want a tool name or a tool-name prefix followed by *, of [A-Za-z0-9_.-]", p)
 		}
 	}
 	return list, nil
-}
-
-// validName reports whether s matches [A-Za-z0-9_.-]{1,128} (tool names,
-// and the characters of a kid).
-func validName(s string) bool {
-	if len(s) == 0 || len(s) > 128 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		switch b := s[i]; {
-		case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9', b == '_', b == '.', b == '-':
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 const tokenInspectDescription = `Decode an approval token (TOKEN, or - to read it from stdin) and print
