@@ -17,6 +17,9 @@ import (
 	"github.com/m1-agent/m1/internal/state/redisstate"
 )
 
+// maxStateWait bounds how long one check waits on the state store.
+const maxStateWait = 300 * time.Millisecond
+
 // stateStore is what the sidecar needs of its state backend.
 type stateStore interface {
 	Consume(ctx context.Context, jti string, exp time.Time) (bool, error)
@@ -56,7 +59,10 @@ func (s *Server) setupRedis() error {
 	s.redis = conn
 	ro := redisstate.DefaultOptions()
 	ro.Fallback = o.ReplayFallback
-	ro.Timeout = ms(o.RedisCommandTimeoutMS) * time.Duration(o.RedisMaxRetries+1)
+	// A check waits on Redis at most this long, retries included: under
+	// Envoy's ext_authz timeout (500 ms in deploy/envoy), so the caller
+	// gets M1's JSON deny rather than Envoy's timeout.
+	ro.Timeout = min(ms(o.RedisCommandTimeoutMS)*time.Duration(o.RedisMaxRetries+1), maxStateWait)
 	ro.EpochMargin = o.ClockSkew
 	ro.Now = o.Now
 	ro.Logger = s.log.Named("state")
