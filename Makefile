@@ -19,13 +19,16 @@ run: build ## start m1-authz on embedded defaults (gRPC :9191, admin :9192)
 
 test: test-deps test-go test-rego ## go test -race plus the Rego tests of the default bundle
 
-# Install the servers the tests start (redis-server) when missing and we can.
+# Install the servers the tests start (redis-server, PostgreSQL) when missing
+# and we can; without them those tests skip loudly (and fail under CI=1).
 test-deps:
-	@if ! command -v redis-server >/dev/null; then \
+	@need=""; command -v redis-server >/dev/null || need="$$need redis-server"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
+	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing redis-server for the tests"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) || echo "could not install redis-server; Redis tests will skip"; \
-	  else echo "redis-server not installed and not root: Redis tests will skip (apt-get install redis-server)"; fi; \
+	    echo "installing$$need for the tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null) || echo "could not install$$need; those tests will skip"; \
+	  else echo "not installed and not root:$$need; those tests will skip (apt-get install$$need)"; fi; \
 	fi
 
 test-go:

@@ -25,6 +25,7 @@ import (
 	"github.com/m1-agent/m1/internal/cache"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
+	"github.com/m1-agent/m1/internal/store"
 )
 
 // Deny codes of the decision path besides the request errors of parse.go.
@@ -45,6 +46,12 @@ type DecisionCache interface {
 	Purge()
 }
 
+// Auditor records decisions off the decision path; Record must not block
+// for long (the audit recorder queues).
+type Auditor interface {
+	Record(store.Event)
+}
+
 // EvalObserver is implemented by caches that decide per call whether a
 // shared tier is worth a round trip: they are told each evaluation's time.
 type EvalObserver interface {
@@ -62,6 +69,7 @@ type Options struct {
 	Uses           UseStore      // required
 	Revocations    RevocationChecker
 	Epoch          Epoch         // nil: no data-loss fencing
+	Audit          Auditor       // nil: decisions are not audited
 	ClockSkew      time.Duration // leeway of token times; used records outlive exp by it
 	Logger         *zap.Logger
 	Metrics        *metrics.Authz
@@ -336,6 +344,28 @@ const (
 	fieldJTI        = "jti"
 )
 
+// audit hands the decision to the audit trail. Arguments are kept only for
+// tools the registry marks non-sensitive.
+func (s *Service) audit(v *verdict, decision string, start time.Time, elapsed time.Duration) {
+	e := store.Event{
+		DecisionID: v.id, Time: start, Kind: store.KindDecision,
+		Principal: v.principal, RunID: v.runID, Tool: v.call.Tool, ArgsSHA256: v.call.ArgsSHA256,
+		Decision: decision, Reason: v.code, Status: v.status, LatencyMicros: elapsed.Microseconds(), CacheTier: v.tier,
+	}
+	if !v.allowed {
+		e.Detail = v.reason
+	}
+	engine := s.policy.Load()
+	e.PolicyRevision = engine.Revision()
+	if c := v.claims; c != nil {
+		e.TokenJTI, e.ProposalID = c.ID, c.ProposalID
+	}
+	if len(v.call.Args) > 0 && engine.ArgsAuditable(v.call.Tool) {
+		e.Args = v.call.Args // validated JSON, as sent; never modified
+	}
+	s.opts.Audit.Record(e)
+}
+
 func jtiOf(c *approval.Claims) string {
 	if c == nil {
 		return ""
@@ -355,6 +385,9 @@ func (s *Service) record(v *verdict, start time.Time) {
 		s.opts.Metrics.TokenVerifyTotal.WithLabelValues(v.tokenResult).Inc()
 	}
 	s.opts.Metrics.CheckDuration.Observe(elapsed.Seconds())
+	if s.opts.Audit != nil {
+		s.audit(v, decision, start, elapsed)
+	}
 	if !s.debug {
 		return
 	}

@@ -170,6 +170,19 @@ func (e *Engine) Cacheable() (ok bool, reason string) { return e.cacheable, e.re
 // Needs reports which top-level input keys the policy reads.
 func (e *Engine) Needs() Needs { return e.needs }
 
+// ArgsAuditable reports whether the registry marks tool non-sensitive
+// explicitly ("sensitive": false), so that its arguments may be stored in
+// the audit trail. Unknown tools and entries without the flag are
+// sensitive. It does not copy the registry: cheap enough for every check.
+func (e *Engine) ArgsAuditable(tool string) bool {
+	t, ok := e.tools[tool]
+	if !ok {
+		return false
+	}
+	v, present := t.Raw["sensitive"]
+	return present && v == false
+}
+
 // Tools returns the tool registry from data.m1.tools (an empty map if
 // absent). The result is a deep copy the caller may keep or modify.
 func (e *Engine) Tools() map[string]Tool {

@@ -1,0 +1,373 @@
+// Package audit records every decision durably, off the decision path:
+// Record puts an event on a bounded queue; one writer goroutine chains the
+// events by hash (store.Chainer), writes them to the store in batches, and
+// when the store cannot be reached appends them to a local spool file under
+// M1_DATA_DIR, which it replays, in order and exactly once (the store is
+// idempotent on writer and seq), when the store answers again. Nothing is
+// dropped: a full queue makes Record wait rather than lose an event.
+package audit
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/m1-agent/m1/internal/store"
+)
+
+// Sink is where events end up; store.Store satisfies it.
+type Sink interface {
+	AppendEvents(ctx context.Context, events []store.Event) error
+	Ping(ctx context.Context) error
+}
+
+// Options configure a Recorder.
+type Options struct {
+	Writer     string        // chain name (store.WriterID); required
+	Sink       Sink          // required
+	SpoolPath  string        // append-only spool file; required
+	QueueSize  int           // default 65536
+	BatchSize  int           // default 256
+	FlushEvery time.Duration // longest an event waits for its batch; default 100ms
+	RetryEvery time.Duration // spool replay attempts while the store is down; default 1s
+	Timeout    time.Duration // per store write; default 5s
+	Logger     *zap.Logger
+	Registerer prometheus.Registerer
+}
+
+// Recorder is safe for concurrent use. Start it once; Close flushes.
+type Recorder struct {
+	o       Options
+	queue   chan store.Event
+	chainer *store.Chainer
+	log     *zap.Logger
+	done    chan struct{}
+	closed  chan struct{}
+	once    sync.Once
+
+	events   prometheus.Counter
+	depth    prometheus.GaugeFunc
+	spooled  prometheus.Counter
+	mu       sync.Mutex // guards the fields below (read by Stats)
+	spoolN   int64      // events in the spool
+	spoolLen int64      // spool size in bytes
+	written  int64
+	lastErr  string
+}
+
+// New returns a Recorder; it registers m1_audit_events_total and
+// m1_audit_queue_depth on o.Registerer and picks up a spool left by a
+// previous run.
+func New(o Options) (*Recorder, error) {
+	if o.Writer == "" || o.Sink == nil || o.SpoolPath == "" {
+		return nil, errors.New("audit: Writer, Sink and SpoolPath are required")
+	}
+	if o.QueueSize <= 0 {
+		o.QueueSize = 65536
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = 256
+	}
+	if o.FlushEvery <= 0 {
+		o.FlushEvery = 100 * time.Millisecond
+	}
+	if o.RetryEvery <= 0 {
+		o.RetryEvery = time.Second
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 5 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	r := &Recorder{
+		o: o, queue: make(chan store.Event, o.QueueSize), chainer: store.NewChainer(o.Writer),
+		log: o.Logger, done: make(chan struct{}), closed: make(chan struct{}),
+		events: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "m1_audit_events_total", Help: "Audit events recorded (queued for the store).",
+		}),
+		spooled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "m1_audit_spooled_events_total", Help: "Audit events written to the local spool because the store was unreachable.",
+		}),
+	}
+	r.depth = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "m1_audit_queue_depth", Help: "Audit events waiting in memory for the writer.",
+	}, func() float64 { return float64(len(r.queue)) })
+	if o.Registerer != nil {
+		for _, c := range []prometheus.Collector{r.events, r.depth, r.spooled} {
+			if err := o.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("audit metrics: %w", err)
+			}
+		}
+	}
+	n, size, err := countSpool(o.SpoolPath)
+	if err != nil {
+		return nil, err
+	}
+	r.spoolN, r.spoolLen = n, size
+	if n > 0 {
+		r.log.Warn("audit spool from an earlier run will be replayed", zap.String("path", o.SpoolPath), zap.Int64("events", n))
+	}
+	return r, nil
+}
+
+// Record queues e. It never drops: when the queue is full it waits for
+// room (the writer spools to disk if the store is slow or down, so the
+// wait is short). After Close it writes e to the spool directly.
+func (r *Recorder) Record(e store.Event) {
+	r.events.Inc()
+	select {
+	case r.queue <- e:
+		return
+	default:
+	}
+	select {
+	case r.queue <- e:
+	case <-r.closed:
+		r.spoolLate(e)
+	}
+}
+
+// spoolLate keeps an event recorded after Close: it is chained and spooled.
+func (r *Recorder) spoolLate(e store.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	batch := []store.Event{e}
+	r.chainer.Chain(batch)
+	if err := r.appendSpoolLocked(batch); err != nil {
+		r.log.Error("audit event lost: spool unwritable after shutdown", zap.String("decision_id", e.DecisionID), zap.Error(err))
+	}
+}
+
+// Start runs the writer until Close.
+func (r *Recorder) Start(ctx context.Context) {
+	go r.run(context.WithoutCancel(ctx))
+}
+
+// Close stops accepting work, writes out everything queued (to the store,
+// or to the spool), and returns when done or when ctx ends.
+func (r *Recorder) Close(ctx context.Context) error {
+	r.once.Do(func() { close(r.closed) })
+	select {
+	case <-r.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("audit flush: %w", ctx.Err())
+	}
+}
+
+// Stats is the recorder's state for /health.
+type Stats struct {
+	QueueDepth  int    `json:"queue_depth"`
+	SpoolEvents int64  `json:"spool_events"`
+	SpoolBytes  int64  `json:"spool_bytes"`
+	Written     int64  `json:"written"`
+	LastError   string `json:"last_error,omitempty"`
+}
+
+// Stats returns a snapshot.
+func (r *Recorder) Stats() Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return Stats{QueueDepth: len(r.queue), SpoolEvents: r.spoolN, SpoolBytes: r.spoolLen, Written: r.written, LastError: r.lastErr}
+}
+
+func (r *Recorder) run(ctx context.Context) {
+	defer close(r.done)
+	tick := time.NewTicker(r.o.FlushEvery)
+	defer tick.Stop()
+	retry := time.NewTicker(r.o.RetryEvery)
+	defer retry.Stop()
+	batch := make([]store.Event, 0, r.o.BatchSize)
+	for {
+		select {
+		case e := <-r.queue:
+			batch = append(batch, e)
+			if len(batch) >= r.o.BatchSize {
+				batch = r.flush(ctx, batch)
+			}
+		case <-tick.C:
+			if len(batch) > 0 {
+				batch = r.flush(ctx, batch)
+			}
+		case <-retry.C:
+			r.replay(ctx)
+		case <-r.closed:
+			for {
+				select {
+				case e := <-r.queue:
+					batch = append(batch, e)
+					if len(batch) >= r.o.BatchSize {
+						batch = r.flush(ctx, batch)
+					}
+					continue
+				default:
+				}
+				break
+			}
+			if len(batch) > 0 {
+				r.flush(ctx, batch)
+			}
+			r.replay(ctx)
+			return
+		}
+	}
+}
+
+// flush chains batch and writes it to the store, or to the spool when the
+// spool already holds older events (order) or the store fails.
+func (r *Recorder) flush(ctx context.Context, batch []store.Event) []store.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.chainer.Chain(batch)
+	if r.spoolN == 0 {
+		wctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
+		err := r.o.Sink.AppendEvents(wctx, batch)
+		cancel()
+		if err == nil {
+			r.written += int64(len(batch))
+			r.lastErr = ""
+			return batch[:0]
+		}
+		r.lastErr = err.Error()
+		r.log.Warn("audit store unreachable; spooling events locally", zap.Error(err), zap.String("spool", r.o.SpoolPath))
+	}
+	if err := r.appendSpoolLocked(batch); err != nil {
+		// The disk is the last resort; say so loudly, keep the events in
+		// memory for the next attempt.
+		r.lastErr = "spool: " + err.Error()
+		r.log.Error("audit spool unwritable; events kept in memory", zap.Error(err))
+		return batch
+	}
+	return batch[:0]
+}
+
+func (r *Recorder) appendSpoolLocked(batch []store.Event) error {
+	f, err := os.OpenFile(r.o.SpoolPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	enc := json.NewEncoder(w)
+	for _, e := range batch {
+		if err := enc.Encode(e); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	st, err := f.Stat()
+	if err == nil {
+		r.spoolLen = st.Size()
+	}
+	r.spoolN += int64(len(batch))
+	r.spooled.Add(float64(len(batch)))
+	return f.Close()
+}
+
+// replay sends the spool to the store in order, then truncates it. A
+// partial replay is repeated from the start next time: the store skips
+// what it already has.
+func (r *Recorder) replay(ctx context.Context) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.spoolN == 0 {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
+	err := r.o.Sink.Ping(pctx)
+	cancel()
+	if err != nil {
+		r.lastErr = err.Error()
+		return
+	}
+	f, err := os.Open(r.o.SpoolPath)
+	if err != nil {
+		r.lastErr = "spool: " + err.Error()
+		return
+	}
+	defer f.Close()
+	dec := json.NewDecoder(bufio.NewReader(f))
+	batch := make([]store.Event, 0, r.o.BatchSize)
+	send := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		wctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
+		defer cancel()
+		err := r.o.Sink.AppendEvents(wctx, batch)
+		batch = batch[:0]
+		return err
+	}
+	var n int64
+	for {
+		var e store.Event
+		if err := dec.Decode(&e); err != nil {
+			if !errors.Is(err, io.EOF) {
+				r.lastErr = "spool: " + err.Error()
+				r.log.Error("audit spool has a bad record; replay stopped", zap.Error(err))
+				return
+			}
+			break
+		}
+		batch = append(batch, e)
+		n++
+		if len(batch) == r.o.BatchSize {
+			if err := send(); err != nil {
+				r.lastErr = err.Error()
+				return
+			}
+		}
+	}
+	if err := send(); err != nil {
+		r.lastErr = err.Error()
+		return
+	}
+	if err := os.Truncate(r.o.SpoolPath, 0); err != nil {
+		r.lastErr = "spool: " + err.Error()
+		return
+	}
+	r.log.Info("audit spool replayed into the store", zap.Int64("events", n))
+	r.written += n
+	r.spoolN, r.spoolLen, r.lastErr = 0, 0, ""
+}
+
+// countSpool counts the events of an existing spool file.
+func countSpool(path string) (n, size int64, err error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("audit spool: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		if len(sc.Bytes()) > 0 {
+			n++
+		}
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return 0, 0, err
+	}
+	return n, st.Size(), sc.Err()
+}

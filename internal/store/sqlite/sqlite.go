@@ -1,0 +1,198 @@
+// Package sqlite is the embedded store.Store: one SQLite file (by default
+// <M1_DATA_DIR>/m1.db) through modernc.org/sqlite, pure Go, no cgo. The file
+// is in WAL mode so that the sidecar, the orchestrator and the CLI can share
+// it on one host: readers never block the writer, and writers in different
+// processes queue for the write lock (BEGIN IMMEDIATE with a busy timeout)
+// instead of failing with "database is locked".
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+	"github.com/m1-agent/m1/internal/store"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// timeLayout is how times are stored: UTC text that sorts as time.
+const timeLayout = "2006-01-02T15:04:05.000000Z"
+
+// Options tune Open.
+type Options struct {
+	// BusyTimeout is how long a write waits for another process's write
+	// lock before failing.
+	BusyTimeout time.Duration
+	// Readers bounds the read connections (the writer has its own, one).
+	Readers int
+}
+
+// DefaultOptions returns the defaults: a 10s busy timeout, 4 readers.
+func DefaultOptions() Options {
+	return Options{BusyTimeout: 10 * time.Second, Readers: 4}
+}
+
+func (o Options) validate() error {
+	switch {
+	case o.BusyTimeout <= 0:
+		return errors.New("sqlite: Options.BusyTimeout must be positive")
+	case o.Readers < 1:
+		return errors.New("sqlite: Options.Readers must be at least 1")
+	}
+	return nil
+}
+
+// Store is a store.Store on one SQLite file. It is safe for concurrent use,
+// and any number of Stores, in this process or others, may open one file.
+type Store struct {
+	path      string
+	w         *sql.DB // one connection: this Store's writes are serialized here
+	r         *sql.DB // read connections
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens (creating it if needed) the SQLite database at path, whose
+// directory must exist, and applies the pending migrations.
+func Open(ctx context.Context, path string, o Options) (*Store, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	if path == "" || strings.ContainsAny(path, "?#") {
+		return nil, fmt.Errorf("sqlite: invalid database path %q", path)
+	}
+	q := url.Values{}
+	q.Set("_busy_timeout", strconv.FormatInt(o.BusyTimeout.Milliseconds(), 10))
+	q.Set("_journal_mode", "WAL")
+	q.Set("_foreign_keys", "1")
+	q.Set("_synchronous", "FULL") // an acknowledged audit event survives a power cut
+	wq := url.Values{"_txlock": {"immediate"}}
+	rq := url.Values{"_query_only": {"1"}}
+	for k, v := range q {
+		wq[k], rq[k] = v, v
+	}
+	w, err := sql.Open("sqlite", path+"?"+wq.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %q: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	s := &Store{path: path, w: w}
+	if err := s.migrate(ctx); err != nil {
+		w.Close()
+		return nil, err
+	}
+	r, err := sql.Open("sqlite", path+"?"+rq.Encode())
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("open sqlite %q: %w", path, err)
+	}
+	r.SetMaxOpenConns(o.Readers)
+	r.SetMaxIdleConns(o.Readers)
+	s.r = r
+	return s, nil
+}
+
+// Path returns the database file's path.
+func (s *Store) Path() string { return s.path }
+
+// migrate applies the pending migrations in one write transaction (BEGIN
+// IMMEDIATE, so two processes opening a new file do not race).
+func (s *Store) migrate(ctx context.Context) error {
+	ms, err := store.LoadMigrations(migrations, "migrations")
+	if err != nil {
+		return err
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrate %q: %w", s.path, err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version    INTEGER PRIMARY KEY,
+		name       TEXT NOT NULL,
+		applied_at TEXT NOT NULL
+	) STRICT`); err != nil {
+		return fmt.Errorf("migrate %q: %w", s.path, err)
+	}
+	applied := map[int]bool{}
+	rows, err := tx.QueryContext(ctx, `SELECT version FROM schema_migrations`)
+	if err != nil {
+		return fmt.Errorf("migrate %q: %w", s.path, err)
+	}
+	for rows.Next() {
+		var v int
+		if err := rows.Scan(&v); err != nil {
+			rows.Close()
+			return fmt.Errorf("migrate %q: %w", s.path, err)
+		}
+		applied[v] = true
+	}
+	if err := rows.Close(); err != nil {
+		return fmt.Errorf("migrate %q: %w", s.path, err)
+	}
+	for _, m := range ms {
+		if applied[m.Version] {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
+			return fmt.Errorf("migrate %q: apply %04d_%s: %w", s.path, m.Version, m.Name, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
+			m.Version, m.Name, ts(time.Now())); err != nil {
+			return fmt.Errorf("migrate %q: record %04d_%s: %w", s.path, m.Version, m.Name, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrate %q: %w", s.path, err)
+	}
+	return nil
+}
+
+// Ping checks that the database answers a query.
+func (s *Store) Ping(ctx context.Context) error {
+	var n int
+	if err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations`).Scan(&n); err != nil {
+		return fmt.Errorf("ping sqlite %q: %w", s.path, err)
+	}
+	return nil
+}
+
+// Close closes the connections. It is safe to call more than once.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		var errR error
+		if s.r != nil {
+			errR = s.r.Close()
+		}
+		s.closeErr = errors.Join(s.w.Close(), errR)
+	})
+	return s.closeErr
+}
+
+// ts formats t as stored.
+func ts(t time.Time) string { return t.UTC().Format(timeLayout) }
+
+// parseTS parses a stored time.
+func parseTS(s string) (time.Time, error) {
+	t, err := time.Parse(timeLayout, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("stored time %q: %w", s, err)
+	}
+	return t, nil
+}
