@@ -16,6 +16,7 @@ import (
 
 	"github.com/m1-agent/m1/internal/config"
 	"github.com/m1-agent/m1/internal/logging"
+	"github.com/m1-agent/m1/internal/redisconn"
 	"github.com/m1-agent/m1/internal/sidecar"
 )
 
@@ -48,6 +49,7 @@ func run() int {
 		return 2
 	}
 	defer logger.Sync() //nolint:errcheck // stderr sync errors are not actionable
+	redisconn.RouteDriverLogs(logger.Named("go-redis"))
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

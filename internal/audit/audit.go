@@ -238,6 +238,10 @@ func (r *Recorder) flush(ctx context.Context, batch []store.Event) []store.Event
 			r.lastErr = ""
 			return batch[:0]
 		}
+		if permanent(err) {
+			r.reject(batch, err)
+			return batch[:0]
+		}
 		r.lastErr = err.Error()
 		r.log.Warn("audit store unreachable; spooling events locally", zap.Error(err), zap.String("spool", r.o.SpoolPath))
 	}
@@ -312,6 +316,10 @@ func (r *Recorder) replay(ctx context.Context) {
 		wctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 		defer cancel()
 		err := r.o.Sink.AppendEvents(wctx, batch)
+		if permanent(err) {
+			r.reject(batch, err)
+			err = nil
+		}
 		batch = batch[:0]
 		return err
 	}
@@ -346,6 +354,28 @@ func (r *Recorder) replay(ctx context.Context) {
 	r.log.Info("audit spool replayed into the store", zap.Int64("events", n))
 	r.written += n
 	r.spoolN, r.spoolLen, r.lastErr = 0, 0, ""
+}
+
+// permanent reports store errors that no retry can cure.
+func permanent(err error) bool {
+	return errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrInvalidEvent)
+}
+
+// reject sets a batch the store refuses aside in <spool>.rejected, so that
+// it is kept for an operator and does not block the events behind it.
+// r.mu is held.
+func (r *Recorder) reject(batch []store.Event, cause error) {
+	r.log.Error("audit store refused a batch; kept in the rejected file", zap.Error(cause), zap.String("file", r.o.SpoolPath+".rejected"))
+	f, err := os.OpenFile(r.o.SpoolPath+".rejected", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		r.log.Error("audit events lost: rejected file unwritable", zap.Error(err), zap.Int("events", len(batch)))
+		return
+	}
+	defer f.Close()
+	enc := json.NewEncoder(f)
+	for _, e := range batch {
+		_ = enc.Encode(e)
+	}
 }
 
 // countSpool counts the events of an existing spool file.

@@ -52,6 +52,10 @@ type Options struct {
 	CacheL2Mode           string // auto | always | off
 	CacheL2TTL            time.Duration
 
+	// Audit trail.
+	Audit       bool   // record every decision
+	DatabaseURL string // "" = SQLite file under DataDir; postgres://… for PostgreSQL
+
 	Version    string
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer // also a Gatherer when it is a *prometheus.Registry
@@ -85,6 +89,7 @@ func DefaultOptions() Options {
 		RedisConnectTimeoutMS: 500,
 		RedisCommandTimeoutMS: 200,
 		CacheL2Mode:           "auto",
+		Audit:                 true,
 		CacheL2TTL:            10 * time.Minute,
 		Version:               "dev",
 		Now:                   time.Now,
@@ -147,6 +152,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	str(&o.CacheL2Mode, "cache-l2-mode", "M1_CACHE_L2_MODE", "Redis decision cache: auto (only when evaluation is slower than a Redis round trip), always, off")
 	fs.DurationVar(&o.CacheL2TTL, "cache-l2-ttl", o.CacheL2TTL, "Redis decision cache entry lifetime")
 	env["cache-l2-ttl"] = "M1_CACHE_L2_TTL"
+	fs.BoolVar(&o.Audit, "audit", o.Audit, "record every decision in the audit store")
+	env["audit"] = "M1_AUDIT"
+	str(&o.DatabaseURL, "database-url", "M1_DATABASE_URL", "audit store: empty = SQLite file m1.db under --data-dir; postgres://… for PostgreSQL")
 	return env
 }
 

@@ -1,0 +1,68 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/m1-agent/m1/internal/admin"
+	"github.com/m1-agent/m1/internal/audit"
+	"github.com/m1-agent/m1/internal/store"
+	"github.com/m1-agent/m1/internal/store/backend"
+)
+
+// setupAudit opens the audit store (SQLite under DataDir by default,
+// PostgreSQL with M1_DATABASE_URL) and the recorder. A database that is
+// down at start is not fatal: events spool under DataDir until it answers.
+func (s *Server) setupAudit(ctx context.Context) error {
+	o := s.opts
+	if !o.Audit {
+		return nil
+	}
+	if _, _, err := backend.Parse(o.DatabaseURL, o.DataDir); err != nil {
+		return fmt.Errorf("M1_DATABASE_URL: %w", err)
+	}
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return fmt.Errorf("M1_DATA_DIR: %w", err)
+	}
+	s.auditSink = audit.NewLazySink(func(ctx context.Context) (store.Store, error) {
+		return backend.Open(ctx, o.DatabaseURL, o.DataDir)
+	})
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := s.auditSink.Ping(pctx); err != nil {
+		s.log.Warn("audit store unreachable at start; decisions spool locally until it answers", zap.Error(err))
+	}
+	rec, err := audit.New(audit.Options{
+		Writer:     store.WriterID("m1-authz", o.Now()),
+		Sink:       s.auditSink,
+		SpoolPath:  filepath.Join(o.DataDir, "audit-spool.jsonl"),
+		Logger:     s.log.Named("audit"),
+		Registerer: o.Registerer,
+	})
+	if err != nil {
+		_ = s.auditSink.Close()
+		return err
+	}
+	s.audit = rec
+	return nil
+}
+
+func (s *Server) databaseCheck() admin.Check {
+	if s.audit == nil {
+		return admin.Check{Status: admin.StatusDisabled, Detail: "audit off (M1_AUDIT=false)"}
+	}
+	kind, _, _ := backend.Parse(s.opts.DatabaseURL, s.opts.DataDir)
+	st := s.audit.Stats()
+	c := admin.Check{Status: admin.StatusOK, Info: map[string]any{
+		"backend": kind, "queue_depth": st.QueueDepth, "spool_events": st.SpoolEvents, "spool_bytes": st.SpoolBytes, "written": st.Written,
+	}}
+	if st.LastError != "" || st.SpoolEvents > 0 {
+		c.Status, c.Detail = admin.StatusDegraded, "audit store unreachable; decisions spool locally: "+st.LastError
+	}
+	return c
+}
