@@ -42,9 +42,10 @@ lint: ## go vet, gofmt check, and staticcheck when installed
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	@if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck not installed; skipped"; fi
 
-bench: ## Go benchmarks of the Check path, then gRPC load (ghz) against m1-authz and a no-op server
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./authz/ ./internal/policy/
+bench: ## Go benchmarks of the Check path, then gRPC load (ghz) against m1-authz (without, then with audit) and a no-op server
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./authz/ ./internal/policy/ ./internal/approval/
 	$(GO) run ./cmd/m1 bench
+	$(GO) run ./cmd/m1 bench --audit
 
 fuzz: ## fuzz the request parser for FUZZTIME (default 30s)
 	$(GO) test -run '^$$' -fuzz FuzzParseCall -fuzztime $(FUZZTIME) ./authz/

@@ -49,6 +49,7 @@ type Options struct {
 	Duration    time.Duration `json:"duration_ns"`    // measured time per target instead of Requests; at most MaxDuration
 	Warmup      int           `json:"warmup"`         // unmeasured calls per target before measuring; at most MaxRequests
 	Addr        string        `json:"addr,omitempty"` // a running m1-authz (loopback host:port) to measure instead of an in-process one
+	Audit       bool          `json:"audit"`          // the in-process m1-authz also audits every decision (SQLite in a temp dir)
 }
 
 // DefaultOptions returns the defaults of `m1 bench`.
@@ -190,7 +191,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 			return rep, fmt.Errorf("%s: %w", TargetM1, err)
 		}
 	} else {
-		if srv, err = startM1(ctx); err != nil {
+		if srv, err = startM1(ctx, opts.Audit); err != nil {
 			return rep, err
 		}
 		defer func() {

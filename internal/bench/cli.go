@@ -31,6 +31,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&opts.Duration, "duration", opts.Duration, "measured time per target instead of --requests (0 = use --requests; at most "+MaxDuration.String()+")")
 	fs.IntVar(&opts.Warmup, "warmup", opts.Warmup, "unmeasured calls per target before measuring (they also fill m1-authz's decision cache)")
 	fs.StringVar(&opts.Addr, "addr", "", "a running m1-authz (loopback host:port) to measure instead of an in-process one")
+	fs.BoolVar(&opts.Audit, "audit", false, "the in-process m1-authz also audits every decision to SQLite")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage: m1 bench [flags]

@@ -56,8 +56,9 @@ type m1Server struct {
 }
 
 // startM1 starts m1-authz in-process on free 127.0.0.1 ports, logging
-// nothing. Its local state lives in a temporary directory that stop removes.
-func startM1(ctx context.Context) (*m1Server, error) {
+// nothing, auditing decisions only when withAudit (the audit writer shares
+// the machine's cores; measure the decision path without it, then with). Its local state lives in a temporary directory that stop removes.
+func startM1(ctx context.Context, withAudit bool) (*m1Server, error) {
 	dir, err := os.MkdirTemp("", "m1-bench-")
 	if err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
@@ -66,6 +67,7 @@ func startM1(ctx context.Context) (*m1Server, error) {
 	opts := sidecar.DefaultOptions()
 	opts.GRPCAddr, opts.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
 	opts.DataDir = dir
+	opts.Audit = withAudit
 	opts.Logger, opts.Registerer, opts.Gatherer = zap.NewNop(), reg, reg
 	srv, err := sidecar.New(ctx, opts)
 	if err != nil {

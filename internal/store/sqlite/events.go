@@ -21,6 +21,56 @@ const insertEvent = `INSERT INTO audit_events (writer, seq, prev_hash, hash, dec
 	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 	ON CONFLICT (writer, seq) DO NOTHING RETURNING id`
 
+// insertRows bounds the rows of one multi-row INSERT (21 parameters each,
+// well under SQLite's 32766).
+const insertRows = 128
+
+// insertMany inserts events[i] (those not pruned already) in multi-row
+// statements that skip existing (writer, seq), and returns how many rows
+// went in; a pruned event counts as skipped.
+func insertMany(ctx context.Context, tx *sql.Tx, events []store.Event, pruned map[string]int64) (int64, error) {
+	var total int64
+	for start := 0; start < len(events); start += insertRows {
+		chunk := events[start:min(start+insertRows, len(events))]
+		var q strings.Builder
+		q.WriteString(strings.TrimSuffix(strings.SplitN(insertEvent, "VALUES", 2)[0], "\n\t"))
+		q.WriteString(" VALUES ")
+		args := make([]any, 0, 21*len(chunk))
+		n := 0
+		for _, e := range chunk {
+			if e.Seq <= pruned[e.Writer] {
+				continue
+			}
+			if n > 0 {
+				q.WriteString(",")
+			}
+			q.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+			var a any
+			if len(e.Args) > 0 {
+				a = string(e.Args)
+			}
+			args = append(args, e.Writer, e.Seq, e.PrevHash, e.Hash, e.DecisionID, ts(e.Time), e.Kind,
+				e.Principal, e.RunID, e.ProposalID, e.Tool, e.ArgsSHA256, a, e.Decision, e.Reason, e.Detail,
+				e.Status, e.PolicyRevision, e.TokenJTI, e.LatencyMicros, e.CacheTier)
+			n++
+		}
+		if n == 0 {
+			continue
+		}
+		q.WriteString(" ON CONFLICT (writer, seq) DO NOTHING")
+		res, err := tx.ExecContext(ctx, q.String(), args...)
+		if err != nil {
+			return 0, err
+		}
+		k, err := res.RowsAffected()
+		if err != nil {
+			return 0, err
+		}
+		total += k
+	}
+	return total, nil
+}
+
 // pruneChunk bounds the events one prune transaction deletes, so that the
 // write lock is never held for long.
 const pruneChunk = 5000
@@ -56,6 +106,18 @@ func (s *Store) AppendEvents(ctx context.Context, events []store.Event) error {
 			return fmt.Errorf("append events: chain %q: %w", e.Writer, err)
 		}
 		pruned[e.Writer] = p
+	}
+	// Fast path: the whole batch in multi-row INSERTs. When every row went
+	// in, there is nothing to check; otherwise some (writer, seq) existed
+	// already, and the row-by-row path below sorts replays from conflicts
+	// (rows this statement inserted read back as identical).
+	if n, err := insertMany(ctx, tx, events, pruned); err != nil {
+		return fmt.Errorf("append events: %w", err)
+	} else if n == int64(len(events)) {
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("append events: %w", err)
+		}
+		return nil
 	}
 	ins, err := tx.PrepareContext(ctx, insertEvent)
 	if err != nil {
