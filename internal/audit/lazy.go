@@ -21,6 +21,9 @@ func NewLazySink(open func(context.Context) (store.Store, error)) *LazySink {
 	return &LazySink{open: open}
 }
 
+// Store returns the store, opening it if needed.
+func (l *LazySink) Store(ctx context.Context) (store.Store, error) { return l.get(ctx) }
+
 func (l *LazySink) get(ctx context.Context) (store.Store, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

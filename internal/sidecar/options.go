@@ -53,8 +53,9 @@ type Options struct {
 	CacheL2TTL            time.Duration
 
 	// Audit trail.
-	Audit       bool   // record every decision
-	DatabaseURL string // "" = SQLite file under DataDir; postgres://… for PostgreSQL
+	Audit       bool          // record every decision
+	DatabaseURL string        // "" = SQLite file under DataDir; postgres://… for PostgreSQL
+	PruneEvery  time.Duration // apply store.DefaultRetention this often; 0 = never
 
 	Version    string
 	Logger     *zap.Logger
@@ -154,6 +155,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	env["cache-l2-ttl"] = "M1_CACHE_L2_TTL"
 	fs.BoolVar(&o.Audit, "audit", o.Audit, "record every decision in the audit store")
 	env["audit"] = "M1_AUDIT"
+	fs.DurationVar(&o.PruneEvery, "audit-prune-interval", o.PruneEvery, "apply the retention policy (decisions, runs, tool calls: 2 years; revoked tokens: 30 days) this often; 0 = never")
+	env["audit-prune-interval"] = "M1_AUDIT_PRUNE_INTERVAL"
 	str(&o.DatabaseURL, "database-url", "M1_DATABASE_URL", "audit store: empty = SQLite file m1.db under --data-dir; postgres://… for PostgreSQL")
 	return env
 }
@@ -198,6 +201,8 @@ func (o *Options) validate() error {
 		return fmt.Errorf("CacheL2Mode (M1_CACHE_L2_MODE) %q: want auto, always or off", o.CacheL2Mode)
 	case o.RedisURL != "" && (o.RedisCommandTimeoutMS <= 0 || o.RedisConnectTimeoutMS <= 0):
 		return fmt.Errorf("REDIS_COMMAND_TIMEOUT_MS and REDIS_CONNECT_TIMEOUT_MS must be positive")
+	case o.PruneEvery < 0 || (o.PruneEvery > 0 && o.PruneEvery < time.Minute):
+		return fmt.Errorf("PruneEvery (M1_AUDIT_PRUNE_INTERVAL) must be 0 or at least 1m")
 	case o.Logger == nil || o.Registerer == nil || o.Gatherer == nil || o.Now == nil:
 		return fmt.Errorf("Logger, Registerer, Gatherer and Now are required")
 	}

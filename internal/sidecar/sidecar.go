@@ -63,6 +63,7 @@ type Server struct {
 	l2             *rediscache.Cache
 	tiered         *cache.Tiered
 	stopRedis      context.CancelFunc
+	stopPrune      context.CancelFunc
 	audit          *audit.Recorder // nil when M1_AUDIT=false
 	auditSink      *audit.LazySink
 	keys           *approval.Watcher // nil without a JWKS file
@@ -266,6 +267,11 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	if s.audit != nil {
 		s.audit.Start(ctx)
+		if s.opts.PruneEvery > 0 {
+			pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+			s.stopPrune = cancel
+			go s.pruneLoop(pctx)
+		}
 	}
 	if err := s.startRedis(ctx); err != nil {
 		s.grpcLis.Close()
@@ -331,6 +337,9 @@ func (s *Server) Stop(ctx context.Context) error {
 		case <-ctx.Done():
 			s.grpc.Stop()
 			err = fmt.Errorf("drain gRPC: %w", ctx.Err())
+		}
+		if s.stopPrune != nil {
+			s.stopPrune()
 		}
 		if s.audit != nil { // in-flight checks are done: flush their events
 			if e := s.audit.Close(ctx); e != nil && err == nil {

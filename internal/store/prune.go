@@ -1,6 +1,11 @@
 package store
 
-import "slices"
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+)
 
 // PrunePlan is what one Prune call covers, read from its kinds. Backends
 // use it; callers pass kinds to Store.Prune.
@@ -44,4 +49,37 @@ func PlanPrune(kinds []string) PrunePlan {
 		p.EventKinds = nil
 	}
 	return p
+}
+
+// Retention is how long one prune target is kept.
+type Retention struct {
+	Target string        // a Prune* target
+	Keep   time.Duration // records older than this are pruned
+}
+
+// Year is 365 days, for retention periods.
+const Year = 365 * 24 * time.Hour
+
+// DefaultRetention is the operators' retention policy: decisions, runs,
+// tool calls and proposals for two years; revoked tokens for 30 days.
+var DefaultRetention = []Retention{
+	{PruneEvents, 2 * Year},
+	{PruneRuns, 2 * Year},
+	{PruneToolCalls, 2 * Year},
+	{PruneProposals, 2 * Year},
+	{PruneRevokedTokens, 30 * 24 * time.Hour},
+}
+
+// ApplyRetention prunes each target of r at now minus its Keep, and returns
+// the rows removed per target. It stops at the first error.
+func ApplyRetention(ctx context.Context, s Store, now time.Time, r []Retention) (map[string]int64, error) {
+	out := make(map[string]int64, len(r))
+	for _, t := range r {
+		n, err := s.Prune(ctx, now.Add(-t.Keep), t.Target)
+		if err != nil {
+			return out, fmt.Errorf("prune %s: %w", t.Target, err)
+		}
+		out[t.Target] = n
+	}
+	return out, nil
 }
