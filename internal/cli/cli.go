@@ -58,6 +58,7 @@ func commands() []command {
 		{"keys", "generate approval signing keys and the public JWKS", runKeys},
 		{"token", "mint or inspect approval tokens", runToken},
 		{"revoke", "revoke approval tokens by jti or agent (admin API)", runRevoke},
+		{"audit", "verify, export and prune the audit trail", runAudit},
 		{"version", "print the version", runVersion},
 		{"help", "print help for m1 or one command", nil}, // handled by Main
 	}
