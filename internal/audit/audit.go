@@ -13,8 +13,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -108,6 +108,9 @@ func New(o Options) (*Recorder, error) {
 				return nil, fmt.Errorf("audit metrics: %w", err)
 			}
 		}
+	}
+	if err := repairSpool(o.SpoolPath, o.Logger); err != nil {
+		return nil, err
 	}
 	n, size, err := countSpool(o.SpoolPath)
 	if err != nil {
@@ -307,7 +310,8 @@ func (r *Recorder) replay(ctx context.Context) {
 		return
 	}
 	defer f.Close()
-	dec := json.NewDecoder(bufio.NewReader(f))
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), maxSpoolLine)
 	batch := make([]store.Event, 0, r.o.BatchSize)
 	send := func() error {
 		if len(batch) == 0 {
@@ -324,15 +328,17 @@ func (r *Recorder) replay(ctx context.Context) {
 		return err
 	}
 	var n int64
-	for {
+	for sc.Scan() {
+		line := sc.Bytes()
+		if len(line) == 0 {
+			continue
+		}
 		var e store.Event
-		if err := dec.Decode(&e); err != nil {
-			if !errors.Is(err, io.EOF) {
-				r.lastErr = "spool: " + err.Error()
-				r.log.Error("audit spool has a bad record; replay stopped", zap.Error(err))
-				return
-			}
-			break
+		if err := json.Unmarshal(line, &e); err != nil {
+			// A record cut short (a crash mid-write): keep it for the
+			// operator, go on with the rest.
+			r.rejectLine(line, err)
+			continue
 		}
 		batch = append(batch, e)
 		n++
@@ -342,6 +348,10 @@ func (r *Recorder) replay(ctx context.Context) {
 				return
 			}
 		}
+	}
+	if err := sc.Err(); err != nil {
+		r.lastErr = "spool: " + err.Error()
+		return
 	}
 	if err := send(); err != nil {
 		r.lastErr = err.Error()
@@ -354,6 +364,29 @@ func (r *Recorder) replay(ctx context.Context) {
 	r.log.Info("audit spool replayed into the store", zap.Int64("events", n))
 	r.written += n
 	r.spoolN, r.spoolLen, r.lastErr = 0, 0, ""
+}
+
+// maxSpoolLine bounds one spooled event (its args are at most
+// M1_MAX_BODY_BYTES, escaped).
+const maxSpoolLine = 16 << 20
+
+// rejectLine sets an undecodable spool line aside. r.mu is held.
+func (r *Recorder) rejectLine(line []byte, cause error) {
+	r.log.Error("audit spool record unreadable; kept in the rejected file", zap.Error(cause), zap.String("file", r.o.SpoolPath+".rejected"))
+	f, err := os.OpenFile(r.o.SpoolPath+".rejected", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_, _ = f.Write(append(line, '\n'))
+}
+
+// ReportError records a store error seen outside the writer (the start-up
+// check), so that /health tells the store is down before any event spools.
+func (r *Recorder) ReportError(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lastErr = err.Error()
 }
 
 // permanent reports store errors that no retry can cure.
@@ -376,6 +409,32 @@ func (r *Recorder) reject(batch []store.Event, cause error) {
 	for _, e := range batch {
 		_ = enc.Encode(e)
 	}
+}
+
+// repairSpool cuts a record left half-written by a crash off the end of the
+// spool (moving it to <spool>.rejected), so that new records start on a
+// line of their own.
+func repairSpool(path string, log *zap.Logger) error {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) || (err == nil && (len(data) == 0 || data[len(data)-1] == '\n')) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("audit spool: %w", err)
+	}
+	cut := 0
+	if i := strings.LastIndexByte(string(data), '\n'); i >= 0 {
+		cut = i + 1
+	}
+	if f, err := os.OpenFile(path+".rejected", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
+		_, _ = f.Write(append(data[cut:], '\n'))
+		f.Close()
+	}
+	log.Warn("audit spool ended in a half-written record (a crash); moved it to the rejected file", zap.String("file", path+".rejected"))
+	if err := os.Truncate(path, int64(cut)); err != nil {
+		return fmt.Errorf("audit spool: %w", err)
+	}
+	return nil
 }
 
 // countSpool counts the events of an existing spool file.

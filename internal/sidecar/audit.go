@@ -34,8 +34,9 @@ func (s *Server) setupAudit(ctx context.Context) error {
 	})
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := s.auditSink.Ping(pctx); err != nil {
-		s.log.Warn("audit store unreachable at start; decisions spool locally until it answers", zap.Error(err))
+	pingErr := s.auditSink.Ping(pctx)
+	if pingErr != nil {
+		s.log.Warn("audit store unreachable at start; decisions spool locally until it answers", zap.Error(pingErr))
 	}
 	rec, err := audit.New(audit.Options{
 		Writer:     store.WriterID("m1-authz", o.Now()),
@@ -47,6 +48,9 @@ func (s *Server) setupAudit(ctx context.Context) error {
 	if err != nil {
 		_ = s.auditSink.Close()
 		return err
+	}
+	if pingErr != nil {
+		rec.ReportError(pingErr)
 	}
 	s.audit = rec
 	return nil

@@ -62,11 +62,13 @@ const Year = 365 * 24 * time.Hour
 
 // DefaultRetention is the operators' retention policy: decisions, runs,
 // tool calls and proposals for two years; revoked tokens for 30 days.
+// Children (tool calls, proposals) come before runs, so that each target's
+// count is its own rather than swallowed by a run's cascade.
 var DefaultRetention = []Retention{
 	{PruneEvents, 2 * Year},
-	{PruneRuns, 2 * Year},
 	{PruneToolCalls, 2 * Year},
 	{PruneProposals, 2 * Year},
+	{PruneRuns, 2 * Year},
 	{PruneRevokedTokens, 30 * 24 * time.Hour},
 }
 
