@@ -36,7 +36,7 @@ type Options struct {
 	Sink       Sink          // required
 	SpoolPath  string        // append-only spool file; required
 	QueueSize  int           // default 65536
-	BatchSize  int           // default 256
+	BatchSize  int           // default 1024
 	FlushEvery time.Duration // longest an event waits for its batch; default 100ms
 	RetryEvery time.Duration // spool replay attempts while the store is down; default 1s
 	Timeout    time.Duration // per store write; default 5s
@@ -75,7 +75,7 @@ func New(o Options) (*Recorder, error) {
 		o.QueueSize = 65536
 	}
 	if o.BatchSize <= 0 {
-		o.BatchSize = 256
+		o.BatchSize = 1024 // fewer, larger transactions: each commit is an fsync
 	}
 	if o.FlushEvery <= 0 {
 		o.FlushEvery = 100 * time.Millisecond

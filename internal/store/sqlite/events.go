@@ -25,26 +25,22 @@ const insertEvent = `INSERT INTO audit_events (writer, seq, prev_hash, hash, dec
 // well under SQLite's 32766).
 const insertRows = 128
 
-// insertMany inserts events[i] (those not pruned already) in multi-row
-// statements that skip existing (writer, seq), and returns how many rows
-// went in; a pruned event counts as skipped.
+// insertMany inserts the events not pruned already in multi-row statements
+// that skip existing (writer, seq), and returns how many rows went in; a
+// pruned event counts as skipped. Full chunks share one prepared statement.
 func insertMany(ctx context.Context, tx *sql.Tx, events []store.Event, pruned map[string]int64) (int64, error) {
+	rows := make([]store.Event, 0, len(events))
+	for _, e := range events {
+		if e.Seq > pruned[e.Writer] {
+			rows = append(rows, e)
+		}
+	}
+	var full *sql.Stmt
 	var total int64
-	for start := 0; start < len(events); start += insertRows {
-		chunk := events[start:min(start+insertRows, len(events))]
-		var q strings.Builder
-		q.WriteString(strings.TrimSuffix(strings.SplitN(insertEvent, "VALUES", 2)[0], "\n\t"))
-		q.WriteString(" VALUES ")
+	for start := 0; start < len(rows); start += insertRows {
+		chunk := rows[start:min(start+insertRows, len(rows))]
 		args := make([]any, 0, 21*len(chunk))
-		n := 0
 		for _, e := range chunk {
-			if e.Seq <= pruned[e.Writer] {
-				continue
-			}
-			if n > 0 {
-				q.WriteString(",")
-			}
-			q.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 			var a any
 			if len(e.Args) > 0 {
 				a = string(e.Args)
@@ -52,13 +48,20 @@ func insertMany(ctx context.Context, tx *sql.Tx, events []store.Event, pruned ma
 			args = append(args, e.Writer, e.Seq, e.PrevHash, e.Hash, e.DecisionID, ts(e.Time), e.Kind,
 				e.Principal, e.RunID, e.ProposalID, e.Tool, e.ArgsSHA256, a, e.Decision, e.Reason, e.Detail,
 				e.Status, e.PolicyRevision, e.TokenJTI, e.LatencyMicros, e.CacheTier)
-			n++
 		}
-		if n == 0 {
-			continue
+		var res sql.Result
+		var err error
+		if len(chunk) == insertRows {
+			if full == nil {
+				if full, err = tx.PrepareContext(ctx, insertManySQL(insertRows)); err != nil {
+					return 0, err
+				}
+				defer full.Close()
+			}
+			res, err = full.ExecContext(ctx, args...)
+		} else {
+			res, err = tx.ExecContext(ctx, insertManySQL(len(chunk)), args...)
 		}
-		q.WriteString(" ON CONFLICT (writer, seq) DO NOTHING")
-		res, err := tx.ExecContext(ctx, q.String(), args...)
 		if err != nil {
 			return 0, err
 		}
@@ -69,6 +72,21 @@ func insertMany(ctx context.Context, tx *sql.Tx, events []store.Event, pruned ma
 		total += k
 	}
 	return total, nil
+}
+
+// insertManySQL is an INSERT of n rows that skips existing (writer, seq).
+func insertManySQL(n int) string {
+	var q strings.Builder
+	q.WriteString(strings.SplitN(insertEvent, "VALUES", 2)[0])
+	q.WriteString("VALUES ")
+	for i := range n {
+		if i > 0 {
+			q.WriteString(",")
+		}
+		q.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+	}
+	q.WriteString(" ON CONFLICT (writer, seq) DO NOTHING")
+	return q.String()
 }
 
 // pruneChunk bounds the events one prune transaction deletes, so that the
