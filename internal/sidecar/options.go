@@ -100,65 +100,82 @@ func DefaultOptions() Options {
 // BindFlags defines o's flags on fs, with o's current values as defaults,
 // and returns the environment variable of each flag for config.Load.
 func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
-	env := map[string]string{}
-	str := func(p *string, name, envName, usage string) {
-		fs.StringVar(p, name, *p, usage)
-		env[name] = envName
-	}
-	str(&o.GRPCAddr, "grpc-addr", "M1_GRPC_ADDR", "ext_authz gRPC listen address")
-	str(&o.AdminAddr, "admin-addr", "M1_ADMIN_ADDR", "admin HTTP listen address (health, metrics, API)")
-	str(&o.AdminToken, "admin-token", "M1_ADMIN_TOKEN", "bearer token for the admin API (random and logged once when empty)")
-	str(&o.ApprovalHeader, "approval-header", "M1_APPROVAL_HEADER", "request header that carries the approval token")
-	str(&o.MCPPath, "mcp-path", "M1_MCP_PATH", "path of the MCP endpoint")
-	str(&o.ToolsPathPrefix, "tools-path-prefix", "M1_TOOLS_PATH_PREFIX", "path prefix of REST tool calls")
+	fs.StringVar(&o.GRPCAddr, "grpc-addr", o.GRPCAddr, "ext_authz gRPC listen address")
+	fs.StringVar(&o.AdminAddr, "admin-addr", o.AdminAddr, "admin HTTP listen address (health, metrics, API)")
+	fs.StringVar(&o.AdminToken, "admin-token", o.AdminToken, "bearer token for the admin API (random and logged once when empty)")
+	fs.StringVar(&o.ApprovalHeader, "approval-header", o.ApprovalHeader, "request header that carries the approval token")
+	fs.StringVar(&o.MCPPath, "mcp-path", o.MCPPath, "path of the MCP endpoint")
+	fs.StringVar(&o.ToolsPathPrefix, "tools-path-prefix", o.ToolsPathPrefix, "path prefix of REST tool calls")
 	fs.Int64Var(&o.MaxBodyBytes, "max-body-bytes", o.MaxBodyBytes, "largest request body accepted on the MCP and tool paths")
-	env["max-body-bytes"] = "M1_MAX_BODY_BYTES"
 	fs.IntVar(&o.GRPCMaxRecvBytes, "grpc-max-recv-bytes", o.GRPCMaxRecvBytes, "largest CheckRequest the gRPC server accepts (0 = max-body-bytes + 256 KiB)")
-	env["grpc-max-recv-bytes"] = "M1_GRPC_MAX_RECV_BYTES"
-	str(&o.PolicyDir, "policy-dir", "M1_POLICY_DIR", "policy bundle directory (empty = the embedded default bundle)")
-	str(&o.PolicyPath, "policy-path", "M1_POLICY_PATH", "decision path in the bundle")
+	fs.StringVar(&o.PolicyDir, "policy-dir", o.PolicyDir, "policy bundle directory (empty = the embedded default bundle)")
+	fs.StringVar(&o.PolicyPath, "policy-path", o.PolicyPath, "decision path in the bundle")
 	fs.DurationVar(&o.PolicyTimeout, "policy-timeout", o.PolicyTimeout, "per-evaluation policy timeout (deny policy_error when exceeded)")
-	env["policy-timeout"] = "M1_POLICY_TIMEOUT"
 	fs.IntVar(&o.CacheSize, "cache-size", o.CacheSize, "L1 decision cache entries (0 disables the cache)")
-	env["cache-size"] = "M1_CACHE_SIZE"
 	fs.DurationVar(&o.CacheTTL, "cache-ttl", o.CacheTTL, "L1 decision cache entry lifetime")
-	env["cache-ttl"] = "M1_CACHE_TTL"
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "how long shutdown waits for in-flight checks")
-	env["drain-timeout"] = "M1_DRAIN_TIMEOUT"
-	str(&o.DataDir, "data-dir", "M1_DATA_DIR", "directory for local state")
-	str(&o.LogLevel, "log-level", "LOG_LEVEL", "log level: debug (one line per decision), info, warn, error")
-	str(&o.Audience, "audience", "M1_AUDIENCE", "this tool service's audience; tokens must name it in aud (required with keys)")
-	str(&o.JWKSFile, "jwks-file", "M1_JWKS_FILE", "JWKS file of approval verification keys (reloaded on change and on SIGHUP)")
-	str(&o.JWTSecret, "jwt-secret", "M1_JWT_SECRET", "HS256 secret of at least 32 bytes (discouraged: every holder can mint approvals)")
+	fs.StringVar(&o.DataDir, "data-dir", o.DataDir, "directory for local state")
+	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "log level: debug (one line per decision), info, warn, error")
+	fs.StringVar(&o.Audience, "audience", o.Audience, "this tool service's audience; tokens must name it in aud (required with keys)")
+	fs.StringVar(&o.JWKSFile, "jwks-file", o.JWKSFile, "JWKS file of approval verification keys (reloaded on change and on SIGHUP)")
+	fs.StringVar(&o.JWTSecret, "jwt-secret", o.JWTSecret, "HS256 secret of at least 32 bytes (discouraged: every holder can mint approvals)")
 	fs.IntVar(&o.TokenTTLMinutes, "approval-token-ttl-minutes", o.TokenTTLMinutes, "longest approval token lifetime (exp - iat) accepted, in minutes")
-	env["approval-token-ttl-minutes"] = "M1_APPROVAL_TOKEN_TTL_MINUTES"
 	fs.DurationVar(&o.ClockSkew, "clock-skew", o.ClockSkew, "leeway on token exp, nbf and iat")
-	env["clock-skew"] = "M1_CLOCK_SKEW"
-	str(&o.TrustedIssuers, "trusted-issuers", "M1_TRUSTED_ISSUERS", "comma-separated allow-list of token issuers (empty = any)")
-	str(&o.RedisURL, "redis-url", "REDIS_URL", "Redis for shared state (empty = in-process only); see docs/REDIS.md for the URL forms")
-	str(&o.RedisPassword, "redis-password", "REDIS_PASSWORD", "Redis password (overrides the URL's)")
-	intv := func(p *int, name, envName, usage string) {
-		fs.IntVar(p, name, *p, usage)
-		env[name] = envName
-	}
-	intv(&o.RedisDB, "redis-db", "REDIS_DB", "Redis database number (-1 = from the URL)")
+	fs.StringVar(&o.TrustedIssuers, "trusted-issuers", o.TrustedIssuers, "comma-separated allow-list of token issuers (empty = any)")
+	fs.StringVar(&o.RedisURL, "redis-url", o.RedisURL, "Redis for shared state (empty = in-process only); see docs/REDIS.md for the URL forms")
+	fs.StringVar(&o.RedisPassword, "redis-password", o.RedisPassword, "Redis password (overrides the URL's)")
+	fs.IntVar(&o.RedisDB, "redis-db", o.RedisDB, "Redis database number (-1 = from the URL)")
 	fs.BoolVar(&o.RedisTLS, "redis-tls", o.RedisTLS, "connect to Redis with TLS (implied by rediss://)")
-	env["redis-tls"] = "REDIS_TLS"
-	intv(&o.RedisMaxRetries, "redis-max-retries", "REDIS_MAX_RETRIES", "retries of a failed Redis command")
-	intv(&o.RedisRetryDelayMS, "redis-retry-delay-ms", "REDIS_RETRY_DELAY_MS", "first retry backoff, doubling per retry")
-	intv(&o.RedisRetryDelayMaxMS, "redis-retry-delay-max-ms", "REDIS_RETRY_DELAY_MAX_MS", "longest retry backoff")
-	intv(&o.RedisConnectTimeoutMS, "redis-connect-timeout-ms", "REDIS_CONNECT_TIMEOUT_MS", "Redis dial timeout")
-	intv(&o.RedisCommandTimeoutMS, "redis-command-timeout-ms", "REDIS_COMMAND_TIMEOUT_MS", "Redis read/write timeout per command")
-	str(&o.ReplayFallback, "replay-fallback", "M1_REPLAY_FALLBACK", "while Redis is unreachable: empty = deny single-use and grant checks (state_unavailable); local = count them in this process")
-	str(&o.CacheL2Mode, "cache-l2-mode", "M1_CACHE_L2_MODE", "Redis decision cache: auto (only when evaluation is slower than a Redis round trip), always, off")
+	fs.IntVar(&o.RedisMaxRetries, "redis-max-retries", o.RedisMaxRetries, "retries of a failed Redis command")
+	fs.IntVar(&o.RedisRetryDelayMS, "redis-retry-delay-ms", o.RedisRetryDelayMS, "first retry backoff, doubling per retry")
+	fs.IntVar(&o.RedisRetryDelayMaxMS, "redis-retry-delay-max-ms", o.RedisRetryDelayMaxMS, "longest retry backoff")
+	fs.IntVar(&o.RedisConnectTimeoutMS, "redis-connect-timeout-ms", o.RedisConnectTimeoutMS, "Redis dial timeout")
+	fs.IntVar(&o.RedisCommandTimeoutMS, "redis-command-timeout-ms", o.RedisCommandTimeoutMS, "Redis read/write timeout per command")
+	fs.StringVar(&o.ReplayFallback, "replay-fallback", o.ReplayFallback, "while Redis is unreachable: empty = deny single-use and grant checks (state_unavailable); local = count them in this process")
+	fs.StringVar(&o.CacheL2Mode, "cache-l2-mode", o.CacheL2Mode, "Redis decision cache: auto (only when evaluation is slower than a Redis round trip), always, off")
 	fs.DurationVar(&o.CacheL2TTL, "cache-l2-ttl", o.CacheL2TTL, "Redis decision cache entry lifetime")
-	env["cache-l2-ttl"] = "M1_CACHE_L2_TTL"
 	fs.BoolVar(&o.Audit, "audit", o.Audit, "record every decision in the audit store")
-	env["audit"] = "M1_AUDIT"
 	fs.DurationVar(&o.PruneEvery, "audit-prune-interval", o.PruneEvery, "apply the retention policy (decisions, runs, tool calls: 2 years; revoked tokens: 30 days) this often; 0 = never")
-	env["audit-prune-interval"] = "M1_AUDIT_PRUNE_INTERVAL"
-	str(&o.DatabaseURL, "database-url", "M1_DATABASE_URL", "audit store: empty = SQLite file m1.db under --data-dir; postgres://… for PostgreSQL")
-	return env
+	fs.StringVar(&o.DatabaseURL, "database-url", o.DatabaseURL, "audit store: empty = SQLite file m1.db under --data-dir; postgres://… for PostgreSQL")
+	return map[string]string{
+		"grpc-addr":                  "M1_GRPC_ADDR",
+		"admin-addr":                 "M1_ADMIN_ADDR",
+		"admin-token":                "M1_ADMIN_TOKEN",
+		"approval-header":            "M1_APPROVAL_HEADER",
+		"mcp-path":                   "M1_MCP_PATH",
+		"tools-path-prefix":          "M1_TOOLS_PATH_PREFIX",
+		"max-body-bytes":             "M1_MAX_BODY_BYTES",
+		"grpc-max-recv-bytes":        "M1_GRPC_MAX_RECV_BYTES",
+		"policy-dir":                 "M1_POLICY_DIR",
+		"policy-path":                "M1_POLICY_PATH",
+		"policy-timeout":             "M1_POLICY_TIMEOUT",
+		"cache-size":                 "M1_CACHE_SIZE",
+		"cache-ttl":                  "M1_CACHE_TTL",
+		"drain-timeout":              "M1_DRAIN_TIMEOUT",
+		"data-dir":                   "M1_DATA_DIR",
+		"log-level":                  "LOG_LEVEL",
+		"audience":                   "M1_AUDIENCE",
+		"jwks-file":                  "M1_JWKS_FILE",
+		"jwt-secret":                 "M1_JWT_SECRET",
+		"approval-token-ttl-minutes": "M1_APPROVAL_TOKEN_TTL_MINUTES",
+		"clock-skew":                 "M1_CLOCK_SKEW",
+		"trusted-issuers":            "M1_TRUSTED_ISSUERS",
+		"redis-url":                  "REDIS_URL",
+		"redis-password":             "REDIS_PASSWORD",
+		"redis-db":                   "REDIS_DB",
+		"redis-tls":                  "REDIS_TLS",
+		"redis-max-retries":          "REDIS_MAX_RETRIES",
+		"redis-retry-delay-ms":       "REDIS_RETRY_DELAY_MS",
+		"redis-retry-delay-max-ms":   "REDIS_RETRY_DELAY_MAX_MS",
+		"redis-connect-timeout-ms":   "REDIS_CONNECT_TIMEOUT_MS",
+		"redis-command-timeout-ms":   "REDIS_COMMAND_TIMEOUT_MS",
+		"replay-fallback":            "M1_REPLAY_FALLBACK",
+		"cache-l2-mode":              "M1_CACHE_L2_MODE",
+		"cache-l2-ttl":               "M1_CACHE_L2_TTL",
+		"audit":                      "M1_AUDIT",
+		"audit-prune-interval":       "M1_AUDIT_PRUNE_INTERVAL",
+		"database-url":               "M1_DATABASE_URL",
+	}
 }
 
 // validate fails fast, naming the bad field.

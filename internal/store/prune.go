@@ -51,6 +51,27 @@ func PlanPrune(kinds []string) PrunePlan {
 	return p
 }
 
+// RowDeletes are the DELETE statements for the plan's non-event targets,
+// children before parents, with the cutoff as the single parameter written
+// "$1" (backends rewrite it to their placeholder).
+func (p PrunePlan) RowDeletes() []string {
+	var out []string
+	for _, t := range []struct {
+		on  bool
+		sql string
+	}{
+		{p.ToolCalls, `DELETE FROM tool_calls WHERE created_at < $1`},
+		{p.Proposals, `DELETE FROM proposals WHERE created_at < $1`},
+		{p.Runs, `DELETE FROM agent_runs WHERE created_at < $1`},
+		{p.RevokedTokens, `DELETE FROM revoked_tokens WHERE expires_at IS NOT NULL AND expires_at < $1`},
+	} {
+		if t.on {
+			out = append(out, t.sql)
+		}
+	}
+	return out
+}
+
 // Retention is how long one prune target is kept.
 type Retention struct {
 	Target string        // a Prune* target

@@ -282,19 +282,8 @@ func (s *Store) Prune(ctx context.Context, before time.Time, kinds ...string) (i
 			return total, err
 		}
 	}
-	for _, t := range []struct {
-		on  bool
-		sql string
-	}{
-		{p.ToolCalls, `DELETE FROM tool_calls WHERE created_at < $1`},
-		{p.Proposals, `DELETE FROM proposals WHERE created_at < $1`},
-		{p.Runs, `DELETE FROM agent_runs WHERE created_at < $1`},
-		{p.RevokedTokens, `DELETE FROM revoked_tokens WHERE expires_at IS NOT NULL AND expires_at < $1`},
-	} {
-		if !t.on {
-			continue
-		}
-		tag, err := s.pool.Exec(ctx, t.sql, before)
+	for _, q := range p.RowDeletes() {
+		tag, err := s.pool.Exec(ctx, q, before)
 		if err != nil {
 			return total, fmt.Errorf("prune: %w", err)
 		}

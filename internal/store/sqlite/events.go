@@ -283,19 +283,8 @@ func (s *Store) Prune(ctx context.Context, before time.Time, kinds ...string) (i
 			return total, err
 		}
 	}
-	for _, t := range []struct {
-		on  bool
-		sql string
-	}{
-		{p.ToolCalls, `DELETE FROM tool_calls WHERE created_at < ?`},
-		{p.Proposals, `DELETE FROM proposals WHERE created_at < ?`},
-		{p.Runs, `DELETE FROM agent_runs WHERE created_at < ?`},
-		{p.RevokedTokens, `DELETE FROM revoked_tokens WHERE expires_at IS NOT NULL AND expires_at < ?`},
-	} {
-		if !t.on {
-			continue
-		}
-		res, err := s.w.ExecContext(ctx, t.sql, ts(before))
+	for _, q := range p.RowDeletes() {
+		res, err := s.w.ExecContext(ctx, strings.Replace(q, "$1", "?", 1), ts(before))
 		if err != nil {
 			return total, fmt.Errorf("prune: %w", err)
 		}
