@@ -291,3 +291,24 @@ func Inspect(token string) (header map[string]any, payload map[string]any, err e
 	}
 	return header, payload, errors.Join(errs...)
 }
+
+// ParseUnverified decodes a token's claims WITHOUT verifying its signature,
+// times or audience, and checks only that they are well formed (check 2).
+// Nothing it returns is trustworthy: it serves a party that holds no keys
+// (the orchestrator) to refuse, before dispatch, a token that could not
+// match the call anyway. The sidecar verifies every token it admits.
+func ParseUnverified(token string) (*Claims, error) {
+	parts := strings.Split(trimBearer(strings.TrimSpace(token)), ".")
+	if len(parts) != 3 || len(token) > MaxTokenLen {
+		return nil, &Error{Code: CodeInvalid, Reason: "not a JWS compact token"}
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return nil, &Error{Code: CodeInvalid, Reason: "payload is not base64url"}
+	}
+	c, perr := parseClaims(payload)
+	if perr != nil {
+		return nil, perr
+	}
+	return c, nil
+}

@@ -61,10 +61,12 @@ func exec1(t testing.TB, dsn, query string) {
 
 func TestConformance(t *testing.T) {
 	d := &databases{pg: testenv.StartPostgres(t)}
-	storetest.Run(t, storetest.Backend{
+	b := storetest.Backend{
 		Open:   func(t *testing.T) store.Store { return open(t, d.dsn(t)) },
 		Tamper: func(t *testing.T, q string) { exec1(t, d.dsn(t), q) },
-	})
+	}
+	storetest.Run(t, b)
+	storetest.RunRecords(t, b)
 }
 
 func TestSchema(t *testing.T) {
@@ -83,13 +85,16 @@ func TestSchema(t *testing.T) {
 	}
 	defer c.Close(ctx)
 	var n int
-	if err := c.QueryRow(ctx, `SELECT count(*) FROM schema_migrations WHERE version = 1`).Scan(&n); err != nil || n != 1 {
-		t.Fatalf("schema_migrations rows for version 1 = %d, %v; want 1", n, err)
+	for _, v := range []int{1, 2} {
+		if err := c.QueryRow(ctx, `SELECT count(*) FROM schema_migrations WHERE version = $1`, v).Scan(&n); err != nil || n != 1 {
+			t.Fatalf("schema_migrations rows for version %d = %d, %v; want 1", v, n, err)
+		}
 	}
 	for _, idx := range []string{
 		"audit_events_time", "audit_events_run", "audit_events_principal", "audit_events_decision",
 		"agent_runs_agent", "agent_runs_created", "tool_calls_run", "tool_calls_agent", "tool_calls_created",
 		"proposals_run", "proposals_agent", "proposals_created", "revoked_tokens_expires",
+		"llm_calls_run", "llm_calls_agent", "llm_calls_created",
 	} {
 		if err := c.QueryRow(ctx, `SELECT count(*) FROM pg_indexes WHERE indexname = $1`, idx).Scan(&n); err != nil || n != 1 {
 			t.Errorf("index %s: %d, %v", idx, n, err)

@@ -63,10 +63,12 @@ func exec1(t testing.TB, path, query string) {
 
 func TestConformance(t *testing.T) {
 	var f files
-	storetest.Run(t, storetest.Backend{
+	b := storetest.Backend{
 		Open:   func(t *testing.T) store.Store { return open(t, f.path(t)) },
 		Tamper: func(t *testing.T, q string) { exec1(t, f.path(t), q) },
-	})
+	}
+	storetest.Run(t, b)
+	storetest.RunRecords(t, b)
 }
 
 func TestSchema(t *testing.T) {
@@ -79,8 +81,10 @@ func TestSchema(t *testing.T) {
 	}
 	defer db.Close()
 	var n int
-	if err := db.QueryRow(`SELECT count(*) FROM schema_migrations WHERE version = 1`).Scan(&n); err != nil || n != 1 {
-		t.Fatalf("schema_migrations rows for version 1 = %d, %v; want 1", n, err)
+	for _, v := range []int{1, 2} {
+		if err := db.QueryRow(`SELECT count(*) FROM schema_migrations WHERE version = ?`, v).Scan(&n); err != nil || n != 1 {
+			t.Fatalf("schema_migrations rows for version %d = %d, %v; want 1", v, n, err)
+		}
 	}
 	var mode string
 	if err := db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
@@ -90,6 +94,7 @@ func TestSchema(t *testing.T) {
 		"audit_events_time", "audit_events_run", "audit_events_principal", "audit_events_decision",
 		"agent_runs_agent", "agent_runs_created", "tool_calls_run", "tool_calls_agent", "tool_calls_created",
 		"proposals_run", "proposals_agent", "proposals_created", "revoked_tokens_expires",
+		"llm_calls_run", "llm_calls_agent", "llm_calls_created",
 	} {
 		if err := db.QueryRow(`SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?`, idx).Scan(&n); err != nil || n != 1 {
 			t.Errorf("index %s: %d, %v", idx, n, err)

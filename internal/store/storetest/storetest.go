@@ -2,7 +2,9 @@
 // passes: append and stream, filters, idempotent re-append, atomic batches,
 // hash chains verified clean and broken (edited, deleted and inserted rows,
 // tampered with through raw SQL), retention pruning, concurrent appenders,
-// and migrations applied twice.
+// and migrations applied twice. RunRecords is the suite of store.Records:
+// runs, proposals (compare-and-set updates and expiry under concurrency),
+// tool calls, LLM calls and their costs.
 package storetest
 
 import (

@@ -1,0 +1,255 @@
+package orchestrator
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"go.uber.org/zap"
+
+	"github.com/m1-agent/m1/internal/store"
+)
+
+// maxRequestBytes bounds an API request body.
+const maxRequestBytes = 1 << 20
+
+// maxGoalBytes bounds a run's goal.
+const maxGoalBytes = 64 << 10
+
+// Handler serves the API under /v1/ (see docs/ORCHESTRATOR.md). Errors are
+// {"error": code, "reason": text}: 400 bad_request (and the token codes of
+// an approval that does not fit its proposal), 404 not_found, 409
+// not_pending, 503 store_unavailable.
+func (s *Service) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/runs", s.handleCreateRun)
+	mux.HandleFunc("GET /v1/runs", s.handleListRuns)
+	mux.HandleFunc("GET /v1/runs/{id}", s.handleGetRun)
+	mux.HandleFunc("GET /v1/proposals", s.handleListProposals)
+	mux.HandleFunc("GET /v1/proposals/{id}", s.handleGetProposal)
+	mux.HandleFunc("POST /v1/proposals/{id}/approval", s.handleApproval)
+	mux.HandleFunc("POST /v1/proposals/{id}/rejection", s.handleRejection)
+	mux.HandleFunc("GET /v1/costs", s.handleCosts)
+	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+func (s *Service) handleCreateRun(w http.ResponseWriter, r *http.Request) {
+	var req RunRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	switch {
+	case strings.TrimSpace(req.Goal) == "":
+		writeError(w, http.StatusBadRequest, "bad_request", "goal is required")
+		return
+	case len(req.Goal) > maxGoalBytes || !utf8.ValidString(req.Goal):
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("goal must be valid UTF-8 of at most %d bytes", maxGoalBytes))
+		return
+	case !validAgent(req.Agent):
+		writeError(w, http.StatusBadRequest, "bad_request", "agent is required: 1 to 128 of [A-Za-z0-9_.@:-]")
+		return
+	case req.BudgetUSD < 0:
+		writeError(w, http.StatusBadRequest, "bad_request", "budget_usd must not be negative")
+		return
+	}
+	d, err := s.StartRun(r.Context(), req)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, d)
+}
+
+func (s *Service) handleListRuns(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit, ok := limitParam(w, q.Get("limit"))
+	if !ok {
+		return
+	}
+	runs, err := s.cfg.Records.Runs(r.Context(), store.RunFilter{Agent: q.Get("agent"), Status: q.Get("status"), Limit: limit})
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"runs": nonNil(runs)})
+}
+
+func (s *Service) handleGetRun(w http.ResponseWriter, r *http.Request) {
+	d, err := s.detail(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+var proposalStatuses = map[string]bool{
+	store.ProposalPending: true, store.ProposalApproved: true, store.ProposalRejected: true,
+	store.ProposalExpired: true, store.ProposalExecuted: true, store.ProposalFailed: true,
+}
+
+func (s *Service) handleListProposals(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	status := q.Get("status")
+	if status != "" && !proposalStatuses[status] {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("status %q: want pending, approved, rejected, expired, executed or failed", status))
+		return
+	}
+	limit, ok := limitParam(w, q.Get("limit"))
+	if !ok {
+		return
+	}
+	ps, err := s.cfg.Records.Proposals(r.Context(), store.ProposalFilter{Status: status, RunID: q.Get("run"), Agent: q.Get("agent"), Limit: limit})
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"proposals": nonNil(ps)})
+}
+
+func (s *Service) handleGetProposal(w http.ResponseWriter, r *http.Request) {
+	p, err := s.cfg.Records.Proposal(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
+func (s *Service) handleApproval(w http.ResponseWriter, r *http.Request) {
+	var req ApprovalRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if strings.TrimSpace(req.Token) == "" {
+		writeError(w, http.StatusBadRequest, "bad_request", "token is required")
+		return
+	}
+	d, err := s.Approve(r.Context(), r.PathValue("id"), req.Token)
+	var te *TokenError
+	switch {
+	case errors.As(err, &te):
+		s.log.Info("approval refused", zap.String(fieldProposalID, r.PathValue("id")), zap.String("error", te.Code), zap.String("reason", te.Reason))
+		writeError(w, http.StatusBadRequest, te.Code, te.Reason)
+	case err != nil:
+		s.storeError(w, err)
+	default:
+		writeJSON(w, http.StatusOK, d)
+	}
+}
+
+func (s *Service) handleRejection(w http.ResponseWriter, r *http.Request) {
+	var req RejectionRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if strings.TrimSpace(req.Reason) == "" || !utf8.ValidString(req.Reason) {
+		writeError(w, http.StatusBadRequest, "bad_request", "reason is required (UTF-8 text)")
+		return
+	}
+	d, err := s.Reject(r.Context(), r.PathValue("id"), req.Reason)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+func (s *Service) handleCosts(w http.ResponseWriter, r *http.Request) {
+	var since time.Time
+	if v := r.URL.Query().Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "bad_request", "since: want an RFC 3339 time")
+			return
+		}
+		since = t
+	}
+	rows, err := s.cfg.Records.Costs(r.Context(), since)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	out := Costs{Since: since, Rows: nonNil(rows)}
+	for _, row := range rows {
+		out.TotalUSD += row.Usage.CostUSD
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// storeError maps a Service or store error to its answer.
+func (s *Service) storeError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, "not_found", err.Error())
+	case errors.Is(err, errNotPending):
+		writeError(w, http.StatusConflict, "not_pending", err.Error())
+	default:
+		s.log.Error("store", zap.Error(err))
+		writeError(w, http.StatusServiceUnavailable, "store_unavailable", "the store did not answer; try again")
+	}
+}
+
+// decode reads a JSON request body strictly: one object, known fields.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", "body: "+err.Error())
+		return false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		writeError(w, http.StatusBadRequest, "bad_request", "body: one JSON object expected")
+		return false
+	}
+	return true
+}
+
+func limitParam(w http.ResponseWriter, v string) (int, bool) {
+	if v == "" {
+		return 0, true
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		writeError(w, http.StatusBadRequest, "bad_request", "limit: want a non-negative integer")
+		return 0, false
+	}
+	return n, true
+}
+
+// validAgent: an agent is a token subject, so keep it printable and short.
+func validAgent(a string) bool {
+	if len(a) == 0 || len(a) > 128 {
+		return false
+	}
+	for _, c := range []byte(a) {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', strings.IndexByte("_.@:-", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func writeError(w http.ResponseWriter, code int, errCode, reason string) {
+	writeJSON(w, code, APIError{Code: errCode, Reason: reason})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

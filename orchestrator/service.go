@@ -1,0 +1,772 @@
+package orchestrator
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"go.uber.org/zap"
+
+	"github.com/m1-agent/m1/authz"
+	"github.com/m1-agent/m1/internal/approval"
+	"github.com/m1-agent/m1/internal/metrics"
+	"github.com/m1-agent/m1/internal/store"
+)
+
+// Auditor records audit events (an *audit.Recorder).
+type Auditor interface {
+	Record(e store.Event)
+}
+
+// Audit event kinds the orchestrator writes, beside the sidecar's
+// store.KindDecision.
+const (
+	KindProposal  = "proposal"  // a proposal was created
+	KindApproval  = "approval"  // an operator (or auto-risk) approved a proposal
+	KindRejection = "rejection" // an operator rejected a proposal, or it expired
+	KindResult    = "result"    // an approved call was dispatched; what came of it
+	KindLLMCall   = "llm_call"  // a model call, with its tokens and cost
+	KindRun       = "run"       // a run ended
+)
+
+// Config is what a Service needs; Records, Audit, Planner and Registry are
+// required.
+type Config struct {
+	Records  store.Records
+	Audit    Auditor
+	Planner  Planner
+	Registry Registry
+	Prices   Prices
+
+	// CostTracking prices LLM usage (COST_TRACKING_ENABLED); when false,
+	// tokens are still counted and cost is 0.
+	CostTracking bool
+	// CostAlertUSD marks and logs runs whose cost reaches it
+	// (COST_ALERT_THRESHOLD); 0 disables the alert.
+	CostAlertUSD float64
+	// BudgetUSD is the default per-run budget; planning stops once a run's
+	// cost reaches it. 0 means no budget.
+	BudgetUSD float64
+	// MaxSteps bounds the planning steps of one run; 0 means 20.
+	MaxSteps int
+
+	ProposalTTL     time.Duration // pending proposals expire after this; 0 means 15m
+	ExpireEvery     time.Duration // how often expired proposals are swept; 0 means 1s
+	DispatchTimeout time.Duration // per approved call; 0 means 30s
+	PlanTimeout     time.Duration // per planning step; 0 means 2m
+
+	ApprovalHeader  string // default x-m1-approval-token
+	MCPPath         string // default /mcp
+	ToolsPathPrefix string // default /tools/
+
+	// Verifier, when set, checks approval tokens' signatures, times and
+	// audience (DESIGN §4 checks 1–7) before dispatch. Without it the
+	// orchestrator checks only the binding; the sidecar verifies anyway.
+	Verifier *approval.Verifier
+
+	HTTPClient *http.Client // for dispatch; nil means a client without timeout (DispatchTimeout applies)
+	Metrics    *metrics.Orchestrator
+	Logger     *zap.Logger
+	Now        func() time.Time
+	Version    string
+}
+
+// Service is the orchestrator: its HTTP API, the planning loop, dispatch
+// and proposal expiry. It is safe for concurrent use.
+type Service struct {
+	cfg  Config
+	log  *zap.Logger
+	disp dispatcher
+
+	bg     context.Context // background work; cancelled by Stop
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	runLocks map[string]*runLock
+	stopOnce sync.Once
+}
+
+type runLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// New checks cfg and returns a Service; Start begins background work.
+func New(cfg Config) (*Service, error) {
+	switch {
+	case cfg.Records == nil:
+		return nil, errors.New("orchestrator: Config.Records is required")
+	case cfg.Audit == nil:
+		return nil, errors.New("orchestrator: Config.Audit is required")
+	case cfg.Planner == nil:
+		return nil, errors.New("orchestrator: Config.Planner is required")
+	case len(cfg.Registry) == 0:
+		return nil, errors.New("orchestrator: Config.Registry has no tools")
+	case cfg.BudgetUSD < 0 || cfg.CostAlertUSD < 0:
+		return nil, errors.New("orchestrator: budget and cost alert must not be negative")
+	}
+	if cfg.Prices == nil {
+		cfg.Prices = DefaultPrices()
+	}
+	if cfg.MaxSteps <= 0 {
+		cfg.MaxSteps = 20
+	}
+	if cfg.ProposalTTL <= 0 {
+		cfg.ProposalTTL = 15 * time.Minute
+	}
+	if cfg.ExpireEvery <= 0 {
+		cfg.ExpireEvery = time.Second
+	}
+	if cfg.DispatchTimeout <= 0 {
+		cfg.DispatchTimeout = 30 * time.Second
+	}
+	if cfg.PlanTimeout <= 0 {
+		cfg.PlanTimeout = 2 * time.Minute
+	}
+	if cfg.ApprovalHeader == "" {
+		cfg.ApprovalHeader = "x-m1-approval-token"
+	}
+	if cfg.MCPPath == "" {
+		cfg.MCPPath = "/mcp"
+	}
+	if cfg.ToolsPathPrefix == "" {
+		cfg.ToolsPathPrefix = "/tools/"
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Service{
+		cfg: cfg,
+		log: cfg.Logger,
+		disp: dispatcher{
+			client: cfg.HTTPClient, approvalHeader: cfg.ApprovalHeader,
+			mcpPath: cfg.MCPPath, toolsPathPrefix: cfg.ToolsPathPrefix, version: cfg.Version,
+		},
+		runLocks: map[string]*runLock{},
+	}
+	s.bg, s.cancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Start sweeps expired proposals every ExpireEvery and resumes the runs
+// that were running when the orchestrator last stopped.
+func (s *Service) Start(ctx context.Context) error {
+	runs, err := s.cfg.Records.Runs(ctx, store.RunFilter{Status: store.RunRunning})
+	if err != nil {
+		return fmt.Errorf("list running runs: %w", err)
+	}
+	if s.cfg.Metrics != nil {
+		s.cfg.Metrics.RunsActive.Set(float64(len(runs)))
+	}
+	s.recoverDispatches(ctx)
+	for _, r := range runs {
+		s.goAdvance(r.ID)
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTicker(s.cfg.ExpireEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.bg.Done():
+				return
+			case <-t.C:
+				s.expire(s.bg)
+			}
+		}
+	}()
+	return nil
+}
+
+// Stop cancels planning and waits (until ctx ends) for dispatches in
+// flight. It is safe to call twice.
+func (s *Service) Stop(ctx context.Context) error {
+	s.stopOnce.Do(s.cancel)
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("orchestrator stop: %w", ctx.Err())
+	}
+}
+
+// recoverDispatches fails the proposals that stayed approved longer than a
+// dispatch may take: their dispatch was cut short (the orchestrator
+// stopped), and whether the tool ran is for the sidecar's audit trail to
+// tell. Left approved, they would hold their run forever.
+func (s *Service) recoverDispatches(ctx context.Context) {
+	ps, err := s.cfg.Records.Proposals(ctx, store.ProposalFilter{Status: store.ProposalApproved})
+	if err != nil {
+		s.log.Warn("list approved proposals", zap.Error(err))
+		return
+	}
+	now := s.now()
+	for _, p := range ps {
+		if now.Sub(p.UpdatedAt) < 2*s.cfg.DispatchTimeout {
+			continue
+		}
+		why := "dispatch interrupted (the orchestrator stopped); see the sidecar's audit events for whether the tool ran"
+		if _, err := s.cfg.Records.UpdateProposal(ctx, p.ID, store.ProposalApproved, store.ProposalUpdate{Status: store.ProposalFailed, Reason: why, UpdatedAt: now}); err != nil {
+			continue
+		}
+		s.audit(store.Event{Kind: KindResult, Time: now, Principal: p.Agent, RunID: p.RunID, ProposalID: p.ID, Tool: p.Tool,
+			ArgsSHA256: p.ArgsSHA256, Decision: store.CallFailed, Reason: "dispatch_interrupted", Detail: why})
+		s.log.Warn("proposal dispatch interrupted", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID))
+	}
+}
+
+// StartRun creates a run and plans its first step. A planner failure does
+// not fail the call: the run is returned with status failed and the error.
+func (s *Service) StartRun(ctx context.Context, req RunRequest) (RunDetail, error) {
+	now := s.now()
+	budget := req.BudgetUSD
+	if budget == 0 {
+		budget = s.cfg.BudgetUSD
+	}
+	run := store.Run{
+		ID: newID("run"), Agent: req.Agent, Goal: req.Goal, Status: store.RunRunning,
+		BudgetUSD: budget, CreatedAt: now, UpdatedAt: now,
+	}
+	if err := s.cfg.Records.CreateRun(ctx, run); err != nil {
+		return RunDetail{}, fmt.Errorf("create run: %w", err)
+	}
+	if s.cfg.Metrics != nil {
+		s.cfg.Metrics.RunsActive.Inc()
+	}
+	s.log.Info("run started", zap.String(fieldRunID, run.ID), zap.String(fieldAgent, run.Agent))
+	s.wg.Add(1)
+	s.advance(run.ID)
+	s.wg.Done()
+	return s.detail(ctx, run.ID)
+}
+
+func (s *Service) detail(ctx context.Context, id string) (RunDetail, error) {
+	run, err := s.cfg.Records.Run(ctx, id)
+	if err != nil {
+		return RunDetail{}, err
+	}
+	ps, err := s.cfg.Records.Proposals(ctx, store.ProposalFilter{RunID: id})
+	if err != nil {
+		return RunDetail{}, err
+	}
+	calls, err := s.cfg.Records.ToolCalls(ctx, id)
+	if err != nil {
+		return RunDetail{}, err
+	}
+	return RunDetail{Run: run, Proposals: nonNil(ps), ToolCalls: nonNil(calls)}, nil
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// goAdvance plans the run's next step in the background.
+func (s *Service) goAdvance(runID string) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.advance(runID)
+	}()
+}
+
+// lockRun serializes planning of one run.
+func (s *Service) lockRun(id string) func() {
+	s.mu.Lock()
+	l := s.runLocks[id]
+	if l == nil {
+		l = &runLock{}
+		s.runLocks[id] = l
+	}
+	l.refs++
+	s.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		s.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(s.runLocks, id)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// advance asks the planner for the run's next step once every proposal of
+// the last step is decided, and stores what it proposes; or ends the run.
+func (s *Service) advance(runID string) {
+	defer s.lockRun(runID)()
+	ctx := s.bg
+	log := s.log.With(zap.String(fieldRunID, runID))
+	run, err := s.cfg.Records.Run(ctx, runID)
+	if err != nil {
+		log.Error("plan: load run", zap.Error(err))
+		return
+	}
+	if run.Status != store.RunRunning {
+		return
+	}
+	ps, err := s.cfg.Records.Proposals(ctx, store.ProposalFilter{RunID: runID})
+	if err != nil {
+		log.Error("plan: load proposals", zap.Error(err))
+		return
+	}
+	lastStep := 0
+	for _, p := range ps {
+		if p.Status == store.ProposalPending || p.Status == store.ProposalApproved {
+			return // the step is not decided yet
+		}
+		lastStep = max(lastStep, p.Step)
+	}
+	if run.BudgetUSD > 0 && run.Usage.CostUSD >= run.BudgetUSD {
+		s.finish(ctx, run, store.RunOverBudget, fmt.Sprintf("cost $%.4f reached the run's budget $%.4f", run.Usage.CostUSD, run.BudgetUSD))
+		return
+	}
+	if lastStep >= s.cfg.MaxSteps {
+		s.finish(ctx, run, store.RunFailed, fmt.Sprintf("planner did not finish within %d steps", s.cfg.MaxSteps))
+		return
+	}
+	calls, err := s.cfg.Records.ToolCalls(ctx, runID)
+	if err != nil {
+		log.Error("plan: load tool calls", zap.Error(err))
+		return
+	}
+	sess := Session{RunID: run.ID, Agent: run.Agent, Goal: run.Goal, Tools: s.cfg.Registry.Tools(), History: history(ps, calls)}
+
+	pctx, cancel := context.WithTimeout(ctx, s.cfg.PlanTimeout)
+	step, err := s.cfg.Planner.Next(pctx, sess)
+	cancel()
+	used := step.LLM
+	var perr *PlannerError
+	if errors.As(err, &perr) {
+		used = perr.LLM
+	}
+	for _, u := range used {
+		var rerr error
+		if run, rerr = s.recordLLM(ctx, run, u); rerr != nil {
+			log.Error("record LLM usage", zap.Error(rerr))
+		}
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return // stopping: the run resumes at the next start
+		}
+		s.finish(ctx, run, store.RunFailed, "planner: "+err.Error())
+		return
+	}
+	if len(step.Calls) == 0 {
+		if step.Done {
+			s.finish(ctx, run, store.RunCompleted, "")
+		} else {
+			s.finish(ctx, run, store.RunFailed, "planner proposed nothing and did not finish")
+		}
+		return
+	}
+	s.propose(ctx, run, lastStep+1, step)
+}
+
+// propose stores a step's calls as pending proposals. A call the sidecar
+// could never admit (unknown tool, arguments it would refuse) is stored
+// failed with the reason, so that the planner hears of it next step.
+func (s *Service) propose(ctx context.Context, run store.Run, stepNo int, step Step) {
+	now := s.now()
+	ps := make([]store.Proposal, 0, len(step.Calls))
+	anyPending := false
+	for i, c := range step.Calls {
+		// Proposals list in (created_at, id) order: a microsecond apart,
+		// they keep the order of the step's calls, which the planner's
+		// history must keep too.
+		at := now.Add(time.Duration(i) * time.Microsecond)
+		p := store.Proposal{
+			ID: newID("prop"), RunID: run.ID, Agent: run.Agent, Step: stepNo, CallID: c.ID,
+			Tool: c.Tool, Args: c.Args, Reasoning: c.Reasoning, Status: store.ProposalPending,
+			CreatedAt: at, UpdatedAt: at, ExpiresAt: at.Add(s.cfg.ProposalTTL),
+		}
+		if p.CallID == "" {
+			p.CallID = fmt.Sprintf("call_%d_%d", stepNo, i+1)
+		}
+		if p.Reasoning == "" {
+			p.Reasoning = step.Text
+		}
+		spec, known := s.cfg.Registry[c.Tool]
+		p.Risk = spec.Risk
+		sum, err := authz.ArgsSHA256(c.Tool, c.Args)
+		switch {
+		case !known:
+			p.Status, p.Reason = store.ProposalFailed, fmt.Sprintf("unknown tool %q", c.Tool)
+		case err != nil:
+			p.Status, p.Reason = store.ProposalFailed, "arguments the sidecar would refuse: "+err.Error()
+		default:
+			p.ArgsSHA256 = sum
+			anyPending = true
+		}
+		if p.Status == store.ProposalFailed {
+			p.DecidedAt = now
+		}
+		ps = append(ps, p)
+	}
+	if err := s.cfg.Records.CreateProposals(ctx, ps); err != nil {
+		s.finish(ctx, run, store.RunFailed, "store proposals: "+err.Error())
+		return
+	}
+	for _, p := range ps {
+		s.audit(store.Event{
+			Kind: KindProposal, Time: p.CreatedAt, Principal: p.Agent, RunID: p.RunID, ProposalID: p.ID,
+			Tool: p.Tool, ArgsSHA256: p.ArgsSHA256, Args: s.auditArgs(p.Tool, p.Args),
+			Decision: p.Status, Reason: cmp.Or(p.Reason, "proposed"), Detail: clip(p.Reasoning, 4096),
+		})
+		s.log.Info("proposal", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID),
+			zap.String(fieldTool, p.Tool), zap.String("risk", p.Risk), zap.String("status", p.Status))
+	}
+	if !anyPending {
+		s.goAdvance(run.ID)
+	}
+}
+
+// history rebuilds the earlier steps and their outcomes from the store.
+func history(ps []store.Proposal, calls []store.ToolCall) []StepRecord {
+	byProposal := map[string]store.ToolCall{}
+	for _, c := range calls {
+		byProposal[c.ProposalID] = c // the last dispatch of a proposal wins
+	}
+	var out []StepRecord
+	for _, p := range ps {
+		for len(out) < p.Step {
+			out = append(out, StepRecord{})
+		}
+		r := &out[p.Step-1]
+		if r.Text == "" {
+			r.Text = p.Reasoning
+		}
+		r.Calls = append(r.Calls, Call{ID: p.CallID, Tool: p.Tool, Args: p.Args, Reasoning: p.Reasoning})
+		o := Outcome{Status: p.Status, Error: p.Reason}
+		if c, ok := byProposal[p.ID]; ok {
+			o.Result = c.Result
+			if c.Error != "" {
+				o.Error = c.Error
+			}
+		}
+		r.Results = append(r.Results, o)
+	}
+	return out
+}
+
+// recordLLM stores one model call with its cost and updates the run,
+// metrics and the cost alert.
+func (s *Service) recordLLM(ctx context.Context, run store.Run, u LLMUsage) (store.Run, error) {
+	usage, known := s.cfg.Prices.Cost(u)
+	if !s.cfg.CostTracking {
+		usage.CostUSD = 0
+	} else if !known {
+		s.log.Warn("no price for model; its cost counts as 0 (set M1_PRICES_FILE)", zap.String("model", u.Model))
+	}
+	call := store.LLMCall{ID: newID("llm"), RunID: run.ID, Agent: run.Agent, Model: u.Model, Usage: usage, CreatedAt: s.now()}
+	updated, err := s.cfg.Records.RecordLLMCall(ctx, call)
+	if err != nil {
+		return run, err
+	}
+	if m := s.cfg.Metrics; m != nil {
+		m.Cost.Add(usage.CostUSD)
+		for kind, n := range map[string]int64{"input": u.InputTokens, "output": u.OutputTokens, "cache_read": u.CacheReadTokens, "cache_write": u.CacheWriteTokens} {
+			if n > 0 {
+				m.LLMTokens.WithLabelValues(u.Model, kind).Add(float64(n))
+			}
+		}
+	}
+	detail, _ := json.Marshal(map[string]any{"model": u.Model, "usage": usage, "run_cost_usd": updated.Usage.CostUSD})
+	s.audit(store.Event{Kind: KindLLMCall, Time: call.CreatedAt, Principal: run.Agent, RunID: run.ID, Detail: string(detail)})
+	if s.cfg.CostAlertUSD > 0 && !updated.OverAlert && updated.Usage.CostUSD >= s.cfg.CostAlertUSD {
+		updated.OverAlert = true
+		updated.UpdatedAt = s.now()
+		if err := s.cfg.Records.UpdateRun(ctx, updated); err != nil {
+			return updated, err
+		}
+		s.log.Warn("run cost over COST_ALERT_THRESHOLD", zap.String(fieldRunID, run.ID), zap.String(fieldAgent, run.Agent),
+			zap.Float64("cost_usd", updated.Usage.CostUSD), zap.Float64("threshold_usd", s.cfg.CostAlertUSD))
+	}
+	return updated, nil
+}
+
+// finish ends a run.
+func (s *Service) finish(ctx context.Context, run store.Run, status, why string) {
+	now := s.now()
+	run.Status, run.Error, run.UpdatedAt, run.FinishedAt = status, why, now, now
+	if err := s.cfg.Records.UpdateRun(ctx, run); err != nil {
+		s.log.Error("end run", zap.String(fieldRunID, run.ID), zap.Error(err))
+		return
+	}
+	if m := s.cfg.Metrics; m != nil {
+		m.Runs.WithLabelValues(status).Inc()
+		m.RunsActive.Dec()
+	}
+	detail, _ := json.Marshal(map[string]any{"cost_usd": run.Usage.CostUSD, "usage": run.Usage, "error": why})
+	s.audit(store.Event{Kind: KindRun, Time: now, Principal: run.Agent, RunID: run.ID, Decision: status, Reason: status, Detail: string(detail)})
+	log := s.log.With(zap.String(fieldRunID, run.ID), zap.String("status", status), zap.Float64("cost_usd", run.Usage.CostUSD))
+	if status == store.RunCompleted {
+		log.Info("run ended")
+	} else {
+		log.Warn("run ended", zap.String("error", why))
+	}
+}
+
+// expire auto-rejects pending proposals past their deadline.
+func (s *Service) expire(ctx context.Context) {
+	ps, err := s.cfg.Records.ExpireProposals(ctx, s.now())
+	if err != nil {
+		s.log.Warn("expire proposals", zap.Error(err))
+		return
+	}
+	runs := map[string]bool{}
+	for _, p := range ps {
+		s.audit(store.Event{
+			Kind: KindRejection, Time: p.DecidedAt, Principal: p.Agent, RunID: p.RunID, ProposalID: p.ID,
+			Tool: p.Tool, ArgsSHA256: p.ArgsSHA256, Decision: store.ProposalExpired, Reason: "expired",
+			Detail: "not decided before " + p.ExpiresAt.UTC().Format(time.RFC3339),
+		})
+		s.log.Info("proposal expired", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID))
+		runs[p.RunID] = true
+	}
+	for id := range runs {
+		s.goAdvance(id)
+	}
+}
+
+// Errors of Approve and Reject that the HTTP API maps to its codes.
+var (
+	errNotPending = errors.New("proposal is not pending")
+)
+
+// TokenError is an approval token that does not fit its proposal.
+type TokenError struct{ Code, Reason string }
+
+func (e *TokenError) Error() string { return e.Code + ": " + e.Reason }
+
+// Approve checks token against the proposal, marks the proposal approved
+// and dispatches the call, returning what came of it. A token that does not
+// fit is a *TokenError and nothing is dispatched.
+func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error) {
+	p, err := s.cfg.Records.Proposal(ctx, id)
+	if err != nil {
+		return Decided{}, err
+	}
+	if p.Status != store.ProposalPending {
+		return Decided{Proposal: p}, fmt.Errorf("%w: it is %s", errNotPending, p.Status)
+	}
+	claims, err := s.checkToken(p, token)
+	if err != nil {
+		return Decided{Proposal: p}, err
+	}
+	now := s.now()
+	if !p.ExpiresAt.After(now) {
+		s.expire(ctx)
+		return Decided{Proposal: p}, fmt.Errorf("%w: it expired at %s", errNotPending, p.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	approver := cmp.Or(claims.Actor, claims.Issuer)
+	p, err = s.cfg.Records.UpdateProposal(ctx, id, store.ProposalPending, store.ProposalUpdate{
+		Status: store.ProposalApproved, Approver: approver, ApprovalJTI: claims.ID, DecidedAt: now, UpdatedAt: now,
+	})
+	if err != nil {
+		if errors.Is(err, store.ErrStatus) {
+			cur, _ := s.cfg.Records.Proposal(ctx, id)
+			return Decided{Proposal: cur}, fmt.Errorf("%w: it is %s", errNotPending, cur.Status)
+		}
+		return Decided{}, err
+	}
+	s.audit(store.Event{
+		Kind: KindApproval, Time: now, Principal: p.Agent, RunID: p.RunID, ProposalID: p.ID, Tool: p.Tool,
+		ArgsSHA256: p.ArgsSHA256, Decision: store.ProposalApproved, Reason: "approved", TokenJTI: claims.ID,
+		Detail: "approver=" + approver,
+	})
+	s.log.Info("proposal approved", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID), zap.String("approver", approver))
+
+	// The dispatch outlives a client that hangs up: the approval is spent.
+	s.wg.Add(1)
+	defer s.wg.Done()
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.DispatchTimeout)
+	defer cancel()
+	call, p := s.dispatch(dctx, p, token)
+	s.goAdvance(p.RunID)
+	return Decided{Proposal: p, ToolCall: &call}, nil
+}
+
+// dispatch runs an approved proposal and records the result.
+func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) (store.ToolCall, store.Proposal) {
+	spec := s.cfg.Registry[p.Tool]
+	start := s.now()
+	call := store.ToolCall{
+		ID: newID("call"), RunID: p.RunID, Agent: p.Agent, Tool: p.Tool, Args: s.auditArgs(p.Tool, p.Args),
+		ArgsSHA256: p.ArgsSHA256, ProposalID: p.ID, Status: store.CallRunning, CreatedAt: start, UpdatedAt: start,
+	}
+	if err := s.cfg.Records.CreateToolCall(ctx, call); err != nil {
+		s.log.Error("store tool call", zap.String(fieldProposalID, p.ID), zap.Error(err))
+	}
+	t0 := time.Now()
+	o := s.disp.call(ctx, spec, p.Args, token)
+	took := time.Since(t0)
+	call.Status, call.HTTPStatus, call.DecisionID, call.Result, call.Error = o.status, o.httpStatus, o.decisionID, o.result, o.err
+	call.DurationUS, call.UpdatedAt = took.Microseconds(), s.now()
+	if err := s.cfg.Records.UpdateToolCall(ctx, call); err != nil {
+		s.log.Error("store tool call result", zap.String(fieldProposalID, p.ID), zap.Error(err))
+	}
+	final := store.ProposalExecuted
+	if o.status != store.CallSucceeded {
+		final = store.ProposalFailed
+	}
+	updated, err := s.cfg.Records.UpdateProposal(ctx, p.ID, store.ProposalApproved, store.ProposalUpdate{Status: final, Reason: o.err, UpdatedAt: call.UpdatedAt})
+	if err != nil {
+		s.log.Error("store proposal result", zap.String(fieldProposalID, p.ID), zap.Error(err))
+	} else {
+		p = updated
+	}
+	if m := s.cfg.Metrics; m != nil {
+		m.ToolExecutions.WithLabelValues(p.Tool, o.status).Inc()
+		m.ToolDuration.Observe(took.Seconds())
+		if o.status != store.CallSucceeded {
+			m.ToolErrors.WithLabelValues(p.Tool).Inc()
+		}
+	}
+	runCost := 0.0
+	if run, err := s.cfg.Records.Run(ctx, p.RunID); err == nil {
+		runCost = run.Usage.CostUSD
+	}
+	detail, _ := json.Marshal(map[string]any{"tool_call_id": call.ID, "error": o.err, "run_cost_usd": runCost})
+	s.audit(store.Event{
+		Kind: KindResult, Time: call.UpdatedAt, DecisionID: o.decisionID, Principal: p.Agent, RunID: p.RunID,
+		ProposalID: p.ID, Tool: p.Tool, ArgsSHA256: p.ArgsSHA256, Decision: o.status, Reason: cmp.Or(firstWord(o.err), "ok"),
+		Status: o.httpStatus, LatencyMicros: call.DurationUS, Detail: string(detail),
+	})
+	s.log.Info("tool call", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID), zap.String(fieldTool, p.Tool),
+		zap.String("status", o.status), zap.Int("http_status", o.httpStatus), zap.String(fieldDecisionID, o.decisionID),
+		zap.Duration("took", took), zap.String("error", o.err))
+	return call, p
+}
+
+// Reject rejects a pending proposal.
+func (s *Service) Reject(ctx context.Context, id, reason string) (Decided, error) {
+	now := s.now()
+	p, err := s.cfg.Records.UpdateProposal(ctx, id, store.ProposalPending, store.ProposalUpdate{
+		Status: store.ProposalRejected, Reason: reason, DecidedAt: now, UpdatedAt: now,
+	})
+	if err != nil {
+		if errors.Is(err, store.ErrStatus) {
+			cur, _ := s.cfg.Records.Proposal(ctx, id)
+			return Decided{Proposal: cur}, fmt.Errorf("%w: it is %s", errNotPending, cur.Status)
+		}
+		return Decided{}, err
+	}
+	s.audit(store.Event{
+		Kind: KindRejection, Time: now, Principal: p.Agent, RunID: p.RunID, ProposalID: p.ID, Tool: p.Tool,
+		ArgsSHA256: p.ArgsSHA256, Decision: store.ProposalRejected, Reason: "rejected", Detail: clip(reason, 4096),
+	})
+	s.log.Info("proposal rejected", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID))
+	s.goAdvance(p.RunID)
+	return Decided{Proposal: p}, nil
+}
+
+// checkToken refuses a token that cannot admit exactly this proposal.
+func (s *Service) checkToken(p store.Proposal, token string) (*approval.Claims, error) {
+	var claims *approval.Claims
+	var err error
+	if s.cfg.Verifier != nil {
+		claims, err = s.cfg.Verifier.Verify(token)
+	} else {
+		claims, err = approval.ParseUnverified(token)
+		if err == nil && !claims.Expiry.After(s.now()) {
+			err = &approval.Error{Code: approval.CodeExpired, Reason: "the token has expired"}
+		}
+	}
+	if err != nil {
+		var ae *approval.Error
+		if errors.As(err, &ae) {
+			return nil, &TokenError{Code: ae.Code, Reason: ae.Reason}
+		}
+		return nil, &TokenError{Code: approval.CodeInvalid, Reason: err.Error()}
+	}
+	switch {
+	case claims.Kind != approval.KindApproval:
+		return nil, &TokenError{"token_invalid", fmt.Sprintf("a proposal takes an approval token, not a %s", claims.Kind)}
+	case claims.Tool != p.Tool:
+		return nil, &TokenError{"tool_mismatch", fmt.Sprintf("the token approves tool %q, the proposal calls %q", claims.Tool, p.Tool)}
+	case claims.ArgsSHA256 != p.ArgsSHA256:
+		return nil, &TokenError{"args_mismatch", "the token approves other arguments (args_sha256 differs)"}
+	case claims.Subject != p.Agent:
+		return nil, &TokenError{"subject_mismatch", fmt.Sprintf("the token is for agent %q, the proposal is %q's", claims.Subject, p.Agent)}
+	case claims.ProposalID != "" && claims.ProposalID != p.ID:
+		return nil, &TokenError{"proposal_mismatch", fmt.Sprintf("the token names proposal %q", claims.ProposalID)}
+	case claims.RunID != "" && claims.RunID != p.RunID:
+		return nil, &TokenError{"run_mismatch", fmt.Sprintf("the token names run %q", claims.RunID)}
+	}
+	return claims, nil
+}
+
+// auditArgs returns args for records unless the registry marks the tool
+// sensitive (or does not know it).
+func (s *Service) auditArgs(tool string, args json.RawMessage) json.RawMessage {
+	if spec, ok := s.cfg.Registry[tool]; ok && !spec.Sensitive {
+		return args
+	}
+	return nil
+}
+
+func (s *Service) audit(e store.Event) {
+	if e.Time.IsZero() {
+		e.Time = s.now()
+	}
+	s.cfg.Audit.Record(e)
+}
+
+func (s *Service) now() time.Time { return s.cfg.Now().UTC() }
+
+// Log field names.
+const (
+	fieldRunID      = "run_id"
+	fieldProposalID = "proposal_id"
+	fieldAgent      = "agent"
+	fieldTool       = "tool"
+	fieldDecisionID = "decision_id"
+)
+
+// newID returns prefix_ and 16 random bytes in hex.
+func newID(prefix string) string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return prefix + "_" + hex.EncodeToString(b[:])
+}
+
+func firstWord(s string) string {
+	for i, r := range s {
+		if r == ':' || r == ' ' {
+			return s[:i]
+		}
+	}
+	return s
+}
+
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}

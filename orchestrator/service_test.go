@@ -1,0 +1,449 @@
+package orchestrator_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/m1-agent/m1/authz"
+	"github.com/m1-agent/m1/internal/approval"
+	"github.com/m1-agent/m1/internal/metrics"
+	"github.com/m1-agent/m1/internal/store"
+	"github.com/m1-agent/m1/internal/store/sqlite"
+	"github.com/m1-agent/m1/orchestrator"
+)
+
+// planFunc is a test planner.
+type planFunc func(ctx context.Context, s orchestrator.Session) (orchestrator.Step, error)
+
+func (f planFunc) Next(ctx context.Context, s orchestrator.Session) (orchestrator.Step, error) {
+	return f(ctx, s)
+}
+
+// memAudit collects events.
+type memAudit struct {
+	mu sync.Mutex
+	ev []store.Event
+}
+
+func (a *memAudit) Record(e store.Event) { a.mu.Lock(); a.ev = append(a.ev, e); a.mu.Unlock() }
+
+func (a *memAudit) kinds(proposal string) []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []string
+	for _, e := range a.ev {
+		if proposal == "" || e.ProposalID == proposal {
+			out = append(out, e.Kind+":"+e.Decision)
+		}
+	}
+	return out
+}
+
+// toolServer is a REST and MCP tool that records what reached it.
+type toolServer struct {
+	mu     sync.Mutex
+	bodies []string
+	tokens []string
+	deny   bool // answer as a sidecar deny
+}
+
+func (ts *toolServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	if ts.deny {
+		w.WriteHeader(403)
+		io.WriteString(w, `{"error":"token_replayed","reason":"used","decision_id":"dec-1"}`)
+		return
+	}
+	var rpc struct {
+		ID     json.RawMessage `json:"id"`
+		Method string          `json:"method"`
+	}
+	if r.URL.Path == "/mcp" {
+		_ = json.Unmarshal(body, &rpc)
+		switch rpc.Method {
+		case "initialize":
+			w.Header().Set("Mcp-Session-Id", "s-1")
+			w.Header().Set("Content-Type", "text/event-stream")
+			io.WriteString(w, "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocolVersion\":\"2025-06-18\"}}\n\n")
+			return
+		case "notifications/initialized":
+			w.WriteHeader(202)
+			return
+		}
+	}
+	ts.mu.Lock()
+	ts.bodies = append(ts.bodies, string(body))
+	ts.tokens = append(ts.tokens, r.Header.Get("x-m1-approval-token"))
+	ts.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	if r.URL.Path == "/mcp" {
+		io.WriteString(w, `{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"done"}],"isError":false}}`)
+		return
+	}
+	io.WriteString(w, `{"ok":true}`)
+}
+
+type fixture struct {
+	svc   *orchestrator.Service
+	rec   store.Records
+	audit *memAudit
+	tool  *toolServer
+	key   *approval.SigningKey
+	reg   *prometheus.Registry
+	m     *metrics.Orchestrator
+	now   time.Time
+	mu    sync.Mutex
+}
+
+func (f *fixture) clock() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return f.now }
+func (f *fixture) advance(d time.Duration) {
+	f.mu.Lock()
+	f.now = f.now.Add(d)
+	f.mu.Unlock()
+}
+
+func newFixture(t *testing.T, p orchestrator.Planner, mod func(*orchestrator.Config)) *fixture {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "m1.db"), sqlite.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ts := &toolServer{}
+	srv := httptest.NewServer(ts)
+	t.Cleanup(srv.Close)
+	reg, err := orchestrator.ParseRegistry([]byte(`{
+		"read_file": {"risk": "read", "requires_approval": false},
+		"write_file": {"risk": "write", "protocol": "rest"},
+		"run_command": {"risk": "execute", "sensitive": true}
+	}`), srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := approval.GenerateKey(approval.AlgEdDSA, "k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{rec: any(st).(store.Records), audit: &memAudit{}, tool: ts, key: key, reg: prometheus.NewRegistry(), now: time.Now().UTC()}
+	f.m, err = metrics.NewOrchestrator(f.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := orchestrator.Config{
+		Records: f.rec, Audit: f.audit, Planner: p, Registry: reg, CostTracking: true,
+		ProposalTTL: time.Minute, ExpireEvery: 10 * time.Millisecond, Metrics: f.m, Now: f.clock,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	f.svc, err = orchestrator.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.svc.Stop(context.Background()) })
+	return f
+}
+
+func (f *fixture) token(t *testing.T, p store.Proposal, mod func(*approval.Claims)) string {
+	t.Helper()
+	c := approval.Claims{
+		Issuer: "m1-cli", Subject: p.Agent, Audience: []string{"tools"}, Actor: "alice",
+		Kind: approval.KindApproval, Tool: p.Tool, ArgsSHA256: p.ArgsSHA256,
+		RunID: p.RunID, ProposalID: p.ID, Expiry: time.Now().Add(time.Minute),
+	}
+	if mod != nil {
+		mod(&c)
+	}
+	tok, err := approval.Mint(f.key, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// twoSteps proposes write_file, then finishes, and records what it saw.
+type twoSteps struct {
+	mu       sync.Mutex
+	sessions []orchestrator.Session
+}
+
+func (p *twoSteps) Next(_ context.Context, s orchestrator.Session) (orchestrator.Step, error) {
+	p.mu.Lock()
+	p.sessions = append(p.sessions, s)
+	p.mu.Unlock()
+	usage := []orchestrator.LLMUsage{{Model: "claude-sonnet-4-5", InputTokens: 1000, OutputTokens: 100, CacheReadTokens: 2000}}
+	if len(s.History) == 0 {
+		return orchestrator.Step{
+			Text: "I will write the notes.",
+			Calls: []orchestrator.Call{{ID: "toolu_1", Tool: "write_file", Args: json.RawMessage(`{"path": "notes.txt",  "content": "hi"}`)}},
+			LLM:   usage,
+		}, nil
+	}
+	return orchestrator.Step{Done: true, Text: "Done.", LLM: usage}, nil
+}
+
+func (p *twoSteps) seen() []orchestrator.Session {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]orchestrator.Session(nil), p.sessions...)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestRunApproveDispatchComplete(t *testing.T) {
+	pl := &twoSteps{}
+	f := newFixture(t, pl, nil)
+	ctx := context.Background()
+	d, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "take notes", Agent: "agent-7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Status != store.RunRunning || len(d.Proposals) != 1 {
+		t.Fatalf("StartRun = status %s, %d proposals; want running, 1", d.Status, len(d.Proposals))
+	}
+	p := d.Proposals[0]
+	want, _ := authz.ArgsSHA256("write_file", []byte(`{"content":"hi","path":"notes.txt"}`))
+	if p.ArgsSHA256 != want || p.Risk != "write" || p.Status != store.ProposalPending || p.Reasoning != "I will write the notes." || p.CallID != "toolu_1" {
+		t.Fatalf("proposal = %+v", p)
+	}
+	if string(p.Args) != `{"path": "notes.txt",  "content": "hi"}` {
+		t.Fatalf("proposal args = %s, want the planner's bytes", p.Args)
+	}
+	// 3000-token step at Sonnet prices: 1000×3 + 100×15 + 2000×0.30 per million.
+	wantCost := (1000*3.0 + 100*15 + 2000*0.30) / 1e6
+	if d.Usage.CostUSD < wantCost*0.999 || d.Usage.CostUSD > wantCost*1.001 || d.Usage.CacheReadTokens != 2000 {
+		t.Fatalf("run usage = %+v, want cost %.6f", d.Usage, wantCost)
+	}
+
+	dec, err := f.svc.Approve(ctx, p.ID, f.token(t, p, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dec.Proposal.Status != store.ProposalExecuted || dec.ToolCall == nil || dec.ToolCall.Status != store.CallSucceeded || dec.Proposal.Approver != "alice" {
+		t.Fatalf("Approve = %+v / %+v", dec.Proposal, dec.ToolCall)
+	}
+	if len(f.tool.bodies) != 1 || f.tool.bodies[0] != `{"path": "notes.txt",  "content": "hi"}` || f.tool.tokens[0] == "" {
+		t.Fatalf("tool got %q with tokens %q; want the exact args once, with the token", f.tool.bodies, f.tool.tokens)
+	}
+	waitFor(t, "run completed", func() bool {
+		r, _ := f.rec.Run(ctx, d.ID)
+		return r.Status == store.RunCompleted
+	})
+	s := pl.seen()
+	if len(s) != 2 || len(s[1].History) != 1 || s[1].History[0].Results[0].Status != store.ProposalExecuted || string(s[1].History[0].Results[0].Result) != `{"ok":true}` {
+		t.Fatalf("second planning step saw %+v", s)
+	}
+	if got := strings.Join(f.audit.kinds(p.ID), " "); got != "proposal:pending approval:approved result:succeeded" {
+		t.Fatalf("audit of the proposal = %s", got)
+	}
+	waitFor(t, "m1_agent_runs_total{completed} = 1", func() bool {
+		return testutil.ToFloat64(f.m.Runs.WithLabelValues(store.RunCompleted)) == 1
+	})
+	if got := testutil.ToFloat64(f.m.RunsActive); got != 0 {
+		t.Fatalf("m1_agent_runs_active = %v, want 0", got)
+	}
+	if got := testutil.ToFloat64(f.m.LLMTokens.WithLabelValues("claude-sonnet-4-5", "input")); got != 2000 {
+		t.Fatalf("m1_llm_tokens_total{input} = %v, want 2000", got)
+	}
+	if got := testutil.ToFloat64(f.m.ToolExecutions.WithLabelValues("write_file", store.CallSucceeded)); got != 1 {
+		t.Fatalf("m1_tool_executions_total = %v", got)
+	}
+	costs, err := f.rec.Costs(ctx, time.Time{})
+	if err != nil || len(costs) != 1 || costs[0].Calls != 2 || costs[0].Agent != "agent-7" {
+		t.Fatalf("Costs = %+v, %v", costs, err)
+	}
+}
+
+func TestApprovalRefusedBeforeDispatch(t *testing.T) {
+	f := newFixture(t, &twoSteps{}, nil)
+	ctx := context.Background()
+	d, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "agent-7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := d.Proposals[0]
+	other := p
+	other.ArgsSHA256 = strings.Repeat("0", 64)
+	cases := []struct {
+		name  string
+		token string
+		code  string
+	}{
+		{"other args", f.token(t, other, nil), "args_mismatch"},
+		{"other tool", f.token(t, p, func(c *approval.Claims) { c.Tool = "read_file" }), "tool_mismatch"},
+		{"other agent", f.token(t, p, func(c *approval.Claims) { c.Subject = "agent-8" }), "subject_mismatch"},
+		{"other proposal", f.token(t, p, func(c *approval.Claims) { c.ProposalID = "prop_x" }), "proposal_mismatch"},
+		{"grant", f.token(t, p, func(c *approval.Claims) {
+			c.Kind, c.Tool, c.ArgsSHA256, c.Tools, c.MaxUses = approval.KindGrant, "", "", []string{"write_file"}, 1
+		}), "token_invalid"},
+		{"expired", f.token(t, p, func(c *approval.Claims) {
+			c.IssuedAt, c.Expiry = time.Now().Add(-time.Hour), time.Now().Add(-time.Minute)
+		}), "token_expired"},
+		{"garbage", "not.a.token", "token_invalid"},
+	}
+	for _, tc := range cases {
+		_, err := f.svc.Approve(ctx, p.ID, tc.token)
+		var te *orchestrator.TokenError
+		if !errors.As(err, &te) || te.Code != tc.code {
+			t.Errorf("Approve(%s) = %v, want %s", tc.name, err, tc.code)
+		}
+	}
+	if len(f.tool.bodies) != 0 {
+		t.Fatalf("a refused token reached the tool: %q", f.tool.bodies)
+	}
+	got, _ := f.rec.Proposal(ctx, p.ID)
+	if got.Status != store.ProposalPending {
+		t.Fatalf("proposal status after refusals = %s, want pending", got.Status)
+	}
+}
+
+func TestRejectAndExpiry(t *testing.T) {
+	calls := planFunc(func(_ context.Context, s orchestrator.Session) (orchestrator.Step, error) {
+		if len(s.History) > 0 {
+			return orchestrator.Step{Done: true}, nil
+		}
+		return orchestrator.Step{Calls: []orchestrator.Call{
+			{Tool: "write_file", Args: json.RawMessage(`{"path":"a"}`)},
+			{Tool: "run_command", Args: json.RawMessage(`{"command":"ls"}`)},
+		}}, nil
+	})
+	f := newFixture(t, calls, nil)
+	ctx := context.Background()
+	d, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "a1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Reject(ctx, d.Proposals[0].ID, "not now"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Reject(ctx, d.Proposals[0].ID, "again"); err == nil {
+		t.Fatal("second rejection of the same proposal succeeded")
+	}
+	f.advance(2 * time.Minute) // past the TTL: the sweeper expires the second
+	waitFor(t, "expiry and completion", func() bool {
+		r, _ := f.rec.Run(ctx, d.ID)
+		return r.Status == store.RunCompleted
+	})
+	p1, _ := f.rec.Proposal(ctx, d.Proposals[0].ID)
+	p2, _ := f.rec.Proposal(ctx, d.Proposals[1].ID)
+	if p1.Status != store.ProposalRejected || p1.Reason != "not now" || p2.Status != store.ProposalExpired {
+		t.Fatalf("proposals = %s/%q, %s; want rejected/not now, expired", p1.Status, p1.Reason, p2.Status)
+	}
+	if _, err := f.svc.Approve(ctx, p2.ID, f.token(t, p2, nil)); err == nil {
+		t.Fatal("approving an expired proposal succeeded")
+	}
+	if got := strings.Join(f.audit.kinds(p2.ID), " "); got != "proposal:pending rejection:expired" {
+		t.Fatalf("audit of the expired proposal = %s", got)
+	}
+}
+
+func TestBudgetStopsPlanning(t *testing.T) {
+	steps := 0
+	pl := planFunc(func(_ context.Context, s orchestrator.Session) (orchestrator.Step, error) {
+		steps++
+		return orchestrator.Step{
+			Calls: []orchestrator.Call{{Tool: "read_file", Args: json.RawMessage(`{"path":"x"}`)}},
+			LLM:   []orchestrator.LLMUsage{{Model: "claude-opus-4-1", InputTokens: 10_000, OutputTokens: 1_000}}, // $0.225
+		}, nil
+	})
+	f := newFixture(t, pl, func(c *orchestrator.Config) { c.BudgetUSD, c.CostAlertUSD = 0.40, 0.30 })
+	ctx := context.Background()
+	d, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "a1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		ps, _ := f.rec.Proposals(ctx, store.ProposalFilter{RunID: d.ID, Status: store.ProposalPending})
+		if len(ps) != 1 {
+			t.Fatalf("step %d: %d pending proposals", i+1, len(ps))
+		}
+		if _, err := f.svc.Reject(ctx, ps[0].ID, "no"); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			waitFor(t, "second step", func() bool {
+				ps, _ := f.rec.Proposals(ctx, store.ProposalFilter{RunID: d.ID, Status: store.ProposalPending})
+				return len(ps) == 1
+			})
+		}
+	}
+	waitFor(t, "over budget", func() bool {
+		r, _ := f.rec.Run(ctx, d.ID)
+		return r.Status == store.RunOverBudget
+	})
+	r, _ := f.rec.Run(ctx, d.ID)
+	if steps != 2 || !r.OverAlert || r.Usage.CostUSD < 0.44 {
+		t.Fatalf("steps = %d, run = %+v; want 2 steps, alert set, cost 0.45", steps, r)
+	}
+}
+
+func TestPlannerFailureAndBadProposals(t *testing.T) {
+	pl := planFunc(func(_ context.Context, s orchestrator.Session) (orchestrator.Step, error) {
+		if len(s.History) == 0 {
+			return orchestrator.Step{Calls: []orchestrator.Call{
+				{Tool: "rm_rf", Args: json.RawMessage(`{}`)},
+				{Tool: "read_file", Args: json.RawMessage(`{"n": 18446744073709551616}`)},
+			}}, nil
+		}
+		if got := s.History[0].Results; got[0].Status != store.ProposalFailed || !strings.Contains(got[1].Error, "number_not_canonical") {
+			return orchestrator.Step{}, errors.New("unexpected history")
+		}
+		return orchestrator.Step{}, &orchestrator.PlannerError{Err: errors.New("model overloaded"), LLM: []orchestrator.LLMUsage{{Model: "claude-haiku-4-5", InputTokens: 100}}}
+	})
+	f := newFixture(t, pl, nil)
+	ctx := context.Background()
+	d, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "a1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "run failed", func() bool {
+		r, _ := f.rec.Run(ctx, d.ID)
+		return r.Status == store.RunFailed
+	})
+	r, _ := f.rec.Run(ctx, d.ID)
+	if !strings.Contains(r.Error, "model overloaded") || r.Usage.InputTokens != 100 {
+		t.Fatalf("run = %+v; want the planner's error and the failed call's usage", r)
+	}
+}
+
+func TestDispatchDeniedBySidecar(t *testing.T) {
+	f := newFixture(t, &twoSteps{}, nil)
+	f.tool.deny = true
+	ctx := context.Background()
+	d, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "agent-7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := d.Proposals[0]
+	dec, err := f.svc.Approve(ctx, p.ID, f.token(t, p, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dec.ToolCall.Status != store.CallDenied || dec.ToolCall.DecisionID != "dec-1" || dec.Proposal.Status != store.ProposalFailed || !strings.HasPrefix(dec.Proposal.Reason, "token_replayed") {
+		t.Fatalf("Approve = %+v / %+v; want denied with the sidecar's decision id", dec.Proposal, dec.ToolCall)
+	}
+}
