@@ -1,0 +1,461 @@
+// Package orchestratord wires m1-orchestrator: options from flags and env,
+// the store, the audit recorder, the planner, the tool registry and the
+// HTTP server (the /v1 API behind the admin token, open /health and
+// /metrics). Tests embed the real server in-process with New, Start, Addr
+// and Stop.
+package orchestratord
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/m1-agent/m1/internal/admin"
+	"github.com/m1-agent/m1/internal/approval"
+	"github.com/m1-agent/m1/internal/audit"
+	"github.com/m1-agent/m1/internal/metrics"
+	"github.com/m1-agent/m1/internal/store"
+	"github.com/m1-agent/m1/internal/store/backend"
+	"github.com/m1-agent/m1/orchestrator"
+	"github.com/m1-agent/m1/orchestrator/claude"
+	"github.com/m1-agent/m1/orchestrator/scripted"
+	"github.com/m1-agent/m1/policies"
+)
+
+// Planner kinds of Options.Planner.
+const (
+	PlannerAuto     = "auto"     // claude when ANTHROPIC_API_KEY is set, else scripted with M1_PLAN_FILE
+	PlannerClaude   = "claude"   // Claude through the Messages API
+	PlannerScripted = "scripted" // a YAML plan (M1_PLAN_FILE)
+)
+
+// Options configure m1-orchestrator.
+type Options struct {
+	Addr        string // HTTP listen address
+	AdminToken  string // bearer token for /v1; random and logged when empty
+	DataDir     string // SQLite store and audit spool
+	DatabaseURL string // "" = SQLite under DataDir; postgres://… shared
+	PolicyDir   string // bundle whose m1/tools/data.json is the registry; "" = embedded default
+
+	ToolEndpoint    string        // base URL of tools whose registry entry names no endpoint
+	ApprovalHeader  string        // header that carries the approval token to the sidecar
+	MCPPath         string        // MCP path at a tool endpoint
+	ToolsPathPrefix string        // REST tool path prefix at a tool endpoint
+	ProposalTTL     time.Duration // pending proposals expire (auto-rejected) after this
+	DispatchTimeout time.Duration // per approved call
+
+	// Optional approval verification before dispatch (the sidecar verifies
+	// anyway): with a JWKS file or secret, tokens are checked as a sidecar
+	// with this audience would.
+	Audience        string
+	JWKSFile        string
+	JWTSecret       string
+	TokenTTLMinutes int
+	ClockSkew       time.Duration
+
+	Planner          string // auto | claude | scripted
+	PlanFile         string // the scripted planner's YAML plan
+	AnthropicAPIKey  string
+	AnthropicBaseURL string // "" = the SDK's default
+	Model            string // Claude model id; "" = the claude package's default
+
+	PricesFile   string  // JSON price table over the defaults
+	CostTracking bool    // price LLM usage (COST_TRACKING_ENABLED)
+	CostAlertUSD float64 // COST_ALERT_THRESHOLD; 0 = off
+	RunBudgetUSD float64 // default per-run budget; 0 = none
+
+	LogLevel string
+
+	// Injected.
+	PlannerImpl orchestrator.Planner // when set, used instead of building one from the fields above
+	Version     string
+	Logger      *zap.Logger
+	Registerer  prometheus.Registerer
+	Gatherer    prometheus.Gatherer
+	Now         func() time.Time
+	HTTPClient  *http.Client // for dispatch
+}
+
+// DefaultOptions returns the defaults.
+func DefaultOptions() Options {
+	return Options{
+		Addr:            ":9193",
+		DataDir:         "./data",
+		ToolEndpoint:    "http://127.0.0.1:10000",
+		ApprovalHeader:  "x-m1-approval-token",
+		MCPPath:         "/mcp",
+		ToolsPathPrefix: "/tools/",
+		ProposalTTL:     15 * time.Minute,
+		DispatchTimeout: 30 * time.Second,
+		TokenTTLMinutes: 5,
+		ClockSkew:       30 * time.Second,
+		Planner:         PlannerAuto,
+		CostTracking:    true,
+		RunBudgetUSD:    1,
+		LogLevel:        "info",
+		Version:         "dev",
+		Now:             time.Now,
+	}
+}
+
+// BindFlags defines o's flags on fs and returns each flag's environment
+// variable for config.Load.
+func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
+	env := map[string]string{}
+	str := func(p *string, name, envName, usage string) {
+		fs.StringVar(p, name, *p, usage)
+		env[name] = envName
+	}
+	dur := func(p *time.Duration, name, envName, usage string) {
+		fs.DurationVar(p, name, *p, usage)
+		env[name] = envName
+	}
+	str(&o.Addr, "addr", "M1_ORCHESTRATOR_ADDR", "HTTP listen address (API, health, metrics)")
+	str(&o.AdminToken, "admin-token", "M1_ADMIN_TOKEN", "bearer token for the /v1 API (random and logged once when empty)")
+	str(&o.DataDir, "data-dir", "M1_DATA_DIR", "directory for local state (SQLite store, audit spool)")
+	str(&o.DatabaseURL, "database-url", "M1_DATABASE_URL", "store: empty = SQLite file m1.db under --data-dir; postgres://… for PostgreSQL")
+	str(&o.PolicyDir, "policy-dir", "M1_POLICY_DIR", "policy bundle whose m1/tools/data.json is the tool registry (empty = the embedded default)")
+	str(&o.ToolEndpoint, "tool-endpoint", "M1_TOOL_ENDPOINT", "base URL (the tool pod's Envoy) of tools whose registry entry names no endpoint")
+	str(&o.ApprovalHeader, "approval-header", "M1_APPROVAL_HEADER", "request header that carries the approval token")
+	str(&o.MCPPath, "mcp-path", "M1_MCP_PATH", "path of the MCP endpoint at a tool endpoint")
+	str(&o.ToolsPathPrefix, "tools-path-prefix", "M1_TOOLS_PATH_PREFIX", "path prefix of REST tool calls at a tool endpoint")
+	dur(&o.ProposalTTL, "proposal-ttl", "M1_PROPOSAL_TTL", "pending proposals are auto-rejected (expired) after this")
+	dur(&o.DispatchTimeout, "dispatch-timeout", "M1_DISPATCH_TIMEOUT", "longest wait for one approved tool call")
+	str(&o.Audience, "audience", "M1_AUDIENCE", "with --jwks-file or --jwt-secret: the audience approval tokens must name")
+	str(&o.JWKSFile, "jwks-file", "M1_JWKS_FILE", "verify approval tokens' signatures before dispatch with these public keys (optional: the sidecar verifies anyway)")
+	str(&o.JWTSecret, "jwt-secret", "M1_JWT_SECRET", "HS256 secret to verify approval tokens before dispatch (optional)")
+	fs.IntVar(&o.TokenTTLMinutes, "approval-token-ttl-minutes", o.TokenTTLMinutes, "longest approval token lifetime accepted, in minutes (with verification)")
+	env["approval-token-ttl-minutes"] = "M1_APPROVAL_TOKEN_TTL_MINUTES"
+	dur(&o.ClockSkew, "clock-skew", "M1_CLOCK_SKEW", "leeway on token times (with verification)")
+	str(&o.Planner, "planner", "M1_PLANNER", "auto (claude with ANTHROPIC_API_KEY, else scripted), claude or scripted")
+	str(&o.PlanFile, "plan-file", "M1_PLAN_FILE", "YAML plan of the scripted planner")
+	str(&o.AnthropicAPIKey, "anthropic-api-key", "ANTHROPIC_API_KEY", "Anthropic API key of the claude planner")
+	str(&o.AnthropicBaseURL, "anthropic-base-url", "ANTHROPIC_BASE_URL", "Messages API base URL (empty = Anthropic's)")
+	str(&o.Model, "model", "M1_MODEL", "Claude model of the claude planner (empty = the default)")
+	str(&o.PricesFile, "prices-file", "M1_PRICES_FILE", "JSON price table (USD per million tokens) over the built-in Claude prices")
+	fs.BoolVar(&o.CostTracking, "cost-tracking", o.CostTracking, "price LLM usage (tokens are counted either way)")
+	env["cost-tracking"] = "COST_TRACKING_ENABLED"
+	fs.Float64Var(&o.CostAlertUSD, "cost-alert-threshold", o.CostAlertUSD, "mark and log runs whose LLM cost reaches this many USD (0 = off)")
+	env["cost-alert-threshold"] = "COST_ALERT_THRESHOLD"
+	fs.Float64Var(&o.RunBudgetUSD, "run-budget-usd", o.RunBudgetUSD, "default per-run LLM budget in USD; planning stops when a run reaches it (0 = none)")
+	env["run-budget-usd"] = "M1_RUN_BUDGET_USD"
+	str(&o.LogLevel, "log-level", "LOG_LEVEL", "log level: debug, info, warn, error")
+	return env
+}
+
+func (o *Options) validate() error {
+	switch {
+	case o.Addr == "":
+		return errors.New("Addr (M1_ORCHESTRATOR_ADDR) is empty")
+	case o.ProposalTTL <= 0:
+		return errors.New("ProposalTTL (M1_PROPOSAL_TTL) must be positive")
+	case o.DispatchTimeout <= 0:
+		return errors.New("DispatchTimeout (M1_DISPATCH_TIMEOUT) must be positive")
+	case o.CostAlertUSD < 0:
+		return errors.New("CostAlertUSD (COST_ALERT_THRESHOLD) must not be negative")
+	case o.RunBudgetUSD < 0:
+		return errors.New("RunBudgetUSD (M1_RUN_BUDGET_USD) must not be negative")
+	case (o.JWKSFile != "" || o.JWTSecret != "") && o.Audience == "":
+		return errors.New("Audience (M1_AUDIENCE) is required to verify approval tokens")
+	case !strings.HasPrefix(o.MCPPath, "/"):
+		return fmt.Errorf("MCPPath (M1_MCP_PATH) %q must start with /", o.MCPPath)
+	case !strings.HasPrefix(o.ToolsPathPrefix, "/") || !strings.HasSuffix(o.ToolsPathPrefix, "/"):
+		return fmt.Errorf("ToolsPathPrefix (M1_TOOLS_PATH_PREFIX) %q must start and end with /", o.ToolsPathPrefix)
+	}
+	if _, _, err := backend.Parse(o.DatabaseURL, o.DataDir); err != nil {
+		return fmt.Errorf("M1_DATABASE_URL: %w", err)
+	}
+	return nil
+}
+
+// Server is a running m1-orchestrator.
+type Server struct {
+	opts     Options
+	log      *zap.Logger
+	st       store.Store
+	rec      *audit.Recorder
+	svc      *orchestrator.Service
+	planner  string
+	http     *http.Server
+	lis      net.Listener
+	started  atomic.Bool
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// New opens the store, builds the planner and the service.
+func New(ctx context.Context, o Options) (*Server, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.Registerer == nil {
+		reg := prometheus.NewRegistry()
+		o.Registerer, o.Gatherer = reg, reg
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	s := &Server{opts: o, log: o.Logger}
+	generated := false
+	if s.opts.AdminToken == "" {
+		var b [24]byte
+		_, _ = rand.Read(b[:])
+		s.opts.AdminToken, generated = hex.EncodeToString(b[:]), true
+	}
+
+	planner, kind, err := buildPlanner(o)
+	if err != nil {
+		return nil, err
+	}
+	s.planner = kind
+	fsys := policies.FS()
+	if o.PolicyDir != "" {
+		fsys = os.DirFS(o.PolicyDir)
+	}
+	reg, err := orchestrator.LoadRegistry(fsys, o.ToolEndpoint)
+	if err != nil {
+		return nil, err
+	}
+	prices, err := orchestrator.LoadPrices(o.PricesFile)
+	if err != nil {
+		return nil, err
+	}
+	var verifier *approval.Verifier
+	if o.JWKSFile != "" || o.JWTSecret != "" {
+		if verifier, err = newVerifier(o); err != nil {
+			return nil, err
+		}
+	}
+	m, err := metrics.NewOrchestrator(o.Registerer)
+	if err != nil {
+		return nil, err
+	}
+
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("M1_DATA_DIR: %w", err)
+	}
+	octx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if s.st, err = backend.Open(octx, o.DatabaseURL, o.DataDir); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	records, ok := s.st.(store.Records)
+	if !ok {
+		s.st.Close()
+		return nil, fmt.Errorf("store %T keeps no runs or proposals", s.st)
+	}
+	s.rec, err = audit.New(audit.Options{
+		Writer:     store.WriterID("m1-orchestrator", o.Now()),
+		Sink:       s.st,
+		SpoolPath:  filepath.Join(o.DataDir, "orchestrator-audit-spool.jsonl"),
+		Logger:     o.Logger.Named("audit"),
+		Registerer: o.Registerer,
+	})
+	if err != nil {
+		s.st.Close()
+		return nil, err
+	}
+	s.svc, err = orchestrator.New(orchestrator.Config{
+		Records: records, Audit: s.rec, Planner: planner, Registry: reg, Prices: prices,
+		CostTracking: o.CostTracking, CostAlertUSD: o.CostAlertUSD, BudgetUSD: o.RunBudgetUSD,
+		ProposalTTL: o.ProposalTTL, DispatchTimeout: o.DispatchTimeout,
+		ApprovalHeader: o.ApprovalHeader, MCPPath: o.MCPPath, ToolsPathPrefix: o.ToolsPathPrefix,
+		Verifier: verifier, HTTPClient: o.HTTPClient, Metrics: m, Logger: o.Logger, Now: o.Now, Version: o.Version,
+	})
+	if err != nil {
+		s.st.Close()
+		return nil, err
+	}
+	handler := admin.NewHandler(admin.Options{
+		Token:    s.opts.AdminToken,
+		Gatherer: o.Gatherer,
+		Health:   s.health,
+		Routes:   map[string]http.Handler{"/v1/": s.svc.Handler()},
+	})
+	s.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	if generated {
+		defer func() {
+			s.log.Info("admin token generated; set M1_ADMIN_TOKEN to choose one (m1 approve reads it too)", zap.String("admin_token", s.opts.AdminToken))
+		}()
+	}
+	return s, nil
+}
+
+func newVerifier(o Options) (*approval.Verifier, error) {
+	var ks *approval.KeySet
+	var err error
+	if o.JWKSFile != "" {
+		if ks, err = approval.LoadJWKS(o.JWKSFile); err != nil {
+			return nil, fmt.Errorf("load M1_JWKS_FILE: %w", err)
+		}
+	}
+	if o.JWTSecret != "" {
+		if ks, err = ks.WithSecret([]byte(o.JWTSecret)); err != nil {
+			return nil, err
+		}
+	}
+	skew := o.ClockSkew
+	if skew == 0 {
+		skew = -1 // 0s means no leeway
+	}
+	return approval.NewVerifier(approval.VerifierOptions{
+		Keys: ks, Audience: o.Audience, MaxTTL: time.Duration(o.TokenTTLMinutes) * time.Minute,
+		ClockSkew: skew, Now: o.Now, CacheSize: -1,
+	})
+}
+
+// buildPlanner returns the injected planner or builds the configured one.
+func buildPlanner(o Options) (orchestrator.Planner, string, error) {
+	if o.PlannerImpl != nil {
+		return o.PlannerImpl, "injected", nil
+	}
+	kind := o.Planner
+	if kind == PlannerAuto || kind == "" {
+		switch {
+		case o.AnthropicAPIKey != "":
+			kind = PlannerClaude
+		case o.PlanFile != "":
+			kind = PlannerScripted
+		default:
+			return nil, "", errors.New("no planner: set ANTHROPIC_API_KEY for Claude, or M1_PLAN_FILE for a scripted plan")
+		}
+	}
+	switch kind {
+	case PlannerClaude:
+		co := claude.DefaultOptions()
+		co.APIKey = o.AnthropicAPIKey
+		if o.AnthropicBaseURL != "" {
+			co.BaseURL = o.AnthropicBaseURL
+		}
+		if o.Model != "" {
+			co.Model = o.Model
+		}
+		p, err := claude.New(co)
+		if err != nil {
+			return nil, "", fmt.Errorf("claude planner: %w", err)
+		}
+		return p, kind, nil
+	case PlannerScripted:
+		if o.PlanFile == "" {
+			return nil, "", errors.New("scripted planner: M1_PLAN_FILE is required")
+		}
+		p, err := scripted.Load(o.PlanFile)
+		if err != nil {
+			return nil, "", fmt.Errorf("scripted planner: %w", err)
+		}
+		return p, kind, nil
+	}
+	return nil, "", fmt.Errorf("Planner (M1_PLANNER) %q: want auto, claude or scripted", o.Planner)
+}
+
+// Start listens and serves until Stop.
+func (s *Server) Start(ctx context.Context) error {
+	var lc net.ListenConfig
+	lis, err := lc.Listen(ctx, "tcp", s.opts.Addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.opts.Addr, err)
+	}
+	s.lis = lis
+	s.rec.Start(ctx)
+	if err := s.svc.Start(ctx); err != nil {
+		lis.Close()
+		return err
+	}
+	go func() {
+		if err := s.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("HTTP server stopped", zap.Error(err))
+		}
+	}()
+	s.started.Store(true)
+	s.log.Info("m1-orchestrator started", zap.String("addr", lis.Addr().String()), zap.String("planner", s.planner), zap.String("version", s.opts.Version))
+	return nil
+}
+
+// Addr is the listen address (after Start).
+func (s *Server) Addr() net.Addr { return s.lis.Addr() }
+
+// AdminToken is the bearer token of the /v1 API.
+func (s *Server) AdminToken() string { return s.opts.AdminToken }
+
+// Stop stops serving, waits for dispatches in flight (until ctx ends),
+// flushes the audit queue and closes the store. Safe to call twice.
+func (s *Server) Stop(ctx context.Context) error {
+	s.stopOnce.Do(func() {
+		var errs []error
+		if s.started.Load() {
+			if err := s.http.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("shut down HTTP: %w", err))
+			}
+		}
+		if err := s.svc.Stop(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		if err := s.rec.Close(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		if err := s.st.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		s.stopErr = errors.Join(errs...)
+		s.log.Info("m1-orchestrator stopped")
+	})
+	return s.stopErr
+}
+
+// Run starts the server and stops it when ctx ends.
+func Run(ctx context.Context, o Options) error {
+	s, err := New(ctx, o)
+	if err != nil {
+		return err
+	}
+	if err := s.Start(ctx); err != nil {
+		s.Stop(context.WithoutCancel(ctx)) //nolint:errcheck // the start error matters more
+		return err
+	}
+	<-ctx.Done()
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.DispatchTimeout+5*time.Second)
+	defer cancel()
+	return s.Stop(stopCtx)
+}
+
+func (s *Server) health() admin.Report {
+	rep := admin.Report{Version: s.opts.Version, Checks: map[string]admin.Check{}, Started: s.started.Load(), Ready: s.started.Load()}
+	kind, _, _ := backend.Parse(s.opts.DatabaseURL, s.opts.DataDir)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st := s.rec.Stats()
+	db := admin.Check{Status: admin.StatusOK, Info: map[string]any{"backend": kind, "audit_queue_depth": st.QueueDepth, "audit_spool_events": st.SpoolEvents}}
+	if err := s.st.Ping(ctx); err != nil {
+		db.Status, db.Detail = admin.StatusFailing, "store unreachable: "+err.Error()
+	} else if st.SpoolEvents > 0 {
+		db.Status, db.Detail = admin.StatusDegraded, "audit events spool locally: "+st.LastError
+	}
+	rep.Checks["database"] = db
+	rep.Checks["planner"] = admin.Check{Status: admin.StatusOK, Info: map[string]any{"kind": s.planner}}
+	rep.Status = admin.StatusOK
+	for _, c := range rep.Checks {
+		if c.Status == admin.StatusFailing {
+			rep.Status = admin.StatusFailing
+		} else if c.Status == admin.StatusDegraded && rep.Status == admin.StatusOK {
+			rep.Status = admin.StatusDegraded
+		}
+	}
+	return rep
+}
