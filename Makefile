@@ -6,12 +6,12 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X github.com/m1-agent/m1/internal
 FUZZTIME  ?= 30s
 BENCHTIME ?= 2s
 
-.PHONY: help build run test test-deps test-go test-rego lint bench fuzz clean
+.PHONY: help build run test test-deps test-go test-rego lint bench fuzz demo clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-build: ## build m1-authz and m1 into ./bin
+build: ## build m1-authz, m1, m1-orchestrator and m1-demo-tool into ./bin
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 run: build ## start m1-authz on embedded defaults (gRPC :9191, admin :9192)
@@ -46,6 +46,9 @@ bench: ## Go benchmarks of the Check path, then gRPC load (ghz) against m1-authz
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./authz/ ./internal/policy/ ./internal/approval/
 	$(GO) run ./cmd/m1 bench
 	$(GO) run ./cmd/m1 bench --audit
+
+demo: build ## the approval loop on loopback: goal, proposals, m1 approve, dispatch through m1-authz, audit (DEMO_INTERACTIVE=1 to approve yourself)
+	./scripts/demo.sh
 
 fuzz: ## fuzz the request parser for FUZZTIME (default 30s)
 	$(GO) test -run '^$$' -fuzz FuzzParseCall -fuzztime $(FUZZTIME) ./authz/

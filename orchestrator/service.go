@@ -494,12 +494,16 @@ func (s *Service) recordLLM(ctx context.Context, run store.Run, u LLMUsage) (sto
 	}
 	detail, _ := json.Marshal(map[string]any{"model": u.Model, "usage": usage, "run_cost_usd": updated.Usage.CostUSD})
 	s.audit(store.Event{Kind: KindLLMCall, Time: call.CreatedAt, Principal: run.Agent, RunID: run.ID, Detail: string(detail)})
-	if s.cfg.CostAlertUSD > 0 && !updated.OverAlert && updated.Usage.CostUSD >= s.cfg.CostAlertUSD {
-		updated.OverAlert = true
+	alert := s.cfg.CostAlertUSD > 0 && !updated.OverAlert && updated.Usage.CostUSD >= s.cfg.CostAlertUSD
+	if alert || updated.Model == "" {
+		updated.OverAlert = updated.OverAlert || alert
+		updated.Model = cmp.Or(updated.Model, u.Model) // the run's model is its first call's
 		updated.UpdatedAt = s.now()
 		if err := s.cfg.Records.UpdateRun(ctx, updated); err != nil {
 			return updated, err
 		}
+	}
+	if alert {
 		s.log.Warn("run cost over COST_ALERT_THRESHOLD", zap.String(fieldRunID, run.ID), zap.String(fieldAgent, run.Agent),
 			zap.Float64("cost_usd", updated.Usage.CostUSD), zap.Float64("threshold_usd", s.cfg.CostAlertUSD))
 	}

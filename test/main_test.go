@@ -14,8 +14,13 @@ import (
 // /health can be checked for it.
 const binVersion = "e2e-test"
 
-// binPath is the m1-authz binary TestMain builds.
-var binPath string
+// The binaries TestMain builds.
+var (
+	binPath  string // m1-authz
+	cliPath  string // m1
+	orchPath string // m1-orchestrator
+	toolPath string // m1-demo-tool
+)
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -29,16 +34,19 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	binPath = filepath.Join(dir, "m1-authz")
-	if err := buildBinary(binPath); err != nil {
+	cliPath = filepath.Join(dir, "m1")
+	orchPath = filepath.Join(dir, "m1-orchestrator")
+	toolPath = filepath.Join(dir, "m1-demo-tool")
+	if err := buildBinaries(dir); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
 	return m.Run()
 }
 
-// buildBinary builds cmd/m1-authz into out, with the race detector when
+// buildBinaries builds the commands into dir, with the race detector when
 // the tests run with it.
-func buildBinary(out string) error {
+func buildBinaries(dir string) error {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		goBin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
@@ -47,11 +55,12 @@ func buildBinary(out string) error {
 	// minutes on two cores; a warm one takes seconds.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	args := []string{"build", "-o", out, "-ldflags", "-X main.version=" + binVersion}
+	args := []string{"build", "-o", dir + string(filepath.Separator), "-ldflags", "-X main.version=" + binVersion}
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	args = append(args, "github.com/m1-agent/m1/cmd/m1-authz")
+	args = append(args, "github.com/m1-agent/m1/cmd/m1-authz", "github.com/m1-agent/m1/cmd/m1",
+		"github.com/m1-agent/m1/cmd/m1-orchestrator", "github.com/m1-agent/m1/cmd/m1-demo-tool")
 	cmd := exec.CommandContext(ctx, goBin, args...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go %v: %w\n%s", args, err, b)

@@ -58,6 +58,10 @@ func commands() []command {
 		{"keys", "generate approval signing keys and the public JWKS", runKeys},
 		{"token", "mint or inspect approval tokens", runToken},
 		{"revoke", "revoke approval tokens by jti or agent (admin API)", runRevoke},
+		{"approve", "review pending proposals and approve them (signs approval tokens)", runApprove},
+		{"reject", "reject a pending proposal with a reason", runReject},
+		{"grant", "sign a grant: a narrow pre-authorization of a bounded number of calls", runGrant},
+		{"dev-proxy", "a local stand-in for Envoy's ext_authz filter (not for production)", runDevProxy},
 		{"audit", "verify, export and prune the audit trail", runAudit},
 		{"version", "print the version", runVersion},
 		{"help", "print help for m1 or one command", nil}, // handled by Main

@@ -99,25 +99,15 @@ Exit status: 0 minted, 2 error.`
 func runTokenMint(_ context.Context, c *cmdIO, args []string) int {
 	fs := newFlagSet("token mint",
 		"m1 token mint (--key FILE | --secret-env NAME) --sub AGENT --aud AUD (--tool TOOL [--args JSON] | --grant --tools LIST --max-uses N) [flags]",
-		tokenMintDescription, map[string]string{
-			"key":             "M1_SIGNING_KEY",
-			"aud":             "M1_AUDIENCE",
-			"act":             "USER",
-			"max-ttl-minutes": "M1_APPROVAL_TOKEN_TTL_MINUTES",
-		})
-	keyFile := fs.String("key", "", "private JWK `file` written by m1 keys gen")
-	secretEnv := fs.String("secret-env", "", "HS256: read the secret from the environment variable `NAME`")
+		tokenMintDescription, signingEnv("act"))
+	var sf signing
+	sf.register(fs, "act", "the approving `operator` (act.sub)")
 	tool := fs.String("tool", "", "approval: the `tool` the call may run")
 	toolArgs := fs.String("args", "{}", "approval: the call's `arguments`, a JSON object, @FILE, or @- for stdin")
 	grant := fs.Bool("grant", false, "mint a grant (--tools, --max-uses) instead of an approval")
 	tools := fs.String("tools", "", "grant: comma-separated tool `patterns`, exact names or prefix*")
 	maxUses := fs.Int("max-uses", 0, "grant: the `number` of calls it allows")
 	sub := fs.String("sub", "", "the `agent` (principal) the token is for")
-	aud := fs.String("aud", "", "`audience`: the tool service's M1_AUDIENCE (comma-separated for several)")
-	iss := fs.String("iss", "m1-cli", "`issuer`")
-	act := fs.String("act", "", "the approving `operator` (act.sub)")
-	ttl := fs.Duration("ttl", 5*time.Minute, "`lifetime` of the token (exp - iat), whole seconds")
-	maxTTL := fs.Int("max-ttl-minutes", 0, "refuse a --ttl longer than this many `minutes`, the sidecars' limit (0: no check)")
 	runID := fs.String("run-id", "", "orchestrator run `id` (m1.run_id)")
 	proposalID := fs.String("proposal-id", "", "orchestrator proposal `id` (m1.proposal_id)")
 	jti := fs.String("jti", "", "token `id` (default: 128 random bits)")
@@ -131,33 +121,24 @@ func runTokenMint(_ context.Context, c *cmdIO, args []string) int {
 		return code
 	}
 
+	if err := sf.check(); err != nil {
+		return usageErr("%v", err)
+	}
 	switch {
-	case *keyFile == "" && *secretEnv == "":
-		return usageErr("a key is required: --key FILE ($M1_SIGNING_KEY), or --secret-env NAME for HS256")
-	case *keyFile != "" && *secretEnv != "":
-		return usageErr("--key ($M1_SIGNING_KEY) and --secret-env cannot be combined")
 	case *sub == "":
 		return usageErr("--sub is required")
-	case *aud == "":
-		return usageErr("--aud (or $M1_AUDIENCE) is required")
-	case *ttl < time.Second:
-		return usageErr("--ttl %v: must be at least 1s", *ttl)
-	case *maxTTL < 0:
-		return usageErr("--max-ttl-minutes must not be negative")
-	case *maxTTL > 0 && *ttl > time.Duration(*maxTTL)*time.Minute:
-		return usageErr("--ttl %v exceeds the sidecars' limit of %d minutes (--max-ttl-minutes, $M1_APPROVAL_TOKEN_TTL_MINUTES): they would refuse it with token_ttl_exceeded", *ttl, *maxTTL)
-	case *nbfSkew < 0 || *nbfSkew >= *ttl:
+	case *nbfSkew < 0 || *nbfSkew >= sf.ttl:
 		return usageErr("--nbf-skew %v: must be at least 0 and less than --ttl", *nbfSkew)
 	}
-	audience, err := splitList(*aud)
+	audience, err := sf.audience()
 	if err != nil {
-		return usageErr("--aud: %v", err)
+		return usageErr("%v", err)
 	}
 
 	claims := approval.Claims{
-		Issuer:     *iss,
+		Issuer:     sf.iss,
 		Subject:    *sub,
-		Actor:      *act,
+		Actor:      sf.actor,
 		Audience:   audience,
 		ID:         *jti,
 		RunID:      *runID,
@@ -169,14 +150,11 @@ func runTokenMint(_ context.Context, c *cmdIO, args []string) int {
 			return usageErr("--grant takes --tools and --max-uses, not --tool or --args")
 		case *tools == "" || !isSet(fs, "max-uses"):
 			return usageErr("--grant needs --tools and --max-uses")
-		case *maxUses < 1:
-			return usageErr("--max-uses %d: must be at least 1", *maxUses)
 		}
-		patterns, err := toolPatterns(*tools)
-		if err != nil {
-			return usageErr("--tools: %v", err)
+		if claims.Tools, claims.MaxUses, err = grantScope(*tools, *maxUses); err != nil {
+			return usageErr("%v", err)
 		}
-		claims.Kind, claims.Tools, claims.MaxUses = approval.KindGrant, patterns, *maxUses
+		claims.Kind = approval.KindGrant
 	} else {
 		switch {
 		case *tools != "" || isSet(fs, "max-uses"):
@@ -195,27 +173,11 @@ func runTokenMint(_ context.Context, c *cmdIO, args []string) int {
 		claims.Kind, claims.Tool, claims.ArgsSHA256 = approval.KindApproval, *tool, sum
 	}
 
-	var key *approval.SigningKey
-	if *secretEnv != "" {
-		secret, ok := c.lookupEnv(*secretEnv)
-		if !ok || secret == "" {
-			return usageErr("--secret-env: $%s is not set", *secretEnv)
-		}
-		if key, err = approval.HMACKey([]byte(secret)); err != nil {
-			return usageErr("--secret-env: $%s: %v", *secretEnv, err)
-		}
-	} else if key, err = approval.LoadSigningKey(*keyFile); err != nil {
-		return fail(c, "token mint", err)
+	key, err := sf.key(c)
+	if err != nil {
+		return keyError(fs, c, err)
 	}
-
-	if claims.ID == "" {
-		claims.ID = randomJTI()
-	}
-	now := time.Now().Truncate(time.Second)
-	claims.IssuedAt = now.Add(-nbfSkew.Truncate(time.Second))
-	claims.NotBefore = claims.IssuedAt
-	claims.Expiry = claims.IssuedAt.Add(ttl.Truncate(time.Second))
-	token, err := approval.Mint(key, claims)
+	token, claims, err := sf.sign(key, claims, *nbfSkew, time.Now())
 	if err != nil {
 		return fail(c, "token mint", err)
 	}
@@ -229,6 +191,116 @@ func runTokenMint(_ context.Context, c *cmdIO, args []string) int {
 	}
 	fmt.Fprintln(c.stdout, token)
 	return exitOK
+}
+
+// signing is what the commands that sign tokens (token mint, approve,
+// grant) share: the key, the issuer, audience and operator, and the
+// lifetime.
+type signing struct {
+	keyFile, secretEnv string
+	aud, iss, actor    string
+	ttl                time.Duration
+	maxTTLMinutes      int
+}
+
+// signingEnv is the environment behind the signing flags; actorFlag names
+// the flag of the operator (act.sub), whose default is $USER.
+func signingEnv(actorFlag string) map[string]string {
+	return map[string]string{
+		"key":             "M1_SIGNING_KEY",
+		"aud":             "M1_AUDIENCE",
+		actorFlag:         "USER",
+		"max-ttl-minutes": "M1_APPROVAL_TOKEN_TTL_MINUTES",
+	}
+}
+
+// register adds the signing flags to fs; the operator's flag is actorFlag.
+func (s *signing) register(fs *flagSet, actorFlag, actorUsage string) {
+	fs.StringVar(&s.keyFile, "key", "", "private JWK `file` written by m1 keys gen")
+	fs.StringVar(&s.secretEnv, "secret-env", "", "HS256: read the secret from the environment variable `NAME`")
+	fs.StringVar(&s.aud, "aud", "", "`audience`: the tool service's M1_AUDIENCE (comma-separated for several)")
+	fs.StringVar(&s.iss, "iss", "m1-cli", "`issuer`")
+	fs.StringVar(&s.actor, actorFlag, "", actorUsage)
+	fs.DurationVar(&s.ttl, "ttl", 5*time.Minute, "`lifetime` of the token (exp - iat), whole seconds")
+	fs.IntVar(&s.maxTTLMinutes, "max-ttl-minutes", 0, "refuse a --ttl longer than this many `minutes`, the sidecars' limit (0: no check)")
+}
+
+// check validates the signing flags; its error is a usage error.
+func (s *signing) check() error {
+	switch {
+	case s.keyFile == "" && s.secretEnv == "":
+		return errors.New("a key is required: --key FILE ($M1_SIGNING_KEY), or --secret-env NAME for HS256")
+	case s.keyFile != "" && s.secretEnv != "":
+		return errors.New("--key ($M1_SIGNING_KEY) and --secret-env cannot be combined")
+	case s.aud == "":
+		return errors.New("--aud (or $M1_AUDIENCE) is required")
+	case s.ttl < time.Second:
+		return fmt.Errorf("--ttl %v: must be at least 1s", s.ttl)
+	case s.maxTTLMinutes < 0:
+		return errors.New("--max-ttl-minutes must not be negative")
+	case s.maxTTLMinutes > 0 && s.ttl > time.Duration(s.maxTTLMinutes)*time.Minute:
+		return fmt.Errorf("--ttl %v exceeds the sidecars' limit of %d minutes (--max-ttl-minutes, $M1_APPROVAL_TOKEN_TTL_MINUTES): they would refuse it with token_ttl_exceeded", s.ttl, s.maxTTLMinutes)
+	}
+	return nil
+}
+
+// audience is --aud as a list.
+func (s *signing) audience() ([]string, error) {
+	aud, err := splitList(s.aud)
+	if err != nil {
+		return nil, fmt.Errorf("--aud: %w", err)
+	}
+	return aud, nil
+}
+
+// keyUsageError is a signing key that cannot be had because of how the
+// command was called (an unset or short --secret-env variable), as opposed
+// to a key file that cannot be read.
+type keyUsageError struct{ err error }
+
+func (e *keyUsageError) Error() string { return e.err.Error() }
+func (e *keyUsageError) Unwrap() error { return e.err }
+
+// key loads the signing key: the HS256 secret from the environment
+// variable named by --secret-env (never from a flag value, which ps would
+// show), else the private JWK file --key. An error about --secret-env is a
+// *keyUsageError.
+func (s *signing) key(c *cmdIO) (*approval.SigningKey, error) {
+	if s.secretEnv != "" {
+		secret, ok := c.lookupEnv(s.secretEnv)
+		if !ok || secret == "" {
+			return nil, &keyUsageError{fmt.Errorf("--secret-env: $%s is not set", s.secretEnv)}
+		}
+		key, err := approval.HMACKey([]byte(secret))
+		if err != nil {
+			return nil, &keyUsageError{fmt.Errorf("--secret-env: $%s: %w", s.secretEnv, err)}
+		}
+		return key, nil
+	}
+	return approval.LoadSigningKey(s.keyFile)
+}
+
+// keyError reports an error of [signing.key] and returns exit status 2.
+func keyError(fs *flagSet, c *cmdIO, err error) int {
+	if ue, ok := errors.AsType[*keyUsageError](err); ok {
+		code, _ := usageError(fs, c, ue)
+		return code
+	}
+	return fail(c, strings.TrimPrefix(fs.Name(), "m1 "), err)
+}
+
+// sign signs claims with k and returns the token and the claims as signed:
+// a random jti unless ID is set, iat and nbf now (in whole seconds) less
+// nbfSkew, exp iat + --ttl.
+func (s *signing) sign(k *approval.SigningKey, claims approval.Claims, nbfSkew time.Duration, now time.Time) (string, approval.Claims, error) {
+	if claims.ID == "" {
+		claims.ID = randomJTI()
+	}
+	claims.IssuedAt = now.Truncate(time.Second).Add(-nbfSkew.Truncate(time.Second))
+	claims.NotBefore = claims.IssuedAt
+	claims.Expiry = claims.IssuedAt.Add(s.ttl.Truncate(time.Second))
+	token, err := approval.Mint(k, claims)
+	return token, claims, err
 }
 
 // mintResult is the --json output of m1 token mint. Exp is RFC 3339, as the
@@ -276,6 +348,19 @@ func toolPatterns(s string) ([]string, error) {
 		}
 	}
 	return list, nil
+}
+
+// grantScope validates what a grant allows: --tools (see [toolPatterns])
+// and --max-uses, at least 1.
+func grantScope(tools string, maxUses int) ([]string, int, error) {
+	if maxUses < 1 {
+		return nil, 0, fmt.Errorf("--max-uses %d: must be at least 1", maxUses)
+	}
+	patterns, err := toolPatterns(tools)
+	if err != nil {
+		return nil, 0, fmt.Errorf("--tools: %w", err)
+	}
+	return patterns, maxUses, nil
 }
 
 const tokenInspectDescription = `Decode an approval token (TOKEN, or - to read it from stdin) and print

@@ -1,0 +1,381 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+
+	"github.com/m1-agent/m1/internal/store"
+	"github.com/m1-agent/m1/orchestrator"
+)
+
+// proc is a helper process of the loop test (demo tool, dev proxy,
+// orchestrator): its output is kept for failure messages, and it is
+// stopped with SIGTERM when the test ends.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	out    strings.Builder
+	lines  chan string // stdout lines
+	exited chan struct{}
+}
+
+func (p *proc) String() string { p.mu.Lock(); defer p.mu.Unlock(); return p.out.String() }
+
+func startProc(t *testing.T, name, bin string, args, env []string) *proc {
+	t.Helper()
+	p := &proc{name: name, lines: make(chan string, 64), exited: make(chan struct{})}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Env = append(cleanEnv(), env...)
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Stderr = writerFunc(func(b []byte) { p.mu.Lock(); p.out.Write(b); p.mu.Unlock() })
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.out.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+			select {
+			case p.lines <- sc.Text():
+			default:
+			}
+		}
+		p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		p.cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-p.exited:
+		case <-time.After(stopTimeout):
+			p.cmd.Process.Kill()
+			t.Errorf("%s did not stop within %v; output:\n%s", name, stopTimeout, p)
+		}
+	})
+	return p
+}
+
+// firstLine waits for the process's first stdout line (the listen address
+// the demo tool and the dev proxy print).
+func (p *proc) firstLine(t *testing.T) string {
+	t.Helper()
+	select {
+	case l := <-p.lines:
+		return strings.TrimSpace(l)
+	case <-p.exited:
+		t.Fatalf("%s exited; output:\n%s", p.name, p)
+	case <-time.After(startTimeout):
+		t.Fatalf("%s printed nothing within %v; output:\n%s", p.name, startTimeout, p)
+	}
+	return ""
+}
+
+type writerFunc func([]byte)
+
+func (f writerFunc) Write(b []byte) (int, error) { f(b); return len(b), nil }
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// loop is the whole approval loop on loopback: the demo tool behind
+// m1 dev-proxy and a real m1-authz, and m1-orchestrator with the scripted
+// demo plan, all sharing one SQLite store.
+type loop struct {
+	dir, data, workspace string
+	key, jwks            string
+	sidecar              *sidecar
+	proxyAddr            string
+	orch                 *orchestrator.Client
+	orchProc             *proc
+	cliEnv               []string
+}
+
+const loopAudience = "demo-tools"
+
+func startLoop(t *testing.T) *loop {
+	t.Helper()
+	l := &loop{dir: t.TempDir()}
+	l.data, l.workspace = filepath.Join(l.dir, "data"), filepath.Join(l.dir, "workspace")
+	if err := os.MkdirAll(l.workspace, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(l.workspace, "notes.txt"), []byte("old notes\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	keys := filepath.Join(l.dir, "keys")
+	if out, err := exec.Command(cliPath, "keys", "gen", "--out", keys, "--kid", "operator-1").CombinedOutput(); err != nil {
+		t.Fatalf("m1 keys gen: %v\n%s", err, out)
+	}
+	l.key, l.jwks = filepath.Join(keys, "operator-1.jwk"), filepath.Join(keys, "jwks.json")
+
+	tool := startProc(t, "m1-demo-tool", toolPath, []string{"--listen", "127.0.0.1:0", "--dir", l.workspace}, nil)
+	toolAddr := tool.firstLine(t)
+	l.sidecar = startSidecar(t, []string{"--jwks-file", l.jwks, "--audience", loopAudience, "--data-dir", l.data})
+	l.proxyAddr = freeAddr(t)
+	proxy := startProc(t, "m1 dev-proxy", cliPath, []string{"dev-proxy", "--listen", l.proxyAddr, "--authz", l.sidecar.GRPCAddr, "--upstream", "http://" + toolAddr}, nil)
+	proxy.firstLine(t) // it listens
+
+	orchAddr := freeAddr(t)
+	const token = "loop-admin-token"
+	l.orchProc = startProc(t, "m1-orchestrator", orchPath, []string{
+		"--addr", orchAddr, "--data-dir", l.data, "--admin-token", token,
+		"--plan-file", "../testdata/plans/demo.yaml", "--tool-endpoint", "http://" + l.proxyAddr,
+		"--jwks-file", l.jwks, "--audience", loopAudience,
+	}, nil)
+	l.orch = &orchestrator.Client{BaseURL: "http://" + orchAddr, Token: token}
+	waitUntil(t, "m1-orchestrator /health", startTimeout, func() bool {
+		select {
+		case <-l.orchProc.exited:
+			t.Fatalf("m1-orchestrator exited:\n%s", l.orchProc)
+		default:
+		}
+		resp, err := http.Get(l.orch.BaseURL + "/health")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	l.cliEnv = []string{
+		"M1_ORCHESTRATOR_URL=" + l.orch.BaseURL, "M1_ADMIN_TOKEN=" + token,
+		"M1_SIGNING_KEY=" + l.key, "M1_AUDIENCE=" + loopAudience, "USER=alice",
+	}
+	return l
+}
+
+func (l *loop) m1(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, cliPath, args...)
+	cmd.Env = append(cleanEnv(), l.cliEnv...)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("m1 %v: %v", args, err)
+	}
+	return code, string(out)
+}
+
+func (l *loop) pending(t *testing.T) []store.Proposal {
+	t.Helper()
+	ps, err := l.orch.Proposals(context.Background(), store.ProposalPending)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ps
+}
+
+// TestApprovalLoop runs DESIGN §2 end to end: goal → scripted planner →
+// proposals → m1 approve (auto-risk, then interactively through a
+// pseudo-terminal) → dispatch through the dev proxy and the real m1-authz
+// → the demo tool runs each call once → audit events for proposal,
+// approval, decision and result, with cost.
+func TestApprovalLoop(t *testing.T) {
+	l := startLoop(t)
+	ctx := context.Background()
+
+	run, err := l.orch.CreateRun(ctx, orchestrator.RunRequest{Goal: "Review the workspace and record a summary.", Agent: "demo-agent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if run.Status != store.RunRunning || len(run.Proposals) != 2 {
+		t.Fatalf("run = %s with %d proposals; want running with 2\n%s", run.Status, len(run.Proposals), l.orchProc)
+	}
+
+	// Step 1: both calls are read-risk: the non-interactive auto-approval.
+	if code, out := l.m1(t, "approve", "--auto-risk", "read"); code != 0 {
+		t.Fatalf("m1 approve --auto-risk read = exit %d\n%s\norchestrator:\n%s", code, out, l.orchProc)
+	}
+	var write store.Proposal
+	waitUntil(t, "the write_file proposal", 20*time.Second, func() bool {
+		ps := l.pending(t)
+		if len(ps) == 1 {
+			write = ps[0]
+		}
+		return len(ps) == 1
+	})
+	if write.Tool != "write_file" || write.Risk != "write" || write.Step != 2 {
+		t.Fatalf("step 2 proposal = %+v", write)
+	}
+
+	// Step 2: the operator approves the write interactively.
+	approveInteractively(t, l, write)
+
+	var final orchestrator.RunDetail
+	waitUntil(t, "the run to complete", 20*time.Second, func() bool {
+		final, err = l.orch.Run(ctx, run.ID)
+		return err == nil && final.Status != store.RunRunning
+	})
+	if final.Status != store.RunCompleted {
+		t.Fatalf("run ended %s (%s)\norchestrator:\n%s", final.Status, final.Error, l.orchProc)
+	}
+	got, err := os.ReadFile(filepath.Join(l.workspace, "notes.txt"))
+	if err != nil || string(got) != "Workspace reviewed by the demo agent.\n" {
+		t.Fatalf("notes.txt = %q, %v; want the plan's content", got, err)
+	}
+	if len(final.ToolCalls) != 3 {
+		t.Fatalf("tool calls = %+v, want 3", final.ToolCalls)
+	}
+	for _, c := range final.ToolCalls {
+		if c.Status != store.CallSucceeded {
+			t.Fatalf("tool call %s (%s) = %s: %s", c.ID, c.Tool, c.Status, c.Error)
+		}
+	}
+	// The demo plan's simulated usage, priced as claude-sonnet-4-6 ($3 in,
+	// $15 out, $0.30 cache read per million tokens).
+	wantCost := (1200*3.0 + 150*15 + 1650*3 + 90*15 + 1200*0.30) / 1e6
+	if d := final.Usage.CostUSD - wantCost; d > 1e-9 || d < -1e-9 {
+		t.Fatalf("run cost = %.6f, want %.6f", final.Usage.CostUSD, wantCost)
+	}
+
+	// Exactly once: the decided proposal cannot be approved again.
+	approved, err := l.orch.Proposal(ctx, write.ID)
+	if err != nil || approved.ApprovalJTI == "" || approved.Approver != "alice" || approved.Status != store.ProposalExecuted {
+		t.Fatalf("approved proposal = %+v, %v", approved, err)
+	}
+	if code, out := l.m1(t, "approve", write.ID); code == 0 {
+		t.Fatalf("m1 approve of an executed proposal = exit 0\n%s", out)
+	}
+
+	// The audit trail: the orchestrator's events and the sidecar's
+	// decisions, linked by run and proposal, with cost.
+	st := openStore(t, "", l.data)
+	var events []store.Event
+	waitUntil(t, "audit events", 20*time.Second, func() bool {
+		events = events[:0]
+		st.Events(ctx, store.Filter{RunID: run.ID}, func(e store.Event) error { events = append(events, e); return nil })
+		return count(events, "", "") >= 3*4+2+1 // 3 × (proposal, approval, decision, result), 2 llm_call, run
+	})
+	for _, p := range final.Proposals {
+		for _, kind := range []string{orchestrator.KindProposal, orchestrator.KindApproval, store.KindDecision, orchestrator.KindResult} {
+			if n := count(events, p.ID, kind); n != 1 {
+				t.Errorf("proposal %s (%s): %d %q events, want 1", p.ID, p.Tool, n, kind)
+			}
+		}
+	}
+	for _, e := range events {
+		if e.Kind == store.KindDecision && e.Decision != "allow" {
+			t.Errorf("decision for %s = %s %s", e.ProposalID, e.Decision, e.Reason)
+		}
+		if e.Kind == orchestrator.KindResult && !strings.Contains(e.Detail, `"run_cost_usd"`) {
+			t.Errorf("result event without the run's cost: %s", e.Detail)
+		}
+	}
+	if n := count(events, "", orchestrator.KindLLMCall); n != 2 {
+		t.Errorf("%d llm_call events, want 2", n)
+	}
+	if code, out := l.m1(t, "audit", "verify", "--data-dir", l.data); code != 0 {
+		t.Errorf("m1 audit verify = %d\n%s", code, out)
+	}
+}
+
+func count(events []store.Event, proposal, kind string) int {
+	n := 0
+	for _, e := range events {
+		if (proposal == "" || e.ProposalID == proposal) && (kind == "" || e.Kind == kind) {
+			n++
+		}
+	}
+	return n
+}
+
+// approveInteractively runs m1 approve in a pseudo-terminal, as an
+// operator would, and approves the one pending proposal.
+func approveInteractively(t *testing.T, l *loop, p store.Proposal) {
+	t.Helper()
+	cmd := exec.Command(cliPath, "approve")
+	cmd.Env = append(cleanEnv(), append(l.cliEnv, "TERM=xterm-256color")...)
+	ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 60, Cols: 200})
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	var (
+		mu   sync.Mutex
+		out  []byte
+		seen int
+	)
+	exited := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := ptmx.Read(buf)
+			mu.Lock()
+			out = append(out, buf[:n]...)
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	go func() { exited <- cmd.Wait(); ptmx.Close() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	screen := func() string { mu.Lock(); defer mu.Unlock(); return ansiSeq.ReplaceAllString(string(out), "") }
+	waitFor := func(want string) {
+		t.Helper()
+		waitUntil(t, "m1 approve to show "+strconv.Quote(want), 20*time.Second, func() bool {
+			sc := screen()
+			if i := strings.Index(sc[min(seen, len(sc)):], want); i >= 0 {
+				seen += i + len(want)
+				return true
+			}
+			return false
+		})
+	}
+	waitFor("proposal " + p.ID)
+	waitFor("write_file")
+	waitFor(`"content": "Workspace reviewed by the demo agent.\n"`) // the canonical arguments, escaped
+	waitFor("skip: leave it pending")                               // the prompt is up
+	ptmx.Write([]byte("\x10\x10\r"))                                // up twice (Ctrl-P) from skip to approve, Enter
+	waitFor("executed")
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("m1 approve: %v; screen:\n%s", err, screen())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("m1 approve did not exit; screen:\n%s", screen())
+	}
+}
+
+// ansiSeq matches terminal control sequences: CSI, OSC and two-byte escapes.
+var ansiSeq = regexp.MustCompile(`\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]`)
