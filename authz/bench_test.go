@@ -1,30 +1,59 @@
+//go:build unix
+
+// The benchmarks report cpu-ns/op, the process's CPU time (getrusage) per
+// check, so they build on Unix only.
+
 package authz
 
 import (
 	"context"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/m1-agent/m1/internal/audit"
+	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/internal/store/sqlite"
 )
 
 // BenchmarkCheck measures the in-process Check path with the default policy.
-// Targets (issue 2): cache hit ≤ 5 µs and ≤ 30 allocs; miss ≤ 60 µs.
+// Targets (issue 2): cache hit ≤ 5 µs and ≤ 30 allocs; miss ≤ 60 µs. The
+// audited variants may cost at most 10% over cache_hit.
+//
+// Besides ns/op (wall time of the loop), the cache hit variants report
+// cpu-ns/op: the CPU time of the whole process per check, on every core,
+// including the audit writer's work for the events the loop recorded (it is
+// drained before the clock stops). On a machine with cores to spare the
+// writer runs beside the loop and ns/op hides it; cpu-ns/op does not, and
+// it is less sensitive to other load on the host.
 func BenchmarkCheck(b *testing.B) {
 	ctx := context.Background()
 	hit := checkReq(httpReq("POST", "/mcp?session=abc", mcpCall("read_file", `{"path":"/etc/hosts"}`),
 		"content-type", "application/json", "x-request-id", "7bca2f0e-1c55-4d6a-9b1e-3f2d8c1a9e77", "x-envoy-auth-partial-body", "false"))
-	b.Run("cache_hit", func(b *testing.B) {
-		s := newService(b, defaultEngine(b), true)
+	// loop runs the cache hit; with rec, it waits for the audit writer to
+	// hand every event to its sink.
+	loop := func(b *testing.B, s testService, rec *audit.Recorder) {
 		if _, err := s.Check(ctx, hit); err != nil {
 			b.Fatal(err)
 		}
+		if rec != nil {
+			waitWritten(b, rec, 1) // the warm-up check's event
+		}
 		b.ReportAllocs()
+		cpu := cpuTime(b)
 		b.ResetTimer()
 		for b.Loop() {
 			s.Check(ctx, hit)
 		}
+		b.StopTimer()
+		if rec != nil {
+			waitWritten(b, rec, 1+int64(b.N))
+		}
+		b.ReportMetric(float64(cpuTime(b)-cpu)/float64(b.N), "cpu-ns/op")
+	}
+	b.Run("cache_hit", func(b *testing.B) {
+		loop(b, newService(b, defaultEngine(b), true), nil)
 	})
 	b.Run("cache_miss", func(b *testing.B) {
 		s := newService(b, defaultEngine(b), false)
@@ -34,6 +63,15 @@ func BenchmarkCheck(b *testing.B) {
 			s.Check(ctx, hit)
 		}
 	})
+	// The cache hit with every decision recorded, chained and handed to a
+	// sink that only counts: the cost of auditing on the check path (and of
+	// the recorder), without the store's.
+	b.Run("cache_hit_audit_enqueue", func(b *testing.B) {
+		s := newService(b, defaultEngine(b), true)
+		rec := newRecorder(b, discard{})
+		s.opts.Audit = rec
+		loop(b, s, rec)
+	})
 	// The same cache hit with every decision audited (queue, batch writer,
 	// a real SQLite file): the issue allows at most 10% over cache_hit.
 	b.Run("cache_hit_audited", func(b *testing.B) {
@@ -42,22 +80,10 @@ func BenchmarkCheck(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer db.Close()
-		rec, err := audit.New(audit.Options{Writer: "bench", Sink: db, SpoolPath: filepath.Join(b.TempDir(), "spool.jsonl")})
-		if err != nil {
-			b.Fatal(err)
-		}
-		rec.Start(ctx)
-		defer rec.Close(ctx)
+		b.Cleanup(func() { db.Close() })
+		rec := newRecorder(b, db)
 		s.opts.Audit = rec
-		if _, err := s.Check(ctx, hit); err != nil {
-			b.Fatal(err)
-		}
-		b.ReportAllocs()
-		b.ResetTimer()
-		for b.Loop() {
-			s.Check(ctx, hit)
-		}
+		loop(b, s, rec)
 	})
 	b.Run("parse_only", func(b *testing.B) {
 		h := hit.GetAttributes().GetRequest().GetHttp()
@@ -66,4 +92,43 @@ func BenchmarkCheck(b *testing.B) {
 			ParseCall(h, HeadersOf(h), testParseOpts)
 		}
 	})
+}
+
+// newRecorder starts a recorder on sink, closed (flushed) at cleanup.
+func newRecorder(b *testing.B, sink audit.Sink) *audit.Recorder {
+	rec, err := audit.New(audit.Options{Writer: "bench", Sink: sink, SpoolPath: filepath.Join(b.TempDir(), "spool.jsonl")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rec.Start(context.Background())
+	b.Cleanup(func() { rec.Close(context.Background()) })
+	return rec
+}
+
+// waitWritten waits until the recorder has handed n events to its sink.
+func waitWritten(b *testing.B, rec *audit.Recorder, n int64) {
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Millisecond) {
+		if rec.Stats().Written >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("audit writer did not drain: %+v", rec.Stats())
+		}
+	}
+}
+
+// discard is an audit.Sink that drops events (the recorder counts them in
+// Stats.Written).
+type discard struct{}
+
+func (discard) AppendEvents(context.Context, []store.Event) error { return nil }
+func (discard) Ping(context.Context) error                        { return nil }
+
+// cpuTime returns the process's user and system CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -48,6 +48,8 @@ type Options struct {
 type Recorder struct {
 	o       Options
 	queue   chan store.Event
+	ready   chan struct{} // a batch is waiting in queue (capacity 1)
+	wakeAt  int           // queue length that signals ready
 	chainer *store.Chainer
 	log     *zap.Logger
 	done    chan struct{}
@@ -91,6 +93,7 @@ func New(o Options) (*Recorder, error) {
 	}
 	r := &Recorder{
 		o: o, queue: make(chan store.Event, o.QueueSize), chainer: store.NewChainer(o.Writer),
+		ready: make(chan struct{}, 1), wakeAt: min(o.BatchSize, o.QueueSize),
 		log: o.Logger, done: make(chan struct{}), closed: make(chan struct{}),
 		events: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "m1_audit_events_total", Help: "Audit events recorded (queued for the store).",
@@ -126,17 +129,34 @@ func New(o Options) (*Recorder, error) {
 // Record queues e. It never drops: when the queue is full it waits for
 // room (the writer spools to disk if the store is slow or down, so the
 // wait is short). After Close it writes e to the spool directly.
+//
+// Record wakes the writer only when a batch is waiting (or the queue is
+// full); otherwise the writer takes the queue at its next tick
+// (FlushEvery). So a check does not pay for waking a goroutine, nor the
+// writer for a pass of its loop, per event.
 func (r *Recorder) Record(e store.Event) {
 	r.events.Inc()
 	select {
 	case r.queue <- e:
-		return
 	default:
+		r.wake() // full: make room
+		select {
+		case r.queue <- e:
+		case <-r.closed:
+			r.spoolLate(e)
+			return
+		}
 	}
+	if len(r.queue) >= r.wakeAt {
+		r.wake()
+	}
+}
+
+// wake tells the writer that a batch is waiting, unless it was told already.
+func (r *Recorder) wake() {
 	select {
-	case r.queue <- e:
-	case <-r.closed:
-		r.spoolLate(e)
+	case r.ready <- struct{}{}:
+	default:
 	}
 }
 
@@ -193,13 +213,10 @@ func (r *Recorder) run(ctx context.Context) {
 	batch := make([]store.Event, 0, r.o.BatchSize)
 	for {
 		select {
-		case e := <-r.queue:
-			batch = append(batch, e)
-			if len(batch) >= r.o.BatchSize {
-				batch = r.flush(ctx, batch)
-			}
+		case <-r.ready:
+			batch = r.take(ctx, batch)
 		case <-tick.C:
-			if len(batch) > 0 {
+			if batch = r.take(ctx, batch); len(batch) > 0 {
 				batch = r.flush(ctx, batch)
 			}
 		case <-retry.C:
@@ -224,6 +241,19 @@ func (r *Recorder) run(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// take moves the events queued now to batch, flushing every full batch.
+// Only the writer receives from the queue, so it holds at least as many
+// events as its length said.
+func (r *Recorder) take(ctx context.Context, batch []store.Event) []store.Event {
+	for n := len(r.queue); n > 0; n-- {
+		batch = append(batch, <-r.queue)
+		if len(batch) >= r.o.BatchSize {
+			batch = r.flush(ctx, batch)
+		}
+	}
+	return batch
 }
 
 // flush chains batch and writes it to the store, or to the spool when the

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"hash"
 	"os"
 	"strconv"
 	"strings"
@@ -36,58 +35,50 @@ const hashDomain = "m1.audit.v1\n"
 // the base-10 count of microseconds since the Unix epoch (the precision
 // both backends keep). The encoding is unambiguous and independent of the
 // backend, so `m1 audit verify` recomputes the same hash from either.
-func HashEvent(e Event) string {
-	h := sha256.New()
-	w := hasher{h: h}
-	h.Write([]byte(hashDomain))
-	w.str(e.Writer)
-	w.int(e.Seq)
-	w.str(e.PrevHash)
-	w.str(e.DecisionID)
-	w.int(e.Time.UnixMicro())
-	w.str(e.Kind)
-	w.str(e.Principal)
-	w.str(e.RunID)
-	w.str(e.ProposalID)
-	w.str(e.Tool)
-	w.str(e.ArgsSHA256)
-	w.bytes(e.Args)
-	w.str(e.Decision)
-	w.str(e.Reason)
-	w.str(e.Detail)
-	w.int(int64(e.Status))
-	w.str(e.PolicyRevision)
-	w.str(e.TokenJTI)
-	w.int(e.LatencyMicros)
-	w.str(e.CacheTier)
-	var sum [sha256.Size]byte
-	return hex.EncodeToString(h.Sum(sum[:0]))
+func HashEvent(e Event) string { return hashEvent(&e) }
+
+// hashEvent is HashEvent without copying e. The digest input is built in
+// one buffer (on the stack unless the event is large) and hashed at once.
+func hashEvent(e *Event) string {
+	var buf [1024]byte
+	b := append(buf[:0], hashDomain...)
+	b = appendField(b, e.Writer)
+	b = appendInt(b, e.Seq)
+	b = appendField(b, e.PrevHash)
+	b = appendField(b, e.DecisionID)
+	b = appendInt(b, e.Time.UnixMicro())
+	b = appendField(b, e.Kind)
+	b = appendField(b, e.Principal)
+	b = appendField(b, e.RunID)
+	b = appendField(b, e.ProposalID)
+	b = appendField(b, e.Tool)
+	b = appendField(b, e.ArgsSHA256)
+	b = appendField(b, []byte(e.Args))
+	b = appendField(b, e.Decision)
+	b = appendField(b, e.Reason)
+	b = appendField(b, e.Detail)
+	b = appendInt(b, int64(e.Status))
+	b = appendField(b, e.PolicyRevision)
+	b = appendField(b, e.TokenJTI)
+	b = appendInt(b, e.LatencyMicros)
+	b = appendField(b, e.CacheTier)
+	sum := sha256.Sum256(b)
+	var out [2 * sha256.Size]byte
+	hex.Encode(out[:], sum[:])
+	return string(out[:])
 }
 
-type hasher struct {
-	h   hash.Hash
-	buf [24]byte
+// appendField appends s as HashEvent encodes a field: its length in bytes
+// (8 bytes, big-endian), then its bytes.
+func appendField[T string | []byte](b []byte, s T) []byte {
+	b = binary.BigEndian.AppendUint64(b, uint64(len(s)))
+	return append(b, s...)
 }
 
-func (w *hasher) len(n int) {
-	binary.BigEndian.PutUint64(w.buf[:8], uint64(n))
-	w.h.Write(w.buf[:8])
-}
-
-func (w *hasher) str(s string) {
-	w.len(len(s))
-	w.h.Write([]byte(s))
-}
-
-func (w *hasher) bytes(b []byte) {
-	w.len(len(b))
-	w.h.Write(b)
-}
-
-func (w *hasher) int(i int64) {
-	b := strconv.AppendInt(w.buf[8:8], i, 10)
-	w.len(len(b))
-	w.h.Write(b)
+// appendInt appends i as a field in base 10.
+func appendInt(b []byte, i int64) []byte {
+	var d [20]byte
+	return appendField(b, strconv.AppendInt(d[:0], i, 10))
 }
 
 // Chainer assigns Writer, Seq, PrevHash and Hash to a writer's events in
@@ -139,7 +130,7 @@ func (c *Chainer) Chain(events []Event) {
 		normalize(e)
 		c.seq++
 		e.Writer, e.Seq, e.PrevHash = c.writer, c.seq, c.hash
-		e.Hash = HashEvent(*e)
+		e.Hash = hashEvent(e)
 		c.hash = e.Hash
 	}
 }
@@ -165,10 +156,41 @@ func normalize(e *Event) {
 		e.Args = json.RawMessage(strings.ToValidUTF8(string(e.Args), "\uFFFD"))
 	}
 	// As encoding/json writes a RawMessage (compact, <>& escaped), so that
-	// the event survives a JSON round trip (a spool) unchanged.
+	// the event survives a JSON round trip (a spool) unchanged. Most
+	// arguments are in that form already.
+	if marshalsAsIs(e.Args) {
+		return
+	}
 	if b, err := json.Marshal(e.Args); err == nil {
 		e.Args = b
 	}
+}
+
+// marshalsAsIs reports whether json.Marshal of the valid JSON b, as a
+// json.RawMessage, returns b unchanged: b has no whitespace outside strings
+// (compaction would drop it) and no '<', '>', '&', U+2028 or U+2029
+// (Marshal escapes them).
+func marshalsAsIs(b []byte) bool {
+	in := false // inside a string
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; c {
+		case '<', '>', '&':
+			return false
+		case 0xE2: // U+2028 and U+2029 are E2 80 A8 and E2 80 A9
+			if i+2 < len(b) && b[i+1] == 0x80 && b[i+2]&^1 == 0xA8 {
+				return false
+			}
+		case '"':
+			in = !in
+		case '\\':
+			i++ // the escaped byte (a quote, a backslash, or a letter)
+		case ' ', '\t', '\n', '\r':
+			if !in {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // cleanString replaces NUL bytes and invalid UTF-8 with U+FFFD.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -29,17 +30,17 @@ const insertRows = 128
 // that skip existing (writer, seq), and returns how many rows went in; a
 // pruned event counts as skipped. Full chunks share one prepared statement.
 func insertMany(ctx context.Context, tx *sql.Tx, events []store.Event, pruned map[string]int64) (int64, error) {
-	rows := make([]store.Event, 0, len(events))
-	for _, e := range events {
-		if e.Seq > pruned[e.Writer] {
-			rows = append(rows, e)
-		}
+	isPruned := func(e store.Event) bool { return e.Seq <= pruned[e.Writer] }
+	rows := events
+	if slices.ContainsFunc(events, isPruned) { // rare: a late replay
+		rows = slices.DeleteFunc(slices.Clone(events), isPruned)
 	}
 	var full *sql.Stmt
 	var total int64
+	args := make([]any, 0, 21*min(insertRows, len(rows)))
 	for start := 0; start < len(rows); start += insertRows {
 		chunk := rows[start:min(start+insertRows, len(rows))]
-		args := make([]any, 0, 21*len(chunk))
+		args = args[:0]
 		for _, e := range chunk {
 			var a any
 			if len(e.Args) > 0 {
@@ -75,9 +76,21 @@ func insertMany(ctx context.Context, tx *sql.Tx, events []store.Event, pruned ma
 }
 
 // insertManySQL is an INSERT of n rows that skips existing (writer, seq).
+//
+// It says INSERT OR IGNORE, not ON CONFLICT (writer, seq) DO NOTHING: a
+// multi-row statement inside a transaction that can fail on a constraint
+// makes SQLite keep a statement journal, a copy of every page the statement
+// changes (written to a temporary file past 64 KiB), so that it can undo
+// that statement alone. That journal was more than half the pages an append
+// wrote. A statement that ignores every conflict cannot fail that way and
+// needs none. For audit rows the two skip the same rows: UNIQUE (writer,
+// seq) is the only constraint such a row can break (id is assigned, no
+// value is NULL where it must not be, there is no CHECK), and AppendEvents
+// sorts replays from conflicts row by row whenever a row was skipped.
 func insertManySQL(n int) string {
 	var q strings.Builder
-	q.WriteString(strings.SplitN(insertEvent, "VALUES", 2)[0])
+	q.WriteString("INSERT OR IGNORE INTO")
+	q.WriteString(strings.TrimPrefix(strings.SplitN(insertEvent, "VALUES", 2)[0], "INSERT INTO"))
 	q.WriteString("VALUES ")
 	for i := range n {
 		if i > 0 {
@@ -85,7 +98,6 @@ func insertManySQL(n int) string {
 		}
 		q.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 	}
-	q.WriteString(" ON CONFLICT (writer, seq) DO NOTHING")
 	return q.String()
 }
 
