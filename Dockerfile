@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # m1-authz (the entrypoint), m1-orchestrator and the m1 CLI as static binaries on a
-# distroless, non-root base. Run the orchestrator with --entrypoint /usr/local/bin/m1-orchestrator.
+# distroless, non-root base. To run the orchestrator, use --entrypoint /usr/local/bin/m1-orchestrator
+# and point the health check at it: m1 health --url http://127.0.0.1:9193/health/live.
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./

@@ -19,6 +19,13 @@ import (
 // maxAnswerBytes bounds what the dispatcher reads of a tool's answer.
 const maxAnswerBytes = 4 << 20
 
+// errAnswer is wrapped by post's error for an answer it could not read.
+var errAnswer = errors.New("tool answer unreadable")
+
+// noRedirects makes a client return a 3xx as is: following it would send
+// the approval token and the arguments to wherever the tool points.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
 // mcpProtocolVersion is the MCP revision the dispatcher speaks.
 const mcpProtocolVersion = "2025-06-18"
 
@@ -32,9 +39,23 @@ type dispatcher struct {
 	version         string
 }
 
+// Reason codes of a dispatch that did not succeed, in result audit events
+// (a sidecar deny carries the sidecar's own code instead).
+const (
+	reasonUnreachable   = "tool_unreachable"     // no HTTP answer (connection refused, reset, …)
+	reasonTimeout       = "tool_timeout"         // no answer within DispatchTimeout
+	reasonHTTPStatus    = "tool_http_error"      // a non-2xx answer that is not a sidecar deny
+	reasonToolError     = "tool_error"           // the tool answered isError: true
+	reasonMCPError      = "mcp_error"            // a JSON-RPC error, or no answer to the request
+	reasonInterrupted   = "dispatch_interrupted" // the orchestrator stopped during the dispatch
+	reasonRedirect      = "tool_redirect"        // a 3xx: never followed, the token must not travel on
+	reasonAnswerInvalid = "tool_answer_invalid"  // an answer too large or unreadable
+)
+
 // outcome is what a dispatch produced, for the tool call record.
 type outcome struct {
 	status     string // store.Call*
+	code       string // "" on success, else a reason code above or the sidecar's
 	httpStatus int
 	decisionID string
 	result     json.RawMessage
@@ -53,18 +74,13 @@ func (d *dispatcher) call(ctx context.Context, spec ToolSpec, args json.RawMessa
 func (d *dispatcher) rest(ctx context.Context, spec ToolSpec, args json.RawMessage, token string) outcome {
 	resp, body, err := d.post(ctx, spec.Endpoint+d.toolsPathPrefix+spec.Name, args, map[string]string{d.approvalHeader: token})
 	if err != nil {
-		return outcome{status: store.CallFailed, err: err.Error()}
+		return transportFailure("", err)
 	}
 	o := outcome{httpStatus: resp.StatusCode, decisionID: resp.Header.Get("x-m1-decision-id")}
-	if deny, ok := sidecarDeny(resp.StatusCode, body); ok {
-		o.status, o.decisionID, o.err = store.CallDenied, deny.DecisionID, deny.Error+": "+deny.Reason
+	if o, failed := answerFailed("", resp, body); failed {
 		return o
 	}
 	o.result = asJSON(body)
-	if resp.StatusCode/100 != 2 {
-		o.status, o.err = store.CallFailed, fmt.Sprintf("tool answered %d", resp.StatusCode)
-		return o
-	}
 	o.status = store.CallSucceeded
 	return o
 }
@@ -75,9 +91,9 @@ func (d *dispatcher) mcp(ctx context.Context, spec ToolSpec, args json.RawMessag
 	init := fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":%q,"capabilities":{},"clientInfo":{"name":"m1-orchestrator","version":%q}}}`, mcpProtocolVersion, d.version)
 	resp, body, err := d.post(ctx, url, []byte(init), nil)
 	if err != nil {
-		return outcome{status: store.CallFailed, err: "mcp initialize: " + err.Error()}
+		return transportFailure("mcp initialize: ", err)
 	}
-	if o, failed := mcpFailed("initialize", resp, body); failed {
+	if o, failed := answerFailed("mcp initialize: ", resp, body); failed {
 		return o
 	}
 	hdr := map[string]string{}
@@ -95,9 +111,9 @@ func (d *dispatcher) mcp(ctx context.Context, spec ToolSpec, args json.RawMessag
 	}
 	resp, body, err = d.post(ctx, url, []byte(`{"jsonrpc":"2.0","method":"notifications/initialized"}`), hdr)
 	if err != nil {
-		return outcome{status: store.CallFailed, err: "mcp notifications/initialized: " + err.Error()}
+		return transportFailure("mcp notifications/initialized: ", err)
 	}
-	if o, failed := mcpFailed("notifications/initialized", resp, body); failed {
+	if o, failed := answerFailed("mcp notifications/initialized: ", resp, body); failed {
 		return o
 	}
 
@@ -111,24 +127,19 @@ func (d *dispatcher) mcp(ctx context.Context, spec ToolSpec, args json.RawMessag
 	hdr[d.approvalHeader] = token
 	resp, body, err = d.post(ctx, url, call.Bytes(), hdr)
 	if err != nil {
-		return outcome{status: store.CallFailed, err: "mcp tools/call: " + err.Error()}
+		return transportFailure("mcp tools/call: ", err)
 	}
 	o := outcome{httpStatus: resp.StatusCode, decisionID: resp.Header.Get("x-m1-decision-id")}
-	if deny, ok := sidecarDeny(resp.StatusCode, body); ok {
-		o.status, o.decisionID, o.err = store.CallDenied, deny.DecisionID, deny.Error+": "+deny.Reason
-		return o
-	}
-	if resp.StatusCode/100 != 2 {
-		o.status, o.err, o.result = store.CallFailed, fmt.Sprintf("tool answered %d", resp.StatusCode), asJSON(body)
+	if o, failed := answerFailed("mcp tools/call: ", resp, body); failed {
 		return o
 	}
 	msg, err := rpcAnswer(resp, body, 2)
 	if err != nil {
-		o.status, o.err = store.CallFailed, "mcp tools/call: "+err.Error()
+		o.status, o.code, o.err = store.CallFailed, reasonMCPError, "mcp tools/call: "+err.Error()
 		return o
 	}
 	if msg.Error != nil {
-		o.status, o.err = store.CallFailed, fmt.Sprintf("mcp error %d: %s", msg.Error.Code, msg.Error.Message)
+		o.status, o.code, o.err = store.CallFailed, reasonMCPError, fmt.Sprintf("mcp error %d: %s", msg.Error.Code, msg.Error.Message)
 		return o
 	}
 	o.result = msg.Result
@@ -146,7 +157,7 @@ func (d *dispatcher) mcp(ctx context.Context, spec ToolSpec, args json.RawMessag
 				texts = append(texts, c.Text)
 			}
 		}
-		o.status, o.err = store.CallFailed, "tool error: "+strings.Join(texts, " ")
+		o.status, o.code, o.err = store.CallFailed, reasonToolError, "tool error: "+strings.Join(texts, " ")
 		return o
 	}
 	o.status = store.CallSucceeded
@@ -185,22 +196,44 @@ func (d *dispatcher) post(ctx context.Context, url string, body []byte, hdr map[
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes+1))
 	if err != nil {
-		return nil, nil, fmt.Errorf("read answer: %w", err)
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		return nil, nil, fmt.Errorf("%w: %w", errAnswer, err)
 	}
 	if len(data) > maxAnswerBytes {
-		return nil, nil, fmt.Errorf("answer larger than %d bytes", maxAnswerBytes)
+		return nil, nil, fmt.Errorf("%w: larger than %d bytes", errAnswer, maxAnswerBytes)
 	}
 	return resp, data, nil
 }
 
-// mcpFailed turns a failed set-up exchange into an outcome.
-func mcpFailed(step string, resp *http.Response, body []byte) (outcome, bool) {
-	if resp.StatusCode/100 == 2 {
+// transportFailure is a request that got no HTTP answer.
+func transportFailure(step string, err error) outcome {
+	code := reasonUnreachable
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		code = reasonTimeout
+	case errors.Is(err, errAnswer):
+		code = reasonAnswerInvalid
+	}
+	return outcome{status: store.CallFailed, code: code, err: step + err.Error()}
+}
+
+// answerFailed turns an answer other than 2xx into an outcome: a sidecar
+// deny, a redirect (never followed), or the tool's error status.
+func answerFailed(step string, resp *http.Response, body []byte) (outcome, bool) {
+	code := resp.StatusCode
+	if code/100 == 2 {
 		return outcome{}, false
 	}
-	o := outcome{httpStatus: resp.StatusCode, status: store.CallFailed, err: fmt.Sprintf("mcp %s: answered %d", step, resp.StatusCode)}
-	if deny, ok := sidecarDeny(resp.StatusCode, body); ok {
-		o.status, o.decisionID, o.err = store.CallDenied, deny.DecisionID, "mcp "+step+": "+deny.Error+": "+deny.Reason
+	o := outcome{httpStatus: code, status: store.CallFailed, decisionID: resp.Header.Get("x-m1-decision-id")}
+	switch deny, isDeny := sidecarDeny(code, body); {
+	case isDeny:
+		o.status, o.code, o.decisionID, o.err = store.CallDenied, deny.Error, deny.DecisionID, step+deny.Error+": "+deny.Reason
+	case code/100 == 3:
+		o.code, o.err = reasonRedirect, fmt.Sprintf("%sthe tool answered %d (redirects are not followed)", step, code)
+	default:
+		o.code, o.err, o.result = reasonHTTPStatus, fmt.Sprintf("%sthe tool answered %d", step, code), asJSON(body)
 	}
 	return o, true
 }

@@ -25,7 +25,7 @@ const maxGoalBytes = 64 << 10
 // Handler serves the API under /v1/ (see docs/ORCHESTRATOR.md). Errors are
 // {"error": code, "reason": text}: 400 bad_request (and the token codes of
 // an approval that does not fit its proposal), 404 not_found, 409
-// not_pending, 503 store_unavailable.
+// not_pending, 503 store_unavailable or stopping.
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/runs", s.handleCreateRun)
@@ -193,6 +193,8 @@ func (s *Service) storeError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, errNotPending):
 		writeError(w, http.StatusConflict, "not_pending", err.Error())
+	case errors.Is(err, ErrStopped):
+		writeError(w, http.StatusServiceUnavailable, "stopping", "the orchestrator is shutting down; try again")
 	default:
 		s.log.Error("store", zap.Error(err))
 		writeError(w, http.StatusServiceUnavailable, "store_unavailable", "the store did not answer; try again")

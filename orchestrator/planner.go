@@ -47,8 +47,10 @@ type Step struct {
 	Calls []Call
 	// Text is what the planner said besides the calls (the model's text).
 	Text string
-	// Done means the goal is complete (or cannot be pursued further): no
-	// more steps follow. A step may carry calls and be Done.
+	// Done with no Calls means the goal is complete (or cannot be pursued
+	// further): the run ends. A step with calls is never the last: once
+	// they are decided, the planner is asked again with their outcomes
+	// (and may then say Done).
 	Done bool
 	// LLM lists each model call the step made, for cost tracking. When
 	// Next fails after making model calls, it returns a *PlannerError

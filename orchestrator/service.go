@@ -1,6 +1,7 @@
 package orchestrator
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -92,7 +94,22 @@ type Service struct {
 
 	mu       sync.Mutex
 	runLocks map[string]*runLock
-	stopOnce sync.Once
+	stopped  bool // set by Stop: no new background work
+}
+
+// ErrStopped is returned for work asked of a Service that is stopping.
+var ErrStopped = errors.New("orchestrator: stopping")
+
+// track registers one piece of work with the WaitGroup Stop waits on, or
+// reports false once Stop has begun (so that Add never races Wait).
+func (s *Service) track() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return false
+	}
+	s.wg.Add(1)
+	return true
 }
 
 type runLock struct {
@@ -144,6 +161,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{}
 	}
+	client := *cfg.HTTPClient // a copy: the caller's client keeps its own redirect policy
+	client.CheckRedirect = noRedirects
+	cfg.HTTPClient = &client
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
@@ -177,7 +197,9 @@ func (s *Service) Start(ctx context.Context) error {
 	for _, r := range runs {
 		s.goAdvance(r.ID)
 	}
-	s.wg.Add(1)
+	if !s.track() {
+		return ErrStopped
+	}
 	go func() {
 		defer s.wg.Done()
 		t := time.NewTicker(s.cfg.ExpireEvery)
@@ -188,16 +210,21 @@ func (s *Service) Start(ctx context.Context) error {
 				return
 			case <-t.C:
 				s.expire(s.bg)
+				s.recoverDispatches(s.bg)
 			}
 		}
 	}()
 	return nil
 }
 
-// Stop cancels planning and waits (until ctx ends) for dispatches in
-// flight. It is safe to call twice.
+// Stop refuses new work, cancels planning (a run cut short resumes at the
+// next start) and waits, until ctx ends, for dispatches in flight. It is
+// safe to call twice.
 func (s *Service) Stop(ctx context.Context) error {
-	s.stopOnce.Do(s.cancel)
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+	s.cancel()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
@@ -209,9 +236,10 @@ func (s *Service) Stop(ctx context.Context) error {
 }
 
 // recoverDispatches fails the proposals that stayed approved longer than a
-// dispatch may take: their dispatch was cut short (the orchestrator
-// stopped), and whether the tool ran is for the sidecar's audit trail to
-// tell. Left approved, they would hold their run forever.
+// dispatch may take, and their running tool calls: their dispatch was cut
+// short (the orchestrator stopped), and whether the tool ran is for the
+// sidecar's audit trail to tell. Left approved, they would hold their run
+// forever. It runs at start and with every expiry sweep.
 func (s *Service) recoverDispatches(ctx context.Context) {
 	ps, err := s.cfg.Records.Proposals(ctx, store.ProposalFilter{Status: store.ProposalApproved})
 	if err != nil {
@@ -219,23 +247,36 @@ func (s *Service) recoverDispatches(ctx context.Context) {
 		return
 	}
 	now := s.now()
+	const why = "dispatch interrupted (the orchestrator stopped); see the sidecar's audit events for whether the tool ran"
 	for _, p := range ps {
 		if now.Sub(p.UpdatedAt) < 2*s.cfg.DispatchTimeout {
 			continue
 		}
-		why := "dispatch interrupted (the orchestrator stopped); see the sidecar's audit events for whether the tool ran"
 		if _, err := s.cfg.Records.UpdateProposal(ctx, p.ID, store.ProposalApproved, store.ProposalUpdate{Status: store.ProposalFailed, Reason: why, UpdatedAt: now}); err != nil {
-			continue
+			continue // decided meanwhile, or the store is down: the next sweep sees it
+		}
+		if calls, err := s.cfg.Records.ToolCalls(ctx, p.RunID); err == nil {
+			for _, c := range calls {
+				if c.ProposalID == p.ID && c.Status == store.CallRunning {
+					c.Status, c.Error, c.UpdatedAt = store.CallFailed, why, now
+					_ = s.cfg.Records.UpdateToolCall(ctx, c)
+				}
+			}
 		}
 		s.audit(store.Event{Kind: KindResult, Time: now, Principal: p.Agent, RunID: p.RunID, ProposalID: p.ID, Tool: p.Tool,
-			ArgsSHA256: p.ArgsSHA256, Decision: store.CallFailed, Reason: "dispatch_interrupted", Detail: why})
+			ArgsSHA256: p.ArgsSHA256, Decision: store.CallFailed, Reason: reasonInterrupted, Detail: why})
 		s.log.Warn("proposal dispatch interrupted", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID))
+		s.goAdvance(p.RunID)
 	}
 }
 
 // StartRun creates a run and plans its first step. A planner failure does
 // not fail the call: the run is returned with status failed and the error.
 func (s *Service) StartRun(ctx context.Context, req RunRequest) (RunDetail, error) {
+	if !s.track() {
+		return RunDetail{}, ErrStopped
+	}
+	defer s.wg.Done()
 	now := s.now()
 	budget := req.BudgetUSD
 	if budget == 0 {
@@ -252,9 +293,7 @@ func (s *Service) StartRun(ctx context.Context, req RunRequest) (RunDetail, erro
 		s.cfg.Metrics.RunsActive.Inc()
 	}
 	s.log.Info("run started", zap.String(fieldRunID, run.ID), zap.String(fieldAgent, run.Agent))
-	s.wg.Add(1)
-	s.advance(run.ID)
-	s.wg.Done()
+	s.advance(run.ID) // cut short by Stop, the run is planned at the next start
 	return s.detail(ctx, run.ID)
 }
 
@@ -283,7 +322,9 @@ func nonNil[T any](s []T) []T {
 
 // goAdvance plans the run's next step in the background.
 func (s *Service) goAdvance(runID string) {
-	s.wg.Add(1)
+	if !s.track() {
+		return // stopping: the run resumes at the next start
+	}
 	go func() {
 		defer s.wg.Done()
 		s.advance(runID)
@@ -403,6 +444,9 @@ func (s *Service) propose(ctx context.Context, run store.Run, stepNo int, step S
 		}
 		if p.CallID == "" {
 			p.CallID = fmt.Sprintf("call_%d_%d", stepNo, i+1)
+		}
+		if len(bytes.TrimSpace(p.Args)) == 0 {
+			p.Args = json.RawMessage(`{}`) // as the sidecar reads a call without arguments
 		}
 		if p.Reasoning == "" {
 			p.Reasoning = step.Text
@@ -568,6 +612,11 @@ func (e *TokenError) Error() string { return e.Code + ": " + e.Reason }
 // and dispatches the call, returning what came of it. A token that does not
 // fit is a *TokenError and nothing is dispatched.
 func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error) {
+	if !s.track() { // Stop waits for the dispatch
+		return Decided{}, ErrStopped
+	}
+	defer s.wg.Done()
+	token = strings.TrimSpace(token) // sent on as a header value: no stray white space
 	p, err := s.cfg.Records.Proposal(ctx, id)
 	if err != nil {
 		return Decided{}, err
@@ -580,7 +629,7 @@ func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error
 		return Decided{Proposal: p}, err
 	}
 	now := s.now()
-	if !p.ExpiresAt.After(now) {
+	if !p.ExpiresAt.IsZero() && !p.ExpiresAt.After(now) {
 		s.expire(ctx)
 		return Decided{Proposal: p}, fmt.Errorf("%w: it expired at %s", errNotPending, p.ExpiresAt.UTC().Format(time.RFC3339))
 	}
@@ -603,17 +652,16 @@ func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error
 	s.log.Info("proposal approved", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID), zap.String("approver", approver))
 
 	// The dispatch outlives a client that hangs up: the approval is spent.
-	s.wg.Add(1)
-	defer s.wg.Done()
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.DispatchTimeout)
-	defer cancel()
-	call, p := s.dispatch(dctx, p, token)
+	call, p := s.dispatch(context.WithoutCancel(ctx), p, token)
 	s.goAdvance(p.RunID)
 	return Decided{Proposal: p, ToolCall: &call}, nil
 }
 
-// dispatch runs an approved proposal and records the result.
+// dispatch runs an approved proposal and records the result. The call has
+// DispatchTimeout; the records are written whatever became of it.
 func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) (store.ToolCall, store.Proposal) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.DispatchTimeout+10*time.Second) // the records' share
+	defer cancel()
 	spec := s.cfg.Registry[p.Tool]
 	start := s.now()
 	call := store.ToolCall{
@@ -624,7 +672,9 @@ func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) 
 		s.log.Error("store tool call", zap.String(fieldProposalID, p.ID), zap.Error(err))
 	}
 	t0 := time.Now()
-	o := s.disp.call(ctx, spec, p.Args, token)
+	cctx, ccancel := context.WithTimeout(ctx, s.cfg.DispatchTimeout)
+	o := s.disp.call(cctx, spec, p.Args, token)
+	ccancel()
 	took := time.Since(t0)
 	call.Status, call.HTTPStatus, call.DecisionID, call.Result, call.Error = o.status, o.httpStatus, o.decisionID, o.result, o.err
 	call.DurationUS, call.UpdatedAt = took.Microseconds(), s.now()
@@ -655,7 +705,7 @@ func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) 
 	detail, _ := json.Marshal(map[string]any{"tool_call_id": call.ID, "error": o.err, "run_cost_usd": runCost})
 	s.audit(store.Event{
 		Kind: KindResult, Time: call.UpdatedAt, DecisionID: o.decisionID, Principal: p.Agent, RunID: p.RunID,
-		ProposalID: p.ID, Tool: p.Tool, ArgsSHA256: p.ArgsSHA256, Decision: o.status, Reason: cmp.Or(firstWord(o.err), "ok"),
+		ProposalID: p.ID, Tool: p.Tool, ArgsSHA256: p.ArgsSHA256, Decision: o.status, Reason: cmp.Or(o.code, "ok"),
 		Status: o.httpStatus, LatencyMicros: call.DurationUS, Detail: string(detail),
 	})
 	s.log.Info("tool call", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID), zap.String(fieldTool, p.Tool),
@@ -714,8 +764,10 @@ func (s *Service) checkToken(p store.Proposal, token string) (*approval.Claims, 
 		return nil, &TokenError{"args_mismatch", "the token approves other arguments (args_sha256 differs)"}
 	case claims.Subject != p.Agent:
 		return nil, &TokenError{"subject_mismatch", fmt.Sprintf("the token is for agent %q, the proposal is %q's", claims.Subject, p.Agent)}
-	case claims.ProposalID != "" && claims.ProposalID != p.ID:
-		return nil, &TokenError{"proposal_mismatch", fmt.Sprintf("the token names proposal %q", claims.ProposalID)}
+	case claims.ProposalID != p.ID:
+		// An approval names its proposal (m1 approve sets m1.proposal_id),
+		// so that one token cannot approve two identical proposals.
+		return nil, &TokenError{"proposal_mismatch", fmt.Sprintf("the token names proposal %q, not this one", claims.ProposalID)}
 	case claims.RunID != "" && claims.RunID != p.RunID:
 		return nil, &TokenError{"run_mismatch", fmt.Sprintf("the token names run %q", claims.RunID)}
 	}
@@ -754,15 +806,6 @@ func newID(prefix string) string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return prefix + "_" + hex.EncodeToString(b[:])
-}
-
-func firstWord(s string) string {
-	for i, r := range s {
-		if r == ':' || r == ' ' {
-			return s[:i]
-		}
-	}
-	return s
 }
 
 func clip(s string, n int) string {

@@ -316,3 +316,26 @@ func clip(s string) string {
 	}
 	return s[:n] + "…"
 }
+
+// Leeway maps a configured clock skew (M1_CLOCK_SKEW) to
+// VerifierOptions.ClockSkew, where 0 means the default: a configured 0s
+// means no leeway at all, or used approvals (kept until exp + skew) could
+// outlive their records.
+func Leeway(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
+}
+
+// ParseIssuers splits a comma-separated issuer allow-list
+// (M1_TRUSTED_ISSUERS), dropping empty entries.
+func ParseIssuers(list string) []string {
+	var out []string
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}

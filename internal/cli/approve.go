@@ -5,13 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/orchestrator"
+	"github.com/m1-agent/m1/policies"
 )
 
 // defaultOrchestratorURL is m1-orchestrator's HTTP API on its default
@@ -63,6 +66,7 @@ not pending, orchestrator unreachable or answering with an error).`
 func runApprove(ctx context.Context, c *cmdIO, args []string) int {
 	env := signingEnv("operator")
 	env["orchestrator"] = "M1_ORCHESTRATOR_URL"
+	env["policy-dir"] = "M1_POLICY_DIR"
 	fs := newFlagSet("approve",
 		"m1 approve [ID...] [--auto-risk RISK [--yes]] [--orchestrator URL] [--key FILE | --secret-env NAME] [--aud AUD] [flags]",
 		approveDescription, env)
@@ -70,7 +74,8 @@ func runApprove(ctx context.Context, c *cmdIO, args []string) int {
 	sf.register(fs, "operator", "the approving `operator`, recorded as act.sub")
 	var of orchestratorFlags
 	of.register(fs)
-	autoRisk := fs.String("auto-risk", "", "approve without asking every pending proposal of exactly this `risk` (read, write, …)")
+	autoRisk := fs.String("auto-risk", "", "approve without asking every pending proposal of exactly this `risk` (read, write, …) in the tool registry")
+	policyDir := fs.String("policy-dir", "", "policy bundle whose m1/tools/data.json is the tool registry that says each tool's risk (empty = the embedded default)")
 	yes := fs.Bool("yes", false, "with --auto-risk other than read: approve such calls unseen")
 	if code, ok := parse(fs, c, args, 0, -1); !ok {
 		return code
@@ -110,7 +115,11 @@ func runApprove(ctx context.Context, c *cmdIO, args []string) int {
 	if err != nil {
 		return keyError(fs, c, err)
 	}
-	a := &approver{c: c, client: client, key: key, sign: &sf, audience: audience, timeout: of.timeout, now: time.Now}
+	registry, err := loadRegistry(*policyDir)
+	if err != nil {
+		return fail(c, "approve", err)
+	}
+	a := &approver{c: c, client: client, key: key, sign: &sf, audience: audience, timeout: of.timeout, now: time.Now, registry: registry}
 	switch {
 	case *autoRisk != "":
 		a.byRisk(ctx, *autoRisk)
@@ -179,7 +188,30 @@ type approver struct {
 	audience []string
 	timeout  time.Duration
 	now      func() time.Time
+	registry orchestrator.Registry // the operator's own: risks are not taken from the orchestrator
 	tally    tally
+}
+
+// loadRegistry reads the tool registry from a policy bundle directory, or
+// the embedded default bundle.
+func loadRegistry(dir string) (orchestrator.Registry, error) {
+	fsys := policies.FS()
+	if dir != "" {
+		fsys = os.DirFS(dir)
+	}
+	// The endpoint is the orchestrator's business; any valid URL will do.
+	return orchestrator.LoadRegistry(fsys, "http://127.0.0.1")
+}
+
+// riskOf is the tool's risk in the operator's registry, and whether the
+// proposal says the same: a compromised orchestrator must not get a write
+// auto-approved by calling it a read.
+func (a *approver) riskOf(p store.Proposal) (risk string, agrees bool) {
+	spec, ok := a.registry[p.Tool]
+	if !ok {
+		return "", false
+	}
+	return spec.Risk, spec.Risk == p.Risk
 }
 
 // errNotApprovable is wrapped by the error for a proposal that must not be
@@ -247,7 +279,7 @@ func (a *approver) report(approved bool, verb string, id string, d orchestrator.
 		}
 		return
 	}
-	if _, refused := errors.AsType[*orchestrator.APIError](err); refused {
+	if refusal(err) {
 		fmt.Fprintf(a.c.stderr, "m1 approve: proposal %s: refused by the orchestrator: %s\n", escapeTerminal(id), escapeTerminal(err.Error()))
 		a.tally.refused++
 		a.tally.note(exitDeny)
@@ -293,6 +325,12 @@ func (a *approver) byRisk(ctx context.Context, risk string) {
 	for _, p := range ps {
 		if p.Risk != risk {
 			others++
+			continue
+		}
+		if known, agrees := a.riskOf(p); !agrees {
+			fmt.Fprintf(a.c.stderr, "m1 approve: proposal %s (tool %s) NOT auto-approved: the orchestrator says risk %s, the tool registry says %q\n",
+				escapeTerminal(p.ID), escapeTerminal(p.Tool), escapeTerminal(p.Risk), escapeTerminal(known))
+			a.tally.skipped++
 			continue
 		}
 		d, err := a.approve(ctx, p, autoRiskActor+risk)
@@ -370,7 +408,7 @@ func runReject(ctx context.Context, c *cmdIO, args []string) int {
 	defer cancel()
 	d, err := client.Reject(ctx, id, strings.TrimSpace(*reason))
 	if err != nil {
-		if _, refused := errors.AsType[*orchestrator.APIError](err); refused {
+		if refusal(err) {
 			fmt.Fprintf(c.stderr, "m1 reject: proposal %s: refused by the orchestrator: %s\n", escapeTerminal(id), escapeTerminal(err.Error()))
 			return exitDeny
 		}
@@ -379,4 +417,12 @@ func runReject(ctx context.Context, c *cmdIO, args []string) int {
 	}
 	printDecided(c.stdout, "rejected", d)
 	return exitOK
+}
+
+// refusal reports whether err is the orchestrator refusing this decision
+// (a token that does not fit, no such proposal, no longer pending): exit 1.
+// Anything else (a wrong admin token, the store down, …) is an error: exit 2.
+func refusal(err error) bool {
+	ae, ok := errors.AsType[*orchestrator.APIError](err)
+	return ok && (ae.Status == http.StatusBadRequest || ae.Status == http.StatusNotFound || ae.Status == http.StatusConflict)
 }

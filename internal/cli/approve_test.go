@@ -314,6 +314,10 @@ func TestApproveAutoRisk(t *testing.T) {
 		proposal(t, "p-read-2", "list_dir", `{"path":"c"}`, "read"),
 		proposal(t, "p-readish", "read_file", `{"path":"d"}`, "Read"),
 		proposal(t, "p-none", "other", `{}`, ""),
+		// A compromised orchestrator calls a write a read: the operator's
+		// registry says otherwise, and nothing is signed.
+		proposal(t, "p-liar", "write_file", `{"path":"e"}`, "read"),
+		proposal(t, "p-unknown", "rm_rf", `{}`, "read"),
 	}
 	f := newFakeOrchestrator(t, ps...)
 	env, jwks := approveEnv(t, f)
@@ -332,13 +336,15 @@ func TestApproveAutoRisk(t *testing.T) {
 	}
 	checkApproval(t, jwks, approvals[0].token, ps[0], "auto-risk:read")
 	checkApproval(t, jwks, approvals[1].token, ps[2], "auto-risk:read")
-	for _, want := range []string{"auto-approved (risk read) proposal p-read-1", "auto-approved (risk read) proposal p-read-2", "3 pending proposals of other risks left pending"} {
+	for _, want := range []string{"auto-approved (risk read) proposal p-read-1", "auto-approved (risk read) proposal p-read-2", "3 pending proposals of other risks left pending",
+		`proposal p-liar (tool write_file) NOT auto-approved: the orchestrator says risk read, the tool registry says "write"`,
+		`proposal p-unknown (tool rm_rf) NOT auto-approved: the orchestrator says risk read, the tool registry says ""`} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, r)
 		}
 	}
 	if !strings.Contains(r.stdout, "auto-approved (risk read) proposal p-read-1 (tool read_file, agent agent-7): executed") ||
-		!strings.Contains(r.stdout, "2 approved, 0 rejected, 0 skipped") {
+		!strings.Contains(r.stdout, "2 approved, 0 rejected, 2 skipped") {
 		t.Errorf("stdout lacks the outcome:\n%s", r)
 	}
 

@@ -159,6 +159,7 @@ func preview(raw []byte, n int) string {
 // decision.
 type review struct {
 	p     store.Proposal
+	risk  string // the tool's risk in the operator's registry ("" if unknown)
 	canon []byte // nil when the proposal cannot be approved
 	err   error  // why it cannot
 	cost  string // the run's cost so far, or why it is unknown
@@ -174,6 +175,9 @@ func (r *review) print(w io.Writer, now time.Time) {
 	fmt.Fprintf(w, "  %-12s %s\n", "agent:", escapeTerminal(p.Agent))
 	fmt.Fprintf(w, "  %-12s %s\n", "tool:", escapeTerminal(p.Tool))
 	fmt.Fprintf(w, "  %-12s %s\n", "risk:", escapeTerminal(p.Risk))
+	if r.risk != p.Risk {
+		fmt.Fprintf(w, "  WARNING: the tool registry says risk %q; the orchestrator says %q\n", escapeTerminal(r.risk), escapeTerminal(p.Risk))
+	}
 	exp := p.ExpiresAt.UTC().Format(time.RFC3339)
 	fmt.Fprintf(w, "  %-12s %s%s\n", "expires:", exp, relative(exp, now))
 	if r.err != nil {

@@ -104,7 +104,7 @@ func TestReviewShowsCanonicalArgs(t *testing.T) {
 	args := `{"z": 1.50, "a": "x\u001b[31my", "m": "\u202e\u0085", "n": 1e2}`
 	p := proposal(t, "p-1", "write_file", args, "write")
 	p.Reasoning = "first\n\x1b[2Jsecond\u202e\n"
-	r := review{p: p, cost: formatUSD(0.01234)}
+	r := review{p: p, risk: p.Risk, cost: formatUSD(0.01234)}
 	r.canon, r.err = canonicalArgs(p)
 	if r.err != nil {
 		t.Fatalf("canonicalArgs: %v", r.err)
@@ -145,7 +145,7 @@ func TestReviewShowsCanonicalArgs(t *testing.T) {
 
 	// A proposal that cannot be approved says so.
 	p.ArgsSHA256 = strings.Repeat("0", 64)
-	r = review{p: p, cost: "$0.0000"}
+	r = review{p: p, risk: p.Risk, cost: "$0.0000"}
 	r.canon, r.err = canonicalArgs(p)
 	out.Reset()
 	r.print(&out, time.Now())

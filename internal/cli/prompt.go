@@ -67,7 +67,8 @@ func (a *approver) interactive(ctx context.Context) {
 // decide shows one proposal, asks, and carries out the decision. It
 // returns true when the review must stop.
 func (a *approver) decide(ctx context.Context, p store.Proposal) (stop bool) {
-	r := review{p: p, cost: a.runCost(ctx, p.RunID)}
+	risk, _ := a.riskOf(p)
+	r := review{p: p, risk: risk, cost: a.runCost(ctx, p.RunID)}
 	r.canon, r.err = canonicalArgs(p)
 	r.print(a.c.stdout, a.now())
 

@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-
 	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/approval"
 )
@@ -48,30 +46,17 @@ func runToken(ctx context.Context, c *cmdIO, args []string) int {
 	return exitError
 }
 
-// toolsPathPrefix is the REST tool path of the synthetic request whose
-// arguments hash is computed (any prefix gives the same hash).
-const toolsPathPrefix = "/tools/"
-
-// argsSHA256 validates args as the arguments of a call of tool exactly as
-// the sidecar does (one JSON object; unique member names; valid UTF-8;
-// numbers a double represents exactly; nesting depth) and returns the hex
-// SHA-256 of their RFC 8785 (JCS) form: the m1.args_sha256 that binds an
-// approval to the call. It parses a synthetic POST /tools/<tool> request
-// with authz.ParseCall, so the checks and the hash are the sidecar's own.
-// Empty args are {}, as for a call without a body.
+// argsSHA256 is authz.ArgsSHA256 (the sidecar's own checks and hash of a
+// call's arguments) with an error that says what to fix.
 func argsSHA256(tool string, args []byte) (string, error) {
-	if !approval.ValidToolName(tool) {
-		return "", fmt.Errorf("tool %q: want 1 to 128 of [A-Za-z0-9_.-]", tool)
-	}
-	req := &authv3.AttributeContext_HttpRequest{Method: "POST", Path: toolsPathPrefix + tool, RawBody: args}
-	call, rerr := authz.ParseCall(req, authz.HeadersOf(req), authz.ParseOptions{MCPPath: "/mcp", ToolsPathPrefix: toolsPathPrefix})
-	if rerr != nil {
+	sum, err := authz.ArgsSHA256(tool, args)
+	if rerr, ok := errors.AsType[*authz.RequestError](err); ok {
+		if rerr.Code == authz.CodeBadPath {
+			return "", errors.New(rerr.Reason)
+		}
 		return "", fmt.Errorf("arguments rejected as the sidecar would reject them: %s: %s", rerr.Code, rerr.Reason)
 	}
-	if call.Kind != authz.KindToolCall || call.Tool != tool {
-		return "", fmt.Errorf("tool %q: not parsed as a tool call", tool)
-	}
-	return call.ArgsSHA256, nil
+	return sum, err
 }
 
 const tokenMintDescription = `Sign an approval token and print it on stdout (and nothing else, so that

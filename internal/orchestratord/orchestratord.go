@@ -59,11 +59,12 @@ type Options struct {
 	DispatchTimeout time.Duration // per approved call
 
 	// Optional approval verification before dispatch (the sidecar verifies
-	// anyway): with a JWKS file or secret, tokens are checked as a sidecar
-	// with this audience would.
+	// anyway): with a JWKS file, tokens are checked as a sidecar with this
+	// audience would. There is no HS256 secret here: whoever holds it can
+	// mint approvals, and the orchestrator must not.
 	Audience        string
 	JWKSFile        string
-	JWTSecret       string
+	TrustedIssuers  string
 	TokenTTLMinutes int
 	ClockSkew       time.Duration
 
@@ -136,8 +137,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	dur(&o.ProposalTTL, "proposal-ttl", "M1_PROPOSAL_TTL", "pending proposals are auto-rejected (expired) after this")
 	dur(&o.DispatchTimeout, "dispatch-timeout", "M1_DISPATCH_TIMEOUT", "longest wait for one approved tool call")
 	str(&o.Audience, "audience", "M1_AUDIENCE", "with --jwks-file or --jwt-secret: the audience approval tokens must name")
-	str(&o.JWKSFile, "jwks-file", "M1_JWKS_FILE", "verify approval tokens' signatures before dispatch with these public keys (optional: the sidecar verifies anyway)")
-	str(&o.JWTSecret, "jwt-secret", "M1_JWT_SECRET", "HS256 secret to verify approval tokens before dispatch (optional)")
+	str(&o.JWKSFile, "jwks-file", "M1_JWKS_FILE", "verify approval tokens before dispatch with these public keys, reloaded on change (optional: the sidecar verifies anyway)")
+	str(&o.TrustedIssuers, "trusted-issuers", "M1_TRUSTED_ISSUERS", "with --jwks-file: comma-separated allow-list of token issuers (empty = any)")
 	fs.IntVar(&o.TokenTTLMinutes, "approval-token-ttl-minutes", o.TokenTTLMinutes, "longest approval token lifetime accepted, in minutes (with verification)")
 	env["approval-token-ttl-minutes"] = "M1_APPROVAL_TOKEN_TTL_MINUTES"
 	dur(&o.ClockSkew, "clock-skew", "M1_CLOCK_SKEW", "leeway on token times (with verification)")
@@ -169,7 +170,7 @@ func (o *Options) validate() error {
 		return errors.New("CostAlertUSD (COST_ALERT_THRESHOLD) must not be negative")
 	case o.RunBudgetUSD < 0:
 		return errors.New("RunBudgetUSD (M1_RUN_BUDGET_USD) must not be negative")
-	case (o.JWKSFile != "" || o.JWTSecret != "") && o.Audience == "":
+	case o.JWKSFile != "" && o.Audience == "":
 		return errors.New("Audience (M1_AUDIENCE) is required to verify approval tokens")
 	case !strings.HasPrefix(o.MCPPath, "/"):
 		return fmt.Errorf("MCPPath (M1_MCP_PATH) %q must start with /", o.MCPPath)
@@ -186,6 +187,8 @@ func (o *Options) validate() error {
 type Server struct {
 	opts     Options
 	log      *zap.Logger
+	keys     *approval.Watcher // nil without a JWKS file
+	stopKeys context.CancelFunc
 	st       store.Store
 	rec      *audit.Recorder
 	svc      *orchestrator.Service
@@ -238,10 +241,20 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		return nil, err
 	}
 	var verifier *approval.Verifier
-	if o.JWKSFile != "" || o.JWTSecret != "" {
-		if verifier, err = newVerifier(o); err != nil {
-			return nil, err
+	if o.JWKSFile != "" {
+		ks, err := approval.LoadJWKS(o.JWKSFile)
+		if err != nil {
+			return nil, fmt.Errorf("load M1_JWKS_FILE: %w", err)
 		}
+		verifier, err = approval.NewVerifier(approval.VerifierOptions{
+			Keys: ks, Audience: o.Audience, TrustedIssuers: approval.ParseIssuers(o.TrustedIssuers),
+			MaxTTL: time.Duration(o.TokenTTLMinutes) * time.Minute, ClockSkew: approval.Leeway(o.ClockSkew),
+			Now: o.Now, CacheSize: -1,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("approval verifier: %w", err)
+		}
+		s.keys = approval.NewWatcher(o.JWKSFile, nil, verifier, o.Logger.Named("keys"))
 	}
 	m, err := metrics.NewOrchestrator(o.Registerer)
 	if err != nil {
@@ -298,29 +311,6 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	return s, nil
 }
 
-func newVerifier(o Options) (*approval.Verifier, error) {
-	var ks *approval.KeySet
-	var err error
-	if o.JWKSFile != "" {
-		if ks, err = approval.LoadJWKS(o.JWKSFile); err != nil {
-			return nil, fmt.Errorf("load M1_JWKS_FILE: %w", err)
-		}
-	}
-	if o.JWTSecret != "" {
-		if ks, err = ks.WithSecret([]byte(o.JWTSecret)); err != nil {
-			return nil, err
-		}
-	}
-	skew := o.ClockSkew
-	if skew == 0 {
-		skew = -1 // 0s means no leeway
-	}
-	return approval.NewVerifier(approval.VerifierOptions{
-		Keys: ks, Audience: o.Audience, MaxTTL: time.Duration(o.TokenTTLMinutes) * time.Minute,
-		ClockSkew: skew, Now: o.Now, CacheSize: -1,
-	})
-}
-
 // buildPlanner returns the injected planner or builds the configured one.
 func buildPlanner(o Options) (orchestrator.Planner, string, error) {
 	if o.PlannerImpl != nil {
@@ -373,6 +363,16 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("listen %s: %w", s.opts.Addr, err)
 	}
 	s.lis = lis
+	if s.keys != nil {
+		// The watcher lives as long as the server: Stop cancels it.
+		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		s.stopKeys = cancel
+		if err := s.keys.Start(wctx); err != nil {
+			cancel()
+			lis.Close()
+			return fmt.Errorf("watch M1_JWKS_FILE: %w", err)
+		}
+	}
 	s.rec.Start(ctx)
 	if err := s.svc.Start(ctx); err != nil {
 		lis.Close()
@@ -394,22 +394,35 @@ func (s *Server) Addr() net.Addr { return s.lis.Addr() }
 // AdminToken is the bearer token of the /v1 API.
 func (s *Server) AdminToken() string { return s.opts.AdminToken }
 
-// Stop stops serving, waits for dispatches in flight (until ctx ends),
-// flushes the audit queue and closes the store. Safe to call twice.
+// Stop stops planning and serving, waits for dispatches in flight (until
+// ctx ends), flushes the audit queue and closes the store. Safe to call
+// twice.
 func (s *Server) Stop(ctx context.Context) error {
 	s.stopOnce.Do(func() {
 		var errs []error
+		// First the service: planning stops (runs resume at the next
+		// start) and new approvals are refused, so that no request keeps
+		// the HTTP server from shutting down.
+		svcErr := make(chan error, 1)
+		go func() { svcErr <- s.svc.Stop(ctx) }()
 		if s.started.Load() {
 			if err := s.http.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("shut down HTTP: %w", err))
 			}
 		}
-		if err := s.svc.Stop(ctx); err != nil {
+		if err := <-svcErr; err != nil {
 			errs = append(errs, err)
 		}
-		if err := s.rec.Close(ctx); err != nil {
+		if s.stopKeys != nil {
+			s.stopKeys()
+		}
+		// The audit queue gets its own time: what the dispatches recorded
+		// must reach the store (or the spool).
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		if err := s.rec.Close(actx); err != nil {
 			errs = append(errs, err)
 		}
+		cancel()
 		if err := s.st.Close(); err != nil {
 			errs = append(errs, err)
 		}

@@ -228,14 +228,3 @@ func (o *Options) validate() error {
 	}
 	return nil
 }
-
-// issuers splits TrustedIssuers.
-func (o *Options) issuers() []string {
-	var out []string
-	for _, s := range strings.Split(o.TrustedIssuers, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			out = append(out, s)
-		}
-	}
-	return out
-}

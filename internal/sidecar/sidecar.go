@@ -182,9 +182,9 @@ func (s *Server) setupKeys() error {
 	s.verifier, err = approval.NewVerifier(approval.VerifierOptions{
 		Keys:           ks,
 		Audience:       o.Audience,
-		TrustedIssuers: o.issuers(),
+		TrustedIssuers: approval.ParseIssuers(o.TrustedIssuers),
 		MaxTTL:         time.Duration(o.TokenTTLMinutes) * time.Minute,
-		ClockSkew:      verifierSkew(o.ClockSkew),
+		ClockSkew:      approval.Leeway(o.ClockSkew),
 		Now:            o.Now,
 	})
 	if err != nil {
@@ -194,16 +194,6 @@ func (s *Server) setupKeys() error {
 		s.keys = approval.NewWatcher(o.JWKSFile, []byte(o.JWTSecret), s.verifier, s.log.Named("keys"))
 	}
 	return nil
-}
-
-// verifierSkew maps M1_CLOCK_SKEW to the verifier's option, where 0 means
-// the default and a negative value no leeway: 0s must mean none, or used
-// approvals (kept until exp + skew) could outlive their records.
-func verifierSkew(d time.Duration) time.Duration {
-	if d == 0 {
-		return -1
-	}
-	return d
 }
 
 // ReloadKeys re-reads the JWKS file (main calls it on SIGHUP). A bad file
