@@ -57,7 +57,9 @@ func run() int {
 	srv := &http.Server{Handler: tool, ReadHeaderTimeout: 10 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	drained := make(chan struct{})
 	go func() {
+		defer close(drained)
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -68,5 +70,6 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "m1-demo-tool:", err)
 		return 1
 	}
+	<-drained // calls in flight finish before the workspace is released
 	return 0
 }
