@@ -112,3 +112,29 @@ func Usage(fs *flag.FlagSet, envNames map[string]string) func() {
 		}
 	}
 }
+
+// DocMismatches checks a Markdown flag table against fs: every flag must
+// have a row starting "| `--name` |" that names its environment variable
+// and shows its default (both in backquotes). It returns one line per
+// problem; a test of each binary keeps its docs in step with its flags.
+func DocMismatches(doc string, fs *flag.FlagSet, envNames map[string]string) []string {
+	var problems []string
+	lines := strings.Split(doc, "\n")
+	fs.VisitAll(func(f *flag.Flag) {
+		var row string
+		for _, line := range lines {
+			if strings.HasPrefix(line, "| `--"+f.Name+"` |") {
+				row = line
+			}
+		}
+		switch e := envNames[f.Name]; {
+		case row == "":
+			problems = append(problems, fmt.Sprintf("no row for --%s", f.Name))
+		case e == "" || !strings.Contains(row, "`"+e+"`"):
+			problems = append(problems, fmt.Sprintf("the row for --%s does not name its env variable %q: %s", f.Name, e, row))
+		case f.DefValue != "" && !strings.Contains(row, "`"+f.DefValue+"`"):
+			problems = append(problems, fmt.Sprintf("the row for --%s does not show its default %q: %s", f.Name, f.DefValue, row))
+		}
+	})
+	return problems
+}

@@ -6,6 +6,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"golang.org/x/net/http/httpguts"
 )
 
 // appendAction is the action Envoy takes for o: the deprecated append
@@ -84,7 +85,7 @@ func mutateHeaders(h http.Header, opts []*corev3.HeaderValueOption) (skipped []s
 // neither a pseudo-header nor Host (Envoy refuses to remove those; M1's
 // dev proxy takes the authority from the client alone).
 func mutable(name string) bool {
-	return isToken(name) && !strings.EqualFold(name, "host")
+	return httpguts.ValidHeaderFieldName(name) && !strings.EqualFold(name, "host")
 }
 
 // applyOK applies an OkHttpResponse to the upstream request in Envoy's
@@ -111,21 +112,4 @@ func applyOK(out *http.Request, ok *authv3.OkHttpResponse) (skipped []string) {
 		out.URL.RawQuery = q.Encode() // sorted by key; Envoy re-encodes too
 	}
 	return skipped
-}
-
-// isToken reports whether s is an RFC 9110 token (a header name).
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
 }

@@ -21,6 +21,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -108,7 +109,7 @@ type Request struct {
 // an HTTP token, on a header value or path with a control character, and
 // on an address that is not host:port. It never modifies r.
 func BuildCheckRequest(r Request) (*authv3.CheckRequest, error) {
-	if r.Method == "" || !isToken(r.Method) {
+	if r.Method == "" || !httpguts.ValidHeaderFieldName(r.Method) {
 		return nil, fmt.Errorf("build CheckRequest: method %q is not an HTTP token", r.Method)
 	}
 	if r.Path == "" || hasCTLOrSpace(r.Path) || !utf8.ValidString(r.Path) {
@@ -124,7 +125,7 @@ func BuildCheckRequest(r Request) (*authv3.CheckRequest, error) {
 		switch {
 		case strings.HasPrefix(name, ":"):
 			return nil, fmt.Errorf("build CheckRequest: header %q: pseudo-headers come from Method, Path, Host and Scheme", kv[0])
-		case !isToken(name):
+		case !httpguts.ValidHeaderFieldName(name):
 			return nil, fmt.Errorf("build CheckRequest: header name %q is not an HTTP token", kv[0])
 		case strings.ContainsAny(value, "\r\n\x00"):
 			return nil, fmt.Errorf("build CheckRequest: header %q: value has CR, LF or NUL", kv[0])
@@ -254,23 +255,6 @@ func sanitizeUTF8(s string) string {
 		i += n
 	}
 	return b.String()
-}
-
-// isToken reports whether s is an RFC 9110 token (a method or header name).
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 func hasCTLOrSpace(s string) bool {

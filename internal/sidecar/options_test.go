@@ -19,24 +19,9 @@ func TestConfigurationDocMatchesFlags(t *testing.T) {
 	o := DefaultOptions()
 	fs := flag.NewFlagSet("m1-authz", flag.ContinueOnError)
 	env := o.BindFlags(fs)
-	fs.VisitAll(func(f *flag.Flag) {
-		var row string
-		for _, line := range strings.Split(string(doc), "\n") {
-			if strings.HasPrefix(line, "| `--"+f.Name+"` |") {
-				row = line
-			}
-		}
-		if row == "" {
-			t.Errorf("docs/CONFIGURATION.md has no row for --%s", f.Name)
-			return
-		}
-		if e := env[f.Name]; e == "" || !strings.Contains(row, "`"+e+"`") {
-			t.Errorf("docs row for --%s does not name its env variable %q: %s", f.Name, e, row)
-		}
-		if f.DefValue != "" && !strings.Contains(row, "`"+f.DefValue+"`") {
-			t.Errorf("docs row for --%s does not show its default %q: %s", f.Name, f.DefValue, row)
-		}
-	})
+	for _, p := range config.DocMismatches(string(doc), fs, env) {
+		t.Errorf("docs/CONFIGURATION.md: %s", p)
+	}
 }
 
 func TestConfigPrecedence(t *testing.T) {
