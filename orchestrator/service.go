@@ -465,6 +465,9 @@ func (s *Service) propose(ctx context.Context, run store.Run, stepNo int, step S
 		}
 		if p.Status == store.ProposalFailed {
 			p.DecidedAt = now
+			if !json.Valid(p.Args) { // kept as text: a JSON column holds only JSON
+				p.Args, _ = json.Marshal(string(p.Args))
+			}
 		}
 		ps = append(ps, p)
 	}

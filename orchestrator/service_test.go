@@ -430,6 +430,7 @@ func TestPlannerFailureAndBadProposals(t *testing.T) {
 			return orchestrator.Step{Calls: []orchestrator.Call{
 				{Tool: "rm_rf", Args: json.RawMessage(`{}`)},
 				{Tool: "read_file", Args: json.RawMessage(`{"n": 18446744073709551616}`)},
+				{Tool: "read_file", Args: json.RawMessage(`{"path": `)},
 			}}, nil
 		}
 		if got := s.History[0].Results; got[0].Status != store.ProposalFailed || !strings.Contains(got[1].Error, "number_not_canonical") {
