@@ -16,6 +16,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -53,8 +54,11 @@ type Recorder struct {
 	chainer *store.Chainer
 	log     *zap.Logger
 	done    chan struct{}
-	closed  chan struct{}
+	closed  chan struct{} // Close was called: Record spools directly
+	final   chan struct{} // no Record is still enqueueing: the writer drains and exits
 	once    sync.Once
+
+	inflight atomic.Int64 // Records between their closed check and their enqueue
 
 	events   prometheus.Counter
 	depth    prometheus.GaugeFunc
@@ -94,7 +98,7 @@ func New(o Options) (*Recorder, error) {
 	r := &Recorder{
 		o: o, queue: make(chan store.Event, o.QueueSize), chainer: store.NewChainer(o.Writer),
 		ready: make(chan struct{}, 1), wakeAt: min(o.BatchSize, o.QueueSize),
-		log: o.Logger, done: make(chan struct{}), closed: make(chan struct{}),
+		log: o.Logger, done: make(chan struct{}), closed: make(chan struct{}), final: make(chan struct{}),
 		events: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "m1_audit_events_total", Help: "Audit events recorded (queued for the store).",
 		}),
@@ -136,6 +140,17 @@ func New(o Options) (*Recorder, error) {
 // writer for a pass of its loop, per event.
 func (r *Recorder) Record(e store.Event) {
 	r.events.Inc()
+	// Close waits for every Record that saw the recorder open to finish
+	// enqueueing before the writer drains the queue for the last time, so
+	// that no event lands in a queue nobody reads.
+	r.inflight.Add(1)
+	defer r.inflight.Add(-1)
+	select {
+	case <-r.closed:
+		r.spoolLate(e)
+		return
+	default:
+	}
 	select {
 	case r.queue <- e:
 	default:
@@ -179,7 +194,15 @@ func (r *Recorder) Start(ctx context.Context) {
 // Close stops accepting work, writes out everything queued (to the store,
 // or to the spool), and returns when done or when ctx ends.
 func (r *Recorder) Close(ctx context.Context) error {
-	r.once.Do(func() { close(r.closed) })
+	r.once.Do(func() {
+		close(r.closed)
+		go func() {
+			for r.inflight.Load() > 0 {
+				time.Sleep(20 * time.Microsecond)
+			}
+			close(r.final)
+		}()
+	})
 	select {
 	case <-r.done:
 		return nil
@@ -221,7 +244,7 @@ func (r *Recorder) run(ctx context.Context) {
 			}
 		case <-retry.C:
 			r.replay(ctx)
-		case <-r.closed:
+		case <-r.final:
 			for {
 				select {
 				case e := <-r.queue:
@@ -261,7 +284,14 @@ func (r *Recorder) take(ctx context.Context, batch []store.Event) []store.Event 
 func (r *Recorder) flush(ctx context.Context, batch []store.Event) []store.Event {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.chainer.Chain(batch)
+	// A batch kept after a failed flush is chained already: chain only the
+	// events added since, or a retry would renumber what a partial spool
+	// write may already hold.
+	k := 0
+	for k < len(batch) && batch[k].Hash != "" {
+		k++
+	}
+	r.chainer.Chain(batch[k:])
 	if r.spoolN == 0 {
 		wctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 		err := r.o.Sink.AppendEvents(wctx, batch)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -260,3 +261,83 @@ type discard struct{}
 
 func (discard) AppendEvents(context.Context, []store.Event) error { return nil }
 func (discard) Ping(context.Context) error                        { return nil }
+
+// Records racing Close are never lost: each ends in the store or, after
+// Close, in the spool.
+func TestRecordsRacingCloseAreKept(t *testing.T) {
+	for round := 0; round < 10; round++ {
+		sink := &memSink{}
+		r, err := New(Options{Writer: "w", Sink: sink, SpoolPath: filepath.Join(t.TempDir(), "spool.jsonl"), QueueSize: 64, BatchSize: 16})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Start(context.Background())
+		const producers, each = 4, 100
+		var wg sync.WaitGroup
+		for p := 0; p < producers; p++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < each; i++ {
+					r.Record(event(i))
+				}
+			}()
+		}
+		time.Sleep(time.Duration(round%5) * 100 * time.Microsecond)
+		if err := r.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		sink.mu.Lock()
+		stored := len(sink.events)
+		sink.mu.Unlock()
+		if got := int64(stored) + r.Stats().SpoolEvents; got != producers*each {
+			t.Fatalf("round %d: %d stored + %d spooled = %d, want %d", round, stored, r.Stats().SpoolEvents, got, producers*each)
+		}
+	}
+}
+
+// failing refuses every write.
+type failing struct{ memSink }
+
+func (f *failing) AppendEvents(context.Context, []store.Event) error { return errDown }
+
+// A batch kept in memory because both the store and the spool failed is
+// not chained again when it is retried: its events keep their seq numbers.
+func TestRetriedBatchKeepsItsChain(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "not-yet") // the spool's directory is missing: spool writes fail
+	sink := &failing{}
+	r, err := New(Options{Writer: "w", Sink: sink, SpoolPath: filepath.Join(dir, "spool.jsonl"), FlushEvery: 5 * time.Millisecond, RetryEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start(context.Background())
+	for i := 0; i < 10; i++ {
+		r.Record(event(i))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for r.Stats().LastError == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("the flush never failed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // about ten more failed flushes of the same batch
+	r.Record(event(10))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	waitSpool := time.Now().Add(5 * time.Second)
+	for r.Stats().SpoolEvents < 11 {
+		if time.Now().After(waitSpool) {
+			t.Fatalf("spool holds %d events, want 11", r.Stats().SpoolEvents)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := r.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if seq, _ := r.chainer.Last(); seq != 11 {
+		t.Fatalf("chain ends at seq %d after retries, want 11 (one seq per event)", seq)
+	}
+}
