@@ -36,6 +36,17 @@ const (
 	CallDenied    = "denied" // the sidecar denied the call
 )
 
+// Column lists of the tables behind Records, for the backends' SQL: both
+// schemas have these columns, and each backend scans them in this order.
+const (
+	RunColumns = `id, agent, task, model, status, error, budget_usd, over_alert, input_tokens,
+	output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, created_at, updated_at, finished_at`
+	ProposalColumns = `id, run_id, agent, step, call_id, tool, args, args_sha256, risk, reasoning,
+	status, reason, approver, approval_jti, created_at, expires_at, updated_at, decided_at`
+	ToolCallColumns = `id, run_id, agent, tool, args, args_sha256, proposal_id, decision_id, status,
+	http_status, result, error, duration_us, created_at, updated_at`
+)
+
 // ErrNotFound is wrapped by the error for a run, proposal or tool call that
 // does not exist.
 var ErrNotFound = errors.New("store: not found")

@@ -15,17 +15,13 @@ import (
 
 var _ store.Records = (*Store)(nil)
 
-// runCols are agent_runs' columns in scanRun's order.
-const runCols = `id, agent, task, model, status, error, budget_usd, over_alert, input_tokens,
-	output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, created_at, updated_at, finished_at`
-
-// proposalCols are proposals' columns in scanProposal's order.
-const proposalCols = `id, run_id, agent, step, call_id, tool, args, args_sha256, risk, reasoning,
-	status, reason, approver, approval_jti, created_at, expires_at, updated_at, decided_at`
-
-// toolCallCols are tool_calls' columns in scanToolCall's order.
-const toolCallCols = `id, run_id, agent, tool, args, args_sha256, proposal_id, decision_id, status,
-	http_status, result, error, duration_us, created_at, updated_at`
+// The column lists, in the order of the scan functions, are the schema's,
+// shared with the other backend.
+const (
+	runCols      = store.RunColumns
+	proposalCols = store.ProposalColumns
+	toolCallCols = store.ToolCallColumns
+)
 
 // scanner is a *sql.Row or *sql.Rows.
 type scanner interface{ Scan(dest ...any) error }
