@@ -33,6 +33,7 @@ const (
 	MaxDuration    = 60 * time.Second // longest measured time per target
 	MaxRequests    = 1_000_000        // most measured or warm-up calls per target
 	MaxConcurrency = 1024
+	MaxRate        = 1_000_000 // calls per second
 )
 
 // Target names in a Report.
@@ -50,6 +51,7 @@ type Options struct {
 	Warmup      int           `json:"warmup"`         // unmeasured calls per target before measuring; at most MaxRequests
 	Addr        string        `json:"addr,omitempty"` // a running m1-authz (loopback host:port) to measure instead of an in-process one
 	Audit       bool          `json:"audit"`          // the in-process m1-authz also audits every decision (SQLite in a temp dir)
+	Rate        float64       `json:"rate,omitempty"` // measured calls started per second per target, at most MaxRate; 0 = as fast as they are answered
 }
 
 // DefaultOptions returns the defaults of `m1 bench`.
@@ -73,6 +75,8 @@ func (o Options) validate() error {
 		return fmt.Errorf("Duration (--duration) must be 0..%s, got %s", MaxDuration, o.Duration)
 	case o.Duration == 0 && (o.Requests < 1 || o.Requests > MaxRequests):
 		return fmt.Errorf("Requests (--requests) must be 1..%d, got %d", MaxRequests, o.Requests)
+	case o.Rate < 0 || o.Rate > MaxRate || math.IsNaN(o.Rate):
+		return fmt.Errorf("Rate (--rate) must be 0..%d, got %g", MaxRate, o.Rate)
 	case o.Warmup < 0 || o.Warmup > MaxRequests:
 		return fmt.Errorf("Warmup (--warmup) must be 0..%d, got %d", MaxRequests, o.Warmup)
 	}
@@ -231,7 +235,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 	for r := range n {
 		for i, t := range targets {
 			l := base
-			l.addr = t.Addr
+			l.addr, l.rate = t.Addr, opts.Rate
 			if opts.Duration > 0 {
 				l.limit = opts.Duration / rounds
 			} else {

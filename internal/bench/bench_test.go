@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/genproto/googleapis/rpc/code"
@@ -111,6 +112,9 @@ func TestMainExitCodes(t *testing.T) {
 		{"duration too long", []string{"--duration", "61s"}, 2},
 		{"connections above concurrency", []string{"--concurrency", "2", "--connections", "3"}, 2},
 		{"remote addr", []string{"--addr", "10.0.0.9:9191"}, 2},
+		{"negative rate", []string{"--rate", "-1"}, 2},
+		{"rate too high", []string{"--rate", "2e6"}, 2},
+		{"rate not a number", []string{"--rate", "NaN"}, 2},
 		{"host name addr", []string{"--addr", "example.com:9191"}, 2},
 		{"unreachable addr", []string{"--addr", "127.0.0.1:1", "--requests", "10", "--warmup", "0"}, 1},
 		{"help", []string{"-h"}, 0},
@@ -160,5 +164,60 @@ func TestCheckStatus(t *testing.T) {
 	}
 	if _, _, err := checkStatus([]byte{0x0a, 0x05, 0x08}); err == nil {
 		t.Error("checkStatus(truncated) = nil error, want one")
+	}
+}
+
+// TestRunAtRate: with --rate the measured calls are spread over time (400
+// calls at 2,000/s take at least 0.2 s per target), not sent as fast as
+// they are answered.
+func TestRunAtRate(t *testing.T) {
+	o := smallOptions()
+	o.Requests, o.Rate = 400, 2000
+	rep, err := Run(t.Context(), o)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	for _, tg := range rep.Targets {
+		if tg.Calls != 400 || tg.Errors != 0 || tg.ChecksPerSec > 2000*1.05 {
+			t.Errorf("Run(%s, 2000/s) = %d calls, %d errors, %.0f checks/s; want 400 calls, no errors, at most ~2000/s",
+				tg.Name, tg.Calls, tg.Errors, tg.ChecksPerSec)
+		}
+	}
+	var buf bytes.Buffer
+	if err := WriteTable(&buf, rep); err != nil || !strings.Contains(buf.String(), "400 calls at 2000/s per target") {
+		t.Errorf("WriteTable = %q, %v; want it to name the rate", buf.String(), err)
+	}
+}
+
+func TestPacer(t *testing.T) {
+	ms := time.Millisecond
+	p := &pacer{max: 10, limit: time.Second, rate: 1000}
+	for _, tc := range []struct {
+		elapsed time.Duration
+		hits    uint64
+		wait    time.Duration
+		stop    bool
+	}{
+		{0, 0, 0, false},          // the first call is due at once
+		{0, 5, 5 * ms, false},     // the sixth at 5 ms
+		{6 * ms, 5, 0, false},     // late: at once
+		{995 * ms, 9, 0, false},   // due at 9 ms, long past
+		{0, 10, 0, true},          // max reached
+		{time.Second, 3, 0, true}, // time limit
+	} {
+		wait, stop := p.Pace(tc.elapsed, tc.hits)
+		if wait != tc.wait || stop != tc.stop {
+			t.Errorf("Pace(%s, %d) = %s, %v; want %s, %v", tc.elapsed, tc.hits, wait, stop, tc.wait, tc.stop)
+		}
+	}
+	// Never waits past the time limit.
+	p = &pacer{limit: 100 * ms, rate: 1}
+	if wait, stop := p.Pace(10*ms, 1); wait != 90*ms || stop {
+		t.Errorf("Pace near the limit = %s, %v; want 90ms, false", wait, stop)
+	}
+	// Unpaced: never waits.
+	p = &pacer{limit: time.Second}
+	if wait, stop := p.Pace(0, 1000); wait != 0 || stop {
+		t.Errorf("unpaced Pace = %s, %v; want 0, false", wait, stop)
 	}
 }

@@ -32,6 +32,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&opts.Warmup, "warmup", opts.Warmup, "unmeasured calls per target before measuring (they also fill m1-authz's decision cache)")
 	fs.StringVar(&opts.Addr, "addr", "", "a running m1-authz (loopback host:port) to measure instead of an in-process one")
 	fs.BoolVar(&opts.Audit, "audit", false, "the in-process m1-authz also audits every decision to SQLite")
+	fs.Float64Var(&opts.Rate, "rate", 0, "measured calls started per second per target (latency at a fixed load); 0 = as fast as they are answered")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage: m1 bench [flags]
@@ -132,6 +133,9 @@ func WriteTable(w io.Writer, rep Report) error {
 	load := strconv.Itoa(o.Requests) + " calls"
 	if o.Duration > 0 {
 		load = o.Duration.String()
+	}
+	if o.Rate > 0 {
+		load += " at " + strconv.FormatFloat(o.Rate, 'f', -1, 64) + "/s"
 	}
 	fmt.Fprintf(w, "\nconcurrency %d, connections %d, %s per target in %d alternating rounds after %d warm-up calls, GOMAXPROCS %d\n",
 		o.Concurrency, o.Connections, load, rep.Rounds, o.Warmup, rep.GOMAXPROCS)

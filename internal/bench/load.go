@@ -158,13 +158,15 @@ func checkStatus(b []byte) (codes.Code, string, error) {
 	return codes.Code(uint32(code)), msg, nil
 }
 
-// pacer lets ghz send as fast as the workers go until max calls were started,
-// the time limit passed or done was closed, whichever comes first.
+// pacer lets ghz start calls as fast as the workers go, or at rate calls a
+// second, until max calls were started, the time limit passed or done was
+// closed, whichever comes first.
 type pacer struct {
 	done     <-chan struct{} // the run's ctx.Done()
 	max      uint64          // 0 = no count limit
 	limit    time.Duration
-	timedOut bool // written by Pace, which ghz calls from one goroutine
+	rate     float64 // calls per second; 0 = no pacing
+	timedOut bool    // written by Pace, which ghz calls from one goroutine
 }
 
 func (p *pacer) Pace(elapsed time.Duration, hits uint64) (time.Duration, bool) {
@@ -180,10 +182,15 @@ func (p *pacer) Pace(elapsed time.Duration, hits uint64) (time.Duration, bool) {
 		p.timedOut = p.max > 0
 		return 0, true
 	}
+	if p.rate > 0 { // call number hits is due at hits/rate
+		if due := time.Duration(float64(hits) / p.rate * float64(time.Second)); due > elapsed {
+			return min(due-elapsed, p.limit-elapsed), false
+		}
+	}
 	return 0, false
 }
 
-func (p *pacer) Rate(time.Duration) float64 { return 0 }
+func (p *pacer) Rate(time.Duration) float64 { return p.rate }
 
 // load is one ghz run against one address.
 type load struct {
@@ -194,6 +201,7 @@ type load struct {
 	connections int
 	requests    int           // calls to make; 0 = until the time limit
 	limit       time.Duration // time limit of the run
+	rate        float64       // calls started per second; 0 = as fast as answered
 }
 
 // tally accumulates the runs of one target.
@@ -257,7 +265,7 @@ func (l load) run(ctx context.Context, t *tally) error {
 	if total == 0 {
 		total = 100_000
 	}
-	p := &pacer{done: ctx.Done(), max: uint64(l.requests), limit: l.limit}
+	p := &pacer{done: ctx.Done(), max: uint64(l.requests), limit: l.limit, rate: l.rate}
 	cfg, err := runner.NewConfig(checkMethod, l.addr,
 		runner.WithProtosetBinary(l.protoset),
 		runner.WithBinaryData(l.request),

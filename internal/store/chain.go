@@ -138,11 +138,7 @@ func (c *Chainer) Chain(events []Event) {
 // normalize puts e in the form the backends round-trip exactly.
 func normalize(e *Event) {
 	e.Time = e.Time.UTC().Truncate(time.Microsecond)
-	for _, s := range []*string{
-		&e.DecisionID, &e.Kind, &e.Principal, &e.RunID, &e.ProposalID, &e.Tool,
-		&e.ArgsSHA256, &e.Decision, &e.Reason, &e.Detail, &e.PolicyRevision,
-		&e.TokenJTI, &e.CacheTier,
-	} {
+	for _, s := range e.texts() {
 		*s = cleanString(*s)
 	}
 	switch {
@@ -193,9 +189,21 @@ func marshalsAsIs(b []byte) bool {
 	return true
 }
 
+// texts are e's free-text fields (all its strings but the chain's own).
+func (e *Event) texts() [13]*string {
+	return [...]*string{
+		&e.DecisionID, &e.Kind, &e.Principal, &e.RunID, &e.ProposalID, &e.Tool,
+		&e.ArgsSHA256, &e.Decision, &e.Reason, &e.Detail, &e.PolicyRevision,
+		&e.TokenJTI, &e.CacheTier,
+	}
+}
+
+// clean reports whether s is valid UTF-8 without NUL, as cleanString makes it.
+func clean(s string) bool { return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 }
+
 // cleanString replaces NUL bytes and invalid UTF-8 with U+FFFD.
 func cleanString(s string) string {
-	if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 {
+	if clean(s) {
 		return s
 	}
 	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -184,6 +185,21 @@ func TestEventValidate(t *testing.T) {
 	ok.Hash = store.HashEvent(ok)
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("Validate(chained) = %v", err)
+	}
+	// Text a Chainer would have cleaned (NUL, invalid UTF-8) is refused:
+	// a backend stores text exactly and cannot store these.
+	for name, edit := range map[string]func(*store.Event){
+		"detail NUL":      func(e *store.Event) { e.Detail = "a\x00b" },
+		"principal UTF-8": func(e *store.Event) { e.Principal = "spiffe://\xff" },
+		"writer UTF-8":    func(e *store.Event) { e.Writer = "w\xc3" },
+		"args NUL":        func(e *store.Event) { e.Args = []byte("\"\x00\"") },
+		"no hash":         func(e *store.Event) { e.Hash = "" },
+	} {
+		e := ok
+		edit(&e)
+		if err := e.Validate(); !errors.Is(err, store.ErrInvalidEvent) {
+			t.Errorf("Validate(%s) = %v, want ErrInvalidEvent", name, err)
+		}
 	}
 }
 

@@ -10,11 +10,13 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 )
 
 // Event kinds. Kind is free text so later event kinds need no schema change;
@@ -148,6 +150,13 @@ func (e Event) Validate() error {
 		return invalid(e, "kind is empty or reserved")
 	case e.Time.IsZero():
 		return invalid(e, "no time")
+	case !clean(e.Writer) || !clean(e.PrevHash) || !clean(e.Hash) || !utf8.Valid(e.Args) || bytes.IndexByte(e.Args, 0) >= 0:
+		return invalid(e, "text is not UTF-8, or holds NUL (not chained)")
+	}
+	for _, s := range e.texts() {
+		if !clean(*s) {
+			return invalid(e, "text is not UTF-8, or holds NUL (not chained)")
+		}
 	}
 	return nil
 }

@@ -4,7 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,83 +22,126 @@ const insertEvent = `INSERT INTO audit_events (writer, seq, prev_hash, hash, dec
 	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 	ON CONFLICT (writer, seq) DO NOTHING RETURNING id`
 
-// insertRows bounds the rows of one multi-row INSERT (21 parameters each,
-// well under SQLite's 32766).
-const insertRows = 128
-
-// insertMany inserts the events not pruned already in multi-row statements
-// that skip existing (writer, seq), and returns how many rows went in; a
-// pruned event counts as skipped. Full chunks share one prepared statement.
-func insertMany(ctx context.Context, tx *sql.Tx, events []store.Event, pruned map[string]int64) (int64, error) {
-	isPruned := func(e store.Event) bool { return e.Seq <= pruned[e.Writer] }
-	rows := events
-	if slices.ContainsFunc(events, isPruned) { // rare: a late replay
-		rows = slices.DeleteFunc(slices.Clone(events), isPruned)
+// insertEvents inserts a batch given as one JSON array of rows (see
+// appendRows), skipping existing (writer, seq).
+//
+// A batch is one parameter, not 21 per row: binding each value through
+// database/sql (its []driver.NamedValue, a boxed value per field, the
+// driver's per-value bookkeeping) made about 2 KB of garbage per event,
+// and the collections it caused slowed the checks running beside the
+// writer; SQLite reads the rows from the JSON instead (jsonb, so each
+// row is parsed once).
+//
+// It says INSERT OR IGNORE, not ON CONFLICT (writer, seq) DO NOTHING: a
+// statement inside a transaction that can fail on a constraint makes
+// SQLite keep a statement journal, a copy of every page the statement
+// changes (written to a temporary file past 64 KiB), so that it can undo
+// that statement alone. That journal was more than half the pages an
+// append wrote. A statement that ignores every conflict cannot fail that
+// way and needs none. For audit rows the two skip the same rows: UNIQUE
+// (writer, seq) is the only constraint such a row can break (id is
+// assigned, no value is NULL where it must not be, there is no CHECK), and
+// AppendEvents sorts replays from conflicts row by row whenever a row was
+// skipped.
+var insertEvents = func() string {
+	q := "INSERT OR IGNORE INTO" + strings.TrimPrefix(strings.SplitN(insertEvent, "VALUES", 2)[0], "INSERT INTO") + "SELECT "
+	for i := range strings.Count(insertEvent, "?") {
+		if i > 0 {
+			q += ", "
+		}
+		q += "value ->> " + strconv.Itoa(i)
 	}
-	var full *sql.Stmt
+	return q + " FROM jsonb_each(jsonb(CAST(? AS TEXT)))"
+}()
+
+// chunkBytes bounds the JSON of one INSERT (SQLite refuses values past
+// 1 GB; arguments can be large), but not a single row.
+const chunkBytes = 4 << 20
+
+// insertMany inserts the events not pruned already, and returns how many
+// rows went in; a pruned event counts as skipped. It builds the JSON in
+// s.rows, kept from batch to batch (up to twice chunkBytes).
+func (s *Store) insertMany(ctx context.Context, tx *sql.Tx, events []store.Event, pruned map[string]int64) (int64, error) {
+	s.rowsMu.Lock()
+	defer s.rowsMu.Unlock()
+	defer func() {
+		if cap(s.rows) > 2*chunkBytes {
+			s.rows = nil
+		}
+	}()
 	var total int64
-	args := make([]any, 0, 21*min(insertRows, len(rows)))
-	for start := 0; start < len(rows); start += insertRows {
-		chunk := rows[start:min(start+insertRows, len(rows))]
-		args = args[:0]
-		for _, e := range chunk {
-			var a any
-			if len(e.Args) > 0 {
-				a = string(e.Args)
-			}
-			args = append(args, e.Writer, e.Seq, e.PrevHash, e.Hash, e.DecisionID, ts(e.Time), e.Kind,
-				e.Principal, e.RunID, e.ProposalID, e.Tool, e.ArgsSHA256, a, e.Decision, e.Reason, e.Detail,
-				e.Status, e.PolicyRevision, e.TokenJTI, e.LatencyMicros, e.CacheTier)
-		}
-		var res sql.Result
-		var err error
-		if len(chunk) == insertRows {
-			if full == nil {
-				if full, err = tx.PrepareContext(ctx, insertManySQL(insertRows)); err != nil {
-					return 0, err
+	for len(events) > 0 {
+		buf := append(s.rows[:0], '[')
+		n := 0
+		for ; n < len(events) && (n == 0 || len(buf) < chunkBytes); n++ {
+			if e := events[n]; e.Seq > pruned[e.Writer] { // else stored once, since pruned: a late replay
+				if len(buf) > 1 {
+					buf = append(buf, ',')
 				}
-				defer full.Close()
+				buf = appendRow(buf, e)
 			}
-			res, err = full.ExecContext(ctx, args...)
-		} else {
-			res, err = tx.ExecContext(ctx, insertManySQL(len(chunk)), args...)
 		}
+		s.rows, events = append(buf, ']'), events[n:]
+		res, err := tx.ExecContext(ctx, insertEvents, s.rows)
 		if err != nil {
-			return 0, err
+			return total, err
 		}
 		k, err := res.RowsAffected()
 		if err != nil {
-			return 0, err
+			return total, err
 		}
 		total += k
 	}
 	return total, nil
 }
 
-// insertManySQL is an INSERT of n rows that skips existing (writer, seq).
-//
-// It says INSERT OR IGNORE, not ON CONFLICT (writer, seq) DO NOTHING: a
-// multi-row statement inside a transaction that can fail on a constraint
-// makes SQLite keep a statement journal, a copy of every page the statement
-// changes (written to a temporary file past 64 KiB), so that it can undo
-// that statement alone. That journal was more than half the pages an append
-// wrote. A statement that ignores every conflict cannot fail that way and
-// needs none. For audit rows the two skip the same rows: UNIQUE (writer,
-// seq) is the only constraint such a row can break (id is assigned, no
-// value is NULL where it must not be, there is no CHECK), and AppendEvents
-// sorts replays from conflicts row by row whenever a row was skipped.
-func insertManySQL(n int) string {
-	var q strings.Builder
-	q.WriteString("INSERT OR IGNORE INTO")
-	q.WriteString(strings.TrimPrefix(strings.SplitN(insertEvent, "VALUES", 2)[0], "INSERT INTO"))
-	q.WriteString("VALUES ")
-	for i := range n {
-		if i > 0 {
-			q.WriteString(",")
-		}
-		q.WriteString("(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+// appendRow appends e as a JSON array of insertEvent's values, in order.
+// Strings are exact: store.Event.Validate guarantees valid UTF-8 without
+// NUL, which a JSON string carries byte for byte.
+func appendRow(b []byte, e store.Event) []byte {
+	b = append(b, '[')
+	b = appendString(b, e.Writer)
+	b = strconv.AppendInt(append(b, ','), e.Seq, 10)
+	for _, s := range [...]string{e.PrevHash, e.Hash, e.DecisionID} {
+		b = appendString(append(b, ','), s)
 	}
-	return q.String()
+	b = append(e.Time.UTC().AppendFormat(append(b, ',', '"'), timeLayout), '"')
+	for _, s := range [...]string{e.Kind, e.Principal, e.RunID, e.ProposalID, e.Tool, e.ArgsSHA256} {
+		b = appendString(append(b, ','), s)
+	}
+	if b = append(b, ','); len(e.Args) > 0 {
+		b = appendString(b, string(e.Args)) // stored as text, as sent
+	} else {
+		b = append(b, "null"...)
+	}
+	for _, s := range [...]string{e.Decision, e.Reason, e.Detail} {
+		b = appendString(append(b, ','), s)
+	}
+	b = strconv.AppendInt(append(b, ','), int64(e.Status), 10)
+	for _, s := range [...]string{e.PolicyRevision, e.TokenJTI} {
+		b = appendString(append(b, ','), s)
+	}
+	b = strconv.AppendInt(append(b, ','), e.LatencyMicros, 10)
+	b = appendString(append(b, ','), e.CacheTier)
+	return append(b, ']')
+}
+
+// appendString appends s as a JSON string: quote, backslash and control
+// characters escaped, every other byte as it is.
+func appendString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&15])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
 }
 
 // pruneChunk bounds the events one prune transaction deletes, so that the
@@ -137,11 +180,11 @@ func (s *Store) AppendEvents(ctx context.Context, events []store.Event) error {
 		}
 		pruned[e.Writer] = p
 	}
-	// Fast path: the whole batch in multi-row INSERTs. When every row went
+	// Fast path: the whole batch in one INSERT per chunk. When every row went
 	// in, there is nothing to check; otherwise some (writer, seq) existed
 	// already, and the row-by-row path below sorts replays from conflicts
 	// (rows this statement inserted read back as identical).
-	if n, err := insertMany(ctx, tx, events, pruned); err != nil {
+	if n, err := s.insertMany(ctx, tx, events, pruned); err != nil {
 		return fmt.Errorf("append events: %w", err)
 	} else if n == int64(len(events)) {
 		if err := tx.Commit(); err != nil {

@@ -61,6 +61,8 @@ type Store struct {
 	r         *sql.DB // read connections
 	closeOnce sync.Once
 	closeErr  error
+	rowsMu    sync.Mutex // guards rows
+	rows      []byte     // insertMany's buffer
 }
 
 var _ store.Store = (*Store)(nil)

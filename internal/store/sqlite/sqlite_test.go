@@ -241,3 +241,40 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return string(l.b)
 }
+
+// A batch larger than one INSERT takes (large arguments) goes in several,
+// in order, all or none; a replay of it inserts nothing twice.
+func TestAppendLargeBatch(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "m1.db"))
+	ctx := context.Background()
+	c := store.NewChainer("w-large")
+	big := `{"content":"` + strings.Repeat("x", 3<<19) + `"}` // 1.5 MiB: three rows fill an INSERT
+	ev := make([]store.Event, 7)
+	for i := range ev {
+		ev[i] = store.Event{DecisionID: fmt.Sprint("d", i), Time: time.Now(), Kind: store.KindDecision, Tool: "write_file"}
+		if i%2 == 0 {
+			ev[i].Args = []byte(big)
+		}
+	}
+	c.Chain(ev)
+	for range 2 {
+		if err := s.AppendEvents(ctx, ev); err != nil {
+			t.Fatalf("AppendEvents = %v", err)
+		}
+	}
+	var got []store.Event
+	if err := s.Chain(ctx, c.Writer(), func(e store.Event) error { got = append(got, e); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(ev) {
+		t.Fatalf("stored %d events, want %d", len(got), len(ev))
+	}
+	for i, e := range got {
+		if e.Seq != int64(i+1) || e.DecisionID != ev[i].DecisionID || string(e.Args) != string(ev[i].Args) || i > 0 && e.ID <= got[i-1].ID {
+			t.Fatalf("event %d: seq %d id %d %q, %d bytes of args; want seq %d %q, %d bytes", i, e.Seq, e.ID, e.DecisionID, len(e.Args), i+1, ev[i].DecisionID, len(ev[i].Args))
+		}
+	}
+	if b := store.VerifyChain(got); b != nil {
+		t.Fatalf("chain of the stored batch: %+v", b)
+	}
+}

@@ -217,6 +217,12 @@ func testExactText(t *testing.T, b Backend) {
 	ev[1].Args = json.RawMessage(`not json {`)
 	ev[2].Args = json.RawMessage(`{"z":1,"a":[1, 2,3],  "u":"\u0000 é \u00e9"}`)
 	ev[3].Args = json.RawMessage{}
+	// JSON's and SQL's special characters, controls, DEL, and characters
+	// some JSON encoders rewrite: each stored byte for byte.
+	ev[1].Principal = `q"uo\te \\ \u0041 '; --` + "\t\n\r\x01\x1f\x7f \u2028\u2029 <>&"
+	ev[1].Reason = `"`
+	ev[3].Detail = `\`
+	ev[2].RunID = "run \U0001F600 é"
 	ev[3].Time = base.Add(10*time.Second + 987654321*time.Nanosecond).In(time.FixedZone("X", 3600))
 	c.Chain(ev)
 	appendOK(t, s, ev)
