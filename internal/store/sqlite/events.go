@@ -23,7 +23,7 @@ const insertEvent = `INSERT INTO audit_events (writer, seq, prev_hash, hash, dec
 	ON CONFLICT (writer, seq) DO NOTHING RETURNING id`
 
 // insertEvents inserts a batch given as one JSON array of rows (see
-// appendRows), skipping existing (writer, seq).
+// appendRow), skipping existing (writer, seq).
 //
 // A batch is one parameter, not 21 per row: binding each value through
 // database/sql (its []driver.NamedValue, a boxed value per field, the
@@ -51,7 +51,7 @@ var insertEvents = func() string {
 		}
 		q += "value ->> " + strconv.Itoa(i)
 	}
-	return q + " FROM jsonb_each(jsonb(CAST(? AS TEXT)))"
+	return q + " FROM jsonb_each(jsonb(CAST(? AS TEXT))) ORDER BY key" // ids in batch order
 }()
 
 // chunkBytes bounds the JSON of one INSERT (SQLite refuses values past
