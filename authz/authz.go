@@ -192,7 +192,7 @@ func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, header
 	cacheable, _ := engine.Cacheable()
 	cacheable = cacheable && s.opts.Cache != nil
 	if cacheable {
-		key = cacheKey(engine.Revision(), engine.Needs().M1Paths, &v.call, v.principal, v.claims)
+		key = cacheKey(engine.Revision(), engine.Path(), engine.Needs().M1Paths, &v.call, v.principal, v.claims)
 		if d, tier, ok := s.opts.Cache.Get(ctx, key); ok {
 			s.opts.Metrics.CacheHits.WithLabelValues(tier).Inc()
 			v.tier = tier
@@ -246,16 +246,17 @@ func (s *Service) apply(v *verdict, d *policy.Decision) {
 	}
 }
 
-// cacheKey hashes the bundle revision and the parts of input.m1 that the
-// policy reads (paths, from the policy analysis; nil means all of it). The
+// cacheKey hashes the bundle revision, the decision path (sidecars that
+// share a Redis cache may evaluate different rules of one bundle) and the
+// parts of input.m1 that the policy reads (paths, from the policy analysis; nil means all of it). The
 // arguments stand as their JCS hash, and token claims as the hash of their
 // signed bytes except for the string claims a policy commonly reads (iss,
 // sub, jti, m1.kind, and an approval's m1.tool and m1.args_sha256), which
 // stand as themselves, so fresh approvals for the same call share a key.
 // Fields are length-prefixed so that no two inputs share an encoding.
-func cacheKey(revision string, paths [][]string, c *Call, principal string, claims *approval.Claims) cache.Key {
+func cacheKey(revision, decisionPath string, paths [][]string, c *Call, principal string, claims *approval.Claims) cache.Key {
 	var buf [512]byte
-	b := appendField(buf[:0], revision)
+	b := appendField(appendField(buf[:0], revision), decisionPath)
 	if paths == nil {
 		for _, p := range wholeM1 {
 			b = appendM1(b, p, c, principal, claims)

@@ -334,3 +334,33 @@ func TestDecisionIDsUnique(t *testing.T) {
 		seen[id] = true
 	}
 }
+
+// Sidecars that share a decision cache (Redis) and a bundle but evaluate
+// different rules of it (M1_POLICY_PATH) never answer from each other's
+// decisions.
+func TestCacheKeyIncludesTheDecisionPath(t *testing.T) {
+	b, err := policy.LoadFS(fstest.MapFS{"p.rego": {Data: []byte(`package m1.authz
+import rego.v1
+open := {"allowed": true}
+closed := {"allowed": false, "reason": "closed"}
+`)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	engine := func(path string) *policy.Engine {
+		e, err := policy.Prepare(context.Background(), b, policy.Options{Path: path, Timeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	open, closed := newService(t, engine("m1/authz/open"), true), newService(t, engine("m1/authz/closed"), true)
+	closed.opts.Cache = open.opts.Cache // one shared cache
+	req := httpReq("POST", "/mcp", mcpCall("read_file", `{"path":"/etc/hosts"}`))
+	if r := check(t, open.Service, req); !r.allowed {
+		t.Fatalf("Check(open rule) = deny %s, want allow", r.raw)
+	}
+	if r := check(t, closed.Service, req); r.allowed || r.body.Error != CodePolicyDenied {
+		t.Fatalf("Check(closed rule, cache shared with the open one) = allowed %v %s, want deny policy_denied", r.allowed, r.raw)
+	}
+}

@@ -82,7 +82,12 @@ func decimal(lit []byte, dst []byte) (digits []byte, exp int, neg bool) {
 	if i < len(lit) && (lit[i] == 'e' || lit[i] == 'E') {
 		v, err := strconv.Atoi(string(lit[i+1:]))
 		if err != nil {
-			return nil, 0, neg // unreachable for validated JSON
+			// An exponent beyond int: no double is that far from 1
+			// unless the digits are zero. Far enough to match none.
+			v = 1 << 40
+			if lit[i+1] == '-' {
+				v = -v
+			}
 		}
 		e = v
 	}

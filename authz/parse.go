@@ -98,7 +98,11 @@ func ParseCall(h *authv3.AttributeContext_HttpRequest, headers Headers, opts Par
 		return c, rerr
 	}
 	c.Path = path
-	c.Truncated = headers.Get("x-envoy-auth-partial-body") == "true"
+	// Envoy sends "true" or "false"; anything else (another spelling, a
+	// repeated header joined as "false,true") is taken as partial.
+	if v, ok := headers.Lookup("x-envoy-auth-partial-body"); ok && v != "false" {
+		c.Truncated = true
+	}
 
 	switch {
 	case path == opts.MCPPath && (c.Method == "POST" || c.Method == "GET" || c.Method == "DELETE"):
@@ -121,8 +125,10 @@ func ParseCall(h *authv3.AttributeContext_HttpRequest, headers Headers, opts Par
 			return c, rerr
 		}
 		c.Kind, c.Tool = KindToolCall, name
-		if len(bytes.TrimSpace(body)) == 0 {
+		if len(body) == 0 {
 			body = emptyObject
+		} else if len(bytes.Trim(body, jsonSpace)) == 0 {
+			body = emptyObject // only JSON's white space: as empty
 		}
 		if rerr := scanArgs(body); rerr != nil {
 			return c, rerr
@@ -136,6 +142,24 @@ func ParseCall(h *authv3.AttributeContext_HttpRequest, headers Headers, opts Par
 }
 
 var emptyObject = []byte("{}")
+
+// jsonSpace is JSON's white space (RFC 8259); bytes.TrimSpace would also
+// take Unicode spaces, which are not JSON.
+const jsonSpace = " \t\n\r"
+
+// ambiguousKey reports whether key is not one of keys but equals one of
+// them ignoring case (Unicode simple folding). M1 reads "method" and
+// "arguments" exactly; a server that matches keys regardless of case, as Go's
+// encoding/json does, would read "Method" or "Arguments" instead: such a
+// message is refused rather than read two ways.
+func ambiguousKey(key []byte, keys ...string) bool {
+	for _, k := range keys {
+		if string(key) != k && strings.EqualFold(string(key), k) {
+			return true
+		}
+	}
+	return false
+}
 
 // requestBody returns the body Envoy sent and refuses partial or oversized
 // ones and inconsistent framing.
@@ -381,6 +405,9 @@ func parseMCP(c Call, body []byte) (Call, *RequestError) {
 		if err != nil {
 			return c, scanError(err)
 		}
+		if ambiguousKey(key, "method", "params") {
+			return c, badRequest("JSON-RPC key " + strconv.Quote(string(key)) + " differs from a member name only in case")
+		}
 		switch string(key) {
 		case "method":
 			if s.dec.PeekKind() != '"' {
@@ -407,6 +434,9 @@ func parseMCP(c Call, body []byte) (Call, *RequestError) {
 				pkey, err := s.readBytes()
 				if err != nil {
 					return c, scanError(err)
+				}
+				if ambiguousKey(pkey, "name", "arguments") {
+					return c, badRequest("params key " + strconv.Quote(string(pkey)) + " differs from a member name only in case")
 				}
 				switch string(pkey) {
 				case "name":

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/gowebpki/jcs"
 )
@@ -125,6 +126,20 @@ func TestParseCallRejects(t *testing.T) {
 		{"bad tool name", httpReq("POST", "/tools/a%20b", `{}`), CodeBadPath, 400},
 		{"long tool name", httpReq("POST", "/tools/"+strings.Repeat("a", 129), `{}`), CodeBadPath, 400},
 		{"bad mcp tool name", httpReq("POST", "/mcp", mcpCall("../x", `{}`)), CodeBadPath, 400},
+		{"partial body, other spelling", httpReq("POST", "/tools/x", `{}`, "x-envoy-auth-partial-body", "True"), CodeBodyTooLarge, 413},
+		{"partial body, repeated header", &authv3.AttributeContext_HttpRequest{Method: "POST", Path: "/tools/x", Body: `{}`,
+			HeaderMap: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: "x-envoy-auth-partial-body", Value: "false"}, {Key: "x-envoy-auth-partial-body", Value: "true"}}}}, CodeBodyTooLarge, 413},
+		// Keys a case-insensitive server would read as the envelope's.
+		{"method in other case", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":8,"Method":"tools/call","params":{"name":"run_command","arguments":{}}}`), CodeBadRequest, 400},
+		{"params in other case", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":8,"method":"ping","PARAMS":{}}`), CodeBadRequest, 400},
+		{"arguments twice, cases differ", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_file","arguments":{"path":"/tmp/x"},"Arguments":{"path":"/etc/passwd"}}}`), CodeBadRequest, 400},
+		{"name in other case", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","Name":"b"}}`), CodeBadRequest, 400},
+		{"arguments with long s", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{},"argument\u017f":{"p":1}}}`), CodeBadRequest, 400},
+		{"params with long s", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"ping","param\u017f":{}}`), CodeBadRequest, 400},
+		{"huge negative exponent", httpReq("POST", "/tools/x", `{"n":1e-99999999999999999999}`), CodeNumberNotCanonical, 400},
+		{"huge exponent", httpReq("POST", "/tools/x", `{"n":-0.5E+99999999999999999999}`), CodeNumberNotCanonical, 400},
+		{"rest body of unicode space", httpReq("POST", "/tools/x", "\u00a0"), CodeBadRequest, 400},
+		{"rest body of vertical tab", httpReq("POST", "/tools/x", "\v"), CodeBadRequest, 400},
 		{"body differs from raw_body", &authv3.AttributeContext_HttpRequest{Method: "POST", Path: "/tools/x", Body: `{}`, RawBody: []byte(`{"a":1}`)}, CodeBadRequest, 400},
 	}
 	for _, tt := range tests {
@@ -188,6 +203,8 @@ func TestExactNumber(t *testing.T) {
 		{"18446744073709551616", false}, {"18446744073709552000", true}, {"18446744073709551617", false}, {"1e400", false}, {"-1e400", false},
 		{"1e-400", false}, {"5e-324", true}, {"1.7976931348623157e308", true}, {"0.10000000000000000001", false},
 		{"3.141592653589793", true}, {"3.1415926535897932", false}, {"100e-2", true}, {"0.000001", true}, {"1.5e-7", true},
+		{"1e-99999999999999999999", false}, {"-1e-99999999999999999999", false}, {"1e99999999999999999999", false},
+		{"0e99999999999999999999", true}, {"0.0e-99999999999999999999", true},
 	}
 	for _, tt := range tests {
 		if got := exactNumber([]byte(tt.lit)); got != tt.want {

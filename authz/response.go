@@ -128,15 +128,22 @@ type denyBody struct {
 // JSON body, or the policy's own body and headers when it gave them.
 func (s *Service) deny(v *verdict, _ Headers) *authv3.CheckResponse {
 	hdrs := []*corev3.HeaderValueOption{setHeader(HeaderDecisionID, v.id)}
+	// The policy's body and headers are its deny's. After an allow that a
+	// later check overturned (a replayed approval), they were meant for the
+	// tool and must not reach the caller.
+	d := v.policy
+	if d != nil && d.Allowed {
+		d = nil
+	}
 	var body string
-	if d := v.policy; d != nil && d.HasBody {
+	if d != nil && d.HasBody {
 		body = d.Body
 	} else {
 		b, _ := json.Marshal(denyBody{Error: v.code, Reason: v.reason, DecisionID: v.id})
 		body = string(b)
 		hdrs = append(hdrs, setHeader(contentType, jsonType))
 	}
-	if d := v.policy; d != nil {
+	if d != nil {
 		for _, h := range d.Headers {
 			hdrs = append(hdrs, setHeader(h.Key, h.Value))
 		}

@@ -136,6 +136,29 @@ func TestApprovalAllowsOnceAndCarriesPrincipal(t *testing.T) {
 	}
 }
 
+// A replayed approval is denied with M1's own body: the headers and body of
+// the policy's allow were meant for the tool, not for the caller.
+func TestReplayDenyDropsThePolicysAllowHeaders(t *testing.T) {
+	f := newTokenFixture(t)
+	f.SetPolicy(regoEngine(t, `package m1.authz
+import rego.v1
+decision := {"allowed": true, "headers": {"x-upstream-secret": "s3cret"}, "body": "for the tool"}
+`))
+	tok := f.mint(t, nil)
+	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok)); !r.allowed {
+		t.Fatalf("Check(first use) = deny %s, want allow", r.raw)
+	}
+	r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok))
+	if r.allowed || r.body.Error != CodeTokenReplayed {
+		t.Fatalf("Check(replay) = %v %s, want deny token_replayed with M1's JSON body", r.allowed, r.raw)
+	}
+	for _, h := range r.resp.GetDeniedResponse().GetHeaders() {
+		if h.GetHeader().GetKey() == "x-upstream-secret" {
+			t.Fatalf("Check(replay) deny headers carry the policy's allow header %v", h.GetHeader())
+		}
+	}
+}
+
 func TestPolicyDenyLeavesApprovalUsable(t *testing.T) {
 	f := newTokenFixture(t)
 	f.SetPolicy(regoEngine(t, "package m1.authz\nimport rego.v1\ndecision if input.m1.token.act.sub == \"bob\"\n"))

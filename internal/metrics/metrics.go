@@ -68,6 +68,14 @@ func NewAuthz(reg prometheus.Registerer) (*Authz, error) {
 			return nil, err
 		}
 	}
+	// Start the counters operators alert on at zero, so that every family
+	// is on /metrics from the first scrape (a rate over a series that
+	// appears with its first event misses that event).
+	m.Checks.WithLabelValues(Allow, "ok")
+	for _, tier := range []string{"l1", "l2"} {
+		m.CacheHits.WithLabelValues(tier)
+	}
+	m.TokenVerifyTotal.WithLabelValues("ok")
 	return m, nil
 }
 

@@ -160,6 +160,9 @@ func Prepare(ctx context.Context, b *Bundle, opts Options) (*Engine, error) {
 // (Bundle.Revision, or a hash derived by Prepare when that was empty).
 func (e *Engine) Revision() string { return e.revision }
 
+// Path returns the decision's path, as data.m1.authz.decision.
+func (e *Engine) Path() string { return e.path }
+
 // Cacheable reports whether decisions may be cached by revision and
 // input.m1: true only when the compiled policy reads nothing of the input
 // but input.m1 and calls no non-deterministic built-in. When false, reason
