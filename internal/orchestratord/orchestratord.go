@@ -136,7 +136,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	str(&o.ToolsPathPrefix, "tools-path-prefix", "M1_TOOLS_PATH_PREFIX", "path prefix of REST tool calls at a tool endpoint")
 	dur(&o.ProposalTTL, "proposal-ttl", "M1_PROPOSAL_TTL", "pending proposals are auto-rejected (expired) after this")
 	dur(&o.DispatchTimeout, "dispatch-timeout", "M1_DISPATCH_TIMEOUT", "longest wait for one approved tool call")
-	str(&o.Audience, "audience", "M1_AUDIENCE", "with --jwks-file or --jwt-secret: the audience approval tokens must name")
+	str(&o.Audience, "audience", "M1_AUDIENCE", "with --jwks-file: the audience approval tokens must name")
 	str(&o.JWKSFile, "jwks-file", "M1_JWKS_FILE", "verify approval tokens before dispatch with these public keys, reloaded on change (optional: the sidecar verifies anyway)")
 	str(&o.TrustedIssuers, "trusted-issuers", "M1_TRUSTED_ISSUERS", "with --jwks-file: comma-separated allow-list of token issuers (empty = any)")
 	fs.IntVar(&o.TokenTTLMinutes, "approval-token-ttl-minutes", o.TokenTTLMinutes, "longest approval token lifetime accepted, in minutes (with verification)")
