@@ -13,6 +13,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/m1-agent/m1/internal/cache"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
+	"github.com/m1-agent/m1/internal/ratelimit"
 	"github.com/m1-agent/m1/internal/store"
 )
 
@@ -33,8 +35,14 @@ const (
 	CodePolicyDenied  = "policy_denied"
 	CodePolicyError   = "policy_error"
 	CodeInternalError = "internal_error"
+	CodeRateLimited   = "rate_limited"
 	codeOK            = "ok" // the reason label of an allow
 )
+
+// RateLimiter counts a principal's tool calls (RATE_LIMIT_REQUESTS_PER_*).
+type RateLimiter interface {
+	Allow(ctx context.Context, principal string) ratelimit.Result
+}
 
 // DecisionCache stores policy decisions by key. Implementations are safe for
 // concurrent use; Get reports the tier that answered and must return within
@@ -70,6 +78,7 @@ type Options struct {
 	Revocations    RevocationChecker
 	Epoch          Epoch         // nil: no data-loss fencing
 	Audit          Auditor       // nil: decisions are not audited
+	RateLimit      RateLimiter   // nil: no rate limits
 	ClockSkew      time.Duration // leeway of token times; used records outlive exp by it
 	Logger         *zap.Logger
 	Metrics        *metrics.Authz
@@ -135,6 +144,8 @@ type verdict struct {
 	tier      string // cache tier that answered, "" when evaluated or not reached
 	policy    *policy.Decision
 	claims    *approval.Claims // verified token, nil without one
+	// retryAfter is set on a rate_limited deny.
+	retryAfter time.Duration
 	// tokenResult is the m1_token_verifications_total result: "" without a
 	// token, "ok", or the token-related deny code.
 	tokenResult string
@@ -177,11 +188,29 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, v *verdi
 	if raw, ok := headers.Lookup(s.opts.ApprovalHeader); ok && !s.checkToken(ctx, tokenFromHeader(raw), v) {
 		return headers
 	}
+	if s.opts.RateLimit != nil && call.Kind == KindToolCall && !s.rateLimit(ctx, v) {
+		return headers
+	}
 	s.evaluate(ctx, req, headers, v)
 	if v.allowed && v.claims != nil && call.Kind == KindToolCall {
 		s.consume(ctx, v)
 	}
 	return headers
+}
+
+// rateLimit counts a tool call against its principal's limits (the token's
+// sub, or the peer's identity; calls from no principal share one count),
+// after the token checks and before the policy, so that a refused call
+// consumes no approval. It returns false after filling the deny.
+func (s *Service) rateLimit(ctx context.Context, v *verdict) bool {
+	r := s.opts.RateLimit.Allow(ctx, v.principal)
+	if r.Allowed {
+		return true
+	}
+	secs := max(int64((r.RetryAfter+time.Second-1)/time.Second), 1)
+	v.code, v.status, v.retryAfter = CodeRateLimited, 429, time.Duration(secs)*time.Second
+	v.reason = "too many tool calls for this principal (the " + r.Limit + " limit); retry after " + strconv.FormatInt(secs, 10) + "s"
+	return false
 }
 
 // evaluate runs the policy (hard check 10), through the decision cache when

@@ -2,7 +2,9 @@ package authz
 
 import (
 	"encoding/json"
+	"strconv"
 	"strings"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -134,6 +136,9 @@ func (s *Service) deny(v *verdict, _ Headers) *authv3.CheckResponse {
 	d := v.policy
 	if d != nil && d.Allowed {
 		d = nil
+	}
+	if v.retryAfter > 0 {
+		hdrs = append(hdrs, setHeader("retry-after", strconv.FormatInt(int64(v.retryAfter/time.Second), 10)))
 	}
 	var body string
 	if d != nil && d.HasBody {

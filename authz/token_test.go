@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/m1-agent/m1/internal/approval"
+	"github.com/m1-agent/m1/internal/ratelimit"
 	"github.com/m1-agent/m1/internal/state"
 )
 
@@ -331,5 +332,49 @@ func TestCacheKeyFollowsTheClaimsThePolicyReads(t *testing.T) {
 		if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok)); r.allowed != tt.allow {
 			t.Fatalf("Check(approval by %s) allowed = %v, want %v", tt.actor, r.allowed, tt.allow)
 		}
+	}
+}
+
+// RATE_LIMIT_REQUESTS_PER_MINUTE: tool calls past a principal's limit are
+// denied 429 rate_limited with retry-after; other principals and calls that
+// are not tool calls are not counted; a refused call consumes no approval.
+func TestRateLimit(t *testing.T) {
+	f := newTokenFixture(t)
+	now := time.Now()
+	lim, err := ratelimit.NewLocal(ratelimit.Limits{PerMinute: 2}, func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.opts.RateLimit = lim
+	read := func() *authv3.AttributeContext_HttpRequest {
+		return httpReq("POST", "/mcp", mcpCall("read_file", `{"path":"/etc/hosts"}`))
+	}
+	for i, want := range []bool{true, true, false} {
+		r := check(t, f.Service, read())
+		if r.allowed != want {
+			t.Fatalf("Check(read #%d) allowed = %v %s, want %v", i+1, r.allowed, r.raw, want)
+		}
+		if !want {
+			if r.status != 429 || r.body.Error != CodeRateLimited || !hasHeader(r.resp.GetDeniedResponse().GetHeaders(), "retry-after", "30") {
+				t.Fatalf("Check(read past the limit) = %d %s %v, want 429 rate_limited, retry-after 30", r.status, r.raw, r.resp.GetDeniedResponse().GetHeaders())
+			}
+		}
+	}
+	if r := check(t, f.Service, httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`)); !r.allowed {
+		t.Fatalf("Check(tools/list past the limit) = %s, want allow: only tool calls count", r.raw)
+	}
+	// agent-42 (the tokens' sub) has a count of its own.
+	for i := range 2 {
+		if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), f.mint(t, nil))); !r.allowed {
+			t.Fatalf("Check(agent-42 approval #%d) = %s, want allow", i+1, r.raw)
+		}
+	}
+	tok := f.mint(t, nil)
+	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok)); r.allowed || r.body.Error != CodeRateLimited {
+		t.Fatalf("Check(agent-42 third approval) = %s, want rate_limited", r.raw)
+	}
+	now = now.Add(30 * time.Second)
+	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok)); !r.allowed {
+		t.Fatalf("Check(the refused approval, 30s later) = %s, want allow: a rate-limited call must not consume it", r.raw)
 	}
 }
