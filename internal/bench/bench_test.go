@@ -116,21 +116,39 @@ func TestMainExitCodes(t *testing.T) {
 		{"rate too high", []string{"--rate", "2e6"}, 2},
 		{"rate not a number", []string{"--rate", "NaN"}, 2},
 		{"host name addr", []string{"--addr", "example.com:9191"}, 2},
-		{"unreachable addr", []string{"--addr", "127.0.0.1:1", "--requests", "10", "--warmup", "0"}, 1},
+		{"unreachable addr", []string{"--addr", "127.0.0.1:1", "--requests", "10", "--warmup", "0"}, 2},
 		{"help", []string{"-h"}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
-			if got := Main(tc.args, &out, &errOut); got != tc.want {
+			if got := Main(t.Context(), tc.args, &out, &errOut); got != tc.want {
 				t.Errorf("Main(%q) = %d, want %d (stderr %q)", tc.args, got, tc.want, errOut.String())
 			}
 		})
 	}
 }
 
+// TestMainHelp: -h prints the help to stdout with --flags, as every other
+// m1 command does; a usage error goes to stderr.
+func TestMainHelp(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if got := Main(t.Context(), []string{"-h"}, &out, &errOut); got != 0 || errOut.Len() != 0 {
+		t.Fatalf("Main(-h) = %d, stderr %q; want 0 and nothing on stderr", got, errOut.String())
+	}
+	for _, want := range []string{"Usage:\n  m1 bench [flags]\n", "  --concurrency int\n      calls in flight per target (default \"16\")\n", "  --addr host:port\n", "  --json\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("Main(-h) stdout lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	if got := Main(t.Context(), []string{"--nope"}, &out, &errOut); got != 2 || out.Len() != 0 || !strings.Contains(errOut.String(), "Run 'm1 bench -h' for help.") {
+		t.Errorf("Main(--nope) = %d, stdout %q, stderr %q; want 2 and a short usage error on stderr", got, out.String(), errOut.String())
+	}
+}
+
 func TestMainJSON(t *testing.T) {
 	var out, errOut bytes.Buffer
-	if got := Main([]string{"--json", "--requests", "200", "--concurrency", "2", "--warmup", "10"}, &out, &errOut); got != 0 {
+	if got := Main(t.Context(), []string{"--json", "--requests", "200", "--concurrency", "2", "--warmup", "10"}, &out, &errOut); got != 0 {
 		t.Fatalf("Main(--json) = %d, want 0 (stderr %q)", got, errOut.String())
 	}
 	var rep Report

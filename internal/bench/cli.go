@@ -7,77 +7,67 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 	"unicode/utf8"
 )
 
 // Main is `m1 bench`: it parses args (the arguments after "bench"), runs the
-// benchmark until it ends or the process is interrupted, and writes the
-// report to stdout, as a table or with --json as JSON. It returns the exit
-// code: 0 when every call was allowed, 1 when a run failed or any call
-// failed or was denied (the report is still written), 2 for bad usage.
-func Main(args []string, stdout, stderr io.Writer) int {
+// benchmark until it ends or ctx is cancelled (cmd/m1 cancels it on SIGINT
+// and SIGTERM), and writes the report to stdout, as a table or with --json
+// as JSON. Its exit status follows the m1 command's (0 allow, 1 deny,
+// 2 error): 0 when every call was allowed, 1 when the run completed but
+// some calls failed or were not allowed (the report is still written),
+// 2 for bad usage or a run that failed (m1-authz unreachable, no call
+// completed, a time limit before any result). -h prints help to stdout.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	opts := DefaultOptions()
 	fs := flag.NewFlagSet("m1 bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // errors and help are written below, as by the other m1 commands
+	fs.Usage = func() {}
 	fs.IntVar(&opts.Concurrency, "concurrency", opts.Concurrency, "calls in flight per target")
 	fs.IntVar(&opts.Connections, "connections", opts.Connections, "gRPC connections the calls share")
 	fs.IntVar(&opts.Requests, "requests", opts.Requests, "measured calls per target (when --duration is 0)")
 	fs.DurationVar(&opts.Duration, "duration", opts.Duration, "measured time per target instead of --requests (0 = use --requests; at most "+MaxDuration.String()+")")
 	fs.IntVar(&opts.Warmup, "warmup", opts.Warmup, "unmeasured calls per target before measuring (they also fill m1-authz's decision cache)")
-	fs.StringVar(&opts.Addr, "addr", "", "a running m1-authz (loopback host:port) to measure instead of an in-process one")
+	fs.StringVar(&opts.Addr, "addr", "", "a running m1-authz (loopback `host:port`) to measure instead of an in-process one")
 	fs.BoolVar(&opts.Audit, "audit", false, "the in-process m1-authz also audits every decision to SQLite")
 	fs.Float64Var(&opts.Rate, "rate", 0, "measured calls started per second per target (latency at a fixed load); 0 = as fast as they are answered")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
-	fs.Usage = func() {
-		fmt.Fprint(stderr, `Usage: m1 bench [flags]
-
-Measures ext_authz Check throughput and latency of m1-authz (in-process with
-the default policy, on its decision-cache hit path, or --addr) against a no-op
-ext_authz server, with ghz on 127.0.0.1. The request is an MCP tools/call of
-read_file that the default policy allows; a deny counts as an error.
-
-Flags:
-`)
-		fs.PrintDefaults()
+	usageErr := func(err error) int {
+		fmt.Fprintf(stderr, "m1 bench: %v\nUsage: %s\nRun 'm1 bench -h' for help.\n", err, synopsis)
+		return 2
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			printUsage(stdout, fs)
 			return 0
 		}
-		return 2
+		return usageErr(err)
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "m1 bench: unexpected argument %q\n", fs.Arg(0))
-		return 2
+		return usageErr(fmt.Errorf("unexpected argument %q", fs.Arg(0)))
 	}
 	if err := opts.validate(); err != nil {
-		fmt.Fprintln(stderr, "m1 bench:", err)
-		return 2
+		return usageErr(err)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	rep, err := Run(ctx, opts)
 	if err != nil {
 		fmt.Fprintln(stderr, "m1 bench:", err)
-		return 1
+		return 2
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
-			fmt.Fprintln(stderr, "m1 bench:", err)
-			return 1
-		}
-	} else if err := WriteTable(stdout, rep); err != nil {
+		err = enc.Encode(rep)
+	} else {
+		err = WriteTable(stdout, rep)
+	}
+	if err != nil {
 		fmt.Fprintln(stderr, "m1 bench:", err)
-		return 1
+		return 2
 	}
 	code := 0
 	for _, t := range rep.Targets {
@@ -87,6 +77,34 @@ Flags:
 		}
 	}
 	return code
+}
+
+const synopsis = "m1 bench [flags]"
+
+const description = `Measure ext_authz Check throughput and latency of m1-authz (in-process with
+the default policy, on its decision-cache hit path, or --addr) against a no-op
+ext_authz server, with ghz on 127.0.0.1. The request is an MCP tools/call of
+read_file that the default policy allows; a deny counts as an error.
+
+Exit status: 0 every call allowed, 1 some calls failed or were denied (the
+report is still written), 2 error (bad flags, m1-authz unreachable, no call
+completed).`
+
+// printUsage writes the help as every m1 command does: synopsis,
+// description, then each flag as --name with its default.
+func printUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "Usage:\n  %s\n\n%s\n\nFlags:\n", synopsis, description)
+	fs.VisitAll(func(f *flag.Flag) {
+		typ, text := flag.UnquoteUsage(f)
+		line := "  --" + f.Name
+		if typ != "" {
+			line += " " + typ
+		}
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "0s" {
+			text += fmt.Sprintf(" (default %q)", f.DefValue)
+		}
+		fmt.Fprintf(w, "%s\n      %s\n", line, text)
+	})
 }
 
 // WriteTable writes rep as a table: one row per target, then the ratio of

@@ -57,7 +57,9 @@ The orchestrator is --orchestrator ($M1_ORCHESTRATOR_URL), called with the
 bearer token $M1_ADMIN_TOKEN when that is set. The token's sub is the
 proposal's agent, aud --aud ($M1_AUDIENCE), act.sub --operator ($USER); it
 is valid for --ttl, which must not exceed the sidecars'
-$M1_APPROVAL_TOKEN_TTL_MINUTES (--max-ttl-minutes) when that is set.
+$M1_APPROVAL_TOKEN_TTL_MINUTES (--max-ttl-minutes) when that is set. It
+is signed as by 'm1 token mint': --key ($M1_SIGNING_KEY), or for HS256
+(--alg or $M1_JWT_ALGORITHM) the secret $M1_JWT_SECRET.
 
 Exit status: 0 done, 1 an approval or rejection was refused by the
 orchestrator, 2 error (bad flags, a proposal that cannot be approved or is
@@ -68,7 +70,7 @@ func runApprove(ctx context.Context, c *cmdIO, args []string) int {
 	env["orchestrator"] = "M1_ORCHESTRATOR_URL"
 	env["policy-dir"] = "M1_POLICY_DIR"
 	fs := newFlagSet("approve",
-		"m1 approve [ID...] [--auto-risk RISK [--yes]] [--orchestrator URL] [--key FILE | --secret-env NAME] [--aud AUD] [flags]",
+		"m1 approve [ID...] [--auto-risk RISK [--yes]] [--orchestrator URL] [--key FILE | --alg HS256 | --secret-env NAME] [--aud AUD] [flags]",
 		approveDescription, env)
 	var sf signing
 	sf.register(fs, "operator", "the approving `operator`, recorded as act.sub")

@@ -6,8 +6,8 @@ import (
 	"github.com/m1-agent/m1/internal/bench"
 )
 
-// runBench is "m1 bench": package bench parses its own flags and handles
-// interrupts.
-func runBench(_ context.Context, c *cmdIO, args []string) int {
-	return bench.Main(args, c.stdout, c.stderr)
+// runBench is "m1 bench": package bench parses its own flags; ctx ends the
+// run.
+func runBench(ctx context.Context, c *cmdIO, args []string) int {
+	return bench.Main(ctx, args, c.stdout, c.stderr)
 }

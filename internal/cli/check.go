@@ -43,10 +43,11 @@ func runCheck(ctx context.Context, c *cmdIO, args []string) int {
 	fs := newFlagSet("check", "m1 check [flags]", checkDescription, map[string]string{
 		"addr":            "M1_AUTHZ_ADDR",
 		"approval-header": "M1_APPROVAL_HEADER",
+		"path":            "M1_MCP_PATH",
 	})
 	addr := fs.String("addr", defaultAuthzAddr, "m1-authz ext_authz gRPC `address` (host:port)")
 	method := fs.String("method", "POST", "HTTP `method`")
-	path := fs.String("path", "/mcp", "request `path`, with the query")
+	path := fs.String("path", "/mcp", "request `path`, with the query (the sidecars' MCP path by default)")
 	host := fs.String("host", "localhost", "request `host` (the :authority)")
 	var headers, contextExt listFlag
 	fs.Var(&headers, "header", "request header `name=value` or 'name: value' (repeatable)")
@@ -76,13 +77,11 @@ func runCheck(ctx context.Context, c *cmdIO, args []string) int {
 	var err error
 	if *request != "" {
 		var conflict []string
-		fs.Visit(func(f *flag.Flag) {
-			for _, n := range requestFlags {
-				if f.Name == n {
-					conflict = append(conflict, "--"+n)
-				}
+		for _, n := range requestFlags {
+			if fs.given[n] { // on the command line: a default from the environment is no conflict
+				conflict = append(conflict, "--"+n)
 			}
-		})
+		}
 		if len(conflict) > 0 {
 			code, _ := usageError(fs, c, fmt.Errorf("--request cannot be combined with %s", strings.Join(conflict, ", ")))
 			return code

@@ -299,6 +299,38 @@ func TestCheckDryRun(t *testing.T) {
 			wantHeaders: map[string]string{"x-approval": "tok-3"},
 		},
 		{
+			name:        "MCP path from env",
+			env:         map[string]string{"M1_MCP_PATH": "/rpc"},
+			args:        []string{"--tool", "read_file"},
+			wantHeaders: map[string]string{":path": "/rpc"},
+			check: func(t *testing.T, h *authv3.AttributeContext_HttpRequest, _ *authv3.AttributeContext) {
+				if h.GetPath() != "/rpc" {
+					t.Errorf("path = %q, want $M1_MCP_PATH /rpc", h.GetPath())
+				}
+			},
+		},
+		{
+			name:        "path flag beats env",
+			env:         map[string]string{"M1_MCP_PATH": "/rpc"},
+			args:        []string{"--tool", "read_file", "--path", "/mcp?session=1"},
+			wantHeaders: map[string]string{":path": "/mcp?session=1"},
+			check: func(t *testing.T, h *authv3.AttributeContext_HttpRequest, _ *authv3.AttributeContext) {
+				if h.GetPath() != "/mcp?session=1" {
+					t.Errorf("path = %q, want --path /mcp?session=1", h.GetPath())
+				}
+			},
+		},
+		{
+			name: "request file with M1_MCP_PATH set",
+			env:  map[string]string{"M1_MCP_PATH": "/rpc"},
+			args: []string{"--request", filepath.Join(fixtures, "mcp-ping.json")},
+			check: func(t *testing.T, h *authv3.AttributeContext_HttpRequest, _ *authv3.AttributeContext) {
+				if h.GetPath() != "/mcp" {
+					t.Errorf("path = %q, want the file's /mcp (--request is sent as is)", h.GetPath())
+				}
+			},
+		},
+		{
 			name:        "headers, host, principal, addresses, context",
 			args:        []string{"--header", "Host=tools.local", "--header", "accept: application/json", "--header", "Accept=text/event-stream", "--principal", "spiffe://a/b", "--source", "10.0.0.5:53122", "--destination", "10.0.0.9:8080", "--context", "agent=agent-42", "--method", "GET"},
 			wantHeaders: map[string]string{":authority": "tools.local", "accept": "application/json,text/event-stream", ":method": "GET"},

@@ -1,6 +1,7 @@
 // Package cli is the m1 operator command: it parses the command line,
-// dispatches to the subcommands (check, policy, bench, version, help) and
-// returns the exit status. cmd/m1 only calls [Main].
+// dispatches to the subcommands (check, policy, preflight, bench, …) and
+// returns the exit status. cmd/m1 only turns signals into a context and
+// calls [Main].
 //
 // Exit statuses are the same for every command that decides: 0 allow (or
 // success), 1 deny (or a failing test), 2 an error (bad flags, unreadable
@@ -14,11 +15,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"runtime"
 	"slices"
 	"strings"
-	"syscall"
 )
 
 // Version is the m1 version, set at build time with
@@ -53,6 +52,7 @@ func commands() []command {
 	return []command{
 		{"check", "send a request to m1-authz as Envoy's ext_authz filter would; print the decision", runCheck},
 		{"policy", "test a policy bundle, or evaluate its decision for one input", runPolicy},
+		{"preflight", "check an m1-authz configuration before rollout: policy, keys, store, Redis, ports", runPreflight},
 		{"bench", "load-test m1-authz (see m1 bench -h)", runBench},
 		{"health", "probe an m1-authz health endpoint (container HEALTHCHECK)", runHealth},
 		{"keys", "generate approval signing keys and the public JWKS", runKeys},
@@ -69,10 +69,9 @@ func commands() []command {
 }
 
 // Main runs the m1 command line args (without the program name) and returns
-// the exit status. SIGINT and SIGTERM cancel the command in progress.
-func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+// the exit status. Cancelling ctx (cmd/m1 does on SIGINT and SIGTERM)
+// cancels the command in progress. The environment is the process's.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return run(ctx, args, &cmdIO{stdin: stdin, stdout: stdout, stderr: stderr, lookupEnv: os.LookupEnv})
 }
 
@@ -138,6 +137,7 @@ type flagSet struct {
 	synopsis    string
 	description string
 	env         map[string]string // flag name -> environment variable
+	given       map[string]bool   // flags given on the command line (after parse)
 }
 
 // newFlagSet returns an empty flag set for the command. env maps flag names
@@ -227,10 +227,10 @@ func parse(fs *flagSet, c *cmdIO, args []string, minArgs, maxArgs int) (code int
 		}
 		return usageError(fs, c, err)
 	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	fs.given = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { fs.given[f.Name] = true })
 	for name, e := range fs.env {
-		if given[name] {
+		if fs.given[name] {
 			continue
 		}
 		if v, ok := c.lookupEnv(e); ok && v != "" {

@@ -23,7 +23,7 @@ type runResult struct {
 func m1(t *testing.T, stdin string, args ...string) runResult {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	code := Main(args, strings.NewReader(stdin), &out, &errOut)
+	code := Main(t.Context(), args, strings.NewReader(stdin), &out, &errOut)
 	return runResult{code, out.String(), errOut.String()}
 }
 
@@ -73,6 +73,9 @@ func TestHelpAndUsage(t *testing.T) {
 		{"--version", []string{"--version"}, 0, "m1 dev", ""},
 		{"version with argument", []string{"version", "x"}, 2, "", "unexpected arguments"},
 		{"bench dispatched", []string{"bench", "--no-such-flag"}, 2, "", "no-such-flag"},
+		{"bench -h like the others", []string{"bench", "-h"}, 0, "Usage:\n  m1 bench [flags]", ""},
+		{"help bench", []string{"help", "bench"}, 0, "  --requests int\n", ""},
+		{"help lists preflight", []string{"help"}, 0, "preflight", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -25,7 +25,7 @@ Exit status: 0 signed, 2 error.`
 
 func runGrant(_ context.Context, c *cmdIO, args []string) int {
 	fs := newFlagSet("grant",
-		"m1 grant --agent AGENT --tools a,b,c* --max-uses N [--ttl DURATION] [--key FILE | --secret-env NAME] [--aud AUD] [--run RUN_ID] [flags]",
+		"m1 grant --agent AGENT --tools a,b,c* --max-uses N [--ttl DURATION] [--key FILE | --alg HS256 | --secret-env NAME] [--aud AUD] [--run RUN_ID] [flags]",
 		grantDescription, signingEnv("operator"))
 	var sf signing
 	sf.register(fs, "operator", "the granting `operator`, recorded as act.sub")

@@ -54,8 +54,10 @@ the file once its tokens have expired; sidecars reload the file on change).
 atomically. An existing private key file, or a kid already in the set, is
 an error unless --force.
 
-HS256 has no key pair: set the same random secret of 32 bytes or more as
-M1_JWT_SECRET on every sidecar and mint with 'm1 token mint --secret-env'.`
+HS256 has no key pair (this command refuses it, also from
+$M1_JWT_ALGORITHM): set the same random secret of 32 bytes or more as
+M1_JWT_SECRET on every sidecar and where m1 signs, and sign with
+M1_JWT_ALGORITHM=HS256 (or --alg HS256).`
 
 // jwksFileName is the public key set m1 keys gen maintains in --out.
 const jwksFileName = "jwks.json"
@@ -75,8 +77,13 @@ func runKeysGen(_ context.Context, c *cmdIO, args []string) int {
 	switch *alg {
 	case approval.AlgEdDSA, approval.AlgES256, approval.AlgRS256:
 	case approval.AlgHS256:
-		code, _ := usageError(fs, c, errors.New("--alg HS256 has no key pair: set a random secret of 32 bytes or more as M1_JWT_SECRET on the sidecars and mint with --secret-env"))
-		return code
+		from := "--alg"
+		if !fs.given["alg"] {
+			from = "$M1_JWT_ALGORITHM"
+		}
+		return fail(c, "keys gen", fmt.Errorf("%s is HS256: HS256 keys are a shared secret (M1_JWT_SECRET), not a key pair, so there is nothing to generate. "+
+			"Set the same random secret of 32 bytes or more (e.g. openssl rand -base64 48) as M1_JWT_SECRET on the sidecars and where m1 signs; "+
+			"for a key pair, use --alg EdDSA, ES256 or RS256", from))
 	default:
 		code, _ := usageError(fs, c, fmt.Errorf("--alg %q: want EdDSA, ES256 or RS256", *alg))
 		return code

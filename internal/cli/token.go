@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -17,8 +18,8 @@ import (
 )
 
 const tokenUsage = `Usage:
-  m1 token mint (--key FILE | --secret-env NAME) --sub AGENT --aud AUD --tool TOOL [--args JSON] [flags]
-  m1 token mint (--key FILE | --secret-env NAME) --sub AGENT --aud AUD --grant --tools a,b,c* --max-uses N [flags]
+  m1 token mint (--key FILE | --alg HS256 | --secret-env NAME) --sub AGENT --aud AUD --tool TOOL [--args JSON] [flags]
+  m1 token mint (--key FILE | --alg HS256 | --secret-env NAME) --sub AGENT --aud AUD --grant --tools a,b,c* --max-uses N [flags]
   m1 token inspect TOKEN|- [--jwks FILE] [--aud AUD] [--tool TOOL [--args JSON]]
 
 Commands:
@@ -70,9 +71,12 @@ exactly, …) are refused here too. A grant (--grant) allows calls of the
 tools matching --tools (exact names or prefix*, never a bare *), with any
 arguments the policy accepts, at most --max-uses times.
 
-The key is a private JWK from 'm1 keys gen' (--key), or for HS256 the
-shared secret read from the environment variable named by --secret-env
-(never from a flag value). The token is valid for --ttl from now; the
+The algorithm is --alg, else $M1_JWT_ALGORITHM, else EdDSA. EdDSA, ES256
+and RS256 sign with a private JWK from 'm1 keys gen' (--key); when the
+algorithm is set, the key must be of it. HS256 signs with the shared secret
+in $M1_JWT_SECRET, the sidecars' own, or in the variable named by
+--secret-env (never from a flag value); --secret-env alone implies HS256. A
+secret under 32 bytes is refused, as m1-authz refuses it. The token is valid for --ttl from now; the
 sidecars refuse a lifetime longer than their
 M1_APPROVAL_TOKEN_TTL_MINUTES, and so does this command when
 --max-ttl-minutes (or that variable) is set. --nbf-skew backdates iat and
@@ -83,7 +87,7 @@ Exit status: 0 minted, 2 error.`
 
 func runTokenMint(_ context.Context, c *cmdIO, args []string) int {
 	fs := newFlagSet("token mint",
-		"m1 token mint (--key FILE | --secret-env NAME) --sub AGENT --aud AUD (--tool TOOL [--args JSON] | --grant --tools LIST --max-uses N) [flags]",
+		"m1 token mint (--key FILE | --alg HS256 | --secret-env NAME) --sub AGENT --aud AUD (--tool TOOL [--args JSON] | --grant --tools LIST --max-uses N) [flags]",
 		tokenMintDescription, signingEnv("act"))
 	var sf signing
 	sf.register(fs, "act", "the approving `operator` (act.sub)")
@@ -179,19 +183,25 @@ func runTokenMint(_ context.Context, c *cmdIO, args []string) int {
 }
 
 // signing is what the commands that sign tokens (token mint, approve,
-// grant) share: the key, the issuer, audience and operator, and the
-// lifetime.
+// grant) share: the algorithm and key, the issuer, audience and operator,
+// and the lifetime.
 type signing struct {
+	alg                string // --alg, $M1_JWT_ALGORITHM; "" = EdDSA, or the --key file's own
 	keyFile, secretEnv string
 	aud, iss, actor    string
 	ttl                time.Duration
 	maxTTLMinutes      int
 }
 
+// secretVar is where an HS256 secret comes from when --secret-env does not
+// name another variable: the sidecars' own setting.
+const secretVar = "M1_JWT_SECRET"
+
 // signingEnv is the environment behind the signing flags; actorFlag names
 // the flag of the operator (act.sub), whose default is $USER.
 func signingEnv(actorFlag string) map[string]string {
 	return map[string]string{
+		"alg":             "M1_JWT_ALGORITHM",
 		"key":             "M1_SIGNING_KEY",
 		"aud":             "M1_AUDIENCE",
 		actorFlag:         "USER",
@@ -201,8 +211,9 @@ func signingEnv(actorFlag string) map[string]string {
 
 // register adds the signing flags to fs; the operator's flag is actorFlag.
 func (s *signing) register(fs *flagSet, actorFlag, actorUsage string) {
+	fs.StringVar(&s.alg, "alg", "", "signing `algorithm`: EdDSA (the default), ES256 or RS256 with --key; HS256 with the shared secret $M1_JWT_SECRET (or --secret-env)")
 	fs.StringVar(&s.keyFile, "key", "", "private JWK `file` written by m1 keys gen")
-	fs.StringVar(&s.secretEnv, "secret-env", "", "HS256: read the secret from the environment variable `NAME`")
+	fs.StringVar(&s.secretEnv, "secret-env", "", "HS256: read the secret from the environment variable `NAME` instead of $M1_JWT_SECRET")
 	fs.StringVar(&s.aud, "aud", "", "`audience`: the tool service's M1_AUDIENCE (comma-separated for several)")
 	fs.StringVar(&s.iss, "iss", "m1-cli", "`issuer`")
 	fs.StringVar(&s.actor, actorFlag, "", actorUsage)
@@ -210,13 +221,28 @@ func (s *signing) register(fs *flagSet, actorFlag, actorUsage string) {
 	fs.IntVar(&s.maxTTLMinutes, "max-ttl-minutes", 0, "refuse a --ttl longer than this many `minutes`, the sidecars' limit (0: no check)")
 }
 
+// hs256 reports whether the token is signed with a shared secret: --alg
+// HS256, or --secret-env without an algorithm.
+func (s *signing) hs256() bool {
+	return s.alg == approval.AlgHS256 || (s.alg == "" && s.secretEnv != "")
+}
+
 // check validates the signing flags; its error is a usage error.
 func (s *signing) check() error {
+	switch s.alg {
+	case "", approval.AlgEdDSA, approval.AlgES256, approval.AlgRS256, approval.AlgHS256:
+	default:
+		return fmt.Errorf("--alg %q ($M1_JWT_ALGORITHM): want EdDSA, ES256, RS256 or HS256", s.alg)
+	}
 	switch {
-	case s.keyFile == "" && s.secretEnv == "":
-		return errors.New("a key is required: --key FILE ($M1_SIGNING_KEY), or --secret-env NAME for HS256")
 	case s.keyFile != "" && s.secretEnv != "":
 		return errors.New("--key ($M1_SIGNING_KEY) and --secret-env cannot be combined")
+	case s.hs256() && s.keyFile != "":
+		return errors.New("HS256 signs with the shared secret $M1_JWT_SECRET (or --secret-env NAME), not a --key file ($M1_SIGNING_KEY); unset one of them")
+	case !s.hs256() && s.secretEnv != "":
+		return fmt.Errorf("--secret-env is for HS256, not --alg %s ($M1_JWT_ALGORITHM)", s.alg)
+	case !s.hs256() && s.keyFile == "":
+		return errors.New("a key is required: --key FILE ($M1_SIGNING_KEY); for HS256, set M1_JWT_ALGORITHM=HS256 (or --alg HS256) with the secret in $M1_JWT_SECRET")
 	case s.aud == "":
 		return errors.New("--aud (or $M1_AUDIENCE) is required")
 	case s.ttl < time.Second:
@@ -239,30 +265,42 @@ func (s *signing) audience() ([]string, error) {
 }
 
 // keyUsageError is a signing key that cannot be had because of how the
-// command was called (an unset or short --secret-env variable), as opposed
-// to a key file that cannot be read.
+// command was called (an unset or short secret, a key file of another
+// algorithm than --alg), as opposed to a key file that cannot be read.
 type keyUsageError struct{ err error }
 
 func (e *keyUsageError) Error() string { return e.err.Error() }
 func (e *keyUsageError) Unwrap() error { return e.err }
 
-// key loads the signing key: the HS256 secret from the environment
-// variable named by --secret-env (never from a flag value, which ps would
-// show), else the private JWK file --key. An error about --secret-env is a
-// *keyUsageError.
+// key loads the signing key (after check): for HS256 the secret from the
+// environment variable named by --secret-env, else $M1_JWT_SECRET (never
+// from a flag value, which ps would show), refused under 32 bytes as the
+// sidecars refuse it; else the private JWK file --key, which must be of
+// --alg when that is set. A usage problem is a *keyUsageError.
 func (s *signing) key(c *cmdIO) (*approval.SigningKey, error) {
-	if s.secretEnv != "" {
-		secret, ok := c.lookupEnv(s.secretEnv)
+	if s.hs256() {
+		name := cmp.Or(s.secretEnv, secretVar)
+		secret, ok := c.lookupEnv(name)
 		if !ok || secret == "" {
-			return nil, &keyUsageError{fmt.Errorf("--secret-env: $%s is not set", s.secretEnv)}
+			return nil, &keyUsageError{fmt.Errorf("HS256: $%s is not set", name)}
+		}
+		if len(secret) < approval.MinSecretLen {
+			return nil, &keyUsageError{fmt.Errorf("HS256: $%s must be at least %d bytes, got %d (m1-authz refuses a shorter M1_JWT_SECRET)", name, approval.MinSecretLen, len(secret))}
 		}
 		key, err := approval.HMACKey([]byte(secret))
 		if err != nil {
-			return nil, &keyUsageError{fmt.Errorf("--secret-env: $%s: %w", s.secretEnv, err)}
+			return nil, &keyUsageError{fmt.Errorf("HS256: $%s: %w", name, err)}
 		}
 		return key, nil
 	}
-	return approval.LoadSigningKey(s.keyFile)
+	key, err := approval.LoadSigningKey(s.keyFile)
+	if err != nil {
+		return nil, err
+	}
+	if s.alg != "" && key.Alg != s.alg {
+		return nil, &keyUsageError{fmt.Errorf("--key %s is an %s key, but the algorithm is %s (--alg, $M1_JWT_ALGORITHM)", s.keyFile, key.Alg, s.alg)}
+	}
+	return key, nil
 }
 
 // keyError reports an error of [signing.key] and returns exit status 2.
