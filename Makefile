@@ -19,11 +19,13 @@ run: build ## start m1-authz on embedded defaults (gRPC :9191, admin :9192)
 
 test: test-deps test-go test-rego ## go test -race plus the Rego tests of the default bundle
 
-# Install the servers the tests start (redis-server, PostgreSQL) when missing
-# and we can; without them those tests skip loudly (and fail under CI=1).
+# Install the servers the tests start (redis-server, PostgreSQL) and the
+# headless browser of the dashboard test (chromium) when missing and we can;
+# without them those tests skip loudly (and fail under CI=1).
 test-deps:
 	@need=""; command -v redis-server >/dev/null || need="$$need redis-server"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
+	command -v chromium >/dev/null || need="$$need chromium"; \
 	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$need for the tests"; \

@@ -1,5 +1,6 @@
 // Package admin serves m1-authz's admin HTTP port: open health and metrics
-// endpoints, and a JSON API behind a bearer token (DESIGN §8).
+// endpoints, and the dashboard page and a JSON API behind a bearer token
+// (DESIGN §8).
 package admin
 
 import (
@@ -46,9 +47,13 @@ type Options struct {
 	Health   func() Report           // called per request
 	API      map[string]func() any   // JSON documents under /api/m1/dashboard/{name}
 	Routes   map[string]http.Handler // further authenticated routes, by ServeMux pattern
+	// AllowedOrigins are the browser origins allowed to call the API under
+	// /api/ cross-origin (CORS; see ParseOrigins); none = same origin only.
+	AllowedOrigins []string
 }
 
-// NewHandler returns the admin HTTP handler.
+// NewHandler returns the admin HTTP handler: the dashboard page at /, its
+// assets under /assets/, health and metrics open, the rest behind o.Token.
 func NewHandler(o Options) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
@@ -78,8 +83,10 @@ func NewHandler(o Options) http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "started"})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /assets/{name}", serveAsset)
 
 	api := http.NewServeMux()
+	api.HandleFunc("GET /{$}", servePage)
 	for name, fn := range o.API {
 		api.HandleFunc("GET /api/m1/dashboard/"+name, func(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusOK, fn())
@@ -92,7 +99,7 @@ func NewHandler(o Options) http.Handler {
 		WriteError(w, http.StatusNotFound, "not_found", "no such admin endpoint")
 	})
 	mux.Handle("/", RequireToken(o.Token, api))
-	return mux
+	return cors(o.AllowedOrigins, mux)
 }
 
 // RequireToken lets a request through only with "Authorization: Bearer

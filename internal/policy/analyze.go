@@ -16,29 +16,29 @@ type Needs struct {
 	// All is true when the policy uses input in a way that cannot be
 	// narrowed to top-level keys (a bare input, input[x] with a variable
 	// key, walk(input), with input as ...): build the whole input.
-	All bool
+	All bool `json:"all"`
 	// Attributes is input.attributes (the protojson CheckRequest
 	// attributes, the most expensive part to build).
-	Attributes bool
+	Attributes bool `json:"attributes"`
 	// ParsedPath is input.parsed_path.
-	ParsedPath bool
+	ParsedPath bool `json:"parsed_path"`
 	// ParsedQuery is input.parsed_query.
-	ParsedQuery bool
+	ParsedQuery bool `json:"parsed_query"`
 	// ParsedBody is input.parsed_body.
-	ParsedBody bool
+	ParsedBody bool `json:"parsed_body"`
 	// TruncatedBody is input.truncated_body.
-	TruncatedBody bool
+	TruncatedBody bool `json:"truncated_body"`
 	// Version is input.version.
-	Version bool
+	Version bool `json:"version"`
 	// M1 is input.m1.
-	M1 bool
+	M1 bool `json:"m1"`
 	// M1Paths are the constant paths below input.m1 that the policy reads,
 	// each cut at its first non-constant key: input.m1.token.m1.kind gives
 	// ["token","m1","kind"], input.m1.token[k] gives ["token"]. A path that
 	// is a prefix of another subsumes it. Nil when the policy reads all of
 	// input.m1 (input.m1 itself, or All); a cacheable decision depends on
 	// input.m1 only through these paths, so they may key the cache.
-	M1Paths [][]string
+	M1Paths [][]string `json:"m1_paths"`
 }
 
 // inputKeys maps the top-level input keys M1 builds to their Needs field.

@@ -67,15 +67,15 @@ type Engine struct {
 // Tool is one entry of the tool registry data.m1.tools.
 type Tool struct {
 	// Risk is "read", "write" or "execute" by convention ("" if absent).
-	Risk string
+	Risk string `json:"risk"`
 	// RequiresApproval is the entry's requires_approval; an entry without
 	// it requires approval (the default policy fails closed the same way).
-	RequiresApproval bool
+	RequiresApproval bool `json:"requires_approval"`
 	// Sensitive is the entry's sensitive flag (false if absent).
-	Sensitive bool
+	Sensitive bool `json:"sensitive"`
 	// Raw is the whole entry, JSON-shaped (numbers as json.Number), with
 	// any further fields (description, ...).
-	Raw map[string]any
+	Raw map[string]any `json:"raw"`
 }
 
 // Prepare parses and compiles the bundle's modules (not its tests), loads

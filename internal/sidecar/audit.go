@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -54,6 +55,23 @@ func (s *Server) setupAudit(ctx context.Context) error {
 	}
 	s.audit = rec
 	return nil
+}
+
+// records returns the store the audit trail writes to as store.Records:
+// the runs and LLM costs m1-orchestrator records there, for the dashboard.
+func (s *Server) records(ctx context.Context) (store.Records, error) {
+	if s.auditSink == nil {
+		return nil, errors.New("audit is off (M1_AUDIT=false): runs and costs are read from the audit store")
+	}
+	st, err := s.auditSink.Store(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("audit store unreachable: %w", err)
+	}
+	rec, ok := st.(store.Records)
+	if !ok {
+		return nil, fmt.Errorf("audit store %T keeps no runs", st)
+	}
+	return rec, nil
 }
 
 func (s *Server) databaseCheck() admin.Check {

@@ -8,6 +8,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/m1-agent/m1/internal/admin"
 )
 
 // Options configure m1-authz. Flags, env (M1_*) and the config file fill
@@ -16,6 +18,7 @@ type Options struct {
 	GRPCAddr         string        // ext_authz gRPC listen address
 	AdminAddr        string        // admin HTTP listen address
 	AdminToken       string        // bearer token for the admin API; random when empty
+	AllowedOrigins   string        // comma-separated browser origins allowed to call the admin API (CORS); empty = same origin only
 	ApprovalHeader   string        // request header carrying the approval token
 	MCPPath          string        // path of the MCP endpoint
 	ToolsPathPrefix  string        // prefix of REST tool paths
@@ -26,6 +29,8 @@ type Options struct {
 	PolicyTimeout    time.Duration // per-evaluation timeout
 	CacheSize        int           // L1 decision cache entries; 0 disables the cache
 	CacheTTL         time.Duration // L1 decision cache entry lifetime
+	RateLimitMinute  int           // tool calls per principal per minute; 0 = no limit
+	RateLimitHour    int           // tool calls per principal per hour; 0 = no limit
 	DrainTimeout     time.Duration // how long Stop waits for in-flight checks
 	DataDir          string        // directory for local state (SQLite store, spool)
 	LogLevel         string        // read by main to build Logger
@@ -103,6 +108,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.StringVar(&o.GRPCAddr, "grpc-addr", o.GRPCAddr, "ext_authz gRPC listen address")
 	fs.StringVar(&o.AdminAddr, "admin-addr", o.AdminAddr, "admin HTTP listen address (health, metrics, API)")
 	fs.StringVar(&o.AdminToken, "admin-token", o.AdminToken, "bearer token for the admin API (random and logged once when empty)")
+	fs.StringVar(&o.AllowedOrigins, "allowed-origins", o.AllowedOrigins, "comma-separated browser origins (scheme://host[:port]) allowed to call the admin JSON API cross-origin (empty = same origin only)")
 	fs.StringVar(&o.ApprovalHeader, "approval-header", o.ApprovalHeader, "request header that carries the approval token")
 	fs.StringVar(&o.MCPPath, "mcp-path", o.MCPPath, "path of the MCP endpoint")
 	fs.StringVar(&o.ToolsPathPrefix, "tools-path-prefix", o.ToolsPathPrefix, "path prefix of REST tool calls")
@@ -113,6 +119,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.DurationVar(&o.PolicyTimeout, "policy-timeout", o.PolicyTimeout, "per-evaluation policy timeout (deny policy_error when exceeded)")
 	fs.IntVar(&o.CacheSize, "cache-size", o.CacheSize, "L1 decision cache entries (0 disables the cache)")
 	fs.DurationVar(&o.CacheTTL, "cache-ttl", o.CacheTTL, "L1 decision cache entry lifetime")
+	fs.IntVar(&o.RateLimitMinute, "rate-limit-per-minute", o.RateLimitMinute, "tool calls each principal may make per minute, shared through Redis when set (0 = no limit); past it: 429 rate_limited")
+	fs.IntVar(&o.RateLimitHour, "rate-limit-per-hour", o.RateLimitHour, "tool calls each principal may make per hour (0 = no limit)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "how long shutdown waits for in-flight checks")
 	fs.StringVar(&o.DataDir, "data-dir", o.DataDir, "directory for local state")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "log level: debug (one line per decision), info, warn, error")
@@ -141,6 +149,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 		"grpc-addr":                  "M1_GRPC_ADDR",
 		"admin-addr":                 "M1_ADMIN_ADDR",
 		"admin-token":                "M1_ADMIN_TOKEN",
+		"allowed-origins":            "ALLOWED_ORIGINS",
 		"approval-header":            "M1_APPROVAL_HEADER",
 		"mcp-path":                   "M1_MCP_PATH",
 		"tools-path-prefix":          "M1_TOOLS_PATH_PREFIX",
@@ -151,6 +160,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 		"policy-timeout":             "M1_POLICY_TIMEOUT",
 		"cache-size":                 "M1_CACHE_SIZE",
 		"cache-ttl":                  "M1_CACHE_TTL",
+		"rate-limit-per-minute":      "RATE_LIMIT_REQUESTS_PER_MINUTE",
+		"rate-limit-per-hour":        "RATE_LIMIT_REQUESTS_PER_HOUR",
 		"drain-timeout":              "M1_DRAIN_TIMEOUT",
 		"data-dir":                   "M1_DATA_DIR",
 		"log-level":                  "LOG_LEVEL",
@@ -204,6 +215,10 @@ func (o *Options) validate() error {
 		return fmt.Errorf("CacheSize (M1_CACHE_SIZE) must not be negative")
 	case o.CacheSize > 0 && o.CacheTTL <= 0:
 		return fmt.Errorf("CacheTTL (M1_CACHE_TTL) must be positive")
+	case o.RateLimitMinute < 0:
+		return fmt.Errorf("RateLimitMinute (RATE_LIMIT_REQUESTS_PER_MINUTE) must not be negative, got %d", o.RateLimitMinute)
+	case o.RateLimitHour < 0:
+		return fmt.Errorf("RateLimitHour (RATE_LIMIT_REQUESTS_PER_HOUR) must not be negative, got %d", o.RateLimitHour)
 	case (o.JWKSFile != "" || o.JWTSecret != "") && o.Audience == "":
 		return fmt.Errorf("Audience (M1_AUDIENCE) is required when approval keys are set (M1_JWKS_FILE or M1_JWT_SECRET)")
 	case o.JWTSecret != "" && len(o.JWTSecret) < 32:
@@ -222,6 +237,9 @@ func (o *Options) validate() error {
 		return fmt.Errorf("PruneEvery (M1_AUDIT_PRUNE_INTERVAL) must be 0 or at least 1m")
 	case o.Logger == nil || o.Registerer == nil || o.Gatherer == nil || o.Now == nil:
 		return fmt.Errorf("Logger, Registerer, Gatherer and Now are required")
+	}
+	if _, err := admin.ParseOrigins(o.AllowedOrigins); err != nil {
+		return fmt.Errorf("AllowedOrigins (ALLOWED_ORIGINS): %w", err)
 	}
 	if o.GRPCMaxRecvBytes == 0 {
 		o.GRPCMaxRecvBytes = int(o.MaxBodyBytes) + 256<<10

@@ -10,8 +10,10 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/admin"
 	"github.com/m1-agent/m1/internal/cache/rediscache"
+	"github.com/m1-agent/m1/internal/ratelimit"
 	"github.com/m1-agent/m1/internal/redisconn"
 	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/internal/state/redisstate"
@@ -80,6 +82,24 @@ func (s *Server) setupRedis() error {
 		})
 	}
 	return nil
+}
+
+// rateLimiter returns the tool-call rate limiter, nil without limits:
+// shared through Redis when REDIS_URL is set, in this process otherwise.
+func (s *Server) rateLimiter() (authz.RateLimiter, error) {
+	limits := ratelimit.Limits{PerMinute: s.opts.RateLimitMinute, PerHour: s.opts.RateLimitHour}
+	if !limits.Enabled() {
+		return nil, nil
+	}
+	local, err := ratelimit.NewLocal(limits, s.opts.Now)
+	if err != nil {
+		return nil, err
+	}
+	if s.redis == nil {
+		return local, nil
+	}
+	ms := time.Duration(s.opts.RedisCommandTimeoutMS) * time.Millisecond
+	return ratelimit.NewRedis(s.redis.Client(), limits, local, min(ms, maxStateWait), s.log.Named("ratelimit"))
 }
 
 // invalidate handles another sidecar's bundle change or cache flush.

@@ -266,3 +266,24 @@ func TestCacheFlushReachesTheOtherSidecar(t *testing.T) {
 	resp.Body.Close()
 	waitUntil(t, "B's L1 is flushed by A's flush", func() bool { return p.b.cache.Len() == 0 })
 }
+
+// RATE_LIMIT_REQUESTS_PER_MINUTE across two sidecars on one Redis: the
+// principal's count is shared, and the refusal is 429 rate_limited.
+func TestTwoSidecarsShareRateLimits(t *testing.T) {
+	p := startSharedPair(t, func(o *Options) { o.RateLimitMinute = 3 })
+	ca, cb := checkClient(t, p.a), checkClient(t, p.b)
+	ctx := context.Background()
+	for i, c := range []authv3.AuthorizationClient{ca, cb, ca, cb} {
+		resp, err := c.Check(ctx, writeCall(p.mintFor(t, `{"path":"/tmp/shared"}`)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		allowed := resp.GetStatus().GetCode() == 0
+		if want := i < 3; allowed != want {
+			t.Fatalf("call %d of agent-42 (limit 3 a minute, two sidecars) allowed = %v (%s), want %v", i+1, allowed, resp.GetStatus().GetMessage(), want)
+		}
+		if !allowed && (resp.GetStatus().GetMessage() != "rate_limited" || resp.GetDeniedResponse().GetStatus().GetCode() != 429) {
+			t.Fatalf("call %d denied %s %v, want 429 rate_limited", i+1, resp.GetStatus().GetMessage(), resp.GetDeniedResponse().GetStatus())
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -132,6 +133,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	}
 	if s.verifier != nil {
 		ao.Tokens = s.verifier
+	}
+	if ao.RateLimit, err = s.rateLimiter(); err != nil {
+		return nil, err
 	}
 	if s.authz, err = authz.New(ao, engine); err != nil {
 		return nil, err
@@ -435,13 +439,17 @@ func (s *Server) adminHandler() http.Handler {
 		DefaultJTITTL: time.Duration(s.opts.TokenTTLMinutes)*time.Minute + 2*s.opts.ClockSkew,
 		Now:           s.opts.Now,
 	}
+	dashboard := &admin.DashboardAPI{Gatherer: s.opts.Gatherer, Records: s.records, Now: s.opts.Now}
 	routes := revocations.Routes()
+	maps.Copy(routes, dashboard.Routes())
 	routes["POST /api/m1/cache/flush"] = http.HandlerFunc(s.flushCache)
+	origins, _ := admin.ParseOrigins(s.opts.AllowedOrigins) // checked by validate
 	return admin.NewHandler(admin.Options{
-		Routes:   routes,
-		Token:    s.opts.AdminToken,
-		Gatherer: s.opts.Gatherer,
-		Health:   s.healthReport,
+		Routes:         routes,
+		Token:          s.opts.AdminToken,
+		Gatherer:       s.opts.Gatherer,
+		Health:         s.healthReport,
+		AllowedOrigins: origins,
 		API: map[string]func() any{
 			"health": func() any { return s.healthReport() },
 			"policy": func() any {
