@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/maypok86/otter/v2"
@@ -57,7 +58,11 @@ type Local struct {
 	buckets *otter.Cache[string, *pair]
 }
 
-type pair struct{ minute, hour *rate.Limiter }
+// pair is a principal's buckets; mu makes taking from both one step.
+type pair struct {
+	mu           sync.Mutex
+	minute, hour *rate.Limiter
+}
 
 // NewLocal returns a Local for limits; now is the clock (time.Now when nil).
 func NewLocal(limits Limits, now func() time.Time) (*Local, error) {
@@ -85,19 +90,27 @@ func (l *Local) Allow(_ context.Context, key string) Result {
 		}
 		return &pair{minute: bucket(l.limits.PerMinute, time.Minute), hour: bucket(l.limits.PerHour, time.Hour)}, otter.WriteOp
 	})
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	now := l.now()
-	for _, b := range []struct {
+	// A refused call takes nothing, from either bucket: with both checked
+	// before either is taken from, refusals never put a bucket in debt.
+	buckets := [...]struct {
 		lim  *rate.Limiter
 		name string
-	}{{p.minute, "minute"}, {p.hour, "hour"}} {
+	}{{p.minute, "minute"}, {p.hour, "hour"}}
+	for _, b := range buckets {
 		if b.lim == nil {
 			continue
 		}
-		if r := b.lim.ReserveN(now, 1); r.OK() {
-			if d := r.DelayFrom(now); d > 0 {
-				r.CancelAt(now)
-				return Result{RetryAfter: d, Limit: b.name}
-			}
+		if tokens := b.lim.TokensAt(now); tokens < 1 {
+			wait := time.Duration((1 - tokens) / float64(b.lim.Limit()) * float64(time.Second))
+			return Result{RetryAfter: max(wait, time.Nanosecond), Limit: b.name}
+		}
+	}
+	for _, b := range buckets {
+		if b.lim != nil {
+			b.lim.AllowN(now, 1)
 		}
 	}
 	return Result{Allowed: true}

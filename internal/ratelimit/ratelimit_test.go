@@ -159,3 +159,53 @@ func TestRedisSharedAndFallback(t *testing.T) {
 		}
 	}
 }
+
+// Refused calls take nothing: many of them at once, past the limit, do not
+// put the bucket in debt (they once did, locking a principal out for most
+// of an hour), and a call the hour refuses takes no minute token.
+func TestLocalRefusalsTakeNothing(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	lim, err := ratelimit.NewLocal(ratelimit.Limits{PerMinute: 60}, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for range 60 {
+		lim.Allow(ctx, "a")
+	}
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Go(func() {
+			for range 500 {
+				if lim.Allow(ctx, "a").Allowed {
+					t.Error("a call was allowed from an empty bucket")
+				}
+			}
+		})
+	}
+	wg.Wait()
+	advance(5 * time.Second) // 60 a minute: five more
+	for i := range 5 {
+		if r := lim.Allow(ctx, "a"); !r.Allowed {
+			t.Fatalf("call %d after 5s of refill = %+v, want allowed", i+1, r)
+		}
+	}
+
+	both, _ := ratelimit.NewLocal(ratelimit.Limits{PerMinute: 2, PerHour: 3}, clock)
+	for range 3 {
+		both.Allow(ctx, "b")
+		advance(time.Minute)
+	}
+	if r := both.Allow(ctx, "b"); r.Allowed || r.Limit != "hour" {
+		t.Fatalf("4th call in the hour = %+v, want refused by the hour limit", r)
+	}
+	advance(20 * time.Minute) // one hour token back; the minute bucket must be full
+	for i, want := range []bool{true, false} {
+		if r := both.Allow(ctx, "b"); r.Allowed != want {
+			t.Fatalf("call %d after the hour refilled one = %+v, want allowed %v", i+1, r, want)
+		}
+	}
+}
