@@ -84,7 +84,7 @@ func decimal(lit []byte, dst []byte) (digits []byte, exp int, neg bool) {
 		if err != nil {
 			// An exponent beyond int: no double is that far from 1
 			// unless the digits are zero. Far enough to match none.
-			v = 1 << 40
+			v = 1 << 30 // still past any double; fits a 32-bit int
 			if lit[i+1] == '-' {
 				v = -v
 			}

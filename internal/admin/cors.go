@@ -9,7 +9,8 @@ import (
 
 // ParseOrigins parses ALLOWED_ORIGINS: a comma-separated list of browser
 // origins (scheme://host[:port], http or https, nothing after the host).
-// Empty entries are skipped; the result is lower-cased. A wildcard is
+// Empty entries are skipped; the result is lower-cased, without a default
+// port (as browsers send an Origin). A wildcard is
 // refused: the API takes a bearer token, and any page could then spend a
 // token it got hold of.
 func ParseOrigins(list string) ([]string, error) {
@@ -23,6 +24,10 @@ func ParseOrigins(list string) ([]string, error) {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
 			u.User != nil || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
 			return nil, fmt.Errorf("origin %q: want scheme://host[:port] with scheme http or https", o)
+		}
+		// Browsers send the scheme's default port as no port at all.
+		if (u.Scheme == "https" && u.Port() == "443") || (u.Scheme == "http" && u.Port() == "80") {
+			o = u.Scheme + "://" + strings.TrimSuffix(u.Host, ":"+u.Port())
 		}
 		out = append(out, o)
 	}

@@ -2,7 +2,9 @@ package ratelimit_test
 
 import (
 	"context"
+	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,7 +119,7 @@ func newRedis(t *testing.T, srv *testenv.Redis, l ratelimit.Limits) (*ratelimit.
 	if err != nil {
 		t.Fatal(err)
 	}
-	lim, err := ratelimit.NewRedis(client, l, local, 200*time.Millisecond, nil)
+	lim, err := ratelimit.NewRedis(client, l, local, 200*time.Millisecond, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,6 +208,41 @@ func TestLocalRefusalsTakeNothing(t *testing.T) {
 	for i, want := range []bool{true, false} {
 		if r := both.Allow(ctx, "b"); r.Allowed != want {
 			t.Fatalf("call %d after the hour refilled one = %+v, want allowed %v", i+1, r, want)
+		}
+	}
+}
+
+// While the prober says Redis is down, calls count locally at once rather
+// than each waiting for Redis's timeout.
+func TestRedisSkippedWhileDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	client := redis.NewClient(&redis.Options{Addr: ln.Addr().String(), MaxRetries: -1})
+	t.Cleanup(func() { client.Close() })
+	l := ratelimit.Limits{PerMinute: 2}
+	local, _ := ratelimit.NewLocal(l, nil)
+	var up atomic.Bool
+	lim, err := ratelimit.NewRedis(client, l, local, time.Minute, up.Load, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan ratelimit.Result, 3)
+	go func() {
+		for range 3 {
+			done <- lim.Allow(context.Background(), "p")
+		}
+	}()
+	for i, want := range []bool{true, true, false} {
+		select {
+		case r := <-done:
+			if r.Allowed != want {
+				t.Fatalf("call %d with Redis down = %+v, want allowed %v (counted locally)", i+1, r, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("call %d waited on a Redis known to be down", i+1)
 		}
 	}
 }

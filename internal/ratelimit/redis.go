@@ -21,24 +21,33 @@ type Redis struct {
 	lim      *redis_rate.Limiter
 	fallback *Local
 	timeout  time.Duration
+	up       func() bool
 	log      *zap.Logger
 	down     atomic.Bool
 }
 
 // NewRedis returns a Redis limiter on client. Each call to Redis is bounded
-// by timeout; while Redis fails, fallback counts instead.
-func NewRedis(client redis.UniversalClient, limits Limits, fallback *Local, timeout time.Duration, log *zap.Logger) (*Redis, error) {
+// by timeout; while Redis fails, or while up (the connection prober; nil =
+// always try) says it is down, fallback counts instead, so that a hung
+// Redis does not add its timeout to every call.
+func NewRedis(client redis.UniversalClient, limits Limits, fallback *Local, timeout time.Duration, up func() bool, log *zap.Logger) (*Redis, error) {
 	if err := limits.validate(); err != nil {
 		return nil, err
 	}
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Redis{limits: limits, lim: redis_rate.NewLimiter(client), fallback: fallback, timeout: timeout, log: log}, nil
+	if up == nil {
+		up = func() bool { return true }
+	}
+	return &Redis{limits: limits, lim: redis_rate.NewLimiter(client), fallback: fallback, timeout: timeout, up: up, log: log}, nil
 }
 
 // Allow counts one call of key.
 func (r *Redis) Allow(ctx context.Context, key string) Result {
+	if !r.up() {
+		return r.fallback.Allow(ctx, key)
+	}
 	for _, l := range []struct {
 		name  string
 		n     int

@@ -274,7 +274,7 @@ func do(t *testing.T, method, url, token string, header map[string]string) *http
 
 func TestDashboardCORS(t *testing.T) {
 	o := testOptions(t)
-	o.AllowedOrigins = "https://ops.example.com, http://localhost:3000"
+	o.AllowedOrigins = "https://ops.example.com:443, http://localhost:3000" // the default port, as browsers never send it
 	s := startServer(t, o)
 	plain := startServer(t, testOptions(t)) // ALLOWED_ORIGINS empty
 	const allowed, other = "https://ops.example.com", "https://evil.example.com"

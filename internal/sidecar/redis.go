@@ -99,7 +99,7 @@ func (s *Server) rateLimiter() (authz.RateLimiter, error) {
 		return local, nil
 	}
 	ms := time.Duration(s.opts.RedisCommandTimeoutMS) * time.Millisecond
-	return ratelimit.NewRedis(s.redis.Client(), limits, local, min(ms, maxStateWait), s.log.Named("ratelimit"))
+	return ratelimit.NewRedis(s.redis.Client(), limits, local, min(ms, maxStateWait), s.redis.Connected, s.log.Named("ratelimit"))
 }
 
 // invalidate handles another sidecar's bundle change or cache flush.
