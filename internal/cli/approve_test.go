@@ -183,13 +183,20 @@ func verifyToken(t *testing.T, jwks, token string) *approval.Claims {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return verifiedClaims(t, keys, token)
+}
+
+// verifiedClaims verifies token against keys as a sidecar of tools.example
+// would, and returns its claims.
+func verifiedClaims(t *testing.T, keys *approval.KeySet, token string) *approval.Claims {
+	t.Helper()
 	v, err := approval.NewVerifier(approval.VerifierOptions{Keys: keys, Audience: "tools.example", CacheSize: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	claims, err := v.Verify(token)
 	if err != nil {
-		t.Fatalf("Verify(posted token) = %v, want a valid token", err)
+		t.Fatalf("Verify(%.20s…) = %v, want a valid token", token, err)
 	}
 	return claims
 }

@@ -18,15 +18,7 @@ func hs256Claims(t *testing.T, secret, token string) *approval.Claims {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := approval.NewVerifier(approval.VerifierOptions{Keys: ks, Audience: "tools.example", CacheSize: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := v.Verify(token)
-	if err != nil {
-		t.Fatalf("Verify(HS256 token) = %v, want valid", err)
-	}
-	return c
+	return verifiedClaims(t, ks, token)
 }
 
 // TestSigningAlgorithm covers how token mint, grant and approve choose
