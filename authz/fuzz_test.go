@@ -1,7 +1,10 @@
 package authz
 
 import (
+	"bytes"
 	"encoding/hex"
+	"encoding/json"
+	"strings"
 	"testing"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -11,8 +14,10 @@ import (
 )
 
 // FuzzParseCall feeds arbitrary paths and bodies to the parser. It must
-// never panic, and whatever it accepts as a tool call must hash like an
-// independent RFC 8785 implementation hashes the same arguments.
+// never panic; whatever it accepts as a tool call must hash like an
+// independent RFC 8785 implementation hashes the same arguments; and no
+// body it accepts has an object with two member names that a
+// case-insensitive reader would confuse.
 // Seeds: f.Add below and testdata/fuzz/FuzzParseCall.
 func FuzzParseCall(f *testing.F) {
 	f.Add("POST", "/mcp", []byte(mcpCall("read_file", `{"path":"/etc/hosts"}`)))
@@ -22,6 +27,8 @@ func FuzzParseCall(f *testing.F) {
 	f.Add("POST", "/mcp", []byte(`{"a":{"a":{"a":1,"a":2}}}`))
 	f.Add("POST", "/tools/x", []byte(`{"n":9007199254740993}`))
 	f.Add("GET", "/mcp", []byte(nil))
+	f.Add("POST", "/tools/read_file", []byte(`{"path":"public.txt","PATH":"secret.txt"}`))
+	f.Add("POST", "/mcp", []byte(mcpCall("x", `{"a":[{"s":1,"\u017f":2}]}`)))
 	f.Fuzz(func(t *testing.T, method, path string, body []byte) {
 		r := &authv3.AttributeContext_HttpRequest{Method: method, Path: path, RawBody: body}
 		c, err := ParseCall(r, HeadersOf(r), testParseOpts)
@@ -34,6 +41,11 @@ func FuzzParseCall(f *testing.F) {
 				t.Fatalf("RequestError status %d, want 400 or 413", err.Status)
 			}
 			return
+		}
+		if c.IsMCP || c.Kind == KindToolCall {
+			if a, b, dup := foldedDuplicate(body); dup {
+				t.Fatalf("accepted %q with member names %q and %q, equal under case folding", body, a, b)
+			}
 		}
 		if c.Kind != KindToolCall {
 			return
@@ -52,4 +64,53 @@ func FuzzParseCall(f *testing.F) {
 			t.Fatalf("args_sha256 %q is not 64 hex digits", c.ArgsSHA256)
 		}
 	})
+}
+
+// foldedDuplicate walks body with encoding/json (independently of the
+// parser) and returns the first two member names of one object that are
+// equal under Unicode case folding.
+func foldedDuplicate(body []byte) (a, b string, dup bool) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var walk func() bool
+	walk = func() bool {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		switch tok {
+		case json.Delim('{'):
+			var names []string
+			for dec.More() {
+				k, err := dec.Token()
+				if err != nil {
+					return false
+				}
+				name, _ := k.(string)
+				for _, n := range names {
+					if strings.EqualFold(n, name) {
+						a, b, dup = n, name, true
+						return false
+					}
+				}
+				names = append(names, name)
+				if !walk() {
+					return false
+				}
+			}
+			_, err = dec.Token()
+			return err == nil
+		case json.Delim('['):
+			for dec.More() {
+				if !walk() {
+					return false
+				}
+			}
+			_, err = dec.Token()
+			return err == nil
+		}
+		return true
+	}
+	walk()
+	return a, b, dup
 }

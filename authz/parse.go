@@ -6,10 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"mime"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf8"
 	"unsafe"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -25,8 +28,14 @@ const (
 	KindHTTP     = "http"
 )
 
-// maxDepth is the deepest JSON nesting accepted in a parsed body.
+// maxDepth is the deepest nesting accepted in the arguments, counted from
+// the arguments object (level 1), so that MCP and REST accept the same
+// arguments: the JSON-RPC envelope's two levels (message, params) come on top.
 const maxDepth = 64
+
+// mcpEnvelopeDepth is the depth of the arguments object's parent in a
+// JSON-RPC tools/call (message, then params).
+const mcpEnvelopeDepth = 2
 
 // ParseOptions says where tool calls live and how large a body may be.
 type ParseOptions struct {
@@ -53,7 +62,7 @@ type Call struct {
 // RequestError is a request M1 refuses to guess at: it is denied with Status
 // and the stable Code.
 type RequestError struct {
-	Code   string // "body_too_large", "bad_request", "number_not_canonical", "bad_path"
+	Code   string // one of the Code* request error codes below
 	Status int
 	Reason string
 }
@@ -66,6 +75,15 @@ const (
 	CodeBadRequest         = "bad_request"
 	CodeNumberNotCanonical = "number_not_canonical"
 	CodeBadPath            = "bad_path"
+	CodeUnsupportedMedia   = "unsupported_media_type"
+	CodeHeaderMismatch     = "header_mismatch"
+)
+
+// MCP routing headers (MCP 2026-07-28 Streamable HTTP): a server or gateway
+// may route on them instead of the body, so they must say what the body says.
+const (
+	headerMCPMethod = "mcp-method"
+	headerMCPName   = "mcp-name"
 )
 
 func badRequest(reason string) *RequestError {
@@ -82,7 +100,8 @@ func tooLarge(reason string) *RequestError {
 
 var (
 	errNotCanonical = errors.New("number does not survive a round trip through an IEEE-754 double")
-	errTooDeep      = errors.New("JSON nesting deeper than 64")
+	errTooDeep      = errors.New("arguments nested deeper than 64 levels")
+	errFoldedDup    = errors.New("an object has two member names that differ only in case")
 )
 
 // ParseCall classifies an Envoy HTTP request and, for the MCP path and tool
@@ -110,15 +129,27 @@ func ParseCall(h *authv3.AttributeContext_HttpRequest, headers Headers, opts Par
 		if c.Method != "POST" {
 			return c, nil
 		}
+		if rerr := jsonMediaType(headers); rerr != nil {
+			return c, rerr
+		}
 		body, rerr := requestBody(h, headers, c.Truncated, opts.MaxBodyBytes)
 		if rerr != nil {
 			return c, rerr
 		}
-		return parseMCP(c, body)
+		if c, rerr = parseMCP(c, body); rerr != nil {
+			return c, rerr
+		}
+		return c, routingHeaders(c, headers)
 	case c.Method == "POST" && opts.ToolsPathPrefix != "" && strings.HasPrefix(path, opts.ToolsPathPrefix):
 		name := path[len(opts.ToolsPathPrefix):]
 		if !approval.ValidToolName(name) {
 			return c, badPath("tool name must match [A-Za-z0-9_.-]{1,128}")
+		}
+		if strings.ContainsAny(c.RawPath, "?#") {
+			return c, badPath("a tool path takes no query string: the approval covers the body only")
+		}
+		if rerr := jsonMediaType(headers); rerr != nil {
+			return c, rerr
 		}
 		body, rerr := requestBody(h, headers, c.Truncated, opts.MaxBodyBytes)
 		if rerr != nil {
@@ -130,7 +161,7 @@ func ParseCall(h *authv3.AttributeContext_HttpRequest, headers Headers, opts Par
 		} else if len(bytes.Trim(body, jsonSpace)) == 0 {
 			body = emptyObject // only JSON's white space: as empty
 		}
-		if rerr := scanArgs(body); rerr != nil {
+		if rerr := scanArgs(body, 0); rerr != nil {
 			return c, rerr
 		}
 		c.Args = body
@@ -146,6 +177,41 @@ var emptyObject = []byte("{}")
 // jsonSpace is JSON's white space (RFC 8259); bytes.TrimSpace would also
 // take Unicode spaces, which are not JSON.
 const jsonSpace = " \t\n\r"
+
+// jsonMediaType refuses a body that a tool choosing its parser by media type
+// would not read as JSON (a form, multipart): the approval and the policy saw
+// it as JSON. An absent content-type is JSON; so are application/json and
+// application/*+json, with parameters, in UTF-8.
+func jsonMediaType(headers Headers) *RequestError {
+	v, ok := headers.Lookup("content-type")
+	if !ok {
+		return nil
+	}
+	mt, params, err := mime.ParseMediaType(v)
+	if err == nil && (mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))) {
+		if cs, ok := params["charset"]; !ok || strings.EqualFold(cs, "utf-8") {
+			return nil
+		}
+	}
+	return &RequestError{Code: CodeUnsupportedMedia, Status: 415,
+		Reason: "content-type " + strconv.Quote(v) + " is not JSON in UTF-8 (application/json or application/*+json)"}
+}
+
+// routingHeaders refuses MCP routing headers that disagree with the body:
+// mcp-method with the JSON-RPC method and, on tools/call, mcp-name with
+// params.name, compared exactly (a repeated header, joined with ",", never
+// matches). Absent headers are not required (earlier MCP revisions).
+func routingHeaders(c Call, headers Headers) *RequestError {
+	if m, ok := headers.Lookup(headerMCPMethod); ok && m != c.MCPMethod {
+		return &RequestError{Code: CodeHeaderMismatch, Status: 400,
+			Reason: "mcp-method header " + strconv.Quote(m) + " differs from the JSON-RPC method " + strconv.Quote(c.MCPMethod)}
+	}
+	if n, ok := headers.Lookup(headerMCPName); ok && c.Kind == KindToolCall && n != c.Tool {
+		return &RequestError{Code: CodeHeaderMismatch, Status: 400,
+			Reason: "mcp-name header " + strconv.Quote(n) + " differs from params.name " + strconv.Quote(c.Tool)}
+	}
+	return nil
+}
 
 // ambiguousKey reports whether key is not one of keys but equals one of
 // them ignoring case (Unicode simple folding). M1 reads "method" and
@@ -232,23 +298,45 @@ func cleanPath(raw string) (string, *RequestError) {
 var decoders = sync.Pool{New: func() any { return jsontext.NewDecoder(bytes.NewReader(nil)) }}
 
 type scanner struct {
-	dec  *jsontext.Decoder
-	rd   bytes.Reader
-	body []byte
-	unq  []byte // scratch for unescaped strings
+	dec      *jsontext.Decoder
+	rd       bytes.Reader
+	body     []byte
+	unq      []byte // scratch for unescaped strings
+	maxDepth int    // deepest stack depth accepted
+
+	// The member names of the open objects, folded (see foldName), to
+	// refuse two names that differ only in case.
+	folded []byte // folded names, back to back
+	names  []span // one per name, into folded
+	frames []nameFrame
 }
 
-func newScanner(body []byte) *scanner {
+type span struct{ off, end int }
+
+// nameFrame is one open object: its names are names[start:].
+type nameFrame struct {
+	start int
+	set   map[string]struct{} // all its folded names, once it has many
+}
+
+// linearNames is how many names an object may have before its duplicate
+// check switches from comparing with each to a set.
+const linearNames = 16
+
+func newScanner(body []byte, envelope int) *scanner {
 	s := scannerPool.Get().(*scanner)
 	s.body = body
 	s.rd.Reset(body)
 	s.dec.Reset(&s.rd) // defaults: UTF-8 checked, duplicate names rejected
+	s.maxDepth = envelope + maxDepth
+	s.folded, s.names, s.frames = s.folded[:0], s.names[:0], s.frames[:0]
 	return s
 }
 
 func (s *scanner) release() {
 	s.body = nil
 	s.rd.Reset(nil)
+	clear(s.frames[:cap(s.frames)]) // drop the sets
 	scannerPool.Put(s)
 }
 
@@ -256,19 +344,123 @@ var scannerPool = sync.Pool{New: func() any {
 	return &scanner{dec: decoders.Get().(*jsontext.Decoder)}
 }}
 
-// skip reads one whole value, checking depth and numbers on the way.
+// openObject reads a '{' and starts tracking its member names.
+func (s *scanner) openObject() error {
+	if _, err := s.dec.ReadToken(); err != nil {
+		return err
+	}
+	if s.dec.StackDepth() > s.maxDepth {
+		return errTooDeep
+	}
+	s.frames = append(s.frames, nameFrame{start: len(s.names)})
+	return nil
+}
+
+// closeObject reads a '}' and forgets the object's names.
+func (s *scanner) closeObject() error {
+	if _, err := s.dec.ReadToken(); err != nil {
+		return err
+	}
+	f := s.frames[len(s.frames)-1]
+	s.frames[len(s.frames)-1].set = nil
+	s.frames = s.frames[:len(s.frames)-1]
+	if f.start < len(s.names) {
+		s.folded = s.folded[:s.names[f.start].off]
+		s.names = s.names[:f.start]
+	}
+	return nil
+}
+
+// addName records an unescaped member name of the innermost open object and
+// refuses it when it equals an earlier one under Unicode simple case folding
+// ("path" and "PATH", "s" and "ſ"): Go's encoding/json and other
+// case-insensitive readers would take one for the other.
+func (s *scanner) addName(name []byte) error {
+	off := len(s.folded)
+	s.folded = foldName(s.folded, name)
+	n := span{off, len(s.folded)}
+	key := s.folded[off:]
+	f := &s.frames[len(s.frames)-1]
+	count := len(s.names) - f.start
+	switch {
+	case f.set != nil:
+		if _, dup := f.set[string(key)]; dup {
+			return errFoldedDup
+		}
+		f.set[string(key)] = struct{}{}
+	case count < linearNames:
+		for _, o := range s.names[f.start:] {
+			if bytes.Equal(s.folded[o.off:o.end], key) {
+				return errFoldedDup
+			}
+		}
+	default:
+		f.set = make(map[string]struct{}, 2*count)
+		for _, o := range s.names[f.start:] {
+			f.set[string(s.folded[o.off:o.end])] = struct{}{}
+		}
+		if _, dup := f.set[string(key)]; dup {
+			return errFoldedDup
+		}
+		f.set[string(key)] = struct{}{}
+	}
+	s.names = append(s.names, n)
+	return nil
+}
+
+// foldName appends name with every rune replaced by the least rune of its
+// Unicode simple case folding orbit, the equivalence strings.EqualFold uses:
+// two names fold alike exactly when EqualFold reports them equal.
+func foldName(dst, name []byte) []byte {
+	for i := 0; i < len(name); {
+		c := name[i]
+		if c < utf8.RuneSelf {
+			if 'a' <= c && c <= 'z' {
+				c -= 'a' - 'A' // the least of {A, a}; K and S have non-ASCII kin, all larger
+			}
+			dst = append(dst, c)
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(name[i:])
+		least := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			least = min(least, f)
+		}
+		dst = utf8.AppendRune(dst, least)
+		i += size
+	}
+	return dst
+}
+
+// atName reports whether the next token is a member name.
+func (s *scanner) atName() bool {
+	k, n := s.dec.StackIndex(s.dec.StackDepth())
+	return k == '{' && n%2 == 0
+}
+
+// skip reads one whole value, checking depth, numbers and member names on
+// the way.
 func (s *scanner) skip() error {
 	base := s.dec.StackDepth()
 	for {
 		switch s.dec.PeekKind() {
-		case '{', '[':
+		case '{':
+			if err := s.openObject(); err != nil {
+				return err
+			}
+		case '[':
 			if _, err := s.dec.ReadToken(); err != nil {
 				return err
 			}
-			if s.dec.StackDepth() > maxDepth {
+			if s.dec.StackDepth() > s.maxDepth {
 				return errTooDeep
 			}
-		case '}', ']':
+		case '}':
+			if err := s.closeObject(); err != nil {
+				return err
+			}
+		case ']':
 			if _, err := s.dec.ReadToken(); err != nil {
 				return err
 			}
@@ -280,7 +472,21 @@ func (s *scanner) skip() error {
 			if !exactNumber(v) {
 				return errNotCanonical
 			}
-		default: // names, strings, literals, and errors
+		case '"':
+			if s.atName() {
+				name, err := s.readBytes()
+				if err != nil {
+					return err
+				}
+				if err := s.addName(name); err != nil {
+					return err
+				}
+				break
+			}
+			if _, err := s.dec.ReadValue(); err != nil {
+				return err
+			}
+		default: // literals, and errors
 			if _, err := s.dec.ReadValue(); err != nil {
 				return err
 			}
@@ -316,15 +522,16 @@ func scanError(err error) *RequestError {
 	switch {
 	case errors.Is(err, errNotCanonical):
 		return &RequestError{Code: CodeNumberNotCanonical, Status: 400, Reason: err.Error()}
-	case errors.Is(err, errTooDeep):
+	case errors.Is(err, errTooDeep), errors.Is(err, errFoldedDup):
 		return badRequest(err.Error())
 	}
 	return badRequest("invalid JSON: " + err.Error())
 }
 
-// scanArgs validates a REST body: one JSON object, strictly valid.
-func scanArgs(body []byte) *RequestError {
-	s := newScanner(body)
+// scanArgs validates a REST body: one JSON object, strictly valid; envelope
+// is the depth of the arguments object's parent.
+func scanArgs(body []byte, envelope int) *RequestError {
+	s := newScanner(body, envelope)
 	defer s.release()
 	if s.dec.PeekKind() != '{' {
 		if err := s.skip(); err != nil {
@@ -379,7 +586,7 @@ func (s *scanner) readBytes() ([]byte, error) {
 
 // parseMCP reads a JSON-RPC message posted to the MCP path.
 func parseMCP(c Call, body []byte) (Call, *RequestError) {
-	s := newScanner(body)
+	s := newScanner(body, mcpEnvelopeDepth)
 	defer s.release()
 	switch s.dec.PeekKind() {
 	case '{':
@@ -391,7 +598,7 @@ func parseMCP(c Call, body []byte) (Call, *RequestError) {
 		}
 		return c, badRequest("JSON-RPC message is not an object")
 	}
-	if _, err := s.dec.ReadToken(); err != nil {
+	if err := s.openObject(); err != nil {
 		return c, scanError(err)
 	}
 	var (
@@ -402,6 +609,9 @@ func parseMCP(c Call, body []byte) (Call, *RequestError) {
 	)
 	for s.dec.PeekKind() != '}' {
 		key, err := s.readBytes()
+		if err == nil {
+			err = s.addName(key)
+		}
 		if err != nil {
 			return c, scanError(err)
 		}
@@ -427,11 +637,14 @@ func parseMCP(c Call, body []byte) (Call, *RequestError) {
 				}
 				return c, badRequest("JSON-RPC params is not an object")
 			}
-			if _, err := s.dec.ReadToken(); err != nil {
+			if err := s.openObject(); err != nil {
 				return c, scanError(err)
 			}
 			for s.dec.PeekKind() != '}' {
 				pkey, err := s.readBytes()
+				if err == nil {
+					err = s.addName(pkey)
+				}
 				if err != nil {
 					return c, scanError(err)
 				}
@@ -466,7 +679,7 @@ func parseMCP(c Call, body []byte) (Call, *RequestError) {
 					return c, scanError(err)
 				}
 			}
-			if _, err := s.dec.ReadToken(); err != nil {
+			if err := s.closeObject(); err != nil {
 				return c, scanError(err)
 			}
 		default:
@@ -475,7 +688,7 @@ func parseMCP(c Call, body []byte) (Call, *RequestError) {
 			}
 		}
 	}
-	if _, err := s.dec.ReadToken(); err != nil {
+	if err := s.closeObject(); err != nil {
 		return c, scanError(err)
 	}
 	if err := s.end(); err != nil {

@@ -3,6 +3,7 @@ package authz
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -52,7 +53,14 @@ func TestParseCallKinds(t *testing.T) {
 		{"mcp PUT is http", httpReq("PUT", "/mcp", "{"), KindHTTP, "", "", ""},
 		{"rest", httpReq("POST", "/tools/write_file", `{"path":"/tmp/x","content":"hi"}`), KindToolCall, "write_file", "", `{"content":"hi","path":"/tmp/x"}`},
 		{"rest empty body", httpReq("POST", "/tools/list_dir", ""), KindToolCall, "list_dir", "", `{}`},
-		{"rest with query", httpReq("POST", "/tools/list_dir?x=1", `{"a":[1,2.5,true,null]}`), KindToolCall, "list_dir", "", `{"a":[1,2.5,true,null]}`},
+		{"rest json with charset", httpReq("POST", "/tools/list_dir", `{"a":[1,2.5,true,null]}`, "content-type", "application/json; charset=UTF-8"), KindToolCall, "list_dir", "", `{"a":[1,2.5,true,null]}`},
+		{"rest +json media type", httpReq("POST", "/tools/list_dir", `{}`, "content-type", "application/vnd.api+json"), KindToolCall, "list_dir", "", `{}`},
+		{"mcp json media type", httpReq("POST", "/mcp", mcpCall("read_file", `{}`), "content-type", "application/json"), KindToolCall, "read_file", "tools/call", `{}`},
+		{"mcp routing headers agree", httpReq("POST", "/mcp", mcpCall("read_file", `{}`), "mcp-method", "tools/call", "mcp-name", "read_file"), KindToolCall, "read_file", "tools/call", `{}`},
+		{"mcp method header on ping", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"ping"}`, "mcp-method", "ping"), KindMCP, "", "ping", ""},
+		{"mcp server/discover", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}`, "mcp-method", "server/discover"), KindMCP, "", "server/discover", ""},
+		{"names equal only after folding in different objects", httpReq("POST", "/tools/x", `{"path":1,"o":{"PATH":2},"a":[{"p":1},{"P":2}]}`), KindToolCall, "x", "", `{"a":[{"p":1},{"P":2}],"o":{"PATH":2},"path":1}`},
+		{"many distinct names", httpReq("POST", "/tools/x", manyNames(40, "")), KindToolCall, "x", "", ""},
 		{"rest GET is http", httpReq("GET", "/tools/list_dir", ""), KindHTTP, "", "", ""},
 		{"other path", httpReq("GET", "/healthz", "not json"), KindHTTP, "", "", ""},
 		{"encoded tool path", httpReq("POST", "/tools/read%5Ffile", `{}`), KindToolCall, "read_file", "", `{}`},
@@ -75,8 +83,8 @@ func TestParseCallKinds(t *testing.T) {
 
 func TestParseCallRejects(t *testing.T) {
 	deep := strings.Repeat(`{"a":`, 64) + "1" + strings.Repeat("}", 64)
-	// the envelope uses 3 levels (message, params, arguments): 62 more make 65
-	over64 := strings.Repeat(`[`, 62) + strings.Repeat("]", 62)
+	// 64 levels inside the arguments object make 65
+	over64 := strings.Repeat(`[`, 64) + strings.Repeat("]", 64)
 	tests := []struct {
 		name   string
 		req    *authv3.AttributeContext_HttpRequest
@@ -136,6 +144,37 @@ func TestParseCallRejects(t *testing.T) {
 		{"name in other case", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","Name":"b"}}`), CodeBadRequest, 400},
 		{"arguments with long s", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{},"argument\u017f":{"p":1}}}`), CodeBadRequest, 400},
 		{"params with long s", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"ping","param\u017f":{}}`), CodeBadRequest, 400},
+		// Names equal under Unicode simple case folding, at any depth: Go's
+		// encoding/json in the tool would read the other one.
+		{"args names differ in case", httpReq("POST", "/mcp", mcpCall("read_file", `{"path":"public.txt","PATH":"secret.txt"}`)), CodeBadRequest, 400},
+		{"rest names differ in case", httpReq("POST", "/tools/read_file", `{"path":"public.txt","PATH":"secret.txt"}`), CodeBadRequest, 400},
+		{"deep names differ in case", httpReq("POST", "/tools/x", `{"a":[{"b":{"Key":1,"kEY":2}}]}`), CodeBadRequest, 400},
+		{"names differ by long s", httpReq("POST", "/tools/x", `{"s":1,"ſ":2}`), CodeBadRequest, 400},
+		{"names differ by kelvin sign", httpReq("POST", "/tools/x", `{"k":1,"K":2}`), CodeBadRequest, 400},
+		{"names differ by escaped case", httpReq("POST", "/tools/x", `{"path":1,"PATH":2}`), CodeBadRequest, 400},
+		{"greek names differ in case", httpReq("POST", "/tools/x", `{"σ":1,"Σ":2}`), CodeBadRequest, 400},
+		{"names differ in case in the envelope", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"ID":2,"method":"ping"}`), CodeBadRequest, 400},
+		{"names differ in case in _meta", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":{"a":1,"A":2}}}`), CodeBadRequest, 400},
+		{"many names, two differ in case", httpReq("POST", "/tools/x", manyNames(40, "N7")), CodeBadRequest, 400},
+		// Media types a tool may parse as something other than JSON.
+		{"form media type", httpReq("POST", "/tools/x", `{}`, "content-type", "application/x-www-form-urlencoded"), CodeUnsupportedMedia, 415},
+		{"multipart media type", httpReq("POST", "/mcp", mcpCall("x", `{}`), "content-type", "multipart/form-data; boundary=x"), CodeUnsupportedMedia, 415},
+		{"text media type", httpReq("POST", "/tools/x", `{}`, "content-type", "text/plain"), CodeUnsupportedMedia, 415},
+		{"empty media type", httpReq("POST", "/tools/x", `{}`, "content-type", ""), CodeUnsupportedMedia, 415},
+		{"json in utf-16", httpReq("POST", "/tools/x", `{}`, "content-type", "application/json; charset=utf-16"), CodeUnsupportedMedia, 415},
+		{"repeated media type", httpReq("POST", "/tools/x", `{}`, "content-type", "application/json,application/x-www-form-urlencoded"), CodeUnsupportedMedia, 415},
+		{"json suffix in another type", httpReq("POST", "/tools/x", `{}`, "content-type", "text/x+json"), CodeUnsupportedMedia, 415},
+		// A query the tool could read is not covered by the approval.
+		{"query on a tool path", httpReq("POST", "/tools/write_file?path=/etc/passwd", `{"path":"/tmp/x"}`), CodeBadPath, 400},
+		{"empty query on a tool path", httpReq("POST", "/tools/write_file?", `{}`), CodeBadPath, 400},
+		{"fragment on a tool path", httpReq("POST", "/tools/write_file#x", `{}`), CodeBadPath, 400},
+		// MCP routing headers that disagree with the body.
+		{"mcp-method differs", httpReq("POST", "/mcp", mcpCall("write_file", `{}`), "mcp-method", "tools/list"), CodeHeaderMismatch, 400},
+		{"mcp-method on a response", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":3,"result":{}}`, "mcp-method", "ping"), CodeHeaderMismatch, 400},
+		{"mcp-name differs", httpReq("POST", "/mcp", mcpCall("write_file", `{}`), "mcp-method", "tools/call", "mcp-name", "read_file"), CodeHeaderMismatch, 400},
+		{"mcp-name differs in case", httpReq("POST", "/mcp", mcpCall("write_file", `{}`), "mcp-name", "Write_File"), CodeHeaderMismatch, 400},
+		{"mcp-name repeated", &authv3.AttributeContext_HttpRequest{Method: "POST", Path: "/mcp", Body: mcpCall("read_file", `{}`),
+			HeaderMap: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: "mcp-name", Value: "read_file"}, {Key: "Mcp-Name", Value: "read_file"}}}}, CodeHeaderMismatch, 400},
 		{"huge negative exponent", httpReq("POST", "/tools/x", `{"n":1e-99999999999999999999}`), CodeNumberNotCanonical, 400},
 		{"huge exponent", httpReq("POST", "/tools/x", `{"n":-0.5E+99999999999999999999}`), CodeNumberNotCanonical, 400},
 		{"rest body of unicode space", httpReq("POST", "/tools/x", "\u00a0"), CodeBadRequest, 400},
@@ -155,11 +194,56 @@ func TestParseCallRejects(t *testing.T) {
 	}
 }
 
+// TestParseCallDepthLimit: the arguments may nest 64 levels deep, counted
+// from the arguments object, over MCP and REST alike.
 func TestParseCallDepthLimit(t *testing.T) {
-	// message, params and arguments use three levels; 61 arrays make 64.
-	at64 := `{"a":` + strings.Repeat("[", 61) + strings.Repeat("]", 61) + `}`
-	if _, err := parse(httpReq("POST", "/mcp", mcpCall("x", at64))); err != nil {
-		t.Fatalf("ParseCall(depth 64) = %v, want ok", err)
+	nest := func(n int) string { return `{"a":` + strings.Repeat("[", n-1) + strings.Repeat("]", n-1) + `}` }
+	for _, tt := range []struct {
+		name string
+		req  *authv3.AttributeContext_HttpRequest
+		ok   bool
+	}{
+		{"mcp 64", httpReq("POST", "/mcp", mcpCall("x", nest(64))), true},
+		{"rest 64", httpReq("POST", "/tools/x", nest(64)), true},
+		{"mcp 65", httpReq("POST", "/mcp", mcpCall("x", nest(65))), false},
+		{"rest 65", httpReq("POST", "/tools/x", nest(65)), false},
+	} {
+		_, err := parse(tt.req)
+		if (err == nil) != tt.ok {
+			t.Errorf("ParseCall(%s) = %v, want ok %v", tt.name, err, tt.ok)
+		}
+		if err != nil && err.Code != CodeBadRequest {
+			t.Errorf("ParseCall(%s) = %s, want bad_request", tt.name, err.Code)
+		}
+	}
+}
+
+// manyNames is an object of n distinct names, plus extra (if set) whose
+// name equals one of them but for case.
+func manyNames(n int, extra string) string {
+	var b strings.Builder
+	b.WriteString("{")
+	for i := range n {
+		fmt.Fprintf(&b, `"n%d":%d,`, i, i)
+	}
+	if extra != "" {
+		fmt.Fprintf(&b, `%q:0,`, extra)
+	}
+	b.WriteString(`"z":0}`)
+	return b.String()
+}
+
+// TestFoldNameMatchesEqualFold: two names fold alike exactly when
+// strings.EqualFold says they are equal.
+func TestFoldNameMatchesEqualFold(t *testing.T) {
+	words := []string{"path", "PATH", "Path", "s", "S", "ſ", "k", "K", "K", "σ", "Σ", "ς", "ǅ", "ǆ", "Ǆ", "ß", "ẞ", "i", "İ", "ı", "µ", "μ", "Μ", "é", "É", "ω", "Ω", "Ω", "x", ""}
+	for _, a := range words {
+		for _, b := range words {
+			same := string(foldName(nil, []byte(a))) == string(foldName(nil, []byte(b)))
+			if same != strings.EqualFold(a, b) {
+				t.Errorf("fold(%q) == fold(%q) is %v, EqualFold is %v", a, b, same, !same)
+			}
+		}
 	}
 }
 

@@ -3,7 +3,6 @@ package authz
 import (
 	"encoding/json"
 	"strconv"
-	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -76,10 +75,12 @@ func (s *Service) allow(v *verdict, headers Headers) *authv3.CheckResponse {
 	}
 	remove := append(a.remove[:0], s.opts.ApprovalHeader)
 	for k := range headers.Map() {
-		if !strings.HasPrefix(k, headerPrefix) || k == s.opts.ApprovalHeader || isSet(set, k) {
-			continue
+		if k == s.opts.ApprovalHeader || isSet(set, k) {
+			continue // removed already, or overwritten
 		}
-		remove = append(remove, k)
+		if hasPrefixDashed(k, headerPrefix) || equalDashed(k, s.opts.ApprovalHeader) {
+			remove = append(remove, k)
+		}
 	}
 	remove = append(remove, d.RequestHeadersToRemove...)
 	a.ok.Headers, a.ok.HeadersToRemove = set, remove
@@ -90,6 +91,33 @@ func (s *Service) allow(v *verdict, headers Headers) *authv3.CheckResponse {
 	a.resp.Status, a.resp.HttpResponse = okStatus, &a.wrap
 	a.resp.DynamicMetadata = s.metadata(a, v, d)
 	return &a.resp
+}
+
+// hasPrefixDashed reports whether name starts with prefix when every '_' of
+// name is read as '-': CGI, WSGI and PHP servers map x_m1_principal and
+// x-m1-principal to the same variable (HTTP_X_M1_PRINCIPAL).
+func hasPrefixDashed(name, prefix string) bool {
+	return len(name) >= len(prefix) && equalDashed(name[:len(prefix)], prefix)
+}
+
+// equalDashed reports whether a and b are equal with '_' read as '-'.
+func equalDashed(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range len(a) {
+		x, y := a[i], b[i]
+		if x == '_' {
+			x = '-'
+		}
+		if y == '_' {
+			y = '-'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 func isSet(set []*corev3.HeaderValueOption, k string) bool {

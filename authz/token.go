@@ -90,6 +90,7 @@ func (s *Service) checkToken(ctx context.Context, raw string, v *verdict) bool {
 	}
 	if s.opts.Epoch != nil {
 		if epoch := s.opts.Epoch.Epoch(); !epoch.IsZero() && c.IssuedAt.Before(epoch) {
+			v.retryAfter = s.resetRetryAfter()
 			return fail(CodeStateReset, 403, "token issued before the shared state was reset; ask for a new approval")
 		}
 	}
@@ -125,6 +126,7 @@ func (s *Service) consume(ctx context.Context, v *verdict) bool {
 	switch {
 	case errors.Is(err, state.ErrStateReset):
 		v.allowed, v.code, v.status, v.reason = false, CodeStateReset, 403, "token issued before the shared state was reset; ask for a new approval"
+		v.retryAfter = s.resetRetryAfter()
 	case err != nil:
 		v.allowed, v.code, v.status, v.reason = false, CodeStateUnavailable, 503, "single-use state unavailable: "+err.Error()
 	case !ok && code == CodeGrantExhausted:
@@ -136,6 +138,17 @@ func (s *Service) consume(ctx context.Context, v *verdict) bool {
 	}
 	v.tokenResult = v.code
 	return false
+}
+
+// resetRetryAfter is the retry-after of a state_reset deny: the time until
+// an approval issued then is accepted (the epoch may lie ahead by the clock
+// skew), at least one second.
+func (s *Service) resetRetryAfter() time.Duration {
+	var wait time.Duration
+	if s.opts.Epoch != nil {
+		wait = s.opts.Epoch.Epoch().Sub(s.opts.Now())
+	}
+	return max((wait + time.Second - 1).Truncate(time.Second), time.Second)
 }
 
 func itoa(n int) string {

@@ -262,7 +262,18 @@ func TestStateResetFencesOldTokens(t *testing.T) {
 	f.opts.Epoch = fixedEpoch(time.Now().Add(-time.Second))
 	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), old)); r.allowed || r.body.Error != CodeStateReset {
 		t.Fatalf("Check(token from before the epoch) = %v %s, want deny state_reset", r.allowed, r.raw)
+	} else if got := deniedHeader(r, "retry-after"); got != "1" {
+		t.Errorf("state_reset retry-after = %q, want 1 (the epoch has passed: a new approval is accepted now)", got)
 	}
+	// A new epoch lies ahead by the clock skew: an approval is accepted
+	// only once it has passed, and retry-after says when.
+	f.opts.Epoch = fixedEpoch(time.Now().Add(20 * time.Second))
+	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), f.mint(t, nil))); r.body.Error != CodeStateReset {
+		t.Fatalf("Check(token before an epoch ahead) = %s, want deny state_reset", r.raw)
+	} else if got := deniedHeader(r, "retry-after"); got != "20" && got != "19" {
+		t.Errorf("state_reset retry-after = %q, want 20 (seconds until the epoch)", got)
+	}
+	f.opts.Epoch = fixedEpoch(time.Now().Add(-time.Second))
 	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), f.mint(t, nil))); !r.allowed {
 		t.Fatalf("Check(token after the epoch) = deny %s, want allow", r.raw)
 	}
@@ -377,4 +388,14 @@ func TestRateLimit(t *testing.T) {
 	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok)); !r.allowed {
 		t.Fatalf("Check(the refused approval, 30s later) = %s, want allow: a rate-limited call must not consume it", r.raw)
 	}
+}
+
+// deniedHeader returns the value of header k of a deny response.
+func deniedHeader(r result, k string) string {
+	for _, h := range r.resp.GetDeniedResponse().GetHeaders() {
+		if h.GetHeader().GetKey() == k {
+			return h.GetHeader().GetValue()
+		}
+	}
+	return ""
 }

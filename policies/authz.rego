@@ -52,8 +52,9 @@ mcp_decision := allow if {
 	mcp_method_allowed
 } else := deny("mcp_method_not_allowed", 403)
 
-# Session set-up, liveness and tool discovery.
-mcp_allowed_methods := {"initialize", "ping", "tools/list"}
+# Session set-up, liveness and tool discovery; server/discover is the
+# stateless (MCP 2026-07-28) discovery that replaces initialize.
+mcp_allowed_methods := {"initialize", "ping", "tools/list", "server/discover"}
 
 mcp_method_allowed if input.m1.mcp_method in mcp_allowed_methods
 

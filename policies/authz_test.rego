@@ -97,7 +97,7 @@ test_registry_matches_design if {
 # --- MCP protocol traffic ---
 
 test_mcp_allowed_methods if {
-	every method in ["initialize", "ping", "tools/list"] {
+	every method in ["initialize", "ping", "tools/list", "server/discover"] {
 		authz.decision == allowed with input as mcp(method)
 	}
 }
@@ -115,7 +115,7 @@ test_mcp_response_and_session_stream_allowed if {
 test_mcp_other_methods_denied if {
 	every method in [
 		"resources/list", "resources/read", "prompts/get", "completion/complete",
-		"logging/setLevel", "tools/call", "notifications", "Initialize", "tools/list/x",
+		"logging/setLevel", "tools/call", "notifications", "Initialize", "tools/list/x", "server/Discover",
 	] {
 		authz.decision == denied("mcp_method_not_allowed", 403) with input as mcp(method)
 	}

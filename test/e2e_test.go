@@ -41,7 +41,13 @@ func TestCheck(t *testing.T) {
 		{"rest read_file raw_body", "rest-tools-read-file-raw-body", nil, allow},
 		{"mcp read_file without arguments", mcpRead, []edit{withBody(`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file"}}`)}, allow},
 		{"rest read_file empty body", restList, []edit{withPath("/tools/read_file"), withBody("")}, allow},
-		{"rest list_dir with query", restList, []edit{withPath("/tools/list_dir?recursive=1")}, allow},
+		{"mcp path with query", mcpRead, []edit{withPath("/mcp?session=1")}, allow},
+		{"mcp nesting 64", mcpRead, []edit{withBody(mcpCall(`{"name":"read_file","arguments":` + nested(64) + `}`))}, allow},
+		{"rest JSON with charset", restList, []edit{withHeader("content-type", "application/json; charset=utf-8")}, allow},
+		{"rest +json media type", restList, []edit{withHeader("content-type", "application/merge-patch+json")}, allow},
+		{"mcp routing headers agree", mcpRead, []edit{withHeader("mcp-method", "tools/call"), withHeader("mcp-name", "read_file")}, allow},
+		{"mcp stateless server/discover", mcpRead, []edit{withBody(`{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{}}`), withHeader("mcp-method", "server/discover")}, allow},
+		{"mcp annotations grant nothing", mcpRead, []edit{withBody(mcpCall(`{"name":"write_file","arguments":{"path":"x"},"annotations":{"readOnlyHint":true,"destructiveHint":false},"_meta":{"readOnlyHint":true}}`))}, denyReason(401, "policy_denied", "token_missing")},
 		{"mcp integer 2^53", mcpRead, []edit{withBody(mcpCall(`{"name":"read_file","arguments":{"offset":9007199254740992}}`))}, allow},
 		{"mcp exact numbers", mcpRead, []edit{withBody(mcpCall(`{"name":"read_file","arguments":{"a":1.0,"b":1e2,"c":0.1,"d":-5}}`))}, allow},
 		{"rest nesting 64", restList, []edit{withBody(nested(64))}, allow},
@@ -113,7 +119,7 @@ func TestCheck(t *testing.T) {
 		{"rest body array", restList, []edit{withBody(`[{"path":"/"}]`)}, deny(400, "bad_request")},
 		{"rest body string", restList, []edit{withBody(`"/workspace"`)}, deny(400, "bad_request")},
 		{"rest body number", restList, []edit{withBody(`42`)}, deny(400, "bad_request")},
-		{"mcp nesting over 64", mcpRead, []edit{withBody(mcpCall(`{"name":"read_file","arguments":` + nested(64) + `}`))}, deny(400, "bad_request")},
+		{"mcp nesting 65", mcpRead, []edit{withBody(mcpCall(`{"name":"read_file","arguments":` + nested(65) + `}`))}, deny(400, "bad_request")},
 		{"rest nesting 65", restList, []edit{withBody(nested(65))}, deny(400, "bad_request")},
 		{"rest nesting 65 in arrays", restList, []edit{withBody(`{"a":` + strings.Repeat("[", 64) + strings.Repeat("]", 64) + `}`)}, deny(400, "bad_request")},
 		{"mcp duplicate key top", mcpRead, []edit{withBody(`{"jsonrpc":"2.0","id":7,"method":"ping","method":"tools/call","params":{"name":"read_file"}}`)}, deny(400, "bad_request")},
@@ -122,6 +128,22 @@ func TestCheck(t *testing.T) {
 		{"mcp duplicate key escaped", mcpRead, []edit{withBody(mcpCall(`{"name":"read_file","arguments":{"path":"/etc/hosts","p\u0061th":"/etc/shadow"}}`))}, deny(400, "bad_request")},
 		{"mcp duplicate params escaped", mcpRead, []edit{withBody(mcpCall(`{"name":"read_file","n\u0061me":"run_command"}`))}, deny(400, "bad_request")},
 		{"rest duplicate key", restList, []edit{withBody(`{"path":"/a","path":"/b"}`)}, deny(400, "bad_request")},
+
+		// Names equal under Unicode case folding: a tool reading them with
+		// Go's encoding/json (or any case-insensitive reader) would see
+		// another value than the policy and the approval.
+		{"rest names differ in case", restList, []edit{withPath("/tools/read_file"), withBody(`{"path":"public.txt","PATH":"secret.txt"}`)}, deny(400, "bad_request")},
+		{"mcp names differ in case", mcpRead, []edit{withBody(mcpCall(`{"name":"read_file","arguments":{"path":"public.txt","PATH":"secret.txt"}}`))}, deny(400, "bad_request")},
+		{"mcp names differ by long s deep", mcpRead, []edit{withBody(mcpCall(`{"name":"read_file","arguments":{"o":[{"s":1,"\u017f":2}]}}`))}, deny(400, "bad_request")},
+
+		// Media types a tool may parse as something else than JSON: 415.
+		{"rest form media type", restList, []edit{withHeader("content-type", "application/x-www-form-urlencoded")}, deny(415, "unsupported_media_type")},
+		{"mcp multipart media type", mcpRead, []edit{withHeader("content-type", "multipart/form-data; boundary=b")}, deny(415, "unsupported_media_type")},
+		{"rest text media type", restList, []edit{withHeader("content-type", "text/plain")}, deny(415, "unsupported_media_type")},
+
+		// MCP routing headers that disagree with the body: 400.
+		{"mcp-method disagrees", mcpRead, []edit{withHeader("mcp-method", "tools/list")}, deny(400, "header_mismatch")},
+		{"mcp-name disagrees", mcpRead, []edit{withHeader("mcp-method", "tools/call"), withHeader("mcp-name", "write_file")}, deny(400, "header_mismatch")},
 
 		// Numbers JCS cannot hash faithfully.
 		{"mcp integer above 2^53", mcpRead, []edit{withBody(mcpCall(`{"name":"read_file","arguments":{"offset":9007199254740993}}`))}, deny(400, "number_not_canonical")},
@@ -143,6 +165,8 @@ func TestCheck(t *testing.T) {
 		{"rest tool name with encoded slash", restList, []edit{withPath("/tools/list%2Fdir")}, deny(400, "bad_path")},
 		{"rest path bad percent-encoding", restList, []edit{withPath("/tools/list_dir%zz")}, deny(400, "bad_path")},
 		{"rest path .. with query", restList, []edit{withPath("/tools/../x?y=1")}, deny(400, "bad_path")},
+		{"rest query on a tool path", restList, []edit{withPath("/tools/list_dir?recursive=1")}, deny(400, "bad_path")},
+		{"rest empty query on a tool path", restList, []edit{withPath("/tools/list_dir?")}, deny(400, "bad_path")},
 
 		// Tool names.
 		{"rest empty tool name", restList, []edit{withPath("/tools/")}, deny(400, "bad_path")},
@@ -175,14 +199,23 @@ func TestAllowResponse(t *testing.T) {
 		fixture   string
 		tool      string
 		principal string // mTLS source principal of the fixture
+		edits     []edit
 	}{
-		{"mcp read_file", mcpRead, "read_file", "spiffe://cluster.local/ns/agents/sa/agent-42"},
-		{"rest list_dir", restList, "list_dir", ""},
-		{"rest list_dir header_map", "rest-tools-list-dir-header-map", "list_dir", ""},
+		{"mcp read_file", mcpRead, "read_file", "spiffe://cluster.local/ns/agents/sa/agent-42", nil},
+		{"rest list_dir", restList, "list_dir", "", nil},
+		{"rest list_dir header_map", "rest-tools-list-dir-header-map", "list_dir", "", nil},
+		// CGI, WSGI and PHP servers read x_m1_principal as x-m1-principal.
+		{"mcp read_file underscore headers", mcpRead, "read_file", "spiffe://cluster.local/ns/agents/sa/agent-42", []edit{
+			withHeader("x_m1_principal", "spoof"), withHeader("x-m1_run_id", "run-forged"),
+			withHeader("x_m1_decision_id", "forged"), withHeader("x_m1_approval_token", "eyJ"),
+		}},
+		{"rest list_dir underscore headers in header_map", "rest-tools-list-dir-header-map", "list_dir", "", []edit{
+			withHeaderMapEntry("x_m1_principal", "spoof"),
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			req := fixture(t, tt.fixture)
+			req := request(t, tt.fixture, tt.edits...)
 			sent := sentHeaders(req)
 			resp := s.check(t, req)
 			expect(t, tt.name, resp, allow)
@@ -216,10 +249,11 @@ func TestAllowResponse(t *testing.T) {
 			for k := range sent {
 				_, overwritten := set[k]
 				isRemoved := slices.Contains(removed, k)
+				m1 := strings.HasPrefix(strings.ReplaceAll(k, "_", "-"), "x-m1-")
 				switch {
-				case strings.HasPrefix(k, "x-m1-") && !overwritten && !isRemoved:
+				case m1 && !overwritten && !isRemoved:
 					t.Errorf("Check(%s): client header %s is neither removed nor overwritten (headers_to_remove %q)", tt.name, k, removed)
-				case !strings.HasPrefix(k, "x-m1-") && isRemoved:
+				case !m1 && isRemoved:
 					t.Errorf("Check(%s): headers_to_remove has %s, which is not M1's to remove", tt.name, k)
 				}
 			}

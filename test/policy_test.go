@@ -418,7 +418,7 @@ default allow := false
 
 allow if {
 	input.parsed_path == ["tools", "list_dir"]
-	input.parsed_query.recursive == ["1"]
+	input.parsed_query == {}
 	input.parsed_body.path == "/workspace"
 	input.attributes.request.http.method == "POST"
 	input.attributes.request.http.headers["x-request-id"] != ""
@@ -429,6 +429,11 @@ allow if {
 allow if input.parsed_body.method == "ping"
 
 allow if input.parsed_body.path == "/workspace/notes.txt"
+
+allow if {
+	input.parsed_path == ["status"]
+	input.parsed_query.verbose == ["1"]
+}
 `})
 	s := startSidecar(t, []string{"--policy-dir", dir, "--policy-path", "envoy/authz/allow"})
 	tests := []struct {
@@ -437,9 +442,12 @@ allow if input.parsed_body.path == "/workspace/notes.txt"
 		edits   []edit
 		want    want
 	}{
-		{"rest list_dir with query", restList, []edit{withPath("/tools/list_dir?recursive=1")}, allow},
-		{"rest list_dir without query", restList, nil, deny(403, "policy_denied")},
-		{"rest list_dir other body", restList, []edit{withPath("/tools/list_dir?recursive=1"), withBody(`{"path":"/etc"}`)}, deny(403, "policy_denied")},
+		{"rest list_dir", restList, nil, allow},
+		{"rest list_dir other body", restList, []edit{withBody(`{"path":"/etc"}`)}, deny(403, "policy_denied")},
+		{"http query", "http-get-other", []edit{withPath("/status?verbose=1")}, allow},
+		{"http other query", "http-get-other", []edit{withPath("/status?verbose=0")}, deny(403, "policy_denied")},
+		// A query on a tool path is refused before any policy (DESIGN §3).
+		{"rest list_dir with query", restList, []edit{withPath("/tools/list_dir?recursive=1")}, deny(400, "bad_path")},
 		{"rest read_file raw_body", "rest-tools-read-file-raw-body", nil, allow},
 		{"mcp ping", "mcp-ping", nil, allow},
 		{"mcp initialize", "mcp-initialize", nil, deny(403, "policy_denied")},

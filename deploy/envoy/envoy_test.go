@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -64,6 +65,9 @@ func checkExtAuthz(t *testing.T, name string, b *bootstrapv3.Bootstrap) {
 				var hcm hcmv3.HttpConnectionManager
 				if f.GetTypedConfig().UnmarshalTo(&hcm) != nil {
 					continue
+				}
+				if a := hcm.GetCommonHttpProtocolOptions().GetHeadersWithUnderscoresAction(); a != corev3.HttpProtocolOptions_REJECT_REQUEST {
+					t.Errorf("%s: headers_with_underscores_action = %v, want REJECT_REQUEST (x_m1_principal reaches CGI tools as x-m1-principal)", name, a)
 				}
 				for _, hf := range hcm.GetHttpFilters() {
 					var ea extauthzv3.ExtAuthz

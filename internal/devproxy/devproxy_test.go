@@ -18,6 +18,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
@@ -571,4 +572,203 @@ func TestStopTwice(t *testing.T) {
 	if err := p.Start(ctx); err == nil {
 		t.Fatal("Start after Stop succeeded, want an error")
 	}
+}
+
+// publicOnly allows read_file of public.txt and nothing else: the policy
+// reads the argument that the tool acts on.
+const publicOnly = `package m1.authz
+
+import rego.v1
+
+default decision := {"allowed": false, "reason": "not_public", "http_status": 403}
+
+decision := {"allowed": true} if {
+	input.m1.kind == "tool_call"
+	input.m1.tool == "read_file"
+	input.m1.args.path == "public.txt"
+}
+`
+
+// TestDifferentialsClosed runs the security review's differentials through
+// the proxy, m1-authz and the demo tool: each is a request whose arguments
+// the policy reads one way and the tool (Go's encoding/json, which matches
+// member names regardless of case, or a parser chosen by media type) would
+// read another. None reaches the tool.
+func TestDifferentialsClosed(t *testing.T) {
+	policyDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(policyDir, "authz.rego"), []byte(publicOnly), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	az := startAuthzWith(t, policyDir)
+	dir := t.TempDir()
+	for name, content := range map[string]string{"public.txt": "public", "secret.txt": "TOP SECRET"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tool, err := demotool.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tool.Close()
+	ts := httptest.NewServer(tool)
+	defer ts.Close()
+	base := startProxy(t, az.addr, ts.URL, nil)
+	mcpHeaders := map[string]string{"Content-Type": "application/json", "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+	jsonType := map[string]string{"Content-Type": "application/json"}
+
+	tests := []struct {
+		name, path string
+		header     map[string]string
+		body       string
+		wantStatus int
+		wantError  string // "" for an allowed call
+		wantCalls  int    // read_file calls so far
+	}{
+		{"mcp public.txt runs", "/mcp", mcpHeaders, toolsCall(1, demotool.ReadFile, `{"path":"public.txt"}`), 200, "", 1},
+		{"rest public.txt runs", "/tools/read_file", jsonType, `{"path":"public.txt"}`, 200, "", 2},
+		{"mcp PATH beside path", "/mcp", mcpHeaders, toolsCall(2, demotool.ReadFile, `{"path":"public.txt","PATH":"secret.txt"}`), 400, "bad_request", 2},
+		{"rest PATH beside path", "/tools/read_file", jsonType, `{"path":"public.txt","PATH":"secret.txt"}`, 400, "bad_request", 2},
+		{"rest Path before path", "/tools/read_file", jsonType, `{"Path":"secret.txt","path":"public.txt"}`, 400, "bad_request", 2},
+		{"rest form media type", "/tools/read_file", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, `{"path":"public.txt"}`, 415, "unsupported_media_type", 2},
+		{"rest query on the tool path", "/tools/read_file?path=secret.txt", jsonType, `{"path":"public.txt"}`, 400, "bad_path", 2},
+		{"mcp name header disagrees", "/mcp", map[string]string{"Content-Type": "application/json", "Mcp-Method": "tools/call", "Mcp-Name": "list_dir"}, toolsCall(3, demotool.ReadFile, `{"path":"public.txt"}`), 400, "header_mismatch", 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := send(t, "POST", base+tt.path, tt.header, tt.body)
+			if a.status != tt.wantStatus || a.errorCode() != tt.wantError {
+				t.Errorf("%s = %d %s, want %d %q", tt.name, a.status, a.body, tt.wantStatus, tt.wantError)
+			}
+			if strings.Contains(string(a.body), "TOP SECRET") {
+				t.Errorf("%s: the answer leaks secret.txt: %s", tt.name, a.body)
+			}
+			if got := tool.Calls(demotool.ReadFile); got != tt.wantCalls {
+				t.Errorf("%s: read_file ran %d times, want %d", tt.name, got, tt.wantCalls)
+			}
+		})
+	}
+}
+
+// TestUnderscoreHeadersRemoved: a client's x_m1_principal would reach a CGI,
+// WSGI or PHP tool as HTTP_X_M1_PRINCIPAL, the variable of M1's own
+// x-m1-principal; it never reaches the tool.
+func TestUnderscoreHeadersRemoved(t *testing.T) {
+	az := startAuthz(t)
+	up := startUpstream(t, nil)
+	base := startProxy(t, az.addr, up.url, nil)
+	a := send(t, "POST", base+"/tools/read_file", map[string]string{
+		"Content-Type": "application/json", "x_m1_principal": "spoof", "X-M1_Run-Id": "forged", "x_other": "keep",
+	}, `{"path":"a"}`)
+	if a.status != 200 {
+		t.Fatalf("read_file = %d %s, want 200", a.status, a.body)
+	}
+	got := up.taken()
+	if len(got) != 1 {
+		t.Fatalf("upstream got %d requests, want 1", len(got))
+	}
+	for k, v := range got[0].header {
+		if strings.HasPrefix(strings.ToLower(strings.ReplaceAll(k, "_", "-")), "x-m1-") && k != "X-M1-Decision-Id" {
+			t.Errorf("upstream got client header %s: %v", k, v)
+		}
+	}
+	if got[0].header.Get("x_other") != "keep" {
+		t.Errorf("upstream headers %v: x_other (not M1's) must pass", got[0].header)
+	}
+}
+
+// headerTransport adds fixed headers to every request, as an agent that
+// carries an approval token would.
+type headerTransport struct {
+	header map[string]string
+	sent   *sync.Map // Mcp-Method values seen, for the test
+}
+
+func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	for k, v := range h.header {
+		r.Header.Set(k, v)
+	}
+	if m := r.Header.Get("Mcp-Method"); m != "" {
+		h.sent.Store(m, r.Header.Get("Mcp-Name"))
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestStatelessMCPClient runs the official MCP Go SDK's client, unmodified,
+// through the proxy, m1-authz and the demo tool in the MCP 2026-07-28
+// stateless flow: server/discover instead of initialize, no session id,
+// Mcp-Method and Mcp-Name on every request (which M1 checks against the
+// body).
+func TestStatelessMCPClient(t *testing.T) {
+	az := startAuthz(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("hello"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tool, err := demotool.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tool.Close()
+	ts := httptest.NewServer(tool)
+	defer ts.Close()
+	base := startProxy(t, az.addr, ts.URL, nil)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	connect := func(header map[string]string) (*mcp.ClientSession, *sync.Map) {
+		t.Helper()
+		sent := &sync.Map{}
+		tr := &mcp.StreamableClientTransport{
+			Endpoint:             base + "/mcp",
+			HTTPClient:           &http.Client{Transport: headerTransport{header, sent}},
+			DisableStandaloneSSE: true,
+			MaxRetries:           -1,
+		}
+		cs, err := mcp.NewClient(&mcp.Implementation{Name: "m1-test", Version: "1"}, nil).Connect(ctx, tr, nil)
+		if err != nil {
+			t.Fatalf("Connect through M1: %v", err)
+		}
+		t.Cleanup(func() { _ = cs.Close() })
+		return cs, sent
+	}
+	cs, sent := connect(nil)
+	if v := cs.InitializeResult().ProtocolVersion; v < "2026-07-28" {
+		t.Errorf("negotiated protocol %s, want the stateless 2026-07-28 or later", v)
+	}
+	if id := cs.ID(); id != "" {
+		t.Errorf("session id %q, want none (stateless)", id)
+	}
+	if _, ok := sent.Load("server/discover"); !ok {
+		t.Errorf("client did not discover with server/discover (Mcp-Method sent: %v)", keys(sent))
+	}
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: demotool.ReadFile, Arguments: map[string]any{"path": "notes.txt"}})
+	if err != nil || res.IsError {
+		t.Fatalf("read_file through M1 = %v, %v; want a result", res, err)
+	}
+	if name, _ := sent.Load("tools/call"); name != demotool.ReadFile {
+		t.Errorf("Mcp-Name of tools/call = %v, want %s", name, demotool.ReadFile)
+	}
+	if _, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: demotool.WriteFile, Arguments: map[string]any{"path": "x.txt", "content": "no"}}); err == nil {
+		t.Errorf("write_file without an approval = ok, want M1's deny")
+	}
+	if got := tool.Calls(demotool.WriteFile); got != 0 {
+		t.Errorf("write_file ran %d times without an approval", got)
+	}
+
+	args := `{"content":"yes","path":"x.txt"}`
+	approved, _ := connect(map[string]string{"X-M1-Approval-Token": az.mint(t, demotool.WriteFile, args, "")})
+	if res, err := approved.CallTool(ctx, &mcp.CallToolParams{Name: demotool.WriteFile, Arguments: map[string]any{"path": "x.txt", "content": "yes"}}); err != nil || res.IsError {
+		t.Fatalf("approved write_file = %v, %v; want a result", res, err)
+	}
+	if got := tool.Calls(demotool.WriteFile); got != 1 {
+		t.Errorf("approved write_file ran %d times, want 1", got)
+	}
+}
+
+func keys(m *sync.Map) []any {
+	var out []any
+	m.Range(func(k, _ any) bool { out = append(out, k); return true })
+	return out
 }
