@@ -184,8 +184,8 @@ const jsonSpace = " \t\n\r"
 // application/*+json, with parameters, in UTF-8.
 func jsonMediaType(headers Headers) *RequestError {
 	v, ok := headers.Lookup("content-type")
-	if !ok {
-		return nil
+	if !ok || v == "application/json" || v == "application/json; charset=utf-8" {
+		return nil // the common cases, without parsing
 	}
 	mt, params, err := mime.ParseMediaType(v)
 	if err == nil && (mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))) {
