@@ -54,8 +54,13 @@ bench: ## Go benchmarks of the Check path, then gRPC load (ghz) against m1-authz
 demo: build ## the approval loop on loopback: goal, proposals, m1 approve, dispatch through m1-authz, audit (DEMO_INTERACTIVE=1 to approve yourself)
 	./scripts/demo.sh
 
-fuzz: ## fuzz the request parser for FUZZTIME (default 30s)
-	$(GO) test -run '^$$' -fuzz FuzzParseCall -fuzztime $(FUZZTIME) ./authz/
+fuzz: ## run every fuzz target of the module, each for FUZZTIME (default 30s)
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
+	  dir=$$(dirname $$f); \
+	  for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+	    echo "== $$dir $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./$$dir/; \
+	  done; \
+	done
 
 clean: ## remove build output
 	rm -rf $(BIN)

@@ -131,6 +131,20 @@ func (s *Service) SetPolicy(engine *policy.Engine) {
 // Policy returns the engine in force.
 func (s *Service) Policy() *policy.Engine { return s.policy.Load() }
 
+// Caching reports whether decisions of the policy in force are cached, and
+// why not: the service has no decision cache, or the policy's decisions
+// depend on more than input.m1 (the engine's analysis).
+func (s *Service) Caching() (on bool, why string) {
+	return s.caching(s.policy.Load())
+}
+
+func (s *Service) caching(engine *policy.Engine) (bool, string) {
+	if s.opts.Cache == nil {
+		return false, "no decision cache is configured (cache size 0)"
+	}
+	return engine.Cacheable()
+}
+
 // verdict is one decision before it is put on the wire.
 type verdict struct {
 	id        string
@@ -218,8 +232,7 @@ func (s *Service) rateLimit(ctx context.Context, v *verdict) bool {
 func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, headers Headers, v *verdict) {
 	engine := s.policy.Load()
 	var key cache.Key
-	cacheable, _ := engine.Cacheable()
-	cacheable = cacheable && s.opts.Cache != nil
+	cacheable, _ := s.caching(engine)
 	if cacheable {
 		key = cacheKey(engine.Revision(), engine.Path(), engine.Needs().M1Paths, &v.call, v.principal, v.claims)
 		if d, tier, ok := s.opts.Cache.Get(ctx, key); ok {

@@ -140,8 +140,8 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if s.authz, err = authz.New(ao, engine); err != nil {
 		return nil, err
 	}
-	if ok, why := engine.Cacheable(); !ok {
-		opts.Logger.Warn("decision cache off: the policy's decisions depend on more than input.m1", zap.String("why", why))
+	if ok, why := s.authz.Caching(); !ok {
+		opts.Logger.Warn("decision cache off", zap.String("why", why))
 	}
 
 	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(opts.GRPCMaxRecvBytes))
@@ -386,7 +386,7 @@ func (s *Server) healthReport() admin.Report {
 	e := s.authz.Policy()
 	rep := admin.Report{Version: s.opts.Version, Checks: map[string]admin.Check{}, Started: s.started.Load()}
 	pol := admin.Check{Status: admin.StatusOK, Info: map[string]any{"revision": e.Revision()}}
-	if ok, why := e.Cacheable(); ok {
+	if ok, why := s.authz.Caching(); ok {
 		pol.Info["decision_cache"] = "on"
 	} else {
 		pol.Info["decision_cache"] = "off"
@@ -454,8 +454,9 @@ func (s *Server) adminHandler() http.Handler {
 			"health": func() any { return s.healthReport() },
 			"policy": func() any {
 				e := s.authz.Policy()
-				ok, why := e.Cacheable()
-				return map[string]any{"revision": e.Revision(), "cacheable": ok, "cache_off_reason": why, "needs": e.Needs(), "tools": e.Tools()}
+				cacheable, _ := e.Cacheable()
+				on, why := s.authz.Caching()
+				return map[string]any{"revision": e.Revision(), "cacheable": cacheable, "decision_cache": on, "cache_off_reason": why, "needs": e.Needs(), "tools": e.Tools()}
 			},
 			"cache": func() any {
 				if s.cache == nil {
