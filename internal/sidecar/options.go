@@ -64,6 +64,10 @@ type Options struct {
 	DatabaseURL  string        // "" = SQLite file under DataDir; postgres://… for PostgreSQL
 	PruneEvery   time.Duration // apply store.DefaultRetention this often; 0 = never
 
+	// AdminHTTP bounds every connection of the admin HTTP server (DESIGN
+	// §7). Not flags: the defaults suit every deployment; tests shorten them.
+	AdminHTTP admin.Limits
+
 	Version    string
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer // also a Gatherer when it is a *prometheus.Registry
@@ -100,6 +104,7 @@ func DefaultOptions() Options {
 		Audit:                 true,
 		AuditMaxArgs:          audit.DefaultMaxArgsBytes,
 		PruneEvery:            time.Hour,
+		AdminHTTP:             admin.DefaultLimits(),
 		CacheL2TTL:            10 * time.Minute,
 		Version:               "dev",
 		Now:                   time.Now,
@@ -245,6 +250,9 @@ func (o *Options) validate() error {
 		return fmt.Errorf("PruneEvery (M1_AUDIT_PRUNE_INTERVAL) must be 0 or at least 1m")
 	case o.Logger == nil || o.Registerer == nil || o.Gatherer == nil || o.Now == nil:
 		return fmt.Errorf("Logger, Registerer, Gatherer and Now are required")
+	}
+	if err := o.AdminHTTP.Validate(); err != nil {
+		return fmt.Errorf("AdminHTTP: %w", err)
 	}
 	if _, err := admin.ParseOrigins(o.AllowedOrigins); err != nil {
 		return fmt.Errorf("AllowedOrigins (ALLOWED_ORIGINS): %w", err)
