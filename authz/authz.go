@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"go.uber.org/zap"
@@ -387,8 +388,17 @@ const (
 	fieldJTI        = "jti"
 )
 
+// auditDetailBytes bounds the deny reason an audit event keeps. A reason
+// can quote what the caller sent (a JSON error names the member it failed
+// in, a policy message may repeat the input), and a denied caller must not
+// choose how much the audit trail stores (DESIGN §7).
+const auditDetailBytes = 1024
+
 // audit hands the decision to the audit trail. Arguments are kept only for
-// tools the registry marks non-sensitive.
+// allowed calls of tools the registry marks non-sensitive: a denied call
+// keeps its args_sha256 alone, so that audit volume is bounded by what was
+// allowed, not by what anyone sends (the recorder also caps the size of
+// what it keeps, M1_AUDIT_MAX_ARGS_BYTES).
 func (s *Service) audit(v *verdict, decision string, start time.Time, elapsed time.Duration) {
 	e := store.Event{
 		DecisionID: v.id, Time: start, Kind: store.KindDecision,
@@ -396,17 +406,30 @@ func (s *Service) audit(v *verdict, decision string, start time.Time, elapsed ti
 		Decision: decision, Reason: v.code, Status: v.status, LatencyMicros: elapsed.Microseconds(), CacheTier: v.tier,
 	}
 	if !v.allowed {
-		e.Detail = v.reason
+		e.Detail = clipText(v.reason, auditDetailBytes)
 	}
 	engine := s.policy.Load()
 	e.PolicyRevision = engine.Revision()
 	if c := v.claims; c != nil {
 		e.TokenJTI, e.ProposalID = c.ID, c.ProposalID
 	}
-	if len(v.call.Args) > 0 && engine.ArgsAuditable(v.call.Tool) {
+	if v.allowed && len(v.call.Args) > 0 && engine.ArgsAuditable(v.call.Tool) {
 		e.Args = v.call.Args // validated JSON, as sent; never modified
 	}
 	s.opts.Audit.Record(e)
+}
+
+// clipText returns s, or when it is longer than n bytes its first n bytes
+// or fewer (cut on a UTF-8 boundary) followed by "…".
+func clipText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "…"
 }
 
 func jtiOf(c *approval.Claims) string {

@@ -81,6 +81,12 @@ type Options struct {
 
 	LogLevel string
 
+	// HTTP bounds every connection of the HTTP server (DESIGN §7). Not
+	// flags: the defaults suit every deployment; tests shorten them.
+	// WriteTimeout 0 means DispatchTimeout + 30s: an approval is answered
+	// after its dispatch.
+	HTTP admin.Limits
+
 	// Injected.
 	PlannerImpl orchestrator.Planner // when set, used instead of building one from the fields above
 	Version     string
@@ -108,9 +114,20 @@ func DefaultOptions() Options {
 		CostTracking:    true,
 		RunBudgetUSD:    1,
 		LogLevel:        "info",
+		HTTP:            defaultHTTPLimits(),
 		Version:         "dev",
 		Now:             time.Now,
 	}
+}
+
+// defaultHTTPLimits are the admin port's, with room for the largest API
+// request (orchestrator.maxRequestBytes, 1 MiB, with slack) and a write
+// timeout that follows DispatchTimeout.
+func defaultHTTPLimits() admin.Limits {
+	l := admin.DefaultLimits()
+	l.MaxBodyBytes = 2 << 20
+	l.WriteTimeout = 0
+	return l
 }
 
 // BindFlags defines o's flags on fs and returns each flag's environment
@@ -172,6 +189,8 @@ func (o *Options) validate() error {
 		return errors.New("RunBudgetUSD (M1_RUN_BUDGET_USD) must not be negative")
 	case o.JWKSFile != "" && o.Audience == "":
 		return errors.New("Audience (M1_AUDIENCE) is required to verify approval tokens")
+	case o.HTTP.WriteTimeout != 0 && o.HTTP.WriteTimeout <= o.DispatchTimeout:
+		return fmt.Errorf("HTTP.WriteTimeout %s must exceed DispatchTimeout (M1_DISPATCH_TIMEOUT) %s: an approval is answered after its dispatch", o.HTTP.WriteTimeout, o.DispatchTimeout)
 	case !strings.HasPrefix(o.MCPPath, "/"):
 		return fmt.Errorf("MCPPath (M1_MCP_PATH) %q must start with /", o.MCPPath)
 	case !strings.HasPrefix(o.ToolsPathPrefix, "/") || !strings.HasSuffix(o.ToolsPathPrefix, "/"):
@@ -179,6 +198,12 @@ func (o *Options) validate() error {
 	}
 	if _, _, err := backend.Parse(o.DatabaseURL, o.DataDir); err != nil {
 		return fmt.Errorf("M1_DATABASE_URL: %w", err)
+	}
+	if o.HTTP.WriteTimeout == 0 {
+		o.HTTP.WriteTimeout = o.DispatchTimeout + 30*time.Second
+	}
+	if err := o.HTTP.Validate(); err != nil {
+		return fmt.Errorf("HTTP: %w", err)
 	}
 	return nil
 }
@@ -302,7 +327,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		Health:   s.health,
 		Routes:   map[string]http.Handler{"/v1/": s.svc.Handler()},
 	})
-	s.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	s.http = admin.NewServer(handler, o.HTTP, zap.NewStdLog(o.Logger.Named("http")))
 	if generated {
 		defer func() {
 			s.log.Info("admin token generated; set M1_ADMIN_TOKEN to choose one (m1 approve reads it too)", zap.String("admin_token", s.opts.AdminToken))

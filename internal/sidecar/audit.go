@@ -40,11 +40,12 @@ func (s *Server) setupAudit(ctx context.Context) error {
 		s.log.Warn("audit store unreachable at start; decisions spool locally until it answers", zap.Error(pingErr))
 	}
 	rec, err := audit.New(audit.Options{
-		Writer:     store.WriterID("m1-authz", o.Now()),
-		Sink:       s.auditSink,
-		SpoolPath:  filepath.Join(o.DataDir, "audit-spool.jsonl"),
-		Logger:     s.log.Named("audit"),
-		Registerer: o.Registerer,
+		Writer:       store.WriterID("m1-authz", o.Now()),
+		Sink:         s.auditSink,
+		SpoolPath:    filepath.Join(o.DataDir, "audit-spool.jsonl"),
+		MaxArgsBytes: o.AuditMaxArgs,
+		Logger:       s.log.Named("audit"),
+		Registerer:   o.Registerer,
 	})
 	if err != nil {
 		_ = s.auditSink.Close()

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/m1-agent/m1/internal/admin"
+	"github.com/m1-agent/m1/internal/audit"
 )
 
 // Options configure m1-authz. Flags, env (M1_*) and the config file fill
@@ -58,9 +59,14 @@ type Options struct {
 	CacheL2TTL            time.Duration
 
 	// Audit trail.
-	Audit       bool          // record every decision
-	DatabaseURL string        // "" = SQLite file under DataDir; postgres://… for PostgreSQL
-	PruneEvery  time.Duration // apply store.DefaultRetention this often; 0 = never
+	Audit        bool          // record every decision
+	AuditMaxArgs int           // largest arguments an audit event keeps; beyond, the hash alone, marked truncated
+	DatabaseURL  string        // "" = SQLite file under DataDir; postgres://… for PostgreSQL
+	PruneEvery   time.Duration // apply store.DefaultRetention this often; 0 = never
+
+	// AdminHTTP bounds every connection of the admin HTTP server (DESIGN
+	// §7). Not flags: the defaults suit every deployment; tests shorten them.
+	AdminHTTP admin.Limits
 
 	Version    string
 	Logger     *zap.Logger
@@ -96,6 +102,9 @@ func DefaultOptions() Options {
 		RedisCommandTimeoutMS: 200,
 		CacheL2Mode:           "auto",
 		Audit:                 true,
+		AuditMaxArgs:          audit.DefaultMaxArgsBytes,
+		PruneEvery:            time.Hour,
+		AdminHTTP:             admin.DefaultLimits(),
 		CacheL2TTL:            10 * time.Minute,
 		Version:               "dev",
 		Now:                   time.Now,
@@ -143,6 +152,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.StringVar(&o.CacheL2Mode, "cache-l2-mode", o.CacheL2Mode, "Redis decision cache: auto (only when evaluation is slower than a Redis round trip), always, off")
 	fs.DurationVar(&o.CacheL2TTL, "cache-l2-ttl", o.CacheL2TTL, "Redis decision cache entry lifetime")
 	fs.BoolVar(&o.Audit, "audit", o.Audit, "record every decision in the audit store")
+	fs.IntVar(&o.AuditMaxArgs, "audit-max-args-bytes", o.AuditMaxArgs, "largest tool arguments an audit event keeps (allowed calls of non-sensitive tools only); larger ones keep their args_sha256 alone, marked args_truncated")
 	fs.DurationVar(&o.PruneEvery, "audit-prune-interval", o.PruneEvery, "apply the retention policy (decisions, runs, tool calls: 2 years; revoked tokens: 30 days) this often; 0 = never")
 	fs.StringVar(&o.DatabaseURL, "database-url", o.DatabaseURL, "audit store: empty = SQLite file m1.db under --data-dir; postgres://… for PostgreSQL")
 	return map[string]string{
@@ -184,6 +194,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 		"cache-l2-mode":              "M1_CACHE_L2_MODE",
 		"cache-l2-ttl":               "M1_CACHE_L2_TTL",
 		"audit":                      "M1_AUDIT",
+		"audit-max-args-bytes":       "M1_AUDIT_MAX_ARGS_BYTES",
 		"audit-prune-interval":       "M1_AUDIT_PRUNE_INTERVAL",
 		"database-url":               "M1_DATABASE_URL",
 	}
@@ -233,10 +244,15 @@ func (o *Options) validate() error {
 		return fmt.Errorf("CacheL2Mode (M1_CACHE_L2_MODE) %q: want auto, always or off", o.CacheL2Mode)
 	case o.RedisURL != "" && (o.RedisCommandTimeoutMS <= 0 || o.RedisConnectTimeoutMS <= 0):
 		return fmt.Errorf("REDIS_COMMAND_TIMEOUT_MS and REDIS_CONNECT_TIMEOUT_MS must be positive")
+	case o.AuditMaxArgs < 1:
+		return fmt.Errorf("AuditMaxArgs (M1_AUDIT_MAX_ARGS_BYTES) must be positive, got %d", o.AuditMaxArgs)
 	case o.PruneEvery < 0 || (o.PruneEvery > 0 && o.PruneEvery < time.Minute):
 		return fmt.Errorf("PruneEvery (M1_AUDIT_PRUNE_INTERVAL) must be 0 or at least 1m")
 	case o.Logger == nil || o.Registerer == nil || o.Gatherer == nil || o.Now == nil:
 		return fmt.Errorf("Logger, Registerer, Gatherer and Now are required")
+	}
+	if err := o.AdminHTTP.Validate(); err != nil {
+		return fmt.Errorf("AdminHTTP: %w", err)
 	}
 	if _, err := admin.ParseOrigins(o.AllowedOrigins); err != nil {
 		return fmt.Errorf("AllowedOrigins (ALLOWED_ORIGINS): %w", err)

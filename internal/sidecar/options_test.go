@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/m1-agent/m1/internal/config"
 )
@@ -57,6 +58,19 @@ func TestConfigRejectsUnknownKey(t *testing.T) {
 	}
 }
 
+// Retention pruning runs hourly unless the operator says never (DESIGN §7).
+func TestPruneDefaults(t *testing.T) {
+	o := DefaultOptions()
+	if o.PruneEvery != time.Hour {
+		t.Errorf("default PruneEvery = %v, want 1h", o.PruneEvery)
+	}
+	o = testOptions(t)
+	o.PruneEvery = 0
+	if err := o.validate(); err != nil {
+		t.Errorf("validate(PruneEvery 0, never) = %v, want it accepted", err)
+	}
+}
+
 func TestValidateNamesTheField(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -68,6 +82,8 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"recv below body", func(o *Options) { o.GRPCMaxRecvBytes = 10 }, "M1_GRPC_MAX_RECV_BYTES"},
 		{"zero body", func(o *Options) { o.MaxBodyBytes = 0 }, "M1_MAX_BODY_BYTES"},
 		{"prefix without slash", func(o *Options) { o.ToolsPathPrefix = "/tools" }, "M1_TOOLS_PATH_PREFIX"},
+		{"zero audit args", func(o *Options) { o.AuditMaxArgs = 0 }, "M1_AUDIT_MAX_ARGS_BYTES"},
+		{"prune too often", func(o *Options) { o.PruneEvery = time.Second }, "M1_AUDIT_PRUNE_INTERVAL"},
 	}
 	for _, tt := range tests {
 		o := testOptions(t)

@@ -153,11 +153,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if opts.AdminToken == "" {
 		s.opts.AdminToken, s.tokenGenerated = randomToken(), true
 	}
-	s.admin = &http.Server{
-		Handler:           s.adminHandler(),
-		ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog:          zap.NewStdLog(opts.Logger.Named("admin")),
-	}
+	s.admin = admin.NewServer(s.adminHandler(), opts.AdminHTTP, zap.NewStdLog(opts.Logger.Named("admin")))
 	return s, nil
 }
 
