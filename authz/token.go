@@ -12,8 +12,8 @@ import (
 
 // Deny codes of the hard checks that follow verification (DESIGN §4, 8–11).
 const (
-	CodeToolMismatch     = "tool_mismatch"
-	CodeArgsMismatch     = "args_mismatch"
+	CodeToolMismatch     = approval.CodeToolMismatch
+	CodeArgsMismatch     = approval.CodeArgsMismatch
 	CodeTokenRevoked     = "token_revoked"
 	CodeTokenReplayed    = "token_replayed"
 	CodeGrantExhausted   = "grant_exhausted"
@@ -74,11 +74,9 @@ func (s *Service) checkToken(ctx context.Context, raw string, v *verdict) bool {
 	}
 	v.claims = c
 	if v.call.Kind == KindToolCall {
-		switch {
-		case !c.MatchesTool(v.call.Tool):
-			return fail(CodeToolMismatch, 403, "token does not allow tool "+v.call.Tool)
-		case c.Kind == approval.KindApproval && c.ArgsSHA256 != v.call.ArgsSHA256:
-			return fail(CodeArgsMismatch, 403, "arguments differ from the approved arguments (args_sha256 "+v.call.ArgsSHA256+")")
+		if err := c.Bind(v.call.Tool, v.call.ArgsSHA256); err != nil {
+			ae, _ := errors.AsType[*approval.Error](err)
+			return fail(ae.Code, 403, ae.Reason)
 		}
 	}
 	revoked, err := s.opts.Revocations.Revoked(ctx, c.ID, c.Subject)

@@ -9,8 +9,9 @@
 // [Watcher] (reloads the JWKS file on change or on demand). The operator side
 // is [SigningKey], [GenerateKey], [Mint] and [Inspect].
 //
-// Binding to the call (check 8), revocation (9) and single use (11) are the
-// decision path's job; this package hands it verified [Claims].
+// Binding to the call (check 8) is [Claims.Bind], the one implementation
+// of it. Revocation (9) and single use (11) are the decision path's job;
+// this package hands it verified [Claims].
 package approval
 
 // Token kinds (the m1.kind claim) and the JWS header typ.
@@ -20,7 +21,8 @@ const (
 	TokenType    = "m1-approval+jwt"
 )
 
-// Stable error codes of DESIGN §4 hard checks 1–7. Every one maps to HTTP 401.
+// Stable error codes of DESIGN §4 hard checks 1–7. Every one maps to HTTP
+// 401; check 8's codes (see [Claims.Bind]) map to 403.
 const (
 	CodeInvalid          = "token_invalid"       // checks 1 and 2
 	CodeExpired          = "token_expired"       // check 3
@@ -30,9 +32,10 @@ const (
 	CodeIssuerUntrusted  = "issuer_untrusted"    // check 7
 )
 
-// Error is a verification failure. Code is one of the Code constants and is
-// safe to use in responses, metric labels and audit records; Reason is a
-// human-readable detail for logs and never contains the token or a secret.
+// Error is a verification or binding failure. Code is one of the Code
+// constants and is safe to use in responses, metric labels and audit
+// records; Reason is a human-readable detail for logs and never contains
+// the token or a secret.
 type Error struct{ Code, Reason string }
 
 // Error returns "code: reason", or just the code when there is no reason.

@@ -570,14 +570,15 @@ type binding struct {
 	Reason     string `json:"reason,omitempty"`
 }
 
-// bindCall is hard check 8 of DESIGN §4, as the sidecar runs it.
+// bindCall is hard check 8 of DESIGN §4: [approval.Claims.Bind], the
+// sidecar's own.
 func bindCall(c *approval.Claims, tool, argsSHA string) *binding {
 	b := &binding{Tool: tool, ArgsSHA256: argsSHA, Result: validOK}
-	switch {
-	case !c.MatchesTool(tool):
-		b.Result, b.Reason = authz.CodeToolMismatch, "token does not allow tool "+tool
-	case c.Kind == approval.KindApproval && c.ArgsSHA256 != argsSHA:
-		b.Result, b.Reason = authz.CodeArgsMismatch, "arguments differ from the approved arguments"
+	if err := c.Bind(tool, argsSHA); err != nil {
+		b.Result, b.Reason = approval.CodeInvalid, err.Error()
+		if ae, ok := errors.AsType[*approval.Error](err); ok {
+			b.Result, b.Reason = ae.Code, ae.Reason
+		}
 	}
 	return b
 }
