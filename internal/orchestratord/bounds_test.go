@@ -12,8 +12,9 @@ import (
 
 func startTest(t *testing.T, mod func(*Options)) *Server {
 	t.Helper()
-	o := DefaultOptions()
-	o.Addr, o.DataDir, o.PlanFile, o.AdminToken = "127.0.0.1:0", t.TempDir(), "../../testdata/plans/demo.yaml", "secret-token"
+	_, jwks := operatorKey(t, "ops-1")
+	o := testOptions(t, jwks)
+	o.AdminToken = "secret-token"
 	if mod != nil {
 		mod(&o)
 	}
@@ -79,7 +80,8 @@ func TestSecurityHeaders(t *testing.T) {
 }
 
 func TestWriteTimeoutOutlastsDispatch(t *testing.T) {
-	o := DefaultOptions()
+	_, jwks := operatorKey(t, "ops-1")
+	o := testOptions(t, jwks)
 	o.DispatchTimeout = 2 * time.Minute
 	if err := o.validate(); err != nil {
 		t.Fatal(err)
@@ -87,7 +89,7 @@ func TestWriteTimeoutOutlastsDispatch(t *testing.T) {
 	if o.HTTP.WriteTimeout <= o.DispatchTimeout {
 		t.Fatalf("HTTP.WriteTimeout = %v with DispatchTimeout %v: an approval's answer would be cut", o.HTTP.WriteTimeout, o.DispatchTimeout)
 	}
-	o = DefaultOptions()
+	o = testOptions(t, jwks)
 	o.HTTP.WriteTimeout = o.DispatchTimeout
 	if err := o.validate(); err == nil || !strings.Contains(err.Error(), "M1_DISPATCH_TIMEOUT") {
 		t.Fatalf("validate(WriteTimeout = DispatchTimeout) = %v, want an error naming M1_DISPATCH_TIMEOUT", err)
