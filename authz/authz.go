@@ -13,6 +13,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"github.com/m1-agent/m1/internal/deny"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -29,16 +30,12 @@ import (
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/ratelimit"
 	"github.com/m1-agent/m1/internal/store"
+	"github.com/m1-agent/m1/toolcall"
 )
 
-// Deny codes of the decision path besides the request errors of parse.go.
-const (
-	CodePolicyDenied  = "policy_denied"
-	CodePolicyError   = "policy_error"
-	CodeInternalError = "internal_error"
-	CodeRateLimited   = "rate_limited"
-	codeOK            = "ok" // the reason label of an allow
-)
+// codeOK is the reason label of an allow (m1_policy_checks_total,
+// the audit trail); denies take theirs from internal/deny.
+const codeOK = "ok"
 
 // RateLimiter counts a principal's tool calls (RATE_LIMIT_REQUESTS_PER_*).
 type RateLimiter interface {
@@ -71,7 +68,7 @@ var _ DecisionCache = (*cache.Memory)(nil)
 
 // Options configure a Service.
 type Options struct {
-	Parse          ParseOptions
+	Parse          toolcall.Options
 	ApprovalHeader string        // lower-case, e.g. "x-m1-approval-token"
 	Cache          DecisionCache // nil disables caching
 	Tokens         TokenVerifier // nil: no keys; a presented token is token_invalid
@@ -153,7 +150,7 @@ type verdict struct {
 	code      string // deny code, codeOK on allow
 	status    int
 	reason    string
-	call      Call
+	call      toolcall.Call
 	principal string
 	runID     string
 	tier      string // cache tier that answered, "" when evaluated or not reached
@@ -166,6 +163,12 @@ type verdict struct {
 	tokenResult string
 }
 
+// refuse makes v a deny with code, the code's status (internal/deny) and
+// reason.
+func (v *verdict) refuse(code, reason string) {
+	v.allowed, v.code, v.status, v.reason = false, code, deny.Status(code), reason
+}
+
 // Check decides one request. It always returns a CheckResponse and a nil error.
 func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, _ error) {
 	start := s.opts.Now()
@@ -173,8 +176,8 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *au
 	defer func() {
 		if p := recover(); p != nil {
 			s.opts.Logger.Error("check panicked; denying", zap.String(fieldDecisionID, v.id), zap.Any("panic", p))
-			v.allowed, v.code, v.status, v.reason = false, CodeInternalError, 500, "internal error"
-			resp = s.deny(&v, HeadersOf(req.GetAttributes().GetRequest().GetHttp()))
+			v.refuse(deny.InternalError, "internal error")
+			resp = s.deny(&v, toolcall.HeadersOf(req.GetAttributes().GetRequest().GetHttp()))
 		}
 		s.record(&v, start)
 	}()
@@ -185,29 +188,29 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *au
 	return s.deny(&v, headers), nil
 }
 
-func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, v *verdict) Headers {
+func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, v *verdict) toolcall.Headers {
 	attrs := req.GetAttributes()
 	h := attrs.GetRequest().GetHttp()
-	headers := HeadersOf(h)
+	headers := toolcall.HeadersOf(h)
 	if h == nil {
-		v.code, v.status, v.reason = CodeBadRequest, 400, "CheckRequest has no attributes.request.http"
+		v.refuse(deny.BadRequest, "CheckRequest has no attributes.request.http")
 		return headers
 	}
-	call, rerr := ParseCall(h, headers, s.opts.Parse)
+	call, rerr := toolcall.Parse(h, headers, s.opts.Parse)
 	v.call = call
 	if rerr != nil {
-		v.code, v.status, v.reason = rerr.Code, rerr.Status, rerr.Reason
+		v.refuse(rerr.Code, rerr.Reason)
 		return headers
 	}
 	v.principal = attrs.GetSource().GetPrincipal()
 	if raw, ok := headers.Lookup(s.opts.ApprovalHeader); ok && !s.checkToken(ctx, tokenFromHeader(raw), v) {
 		return headers
 	}
-	if s.opts.RateLimit != nil && call.Kind == KindToolCall && !s.rateLimit(ctx, v) {
+	if s.opts.RateLimit != nil && call.Kind == toolcall.KindToolCall && !s.rateLimit(ctx, v) {
 		return headers
 	}
 	s.evaluate(ctx, req, headers, v)
-	if v.allowed && v.claims != nil && call.Kind == KindToolCall {
+	if v.allowed && v.claims != nil && call.Kind == toolcall.KindToolCall {
 		s.consume(ctx, v)
 	}
 	return headers
@@ -223,14 +226,14 @@ func (s *Service) rateLimit(ctx context.Context, v *verdict) bool {
 		return true
 	}
 	secs := max(int64((r.RetryAfter+time.Second-1)/time.Second), 1)
-	v.code, v.status, v.retryAfter = CodeRateLimited, 429, time.Duration(secs)*time.Second
-	v.reason = "too many tool calls for this principal (the " + r.Limit + " limit); retry after " + strconv.FormatInt(secs, 10) + "s"
+	v.refuse(deny.RateLimited, "too many tool calls for this principal (the "+r.Limit+" limit); retry after "+strconv.FormatInt(secs, 10)+"s")
+	v.retryAfter = time.Duration(secs) * time.Second
 	return false
 }
 
 // evaluate runs the policy (hard check 10), through the decision cache when
 // the policy allows it.
-func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, headers Headers, v *verdict) {
+func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, headers toolcall.Headers, v *verdict) {
 	engine := s.policy.Load()
 	var key cache.Key
 	cacheable, _ := s.caching(engine)
@@ -269,7 +272,7 @@ func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, header
 // policyError denies with policy_error. The details (bundle paths, lines,
 // policy source) go to the operator's log, not to the caller.
 func (s *Service) policyError(v *verdict, what string, err error) {
-	v.code, v.status, v.reason = CodePolicyError, 403, "policy evaluation failed; the operator's log has decision "+v.id
+	v.refuse(deny.PolicyError, "policy evaluation failed; the operator's log has decision "+v.id)
 	s.opts.Logger.Warn("policy error; denied", zap.String(fieldDecisionID, v.id), zap.String("stage", what), zap.Error(err))
 }
 
@@ -280,7 +283,7 @@ func (s *Service) apply(v *verdict, d *policy.Decision) {
 		v.allowed, v.code, v.status = true, codeOK, 200
 		return
 	}
-	v.code, v.status, v.reason = CodePolicyDenied, 403, d.Reason
+	v.refuse(deny.PolicyDenied, d.Reason)
 	if d.HTTPStatus != 0 {
 		v.status = d.HTTPStatus
 	}
@@ -297,7 +300,7 @@ func (s *Service) apply(v *verdict, d *policy.Decision) {
 // sub, jti, m1.kind, and an approval's m1.tool and m1.args_sha256), which
 // stand as themselves, so fresh approvals for the same call share a key.
 // Fields are length-prefixed so that no two inputs share an encoding.
-func cacheKey(revision, decisionPath string, paths [][]string, c *Call, principal string, claims *approval.Claims) cache.Key {
+func cacheKey(revision, decisionPath string, paths [][]string, c *toolcall.Call, principal string, claims *approval.Claims) cache.Key {
 	var buf [512]byte
 	b := appendField(appendField(buf[:0], revision), decisionPath)
 	if paths == nil {
@@ -326,7 +329,7 @@ func appendField(b []byte, f string) []byte {
 
 // appendM1 appends the value at path p of input.m1 (as m1Input builds it),
 // or something that determines it.
-func appendM1(b []byte, p []string, c *Call, principal string, claims *approval.Claims) []byte {
+func appendM1(b []byte, p []string, c *toolcall.Call, principal string, claims *approval.Claims) []byte {
 	switch p[0] {
 	case "kind":
 		return appendField(b, c.Kind)

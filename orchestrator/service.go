@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/m1-agent/m1/internal/deny"
 	"net/http"
 	"strings"
 	"sync"
@@ -17,10 +18,10 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/store"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // Auditor records audit events (an *audit.Recorder).
@@ -475,7 +476,7 @@ func (s *Service) propose(ctx context.Context, run store.Run, stepNo int, step S
 		}
 		spec, known := s.cfg.Registry[c.Tool]
 		p.Risk = spec.Risk
-		sum, err := authz.ArgsSHA256(c.Tool, c.Args)
+		sum, err := toolcall.ArgsSHA256(c.Tool, c.Args)
 		switch {
 		case !known:
 			p.Status, p.Reason = store.ProposalFailed, fmt.Sprintf("unknown tool %q", c.Tool)
@@ -658,7 +659,7 @@ func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error
 	after, reset := s.reapprove[id]
 	s.mu.Unlock()
 	if reset && claims.IssuedAt.Before(after) {
-		return Decided{Proposal: p}, &TokenError{authz.CodeStateReset, fmt.Sprintf(
+		return Decided{Proposal: p}, &TokenError{deny.StateReset, fmt.Sprintf(
 			"the token was issued at %s, before the sidecar's shared state was reset; it accepts approvals issued at or after %s",
 			claims.IssuedAt.UTC().Format(time.RFC3339), after.UTC().Format(time.RFC3339))}
 	}
@@ -729,7 +730,7 @@ func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) 
 	var reapprove time.Time // when a state_reset proposal may be approved again
 	switch {
 	case o.status == store.CallSucceeded:
-	case o.status == store.CallDenied && o.code == authz.CodeStateReset:
+	case o.status == store.CallDenied && o.code == deny.StateReset:
 		wait := s.cfg.ClockSkew
 		if o.hasRetryAfter {
 			wait = o.retryAfter
@@ -839,7 +840,7 @@ func (s *Service) checkToken(p store.Proposal, token string) (*approval.Claims, 
 		return nil, tokenError(err)
 	}
 	if claims.Kind != approval.KindApproval {
-		return nil, &TokenError{approval.CodeInvalid, fmt.Sprintf("a proposal takes an approval token, not a %s", claims.Kind)}
+		return nil, &TokenError{deny.TokenInvalid, fmt.Sprintf("a proposal takes an approval token, not a %s", claims.Kind)}
 	}
 	if err := claims.Bind(p.Tool, p.ArgsSHA256); err != nil {
 		return nil, tokenError(err)
@@ -862,7 +863,7 @@ func tokenError(err error) *TokenError {
 	if ae, ok := errors.AsType[*approval.Error](err); ok {
 		return &TokenError{Code: ae.Code, Reason: ae.Reason}
 	}
-	return &TokenError{Code: approval.CodeInvalid, Reason: err.Error()}
+	return &TokenError{Code: deny.TokenInvalid, Reason: err.Error()}
 }
 
 // auditArgs returns args for records unless the registry marks the tool

@@ -16,12 +16,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/internal/store/sqlite"
 	"github.com/m1-agent/m1/orchestrator"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // planFunc is a test planner.
@@ -310,7 +310,7 @@ func TestRunApproveDispatchComplete(t *testing.T) {
 		t.Fatalf("StartRun = status %s, %d proposals; want running, 1", d.Status, len(d.Proposals))
 	}
 	p := d.Proposals[0]
-	want, _ := authz.ArgsSHA256("write_file", []byte(`{"content":"hi","path":"notes.txt"}`))
+	want, _ := toolcall.ArgsSHA256("write_file", []byte(`{"content":"hi","path":"notes.txt"}`))
 	if p.ArgsSHA256 != want || p.Risk != "write" || p.Status != store.ProposalPending || p.Reasoning != "I will write the notes." || p.CallID != "toolu_1" {
 		t.Fatalf("proposal = %+v", p)
 	}

@@ -1,16 +1,11 @@
 package approval
 
-// Codes of hard check 8 of DESIGN §4, the binding of a verified token to
-// the call it is presented with. The sidecar answers both with HTTP 403.
-const (
-	CodeToolMismatch = "tool_mismatch" // the token does not allow this tool
-	CodeArgsMismatch = "args_mismatch" // an approval of other arguments
-)
+import "github.com/m1-agent/m1/internal/deny"
 
 // Sentinels of check 8 for errors.Is. Do not modify them.
 var (
-	ErrToolMismatch = &Error{Code: CodeToolMismatch}
-	ErrArgsMismatch = &Error{Code: CodeArgsMismatch}
+	ErrToolMismatch = &Error{Code: deny.ToolMismatch}
+	ErrArgsMismatch = &Error{Code: deny.ArgsMismatch}
 )
 
 // Bind runs hard check 8 of DESIGN §4: whether the token allows the call of
@@ -18,9 +13,9 @@ var (
 // RFC 8785 form). It returns nil when it does, else an [*Error] whose Code
 // is, in this order:
 //
-//   - [CodeToolMismatch]: an approval of another tool, or a grant none of
+//   - [deny.ToolMismatch]: an approval of another tool, or a grant none of
 //     whose m1.tools patterns matches tool (see [Claims.MatchesTool]);
-//   - [CodeArgsMismatch]: an approval whose m1.args_sha256 is not
+//   - [deny.ArgsMismatch]: an approval whose m1.args_sha256 is not
 //     argsSHA256. A grant allows any arguments.
 //
 // This is the one implementation of check 8: the sidecar, the
@@ -28,9 +23,9 @@ var (
 func (c *Claims) Bind(tool, argsSHA256 string) error {
 	switch {
 	case !c.MatchesTool(tool):
-		return &Error{Code: CodeToolMismatch, Reason: "token does not allow tool " + tool}
+		return &Error{Code: deny.ToolMismatch, Reason: "token does not allow tool " + tool}
 	case c.Kind == KindApproval && c.ArgsSHA256 != argsSHA256:
-		return &Error{Code: CodeArgsMismatch, Reason: "arguments differ from the approved arguments (args_sha256 " + argsSHA256 + ")"}
+		return &Error{Code: deny.ArgsMismatch, Reason: "arguments differ from the approved arguments (args_sha256 " + argsSHA256 + ")"}
 	}
 	return nil
 }

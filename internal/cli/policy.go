@@ -20,6 +20,7 @@ import (
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/policies"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 const policyUsage = `Usage:
@@ -142,7 +143,7 @@ func runPolicyEval(ctx context.Context, c *cmdIO, args []string) int {
 		}
 		st := state.NewMemory(state.MemoryOptions{})
 		svc, err := authz.New(authz.Options{
-			Parse: authz.ParseOptions{
+			Parse: toolcall.Options{
 				MCPPath:         *mcpPath,
 				ToolsPathPrefix: *toolsPrefix,
 				MaxBodyBytes:    *maxBody,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"github.com/m1-agent/m1/internal/deny"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -181,9 +182,9 @@ func TestApprovalsVerifiedAgainstJWKS(t *testing.T) {
 	for _, tc := range []struct {
 		name, token, code string
 	}{
-		{"signed by a key not in the JWKS", sign(forged, p.Tool, p.ArgsSHA256), approval.CodeInvalid},
-		{"bound to other arguments", sign(key, p.Tool, strings.Repeat("0", 64)), approval.CodeArgsMismatch},
-		{"bound to another tool", sign(key, "write_file", p.ArgsSHA256), approval.CodeToolMismatch},
+		{"signed by a key not in the JWKS", sign(forged, p.Tool, p.ArgsSHA256), deny.TokenInvalid},
+		{"bound to other arguments", sign(key, p.Tool, strings.Repeat("0", 64)), deny.ArgsMismatch},
+		{"bound to another tool", sign(key, "write_file", p.ArgsSHA256), deny.ToolMismatch},
 	} {
 		_, err := c.Approve(ctx, p.ID, tc.token)
 		if ae, ok := errors.AsType[*orchestrator.APIError](err); !ok || ae.Status != http.StatusBadRequest || ae.Code != tc.code {

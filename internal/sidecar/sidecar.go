@@ -37,6 +37,7 @@ import (
 	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/internal/state/redisstate"
 	"github.com/m1-agent/m1/policies"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // Server is one m1-authz process: New, then Start, then Stop.
@@ -97,7 +98,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		return nil, err
 	}
 	ao := authz.Options{
-		Parse: authz.ParseOptions{
+		Parse: toolcall.Options{
 			MCPPath:         opts.MCPPath,
 			ToolsPathPrefix: opts.ToolsPathPrefix,
 			MaxBodyBytes:    opts.MaxBodyBytes,
