@@ -205,6 +205,10 @@ func readTarGz(raw []byte, o ReadOptions) (*Bundle, error) {
 	if err != nil {
 		return nil, err
 	}
+	b, err := fromFiles(files)
+	if err != nil {
+		return nil, err
+	}
 	rd := bundle.NewCustomReader(bundle.NewTarballLoaderWithBaseURL(bytes.NewReader(raw), "")).
 		WithSizeLimitBytes(o.maxBytes()).
 		WithLazyLoadingMode(false)
@@ -219,7 +223,7 @@ func readTarGz(raw []byte, o ReadOptions) (*Bundle, error) {
 		}
 		return nil, fmt.Errorf("read OPA bundle: %w", err)
 	}
-	return fromFiles(files)
+	return b, nil
 }
 
 // untar extracts the regular files of a .tar.gz, refusing unsafe entries
