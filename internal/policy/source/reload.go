@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -231,11 +232,15 @@ func Prepare(ctx context.Context, b *policy.Bundle, o policy.Options, runTests b
 	return e, nil
 }
 
+// duration is the time a test took, which changes from run to run: the
+// message must not, so that a revision is logged once.
+var duration = regexp.MustCompile(` \([0-9.]+[µnm]?s\)`)
+
 // failures keeps the FAIL and ERROR lines of a test report, and its summary.
 func failures(report string) string {
 	var keep []string
 	for line := range strings.SplitSeq(report, "\n") {
-		t := strings.TrimSpace(line)
+		t := strings.TrimSpace(duration.ReplaceAllString(line, ""))
 		if strings.Contains(t, ": FAIL") || strings.Contains(t, ": ERROR") || strings.HasPrefix(t, "FAIL:") || strings.HasPrefix(t, "ERROR:") {
 			keep = append(keep, t)
 		}
