@@ -168,7 +168,9 @@ func readFS(fsys fs.FS, o ReadOptions) (*Bundle, error) {
 	if o.Verification != nil {
 		// A signature covers every file of the bundle (a README too),
 		// so the verifier must see them all.
-		keep = func(p, name string) bool { return p == signaturesFile || p == manifestFile || !strings.HasPrefix(name, ".") }
+		keep = func(p, name string) bool {
+			return p == signaturesFile || p == manifestFile || !strings.HasPrefix(name, ".")
+		}
 	}
 	files, err := collect(fsys, keep, o.maxBytes())
 	if err != nil {

@@ -16,7 +16,9 @@ import (
 
 type fixture struct{ dir string }
 
-func (f *fixture) Publish(t *testing.T, files map[string]string) { sourcetest.WriteDir(t, f.dir, files) }
+func (f *fixture) Publish(t *testing.T, files map[string]string) {
+	sourcetest.WriteDir(t, f.dir, files)
+}
 
 func (f *fixture) Loader(t *testing.T, o policy.ReadOptions) source.Loader {
 	opts := dirsource.DefaultOptions()

@@ -289,4 +289,3 @@ func treeFS(tree *object.Tree, limit int64) (fs.FS, error) {
 	}
 	return m, nil
 }
-
