@@ -74,10 +74,11 @@ type Options struct {
 	Tokens         TokenVerifier // nil: no keys; a presented token is token_invalid
 	Uses           UseStore      // required
 	Revocations    RevocationChecker
-	Epoch          Epoch         // nil: no data-loss fencing
-	Audit          Auditor       // nil: decisions are not audited
-	RateLimit      RateLimiter   // nil: no rate limits
-	ClockSkew      time.Duration // leeway of token times; used records outlive exp by it
+	Epoch          Epoch           // nil: no data-loss fencing
+	PolicyMetrics  *metrics.Policy // shadow decisions; required with SetShadow
+	Audit          Auditor         // nil: decisions are not audited
+	RateLimit      RateLimiter     // nil: no rate limits
+	ClockSkew      time.Duration   // leeway of token times; used records outlive exp by it
 	Logger         *zap.Logger
 	Metrics        *metrics.Authz
 	Now            func() time.Time
@@ -89,15 +90,16 @@ type Service struct {
 	authv3.UnimplementedAuthorizationServer
 	opts   Options
 	policy atomic.Pointer[policy.Engine]
+	shadow shadow
 	ids    idGen
 	debug  bool
 }
 
-// New returns a Service that decides with engine.
+// New returns a Service that decides with engine. A nil engine (a remote
+// policy source not loaded yet) denies every call policy_error until
+// SetPolicy.
 func New(opts Options, engine *policy.Engine) (*Service, error) {
 	switch {
-	case engine == nil:
-		return nil, fmt.Errorf("authz: no policy engine")
 	case opts.Logger == nil || opts.Metrics == nil || opts.Now == nil:
 		return nil, fmt.Errorf("authz: Logger, Metrics and Now are required")
 	case opts.Uses == nil || opts.Revocations == nil:
@@ -109,12 +111,17 @@ func New(opts Options, engine *policy.Engine) (*Service, error) {
 	}
 	s := &Service{opts: opts, debug: opts.Logger.Core().Enabled(zapcore.DebugLevel)}
 	s.ids.seed()
-	s.SetPolicy(engine)
+	s.shadow.init()
+	if engine != nil {
+		s.SetPolicy(engine)
+	}
 	return s, nil
 }
 
-// SetPolicy makes engine the policy for every later Check and drops cached
-// decisions of the previous revision.
+// SetPolicy makes engine (non-nil) the policy for every Check that starts
+// after it, and drops cached decisions of the previous revision. A Check
+// in flight finishes with the engine it started with: its decision, cache
+// key, response and audit event all come from that one engine.
 func (s *Service) SetPolicy(engine *policy.Engine) {
 	old := s.policy.Swap(engine)
 	if old != nil && old.Revision() != engine.Revision() {
@@ -126,7 +133,7 @@ func (s *Service) SetPolicy(engine *policy.Engine) {
 	}
 }
 
-// Policy returns the engine in force.
+// Policy returns the engine in force, nil before the first one.
 func (s *Service) Policy() *policy.Engine { return s.policy.Load() }
 
 // Caching reports whether decisions of the policy in force are cached, and
@@ -137,7 +144,10 @@ func (s *Service) Caching() (on bool, why string) {
 }
 
 func (s *Service) caching(engine *policy.Engine) (bool, string) {
-	if s.opts.Cache == nil {
+	switch {
+	case engine == nil:
+		return false, "no policy loaded yet"
+	case s.opts.Cache == nil:
 		return false, "no decision cache is configured (cache size 0)"
 	}
 	return engine.Cacheable()
@@ -145,7 +155,11 @@ func (s *Service) caching(engine *policy.Engine) (bool, string) {
 
 // verdict is one decision before it is put on the wire.
 type verdict struct {
-	id        string
+	id string
+	// engine is the policy of this decision, loaded once when the check
+	// starts (nil before any policy is loaded).
+	engine    *policy.Engine
+	evaluated bool // the check reached the policy (hard check 10)
 	allowed   bool
 	code      string // deny code, codeOK on allow
 	status    int
@@ -172,7 +186,7 @@ func (v *verdict) refuse(code, reason string) {
 // Check decides one request. It always returns a CheckResponse and a nil error.
 func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, _ error) {
 	start := s.opts.Now()
-	v := verdict{id: s.ids.next(start)}
+	v := verdict{id: s.ids.next(start), engine: s.policy.Load()}
 	defer func() {
 		if p := recover(); p != nil {
 			s.opts.Logger.Error("check panicked; denying", zap.String(fieldDecisionID, v.id), zap.Any("panic", p))
@@ -180,6 +194,9 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *au
 			resp = s.deny(&v, toolcall.HeadersOf(req.GetAttributes().GetRequest().GetHttp()))
 		}
 		s.record(&v, start)
+		if v.evaluated {
+			s.shadowEval(req, &v)
+		}
 	}()
 	headers := s.decide(ctx, req, &v)
 	if v.allowed {
@@ -234,7 +251,12 @@ func (s *Service) rateLimit(ctx context.Context, v *verdict) bool {
 // evaluate runs the policy (hard check 10), through the decision cache when
 // the policy allows it.
 func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, headers toolcall.Headers, v *verdict) {
-	engine := s.policy.Load()
+	engine := v.engine
+	v.evaluated = true
+	if engine == nil {
+		s.policyError(v, "load policy", errNoPolicy)
+		return
+	}
 	var key cache.Key
 	cacheable, _ := s.caching(engine)
 	if cacheable {
@@ -411,12 +433,14 @@ func (s *Service) audit(v *verdict, decision string, start time.Time, elapsed ti
 	if !v.allowed {
 		e.Detail = clipText(v.reason, auditDetailBytes)
 	}
-	engine := s.policy.Load()
-	e.PolicyRevision = engine.Revision()
+	engine := v.engine // the one that decided: a swap since cannot change it
+	if engine != nil {
+		e.PolicyRevision = engine.Revision()
+	}
 	if c := v.claims; c != nil {
 		e.TokenJTI, e.ProposalID = c.ID, c.ProposalID
 	}
-	if v.allowed && len(v.call.Args) > 0 && engine.ArgsAuditable(v.call.Tool) {
+	if v.allowed && len(v.call.Args) > 0 && engine != nil && engine.ArgsAuditable(v.call.Tool) {
 		e.Args = v.call.Args // validated JSON, as sent; never modified
 	}
 	s.opts.Audit.Record(e)

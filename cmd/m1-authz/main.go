@@ -24,7 +24,7 @@ var version = "dev" // set with -ldflags "-X main.version=…"
 
 func main() { os.Exit(run()) }
 
-// hangups delivers SIGHUP, which reloads the JWKS file.
+// hangups delivers SIGHUP, which reloads the JWKS file and the policy.
 func hangups() <-chan os.Signal {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGHUP)

@@ -28,13 +28,27 @@ type Options struct {
 	PolicyDir        string        // bundle directory; "" = the embedded default bundle
 	PolicyPath       string        // decision path in the bundle
 	PolicyTimeout    time.Duration // per-evaluation timeout
-	CacheSize        int           // L1 decision cache entries; 0 disables the cache
-	CacheTTL         time.Duration // L1 decision cache entry lifetime
-	RateLimitMinute  int           // tool calls per principal per minute; 0 = no limit
-	RateLimitHour    int           // tool calls per principal per hour; 0 = no limit
-	DrainTimeout     time.Duration // how long Stop waits for in-flight checks
-	DataDir          string        // directory for local state (SQLite store, spool)
-	LogLevel         string        // read by main to build Logger
+
+	// Policy distribution (DESIGN §5): at most one of PolicyDir,
+	// PolicyBundleURL and PolicyGitURL; none = the embedded bundle.
+	PolicyBundleURL       string        // OPA bundle server URL of a .tar.gz bundle
+	PolicyBundleToken     string        // bearer token for PolicyBundleURL
+	PolicyGitURL          string        // Git repository (https, ssh, file)
+	PolicyGitRef          string        // branch or tag
+	PolicyGitPath         string        // bundle root inside the repository
+	PolicyGitSSHKey       string        // private key file for ssh Git URLs ("" = ssh agent)
+	PolicyPollInterval    time.Duration // bundle server and Git poll period (jittered)
+	PolicyRunTests        bool          // run the bundle's Rego tests before activating a revision
+	PolicyVerificationKey string        // PEM public key: bundles must carry a valid OPA signature
+	PolicyShadowDir       string        // shadow (candidate) bundle directory
+	PolicyShadowBundleURL string        // shadow bundle server URL
+	CacheSize             int           // L1 decision cache entries; 0 disables the cache
+	CacheTTL              time.Duration // L1 decision cache entry lifetime
+	RateLimitMinute       int           // tool calls per principal per minute; 0 = no limit
+	RateLimitHour         int           // tool calls per principal per hour; 0 = no limit
+	DrainTimeout          time.Duration // how long Stop waits for in-flight checks
+	DataDir               string        // directory for local state (SQLite store, spool)
+	LogLevel              string        // read by main to build Logger
 
 	// Approval tokens (DESIGN §4).
 	Audience        string        // this tool service's audience; required when keys are set
@@ -78,21 +92,23 @@ type Options struct {
 // DefaultOptions returns the embedded defaults of DESIGN §8.
 func DefaultOptions() Options {
 	return Options{
-		GRPCAddr:        ":9191",
-		AdminAddr:       ":9192",
-		ApprovalHeader:  "x-m1-approval-token",
-		MCPPath:         "/mcp",
-		ToolsPathPrefix: "/tools/",
-		MaxBodyBytes:    1 << 20,
-		PolicyPath:      "m1/authz/decision",
-		PolicyTimeout:   100 * time.Millisecond,
-		CacheSize:       100_000,
-		CacheTTL:        5 * time.Minute,
-		DrainTimeout:    15 * time.Second,
-		DataDir:         "./data",
-		LogLevel:        "info",
-		TokenTTLMinutes: 5,
-		ClockSkew:       30 * time.Second,
+		GRPCAddr:           ":9191",
+		AdminAddr:          ":9192",
+		ApprovalHeader:     "x-m1-approval-token",
+		MCPPath:            "/mcp",
+		ToolsPathPrefix:    "/tools/",
+		MaxBodyBytes:       1 << 20,
+		PolicyPath:         "m1/authz/decision",
+		PolicyTimeout:      100 * time.Millisecond,
+		PolicyGitRef:       "main",
+		PolicyPollInterval: 30 * time.Second,
+		CacheSize:          100_000,
+		CacheTTL:           5 * time.Minute,
+		DrainTimeout:       15 * time.Second,
+		DataDir:            "./data",
+		LogLevel:           "info",
+		TokenTTLMinutes:    5,
+		ClockSkew:          30 * time.Second,
 
 		RedisDB:               -1,
 		RedisMaxRetries:       3,
@@ -126,6 +142,17 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.StringVar(&o.PolicyDir, "policy-dir", o.PolicyDir, "policy bundle directory (empty = the embedded default bundle)")
 	fs.StringVar(&o.PolicyPath, "policy-path", o.PolicyPath, "decision path in the bundle")
 	fs.DurationVar(&o.PolicyTimeout, "policy-timeout", o.PolicyTimeout, "per-evaluation policy timeout (deny policy_error when exceeded)")
+	fs.StringVar(&o.PolicyBundleURL, "policy-bundle-url", o.PolicyBundleURL, "OPA bundle server URL of a .tar.gz bundle, polled with If-None-Match (instead of --policy-dir)")
+	fs.StringVar(&o.PolicyBundleToken, "policy-bundle-token", o.PolicyBundleToken, "bearer token sent to the bundle server")
+	fs.StringVar(&o.PolicyGitURL, "policy-git-url", o.PolicyGitURL, "Git repository holding the bundle: https://, ssh:// or file:// (instead of --policy-dir)")
+	fs.StringVar(&o.PolicyGitRef, "policy-git-ref", o.PolicyGitRef, "branch or tag of --policy-git-url")
+	fs.StringVar(&o.PolicyGitPath, "policy-git-path", o.PolicyGitPath, "bundle root inside the repository (empty = the root)")
+	fs.StringVar(&o.PolicyGitSSHKey, "policy-git-ssh-key", o.PolicyGitSSHKey, "private key file for ssh Git URLs (empty = the ssh agent)")
+	fs.DurationVar(&o.PolicyPollInterval, "policy-poll-interval", o.PolicyPollInterval, "how often the bundle server or Git repository is polled (jittered ±10%)")
+	fs.BoolVar(&o.PolicyRunTests, "policy-run-tests", o.PolicyRunTests, "run a new revision's own Rego tests (*_test.rego) before activating it")
+	fs.StringVar(&o.PolicyVerificationKey, "policy-verification-key", o.PolicyVerificationKey, "PEM public key file: refuse bundles without a valid OPA signature (.signatures.json) made with its private key")
+	fs.StringVar(&o.PolicyShadowDir, "policy-shadow-dir", o.PolicyShadowDir, "shadow policy bundle directory: evaluated beside the active policy, never deciding")
+	fs.StringVar(&o.PolicyShadowBundleURL, "policy-shadow-bundle-url", o.PolicyShadowBundleURL, "shadow policy bundle server URL")
 	fs.IntVar(&o.CacheSize, "cache-size", o.CacheSize, "L1 decision cache entries (0 disables the cache)")
 	fs.DurationVar(&o.CacheTTL, "cache-ttl", o.CacheTTL, "L1 decision cache entry lifetime")
 	fs.IntVar(&o.RateLimitMinute, "rate-limit-per-minute", o.RateLimitMinute, "tool calls each principal may make per minute, shared through Redis when set (0 = no limit); past it: 429 rate_limited")
@@ -168,6 +195,17 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 		"policy-dir":                 "M1_POLICY_DIR",
 		"policy-path":                "M1_POLICY_PATH",
 		"policy-timeout":             "M1_POLICY_TIMEOUT",
+		"policy-bundle-url":          "M1_POLICY_BUNDLE_URL",
+		"policy-bundle-token":        "M1_POLICY_BUNDLE_TOKEN",
+		"policy-git-url":             "M1_POLICY_GIT_URL",
+		"policy-git-ref":             "M1_POLICY_GIT_REF",
+		"policy-git-path":            "M1_POLICY_GIT_PATH",
+		"policy-git-ssh-key":         "M1_POLICY_GIT_SSH_KEY",
+		"policy-poll-interval":       "M1_POLICY_POLL_INTERVAL",
+		"policy-run-tests":           "M1_POLICY_RUN_TESTS",
+		"policy-verification-key":    "M1_POLICY_VERIFICATION_KEY",
+		"policy-shadow-dir":          "M1_POLICY_SHADOW_DIR",
+		"policy-shadow-bundle-url":   "M1_POLICY_SHADOW_BUNDLE_URL",
 		"cache-size":                 "M1_CACHE_SIZE",
 		"cache-ttl":                  "M1_CACHE_TTL",
 		"rate-limit-per-minute":      "RATE_LIMIT_REQUESTS_PER_MINUTE",
@@ -222,6 +260,14 @@ func (o *Options) validate() error {
 		return fmt.Errorf("PolicyPath (M1_POLICY_PATH) is empty")
 	case o.PolicyTimeout <= 0:
 		return fmt.Errorf("PolicyTimeout (M1_POLICY_TIMEOUT) must be positive")
+	case count(o.PolicyDir, o.PolicyBundleURL, o.PolicyGitURL) > 1:
+		return fmt.Errorf("at most one policy source: M1_POLICY_DIR, M1_POLICY_BUNDLE_URL or M1_POLICY_GIT_URL")
+	case count(o.PolicyShadowDir, o.PolicyShadowBundleURL) > 1:
+		return fmt.Errorf("at most one shadow policy source: M1_POLICY_SHADOW_DIR or M1_POLICY_SHADOW_BUNDLE_URL")
+	case o.PolicyPollInterval < time.Second:
+		return fmt.Errorf("PolicyPollInterval (M1_POLICY_POLL_INTERVAL) must be at least 1s, got %v", o.PolicyPollInterval)
+	case o.PolicyGitURL != "" && o.PolicyGitRef == "":
+		return fmt.Errorf("PolicyGitRef (M1_POLICY_GIT_REF) is empty")
 	case o.CacheSize < 0:
 		return fmt.Errorf("CacheSize (M1_CACHE_SIZE) must not be negative")
 	case o.CacheSize > 0 && o.CacheTTL <= 0:
@@ -261,4 +307,15 @@ func (o *Options) validate() error {
 		o.GRPCMaxRecvBytes = int(o.MaxBodyBytes) + 256<<10
 	}
 	return nil
+}
+
+// count is how many of values are set.
+func count(values ...string) int {
+	n := 0
+	for _, v := range values {
+		if v != "" {
+			n++
+		}
+	}
+	return n
 }
