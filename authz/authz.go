@@ -45,11 +45,16 @@ type RateLimiter interface {
 // DecisionCache stores policy decisions by key. Implementations are safe for
 // concurrent use; Get reports the tier that answered and must return within
 // ctx (a shared tier that cannot answer in time is a miss). Set must not
-// block on a shared tier.
+// block on a shared tier. SetPolicy calls SetRevision with every policy it
+// makes current (the first included): the cache drops what it holds for
+// other revisions and moves a shared tier to the revision's namespace.
+// Check calls ObserveEval with each evaluation's time (a tiered cache uses
+// it to decide whether a round trip to the shared tier pays).
 type DecisionCache interface {
 	Get(ctx context.Context, k cache.Key) (d *policy.Decision, tier string, ok bool)
 	Set(k cache.Key, d *policy.Decision)
-	Purge()
+	SetRevision(revision string)
+	ObserveEval(time.Duration)
 }
 
 // Auditor records decisions off the decision path; Record must not block
@@ -58,13 +63,10 @@ type Auditor interface {
 	Record(store.Event)
 }
 
-// EvalObserver is implemented by caches that decide per call whether a
-// shared tier is worth a round trip: they are told each evaluation's time.
-type EvalObserver interface {
-	ObserveEval(time.Duration)
-}
-
-var _ DecisionCache = (*cache.Memory)(nil)
+var (
+	_ DecisionCache = (*cache.Memory)(nil)
+	_ DecisionCache = (*cache.Tiered)(nil)
+)
 
 // Options configure a Service.
 type Options struct {
@@ -119,7 +121,7 @@ func New(opts Options, engine *policy.Engine) (*Service, error) {
 }
 
 // SetPolicy makes engine (non-nil) the policy for every Check that starts
-// after it, and drops cached decisions of the previous revision. A Check
+// after it, and moves the decision cache to its revision. A Check
 // in flight finishes with the engine it started with: its decision, cache
 // key, response and audit event all come from that one engine.
 func (s *Service) SetPolicy(engine *policy.Engine) {
@@ -128,8 +130,8 @@ func (s *Service) SetPolicy(engine *policy.Engine) {
 		s.opts.Metrics.BundleInfo.DeleteLabelValues(old.Revision())
 	}
 	s.opts.Metrics.BundleInfo.WithLabelValues(engine.Revision()).Set(1)
-	if s.opts.Cache != nil && old != nil {
-		s.opts.Cache.Purge()
+	if s.opts.Cache != nil && (old == nil || old.Revision() != engine.Revision()) {
+		s.opts.Cache.SetRevision(engine.Revision())
 	}
 }
 
@@ -278,8 +280,8 @@ func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, header
 	d, err := engine.Eval(ctx, input)
 	took := time.Since(evalStart)
 	s.opts.Metrics.EvalDuration.Observe(took.Seconds())
-	if o, ok := s.opts.Cache.(EvalObserver); ok && cacheable {
-		o.ObserveEval(took)
+	if cacheable {
+		s.opts.Cache.ObserveEval(took)
 	}
 	if err != nil {
 		s.policyError(v, "evaluate policy", err)

@@ -308,7 +308,14 @@ func TestSetPolicyPurgesAndSwaps(t *testing.T) {
 	if r := check(t, s.Service, req); !r.allowed {
 		t.Fatalf("Check under allow-all = deny")
 	}
+	mem := s.opts.Cache.(*cache.Memory)
+	if mem.Len() == 0 {
+		t.Fatalf("decision not cached under allow-all")
+	}
 	s.SetPolicy(deny)
+	if n := mem.Len(); n != 0 {
+		t.Errorf("cache holds %d decisions of the old revision after SetPolicy, want 0 (purged)", n)
+	}
 	if r := check(t, s.Service, req); r.allowed {
 		t.Fatalf("Check after swapping to deny-all = allow (stale cache)")
 	}

@@ -160,9 +160,6 @@ func (s *Server) activate(e *policy.Engine) {
 	if first && s.started.Load() && !s.draining.Load() {
 		s.setServing(true)
 	}
-	if s.tiered != nil {
-		s.tiered.SetRevision(e.Revision())
-	}
 	if ok, why := s.authz.Caching(); !ok {
 		s.log.Warn("decision cache off", zap.String("why", why))
 	}
