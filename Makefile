@@ -1,8 +1,11 @@
 # M1 — make help lists the targets.
 GO        ?= go
 BIN       ?= bin
-VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X main.version=$(VERSION) -X github.com/m1-agent/m1/internal/cli.Version=$(VERSION)
+# One version for every binary (internal/buildinfo): --version, m1 version,
+# /health and m1_build_info all report it.
+VERSION   ?= $(patsubst v%,%,$(shell git describe --tags --always --dirty 2>/dev/null || echo dev))
+REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS   := -s -w -X github.com/m1-agent/m1/internal/buildinfo.version=$(VERSION) -X github.com/m1-agent/m1/internal/buildinfo.revision=$(REVISION)
 FUZZTIME  ?= 30s
 BENCHTIME ?= 2s
 

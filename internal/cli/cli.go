@@ -15,14 +15,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
-)
 
-// Version is the m1 version, set at build time with
-// -ldflags "-X github.com/m1-agent/m1/internal/cli.Version=…".
-var Version = "dev"
+	"github.com/m1-agent/m1/internal/buildinfo"
+)
 
 // Exit statuses.
 const (
@@ -126,7 +123,7 @@ func runVersion(_ context.Context, c *cmdIO, args []string) int {
 	if code, ok := parse(fs, c, args, 0, 0); !ok {
 		return code
 	}
-	fmt.Fprintf(c.stdout, "m1 %s (%s, %s/%s)\n", Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintln(c.stdout, buildinfo.String("m1"))
 	return exitOK
 }
 
