@@ -51,7 +51,7 @@ func commands() []command {
 		{"policy", "test a policy bundle, or evaluate its decision for one input", runPolicy},
 		{"preflight", "check an m1-authz configuration before rollout: policy, keys, store, Redis, ports", runPreflight},
 		{"bench", "load-test m1-authz (see m1 bench -h)", runBench},
-		{"health", "probe an m1-authz health endpoint (container HEALTHCHECK)", runHealth},
+		{"health", "probe a health endpoint of m1-authz, m1-orchestrator or m1-demo-tool (container health checks)", runHealth},
 		{"keys", "generate approval signing keys and the public JWKS", runKeys},
 		{"token", "mint or inspect approval tokens", runToken},
 		{"revoke", "revoke approval tokens by jti or agent (admin API)", runRevoke},
