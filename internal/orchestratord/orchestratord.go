@@ -27,6 +27,7 @@ import (
 	"github.com/m1-agent/m1/internal/admin"
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/audit"
+	"github.com/m1-agent/m1/internal/buildinfo"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/internal/store/backend"
@@ -90,7 +91,7 @@ type Options struct {
 
 	// Injected.
 	PlannerImpl orchestrator.Planner // when set, used instead of building one from the fields above
-	Version     string
+	Version     string               // on /health and m1_build_info; default buildinfo.Version()
 	Logger      *zap.Logger
 	Registerer  prometheus.Registerer
 	Gatherer    prometheus.Gatherer
@@ -116,7 +117,7 @@ func DefaultOptions() Options {
 		RunBudgetUSD:    1,
 		LogLevel:        "info",
 		HTTP:            defaultHTTPLimits(),
-		Version:         "dev",
+		Version:         buildinfo.Version(),
 		Now:             time.Now,
 	}
 }
@@ -290,6 +291,9 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	s.keys = approval.NewWatcher(o.JWKSFile, nil, verifier, o.Logger.Named("keys"))
 	m, err := metrics.NewOrchestrator(o.Registerer)
 	if err != nil {
+		return nil, err
+	}
+	if err := metrics.RegisterBuildInfo(o.Registerer, o.Version, buildinfo.Revision()); err != nil {
 		return nil, err
 	}
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"github.com/m1-agent/m1/internal/deny"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -102,6 +103,7 @@ func TestServeAPIBehindToken(t *testing.T) {
 	_, jwks := operatorKey(t, "ops-1")
 	o := testOptions(t, jwks)
 	o.AdminToken = "secret-token"
+	o.Version = "9.9.9-test"
 	s, err := New(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -120,6 +122,18 @@ func TestServeAPIBehindToken(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != want {
 			t.Errorf("GET %s without token = %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+	// The build is on /health and in m1_build_info.
+	for path, want := range map[string]string{"/health": `"version": "9.9.9-test"`, "/metrics": `version="9.9.9-test"} 1`} {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(body), want) || (path == "/metrics" && !strings.Contains(string(body), "m1_build_info{")) {
+			t.Errorf("GET %s lacks %s:\n%s", path, want, body)
 		}
 	}
 	c := &orchestrator.Client{BaseURL: base, Token: "secret-token"}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/m1-agent/m1/internal/admin"
 	"github.com/m1-agent/m1/internal/audit"
+	"github.com/m1-agent/m1/internal/buildinfo"
 )
 
 // Options configure m1-authz. Flags, env (M1_*) and the config file fill
@@ -82,7 +83,7 @@ type Options struct {
 	// §7). Not flags: the defaults suit every deployment; tests shorten them.
 	AdminHTTP admin.Limits
 
-	Version    string
+	Version    string // on /health and m1_build_info; default buildinfo.Version()
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer // also a Gatherer when it is a *prometheus.Registry
 	Gatherer   prometheus.Gatherer
@@ -122,7 +123,7 @@ func DefaultOptions() Options {
 		PruneEvery:            time.Hour,
 		AdminHTTP:             admin.DefaultLimits(),
 		CacheL2TTL:            10 * time.Minute,
-		Version:               "dev",
+		Version:               buildinfo.Version(),
 		Now:                   time.Now,
 	}
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/m1-agent/m1/internal/admin"
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/audit"
+	"github.com/m1-agent/m1/internal/buildinfo"
 	"github.com/m1-agent/m1/internal/cache"
 	"github.com/m1-agent/m1/internal/cache/rediscache"
 	"github.com/m1-agent/m1/internal/metrics"
@@ -81,6 +82,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	}
 	m, err := metrics.NewAuthz(opts.Registerer)
 	if err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	if err := metrics.RegisterBuildInfo(opts.Registerer, opts.Version, buildinfo.Revision()); err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
 	pm, err := metrics.NewPolicy(opts.Registerer)
