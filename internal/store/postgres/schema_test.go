@@ -24,6 +24,8 @@ func TestSchemaGuard(t *testing.T) {
 			}
 			return s, err
 		},
-		Schema: func(t *testing.T) (store.SchemaStatus, error) { return postgres.ReadSchema(context.Background(), d.dsn(t)) },
+		Schema: func(t *testing.T) (store.SchemaStatus, error) {
+			return postgres.ReadSchema(context.Background(), d.dsn(t))
+		},
 	})
 }

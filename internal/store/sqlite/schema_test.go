@@ -26,7 +26,9 @@ func TestSchemaGuard(t *testing.T) {
 			}
 			return s, err
 		},
-		Schema: func(t *testing.T) (store.SchemaStatus, error) { return sqlite.ReadSchema(context.Background(), f.path(t)) },
+		Schema: func(t *testing.T) (store.SchemaStatus, error) {
+			return sqlite.ReadSchema(context.Background(), f.path(t))
+		},
 	})
 }
 
