@@ -126,13 +126,23 @@ func inspect(ctx context.Context, path string, full bool) (store.Status, []store
 	if !fi.Mode().IsRegular() {
 		return out, nil, fmt.Errorf("sqlite store %q: not a regular file", path)
 	}
-	db, err := sql.Open("sqlite", fileURI(path, url.Values{"mode": {"ro"}, "_busy_timeout": {"10000"}}))
-	if err != nil {
-		return out, nil, fmt.Errorf("open sqlite %q: %w", path, err)
+	// Read-write but query-only, never creating the file: as the last
+	// connection to close, it removes the write-ahead log and index a
+	// read-only one would leave behind. A file this process may not write
+	// is read read-only.
+	var applied []store.AppliedMigration
+	for _, mode := range []string{"rw", "ro"} {
+		db, oerr := sql.Open("sqlite", fileURI(path, url.Values{"mode": {mode}, "_query_only": {"1"}, "_busy_timeout": {"10000"}}))
+		if oerr != nil {
+			return out, nil, fmt.Errorf("open sqlite %q: %w", path, oerr)
+		}
+		db.SetMaxOpenConns(1)
+		out, applied, err = inspectDB(ctx, db, out, full)
+		db.Close()
+		if err == nil || mode == "ro" || !isReadOnly(err) {
+			break
+		}
 	}
-	defer db.Close()
-	db.SetMaxOpenConns(1)
-	out, applied, err := inspectDB(ctx, db, out, full)
 	if err != nil {
 		return out, applied, fmt.Errorf("sqlite store %q: %w", path, err)
 	}
@@ -248,4 +258,11 @@ func notADatabase(err error) error {
 func fileURI(path string, q url.Values) string {
 	r := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
 	return "file:" + r.Replace(path) + "?" + q.Encode()
+}
+
+// isReadOnly reports whether err is SQLite's "attempt to write a readonly
+// database" or its failure to open a file read-write.
+func isReadOnly(err error) bool {
+	m := err.Error()
+	return strings.Contains(m, "readonly") || strings.Contains(m, "unable to open")
 }
