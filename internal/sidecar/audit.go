@@ -19,6 +19,8 @@ import (
 // setupAudit opens the audit store (SQLite under DataDir by default,
 // PostgreSQL with M1_DATABASE_URL) and the recorder. A database that is
 // down at start is not fatal: events spool under DataDir until it answers.
+// A store whose schema is newer than this binary's, and not declared
+// compatible with it, is (store.ErrSchemaTooNew).
 func (s *Server) setupAudit(ctx context.Context) error {
 	o := s.opts
 	if !o.Audit {
@@ -36,6 +38,12 @@ func (s *Server) setupAudit(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	pingErr := s.auditSink.Ping(pctx)
+	if errors.Is(pingErr, store.ErrSchemaTooNew) {
+		// Not an outage to spool through: this binary must not run
+		// against the store (a rollback onto a newer schema, DESIGN §9).
+		_ = s.auditSink.Close()
+		return fmt.Errorf("audit store: %w", pingErr)
+	}
 	if pingErr != nil {
 		s.log.Warn("audit store unreachable at start; decisions spool locally until it answers", zap.Error(pingErr))
 	}
