@@ -561,7 +561,7 @@ func runStoreRestore(ctx context.Context, c *cmdIO, args []string) int {
 		if fi, err := os.Stat(target + "-wal"); err == nil && fi.Size() > 0 {
 			return fail(c, "store restore", fmt.Errorf("%s-wal is left beside the store (a process still writing?): not replacing it", target))
 		}
-		bak = target + "." + stamp + ".bak"
+		bak = unusedName(target + "." + stamp)
 		if err := os.Link(target, bak); err != nil {
 			return fail(c, "store restore", fmt.Errorf("keep the old store: %w", err))
 		}
@@ -574,10 +574,11 @@ func runStoreRestore(ctx context.Context, c *cmdIO, args []string) int {
 		for _, name := range spools {
 			p := filepath.Join(dir, name)
 			if fi, err := os.Stat(p); err == nil && fi.Size() > 0 {
-				if err := os.Rename(p, p+"."+stamp+".bak"); err != nil {
+				aside := unusedName(p + "." + stamp)
+				if err := os.Rename(p, aside); err != nil {
 					return fail(c, "store restore", err)
 				}
-				setAside = append(setAside, p+"."+stamp+".bak")
+				setAside = append(setAside, aside)
 			}
 		}
 	}
@@ -684,6 +685,18 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// unusedName is prefix+".bak", or prefix+"-2.bak", "-3.bak"… when that
+// exists (two restores within a second).
+func unusedName(prefix string) string {
+	name := prefix + ".bak"
+	for i := 2; ; i++ {
+		if _, err := os.Lstat(name); errors.Is(err, fs.ErrNotExist) {
+			return name
+		}
+		name = fmt.Sprintf("%s-%d.bak", prefix, i)
+	}
 }
 
 // removeDB removes an SQLite file with its journal, log and index.

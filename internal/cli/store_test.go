@@ -247,6 +247,20 @@ func TestStoreBackupAndRestore(t *testing.T) {
 	if r := m1Audit(t, "verify", "--db", "sqlite://"+baks[0]); r.code != exitOK || !strings.Contains(r.stdout, "16 events verified") {
 		t.Fatalf("audit verify of the kept store:\n%s", r)
 	}
+
+	// Over a corrupt store: what a restore is for.
+	if err := os.WriteFile(live, []byte(strings.Repeat("corrupt ", 4096)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := m1Store(t, "restore", "--from", out, "--data-dir", data); r.code != exitDeny || !strings.Contains(r.stderr, "--force") {
+		t.Fatalf("restore over a corrupt store without --force:\n%s", r)
+	}
+	if r := m1Store(t, "restore", "--from", out, "--data-dir", data, "--force"); r.code != exitOK {
+		t.Fatalf("restore --force over a corrupt store:\n%s", r)
+	}
+	if r := m1Audit(t, "verify", "--data-dir", data); r.code != exitOK || !strings.Contains(r.stdout, "14 events verified") {
+		t.Fatalf("audit verify after restoring over a corrupt store:\n%s", r)
+	}
 }
 
 func mapsEqual(a, b map[string]string) bool {

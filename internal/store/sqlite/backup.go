@@ -121,7 +121,7 @@ func (s *Store) CheckIntegrity(ctx context.Context) error {
 // InUse reports whether a process has the SQLite file at path open (an
 // m1-authz, m1-orchestrator or any SQLite client, in this process or
 // another): it tries to take the file's exclusive lock, without waiting. A
-// missing file is not in use. When the file is not in use, the probe is
+// missing file is not in use, nor is a corrupt one no process holds. When the file is not in use, the probe is
 // its last user: closing it folds a write-ahead log left by a crash into
 // the file and removes it, as SQLite does.
 func InUse(ctx context.Context, path string) (bool, error) {
@@ -144,6 +144,11 @@ func InUse(ctx context.Context, path string) (bool, error) {
 		return false, nil
 	case errors.As(err, &se) && (se.Code()&0xff == 5 || se.Code()&0xff == 6): // SQLITE_BUSY, SQLITE_LOCKED
 		return true, nil
+	case errors.As(err, &se) && (se.Code()&0xff == 11 || se.Code()&0xff == 26): // SQLITE_CORRUPT, SQLITE_NOTADB
+		// The lock was taken (a conflict is SQLITE_BUSY, found first):
+		// no process uses it, and a corrupt store is what one restores
+		// over.
+		return false, nil
 	}
 	return false, fmt.Errorf("probe sqlite %q: %w", path, notADatabase(err))
 }

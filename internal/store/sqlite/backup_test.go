@@ -262,4 +262,11 @@ func TestInUse(t *testing.T) {
 	if matches, _ := filepath.Glob(path + "-wal"); len(matches) > 0 {
 		t.Fatalf("after the probe, a write-ahead log is left: %v", matches)
 	}
+	// A corrupt file no process holds is not in use: one restores over it.
+	if err := os.WriteFile(path, []byte(strings.Repeat("corrupt ", 4096)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if inUse() {
+		t.Fatal("InUse(a corrupt file) = true")
+	}
 }
