@@ -24,9 +24,8 @@ const maxStateWait = 300 * time.Millisecond
 
 // stateStore is what the sidecar needs of its state backend.
 type stateStore interface {
-	Consume(ctx context.Context, jti string, exp time.Time) (bool, error)
-	CountUse(ctx context.Context, jti string, max int, exp time.Time) (bool, error)
-	Revoked(ctx context.Context, jti, sub string) (bool, error)
+	authz.UseStore
+	authz.RevocationChecker
 	admin.RevocationStore
 }
 
