@@ -145,27 +145,28 @@ func conformance(client redis.UniversalClient) statetest.Backend {
 			return open(t, prefix(s), time.Now)
 		},
 		Lose: func(t *testing.T, s statetest.Store) {
+			// One DEL of every key of the prefix (they share a slot): the
+			// loss is atomic, as a restart or FLUSHALL is.
 			ctx := context.Background()
 			p := prefix(s)
-			for _, k := range []string{p + "epoch", p + "revocations"} {
-				if err := client.Del(ctx, k).Err(); err != nil {
-					t.Fatal(err)
-				}
-			}
-			del := func(ctx context.Context, c *redis.Client) error {
+			keys := []string{p + "epoch", p + "revocations"}
+			scan := func(ctx context.Context, c *redis.Client) error {
 				iter := c.Scan(ctx, 0, p+"use:*", 0).Iterator()
 				for iter.Next(ctx) {
-					if err := c.Del(ctx, iter.Val()).Err(); err != nil {
-						return err
-					}
+					mu.Lock()
+					keys = append(keys, iter.Val())
+					mu.Unlock()
 				}
 				return iter.Err()
 			}
 			var err error
 			if cc, ok := client.(*redis.ClusterClient); ok {
-				err = cc.ForEachMaster(ctx, del)
+				err = cc.ForEachMaster(ctx, scan)
 			} else {
-				err = del(ctx, client.(*redis.Client))
+				err = scan(ctx, client.(*redis.Client))
+			}
+			if err == nil {
+				err = client.Del(ctx, keys...).Err()
 			}
 			if err != nil {
 				t.Fatal(err)
