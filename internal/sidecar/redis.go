@@ -29,10 +29,7 @@ type stateStore interface {
 	admin.RevocationStore
 }
 
-var (
-	_ stateStore = (*state.Memory)(nil)
-	_ stateStore = (*redisstate.Store)(nil)
-)
+var _ stateStore = (*state.Memory)(nil)
 
 // setupRedis builds the shared-state pieces when REDIS_URL is set: the
 // connection, the state store (single use, grant counts, revocations,
@@ -72,7 +69,6 @@ func (s *Server) setupRedis() error {
 		conn.Close()
 		return fmt.Errorf("redis state: %w", err)
 	}
-	s.store = s.shared
 	if o.CacheSize > 0 && o.CacheL2Mode != "off" {
 		s.l2 = rediscache.New(conn.Client(), rediscache.Options{
 			TTL:        o.CacheL2TTL,
@@ -168,7 +164,7 @@ func (s *Server) closeRedis() {
 
 func (s *Server) redisCheck() admin.Check {
 	if s.redis == nil {
-		return admin.Check{Status: admin.StatusDisabled, Detail: "REDIS_URL not set: state is in-process"}
+		return admin.Check{Status: admin.StatusDisabled, Detail: "REDIS_URL not set: single use, grant counts and revocations are kept in the store (M1_DATA_DIR or M1_DATABASE_URL)"}
 	}
 	info := map[string]any{"rtt": s.redis.RTT().String(), "replay_fallback": s.opts.ReplayFallback, "epoch": s.shared.Epoch()}
 	if s.redis.Connected() {

@@ -25,6 +25,12 @@ import (
 const (
 	// KindDecision is one authorization decision, allow or deny.
 	KindDecision = "decision"
+	// KindRevocation is a revocation or lift made through m1-authz's admin
+	// API: Principal is who (the admin caller), Decision "revoke" or
+	// "lift", Args the revocation ({"jti"} or {"sub"}, and "until"),
+	// TokenJTI the revoked jti, Reason "ok" or state_unavailable, Status
+	// the HTTP status answered.
+	KindRevocation = "revocation"
 	// KindCheckpoint marks where a pruned chain now starts. It is never
 	// stored as an event: Chain emits one, first, for a chain whose head was
 	// pruned, carrying the Seq and Hash of the last pruned event (and no ID
