@@ -50,7 +50,7 @@ func (s *Server) setupState() error {
 	}
 	db := stateDB{s.storeSink}
 	if s.shared != nil {
-		s.revs = storestate.NewRevocations(db, s.shared, so)
+		s.revs = storestate.NewSharedRevocations(db, s.shared, so)
 		s.store = sharedState{Store: s.shared, revs: s.revs}
 		s.epoch = s.shared
 		return nil

@@ -37,15 +37,27 @@ var (
 type Revocations struct {
 	db     store.State
 	set    RevocationSet
+	shared bool // set is shared with other sidecars and is the authority
 	now    func() time.Time
 	log    *zap.Logger
 	loaded atomic.Bool
 }
 
-// NewRevocations returns set made durable in db. Call Load before serving.
+// NewRevocations returns set, an in-process set, made durable in db. Call
+// Load before serving.
 func NewRevocations(db store.State, set RevocationSet, o Options) *Revocations {
 	o.fill()
 	return &Revocations{db: db, set: set, now: o.Now, log: o.Logger}
+}
+
+// NewSharedRevocations is NewRevocations for a set other sidecars share
+// (the Redis store), which is the authority on what is in force: each
+// sidecar's store keeps the revocations taken through it, restored at
+// start and written back by the set when it finds its data lost.
+func NewSharedRevocations(db store.State, set RevocationSet, o Options) *Revocations {
+	r := NewRevocations(db, set, o)
+	r.shared = true
+	return r
 }
 
 // Load restores the revocations in force in the store into the set. It may
@@ -88,15 +100,18 @@ func (r *Revocations) Revoke(ctx context.Context, rev state.Revocation) error {
 }
 
 // LiftSub deletes sub's revocation from the store, then lifts it in the
-// set; it reports whether one was in force in either. Errors as for
-// Revoke.
+// set; it reports whether one was in force: in the set, or (for an
+// in-process set, which may not hold what another sidecar sharing the
+// database stored since it started) in the store. A shared set is the
+// authority: a row of the store that another sidecar lifted meanwhile
+// does not count. Errors as for Revoke.
 func (r *Revocations) LiftSub(ctx context.Context, sub string) (bool, error) {
 	stored, err := r.db.DeleteRevocation(ctx, "", sub, r.now())
 	if err != nil {
 		return false, fmt.Errorf("%w: %w: %w", state.ErrUnavailable, state.ErrNotStored, err)
 	}
 	lifted, err := r.set.LiftSub(ctx, sub)
-	return stored || lifted, err
+	return lifted || (stored && !r.shared), err
 }
 
 // Revoked answers from the set.

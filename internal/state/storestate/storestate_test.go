@@ -334,3 +334,38 @@ func TestSharedPostgres(t *testing.T) {
 		t.Fatalf("Revoked(rogue) at a sidecar started later = %v, %v; want true", r, err)
 	}
 }
+
+// LiftSub answers whether a revocation was in force: with an in-process
+// set, a row another sidecar sharing the database stored counts; with a
+// shared set (Redis), the set is the authority and a row of this store that
+// was lifted elsewhere does not. The row is deleted either way.
+func TestLiftSubAuthority(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		new  func(store.State, storestate.RevocationSet) *storestate.Revocations
+		want bool
+	}{
+		{"in-process set", func(db store.State, set storestate.RevocationSet) *storestate.Revocations {
+			return storestate.NewRevocations(db, set, storestate.Options{})
+		}, true},
+		{"shared set", func(db store.State, set storestate.RevocationSet) *storestate.Revocations {
+			return storestate.NewSharedRevocations(db, set, storestate.Options{})
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db := newSQLite(t).open(t)
+			if err := db.PutRevocation(ctx, store.Revocation{Sub: "agent-7", CreatedAt: time.Now()}); err != nil {
+				t.Fatal(err)
+			}
+			r := tc.new(db, state.NewMemory(state.MemoryOptions{})) // the set does not hold it
+			if lifted, err := r.LiftSub(ctx, "agent-7"); lifted != tc.want || err != nil {
+				t.Errorf("LiftSub = %v, %v; want %v", lifted, err, tc.want)
+			}
+			n := 0
+			if err := db.Revocations(ctx, time.Now(), func(store.Revocation) error { n++; return nil }); err != nil || n != 0 {
+				t.Errorf("rows after LiftSub = %d, %v; want 0", n, err)
+			}
+		})
+	}
+}
