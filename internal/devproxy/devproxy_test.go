@@ -26,6 +26,7 @@ import (
 	"github.com/m1-agent/m1/internal/demotool"
 	"github.com/m1-agent/m1/internal/devproxy"
 	"github.com/m1-agent/m1/internal/sidecar"
+	"github.com/m1-agent/m1/internal/testenv"
 	"github.com/m1-agent/m1/toolcall"
 )
 
@@ -60,7 +61,7 @@ func startAuthzWith(t *testing.T, policyDir string) *authzServer {
 	reg := prometheus.NewRegistry()
 	o.GRPCAddr, o.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
 	o.Logger, o.Registerer, o.Gatherer = zap.NewNop(), reg, reg
-	o.DataDir = t.TempDir()
+	o.DataDir = testenv.DataDir(t) // a store that has been running: tokens issued now are past its epoch
 	o.JWKSFile, o.Audience = jwksFile, audience
 	o.PolicyDir = policyDir
 	ctx := context.Background()

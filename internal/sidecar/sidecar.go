@@ -35,8 +35,8 @@ import (
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/redisconn"
-	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/internal/state/redisstate"
+	"github.com/m1-agent/m1/internal/state/storestate"
 	"github.com/m1-agent/m1/policies"
 	"github.com/m1-agent/m1/toolcall"
 )
@@ -60,15 +60,19 @@ type Server struct {
 
 	tokenGenerated bool
 	stopKeys       context.CancelFunc
-	store          stateStore      // in-process, or Redis-backed
+	storeSink      *audit.LazySink         // the store: security state and audit trail
+	store          stateStore              // durable (storestate), or Redis-backed with durable revocations
+	epoch          authz.Epoch             // the state epoch of store
+	durable        *storestate.Store       // nil with REDIS_URL
+	revs           *storestate.Revocations // with REDIS_URL: revocations kept in the store too
+	stopState      context.CancelFunc
 	redis          *redisconn.Conn // nil without REDIS_URL
 	shared         *redisstate.Store
 	l2             *rediscache.Cache
 	tiered         *cache.Tiered
 	stopRedis      context.CancelFunc
 	stopPrune      context.CancelFunc
-	audit          *audit.Recorder // nil when M1_AUDIT=false
-	auditSink      *audit.LazySink
+	audit          *audit.Recorder   // nil when M1_AUDIT=false
 	keys           *approval.Watcher // nil without a JWKS file
 	verifier       *approval.Verifier
 	policy         *policySources
@@ -93,14 +97,22 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	}
 	s := &Server{opts: opts, log: opts.Logger, done: make(chan struct{})}
 	s.policy = &policySources{metrics: pm, heard: map[string]bool{}}
-	s.store = state.NewMemory(state.MemoryOptions{Now: opts.Now})
 	if err := s.setupKeys(); err != nil {
+		return nil, err
+	}
+	if err := s.setupStore(); err != nil {
 		return nil, err
 	}
 	if err := s.setupRedis(); err != nil {
 		return nil, err
 	}
+	if err := s.setupState(); err != nil {
+		s.closeRedis()
+		return nil, err
+	}
 	if err := s.setupAudit(ctx); err != nil {
+		s.closeRedis()
+		_ = s.storeSink.Close()
 		return nil, err
 	}
 	ao := authz.Options{
@@ -132,9 +144,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 			ao.Cache = s.tiered
 		}
 	}
-	if s.shared != nil {
-		ao.Epoch = s.shared
-	}
+	ao.Epoch = s.epoch
 	if s.audit != nil {
 		ao.Audit = s.audit
 	}
@@ -270,6 +280,7 @@ func (s *Server) Start(ctx context.Context) error {
 			go s.pruneLoop(pctx)
 		}
 	}
+	s.startState(ctx) // before Redis: its first reload writes restored revocations back to an empty Redis
 	if err := s.startRedis(ctx); err != nil {
 		s.grpcLis.Close()
 		s.adminLis.Close()
@@ -352,12 +363,15 @@ func (s *Server) Stop(ctx context.Context) error {
 		if s.stopPrune != nil {
 			s.stopPrune()
 		}
+		if s.stopState != nil {
+			s.stopState()
+		}
 		if s.audit != nil { // in-flight checks are done: flush their events
 			if e := s.audit.Close(ctx); e != nil && err == nil {
 				err = e
 			}
-			_ = s.auditSink.Close()
 		}
+		_ = s.storeSink.Close()
 		if s.started.Load() {
 			if e := s.admin.Shutdown(ctx); e != nil && err == nil {
 				err = fmt.Errorf("shut down admin: %w", e)
@@ -450,6 +464,9 @@ func (s *Server) adminHandler() http.Handler {
 		Store:         s.store,
 		DefaultJTITTL: time.Duration(s.opts.TokenTTLMinutes)*time.Minute + 2*s.opts.ClockSkew,
 		Now:           s.opts.Now,
+	}
+	if s.audit != nil {
+		revocations.Audit = s.audit
 	}
 	dashboard := &admin.DashboardAPI{Gatherer: s.opts.Gatherer, Records: s.records, Now: s.opts.Now}
 	routes := revocations.Routes()

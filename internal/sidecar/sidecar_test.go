@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/m1-agent/m1/internal/testenv"
 )
 
 func testOptions(t testing.TB) Options {
@@ -25,7 +27,7 @@ func testOptions(t testing.TB) Options {
 	reg := prometheus.NewRegistry()
 	o.GRPCAddr, o.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
 	o.Logger, o.Registerer, o.Gatherer = zap.NewNop(), reg, reg
-	o.DataDir = t.TempDir()
+	o.DataDir = testenv.DataDir(t) // a store that has been running: tokens issued now are past its epoch
 	return o
 }
 
