@@ -208,7 +208,7 @@ func TestEntries(t *testing.T) {
 			entries: []*accesslogdatav3.HTTPAccessLogEntry{entry(withHeader("d1"), withoutUpstream, withStatus(413))}, reason: "unverified_header"},
 		{name: "duplicated id", decided: []store.Event{allow("d1", "read_file")},
 			entries: []*accesslogdatav3.HTTPAccessLogEntry{entry(withMetaID("d1")), entry(withMetaID("d1"), withStatus(500))},
-			reason: "duplicate", outcome: "succeeded", result: "ok", status: 200},
+			reason:  "duplicate", outcome: "succeeded", result: "ok", status: 200},
 		{name: "huge id header", decided: []store.Event{allow("d1", "read_file")},
 			entries: []*accesslogdatav3.HTTPAccessLogEntry{entry(withHeader(strings.Repeat("d", 1<<20)))}, reason: "malformed"},
 		{name: "id with odd bytes", decided: []store.Event{allow("d1", "read_file")},
