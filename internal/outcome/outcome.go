@@ -258,3 +258,6 @@ func (s *Server) Close(ctx context.Context) error {
 }
 
 const fieldDecisionID = "decision_id"
+
+// Metrics returns the metrics the server updates.
+func (s *Server) Metrics() *metrics.Outcomes { return s.m }

@@ -1,6 +1,7 @@
-// Package sidecar wires m1-authz: the ext_authz gRPC server (with gRPC
-// health and reflection) and the admin HTTP server around the authz
-// decision pipeline. Tests embed it in-process: New, Start, Addr, Stop.
+// Package sidecar wires m1-authz: the ext_authz gRPC server and Envoy's
+// AccessLogService (tool outcomes), with gRPC health and reflection, and
+// the admin HTTP server around the authz decision pipeline. Tests embed it
+// in-process: New, Start, Addr, Stop.
 package sidecar
 
 import (
@@ -18,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -32,6 +34,7 @@ import (
 	"github.com/m1-agent/m1/internal/cache"
 	"github.com/m1-agent/m1/internal/cache/rediscache"
 	"github.com/m1-agent/m1/internal/metrics"
+	"github.com/m1-agent/m1/internal/outcome"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/redisconn"
 	"github.com/m1-agent/m1/internal/state"
@@ -67,6 +70,7 @@ type Server struct {
 	stopPrune      context.CancelFunc
 	audit          *audit.Recorder // nil when M1_AUDIT=false
 	auditSink      *audit.LazySink
+	outcomes       *outcome.Server // tool outcomes from Envoy's access log
 	keys           *approval.Watcher // nil without a JWKS file
 	verifier       *approval.Verifier
 }
@@ -94,6 +98,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		return nil, err
 	}
 	if err := s.setupAudit(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.setupOutcomes(); err != nil {
 		return nil, err
 	}
 	ao := authz.Options{
@@ -128,8 +135,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if s.shared != nil {
 		ao.Epoch = s.shared
 	}
+	ao.Audit = decisions{outcomes: s.outcomes}
 	if s.audit != nil {
-		ao.Audit = s.audit
+		ao.Audit = decisions{outcomes: s.outcomes, audit: s.audit}
 	}
 	if s.verifier != nil {
 		ao.Tokens = s.verifier
@@ -146,6 +154,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 
 	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(opts.GRPCMaxRecvBytes))
 	authv3.RegisterAuthorizationServer(s.grpc, s.authz)
+	accesslogv3.RegisterAccessLogServiceServer(s.grpc, s.outcomes)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -259,6 +268,7 @@ func (s *Server) Start(ctx context.Context) error {
 			return fmt.Errorf("watch M1_JWKS_FILE: %w", err)
 		}
 	}
+	s.outcomes.Start()
 	if s.audit != nil {
 		s.audit.Start(ctx)
 		if s.opts.PruneEvery > 0 {
@@ -274,6 +284,7 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(accesslogv3.AccessLogService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	go func() {
 		if err := s.grpc.Serve(s.grpcLis); err != nil {
 			s.log.Error("gRPC server stopped", zap.Error(err))
@@ -324,6 +335,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		// The admin port keeps answering /health (draining) until gRPC
 		// has drained.
 		var err error
+		s.outcomes.StopStreams() // Envoy's access-log streams never end by themselves
 		stopped := make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(stopped) }()
 		select {
@@ -334,6 +346,9 @@ func (s *Server) Stop(ctx context.Context) error {
 		}
 		if s.stopPrune != nil {
 			s.stopPrune()
+		}
+		if e := s.outcomes.Close(ctx); e != nil && err == nil { // before the recorder closes
+			err = e
 		}
 		if s.audit != nil { // in-flight checks are done: flush their events
 			if e := s.audit.Close(ctx); e != nil && err == nil {
