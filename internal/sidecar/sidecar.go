@@ -70,7 +70,7 @@ type Server struct {
 	stopPrune      context.CancelFunc
 	audit          *audit.Recorder // nil when M1_AUDIT=false
 	auditSink      *audit.LazySink
-	outcomes       *outcome.Server // tool outcomes from Envoy's access log
+	outcomes       *outcome.Server   // tool outcomes from Envoy's access log
 	keys           *approval.Watcher // nil without a JWKS file
 	verifier       *approval.Verifier
 }
