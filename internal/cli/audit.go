@@ -442,6 +442,11 @@ year is 365 days). --since is inclusive, --until exclusive.
   jsonl  one event per line, as JSON (the fields of docs/AUDIT.md)
   csv    a header row, then one row per event: every field, times in RFC
          3339 UTC with microseconds, args as its JSON text (empty: none)
+  calls  one row per decision, side by side with what came of it: the
+         tool's outcome from Envoy's access log (succeeded or failed, the
+         tool's status, its time; "none" for an allowed tool call without
+         one) and the orchestrator's dispatch result. Held in memory: use
+         with --run (m1 audit export --run RUN --since 7d --format calls)
 
 Every exported event carries writer, seq, prev_hash and hash, so the
 export can be re-verified without the store (docs/AUDIT.md).
@@ -470,14 +475,14 @@ func csvRecord(e store.Event) []string {
 
 func runAuditExport(ctx context.Context, c *cmdIO, args []string) int {
 	fs := newFlagSet("audit export",
-		"m1 audit export [--db URL] --since T [--until T] [--run ID] [--agent A] [--format jsonl|csv] [--limit N]",
+		"m1 audit export [--db URL] --since T [--until T] [--run ID] [--agent A] [--format jsonl|csv|calls] [--limit N]",
 		auditExportDescription, auditEnv())
 	sf := addStoreFlags(fs)
 	since := fs.String("since", "", "export events at or after `T` (required)")
 	until := fs.String("until", "now", "export events before `T`")
 	runID := fs.String("run", "", "only the events of this orchestrator run `id`")
 	agent := fs.String("agent", "", "only the events of this `agent` (the principal)")
-	format := fs.String("format", "jsonl", "output `format`: jsonl or csv")
+	format := fs.String("format", "jsonl", "output `format`: jsonl, csv, or calls (decision and outcome side by side)")
 	limit := fs.Int("limit", 0, "at most `N` events (0: no limit)")
 	if code, ok := parse(fs, c, args, 0, 0); !ok {
 		return code
@@ -492,8 +497,8 @@ func runAuditExport(ctx context.Context, c *cmdIO, args []string) int {
 	switch {
 	case *since == "":
 		return usageErr("--since is required (an RFC 3339 time, or an age such as 24h or 7d)")
-	case *format != "jsonl" && *format != "csv":
-		return usageErr("--format %q: want jsonl or csv", *format)
+	case *format != "jsonl" && *format != "csv" && *format != "calls":
+		return usageErr("--format %q: want jsonl, csv or calls", *format)
 	case *limit < 0:
 		return usageErr("--limit must not be negative")
 	}
@@ -516,6 +521,10 @@ func runAuditExport(ctx context.Context, c *cmdIO, args []string) int {
 	var write func(store.Event) error
 	var flush func() error
 	switch *format {
+	case "calls":
+		v := newCallsView()
+		write = v.add
+		flush = func() error { return v.print(c.stdout) }
 	case "csv":
 		w := csv.NewWriter(c.stdout) // buffered
 		if err := w.Write(csvHeader); err != nil {

@@ -157,3 +157,46 @@ func testAuditCheckpoint(t *testing.T, newDB func(*testing.T) auditDB) {
 		}
 	})
 }
+
+// export --format calls puts each decision beside its outcome from Envoy's
+// access log and the orchestrator's dispatch result.
+func TestAuditExportCalls(t *testing.T) {
+	d := newSQLiteDB(t)
+	at := time.Now().Add(-time.Minute).UTC().Truncate(time.Second)
+	ev := func(off int, e store.Event) store.Event {
+		e.Time, e.RunID = at.Add(time.Duration(off)*time.Second), "run-9"
+		return e
+	}
+	d.add(t, "m1-authz/h/1/x", []store.Event{
+		ev(0, store.Event{Kind: store.KindDecision, DecisionID: "d-ok", Tool: "read_file", Principal: "agent-1", Decision: "allow", Reason: "ok", Status: 200}),
+		ev(1, store.Event{Kind: store.KindResult, DecisionID: "d-ok", Tool: "read_file", Principal: "agent-1", Decision: "succeeded", Reason: "ok", Status: 200, LatencyMicros: 4200,
+			Detail: `{"source":"envoy_access_log"}`}),
+		ev(2, store.Event{Kind: store.KindDecision, DecisionID: "d-fail", Tool: "write_file", Principal: "agent-1", Decision: "allow", Reason: "ok", Status: 200}),
+		ev(3, store.Event{Kind: store.KindResult, DecisionID: "d-fail", Tool: "write_file", Decision: "failed", Reason: "tool_error", Status: 500, LatencyMicros: 1000,
+			Detail: `{"source":"envoy_access_log","response_flags":[]}`}),
+		ev(4, store.Event{Kind: store.KindDecision, DecisionID: "d-deny", Tool: "write_file", Principal: "agent-1", Decision: "deny", Reason: "token_missing", Status: 401}),
+		ev(5, store.Event{Kind: store.KindDecision, DecisionID: "d-none", Tool: "read_file", Principal: "agent-1", Decision: "allow", Reason: "ok", Status: 200}),
+	})
+	d.add(t, "m1-orchestrator/h/2/x", []store.Event{
+		ev(6, store.Event{Kind: "proposal", ProposalID: "p-1", Tool: "read_file"}),
+		ev(7, store.Event{Kind: store.KindResult, DecisionID: "d-ok", Tool: "read_file", Decision: "succeeded", Reason: "ok", Status: 200, Detail: `{"run_cost_usd":0.1}`}),
+	})
+	r := m1Audit(t, "export", "--db", d.dsn, "--since", "1h", "--run", "run-9", "--format", "calls")
+	if r.code != 0 {
+		t.Fatalf("export --format calls =\n%v", r)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 5 || strings.Join(strings.Fields(lines[0]), " ") != "TIME DECISION_ID TOOL PRINCIPAL DECISION REASON OUTCOME STATUS TOOL_MS DISPATCH" {
+		t.Fatalf("export --format calls = %q, want a header and 4 calls", r.stdout)
+	}
+	for i, want := range []string{
+		"d-ok read_file agent-1 allow ok succeeded 200 4.2 succeeded 200",
+		"d-fail write_file agent-1 allow ok failed (tool_error) 500 1.0 -",
+		"d-deny write_file agent-1 deny token_missing - - - -",
+		"d-none read_file agent-1 allow ok none - - -",
+	} {
+		if got := strings.Join(strings.Fields(lines[i+1])[1:], " "); got != want {
+			t.Errorf("row %d = %q, want %q", i+1, got, want)
+		}
+	}
+}
