@@ -2,6 +2,8 @@ package sidecar
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -17,6 +19,8 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/m1-agent/m1/internal/approval"
+	"github.com/m1-agent/m1/internal/checkpoint"
 	"github.com/m1-agent/m1/internal/outcome"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/internal/store/backend"
@@ -87,5 +91,47 @@ func TestToolOutcomeFromAccessLog(t *testing.T) {
 	if len(got) != 2 || got[0].Kind != store.KindDecision || got[1].Kind != store.KindResult ||
 		got[1].Tool != "read_file" || got[1].Status != 200 || got[1].Decision != "succeeded" || got[1].LatencyMicros != 3000 {
 		t.Fatalf("events of decision %s = %+v, want the decision then a succeeded read_file result (200, 3ms)", id, got)
+	}
+}
+
+// With M1_AUDIT_CHECKPOINT_OUT the sidecar signs its chain's head; at Stop,
+// after the audit queue is flushed, the last one covers every event.
+func TestCheckpointAtStop(t *testing.T) {
+	k, err := approval.GenerateKey(approval.AlgEdDSA, "checkpoint-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	priv, _ := k.MarshalPrivateJWK()
+	pub, _ := k.PublicJWKS()
+	os.WriteFile(filepath.Join(dir, "cp.jwk"), priv, 0o600)
+	os.WriteFile(filepath.Join(dir, "jwks.json"), pub, 0o600)
+	o := testOptions(t)
+	o.CheckpointOut, o.CheckpointKeyFile = filepath.Join(dir, "checkpoints"), filepath.Join(dir, "cp.jwk")
+	s := startServer(t, o)
+	conn, err := grpc.NewClient(s.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := authv3.NewAuthorizationClient(conn)
+	for _, p := range []string{"/a", "/b", "/c"} {
+		check(t, c, readCall(p), code.Code_OK)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := checkpoint.LoadKeys(filepath.Join(dir, "jwks.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, bad, err := checkpoint.ReadDir(o.CheckpointOut, keys)
+	if err != nil || len(bad) != 0 || len(good) != 1 {
+		t.Fatalf("checkpoints = %+v, bad %v, %v; want one", good, bad, err)
+	}
+	if h := good[0].Heads; len(h) != 1 || h[0].Writer != s.auditWriter || h[0].Seq != 3 {
+		t.Fatalf("checkpoint heads = %+v, want %s at seq 3", h, s.auditWriter)
 	}
 }

@@ -71,6 +71,8 @@ type Server struct {
 	audit          *audit.Recorder // nil when M1_AUDIT=false
 	auditSink      *audit.LazySink
 	outcomes       *outcome.Server   // tool outcomes from Envoy's access log
+	auditWriter    string            // this process's audit chain
+	checkpoints    *checkpointer     // nil without M1_AUDIT_CHECKPOINT_OUT
 	keys           *approval.Watcher // nil without a JWKS file
 	verifier       *approval.Verifier
 }
@@ -101,6 +103,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		return nil, err
 	}
 	if err := s.setupOutcomes(); err != nil {
+		return nil, err
+	}
+	if err := s.setupCheckpoints(); err != nil {
 		return nil, err
 	}
 	ao := authz.Options{
@@ -271,6 +276,9 @@ func (s *Server) Start(ctx context.Context) error {
 	s.outcomes.Start()
 	if s.audit != nil {
 		s.audit.Start(ctx)
+		if s.checkpoints != nil {
+			s.checkpoints.start(ctx)
+		}
 		if s.opts.PruneEvery > 0 {
 			pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 			s.stopPrune = cancel
@@ -353,6 +361,9 @@ func (s *Server) Stop(ctx context.Context) error {
 		if s.audit != nil { // in-flight checks are done: flush their events
 			if e := s.audit.Close(ctx); e != nil && err == nil {
 				err = e
+			}
+			if s.checkpoints != nil { // the chain's last events, flushed
+				s.checkpoints.close(ctx)
 			}
 			_ = s.auditSink.Close()
 		}
