@@ -166,7 +166,8 @@ func (x *exchange) entry(r *http.Request, w *statusWriter) *accesslogdatav3.HTTP
 		cp.ResponseFlags.UpstreamConnectionFailure = true
 	case x.denied:
 		cp.ResponseFlags.UnauthorizedDetails = &accesslogdatav3.ResponseFlags_Unauthorized{Reason: accesslogdatav3.ResponseFlags_Unauthorized_EXTERNAL_SERVICE}
-	case r.Context().Err() != nil:
+	case w.code == 0 && r.Context().Err() != nil || w.err != nil:
+		// The client went away before its answer was written.
 		cp.ResponseFlags.DownstreamConnectionTermination = true
 	}
 	req := &accesslogdatav3.HTTPRequestProperties{
@@ -198,6 +199,7 @@ type statusWriter struct {
 	http.ResponseWriter
 	code  int
 	bytes int64
+	err   error // the first failed write
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -213,6 +215,9 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	}
 	n, err := w.ResponseWriter.Write(b)
 	w.bytes += int64(n)
+	if err != nil && w.err == nil {
+		w.err = err
+	}
 	return n, err
 }
 

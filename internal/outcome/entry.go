@@ -184,10 +184,12 @@ func classify(e *accesslogdatav3.HTTPAccessLogEntry) result {
 			}
 		}
 	}
+	// The caller going away after the tool answered changes nothing of
+	// what the tool did: client flags count only without a response.
 	switch {
 	case upstream || r.status == 0 && !client:
 		r.outcome, r.reason = OutcomeFailed, resultUpstreamFailure
-	case client:
+	case r.status == 0:
 		r.outcome, r.reason = OutcomeFailed, resultClientDisconnected
 	case r.status >= 400:
 		r.outcome, r.reason = OutcomeFailed, resultToolError
