@@ -54,8 +54,9 @@ bench: ## Go benchmarks of the Check path, then gRPC load (ghz) against m1-authz
 demo: build ## the approval loop on loopback: goal, proposals, m1 approve, dispatch through m1-authz, audit (DEMO_INTERACTIVE=1 to approve yourself)
 	./scripts/demo.sh
 
-fuzz: ## fuzz the request parser for FUZZTIME (default 30s)
+fuzz: ## fuzz the request parser and the access-log entry handling for FUZZTIME each (default 30s)
 	$(GO) test -run '^$$' -fuzz FuzzParseCall -fuzztime $(FUZZTIME) ./authz/
+	$(GO) test -run '^$$' -fuzz FuzzEntry -fuzztime $(FUZZTIME) ./internal/outcome/
 
 clean: ## remove build output
 	rm -rf $(BIN)
