@@ -34,13 +34,24 @@ type call struct {
 // dispatch result when there is one. It holds the rows in memory: bound the
 // export (--run, --since, --limit).
 type callsView struct {
-	rows []*call
-	byID map[string]*call
+	rows       []*call
+	byID       map[string]*call
+	byProposal map[string]*call // the latest allowed decision of each proposal
 }
 
-func newCallsView() *callsView { return &callsView{byID: map[string]*call{}} }
+func newCallsView() *callsView {
+	return &callsView{byID: map[string]*call{}, byProposal: map[string]*call{}}
+}
 
 func (v *callsView) add(e store.Event) error {
+	if e.Kind == store.KindResult && e.DecisionID == "" && e.ProposalID != "" {
+		// The orchestrator's dispatch result when the tool's answer did
+		// not carry the decision id: linked by its proposal.
+		if c, ok := v.byProposal[e.ProposalID]; ok && c.dispatch == nil {
+			c.dispatch = &e
+		}
+		return nil
+	}
 	if e.DecisionID == "" || (e.Kind != store.KindDecision && e.Kind != store.KindResult) {
 		return nil // proposals, approvals, LLM calls: not calls
 	}
@@ -54,6 +65,9 @@ func (v *callsView) add(e store.Event) error {
 	case e.Kind == store.KindDecision:
 		c.time, c.decision, c.reason = e.Time, e.Decision, e.Reason
 		c.tool, c.principal = cmpOr(e.Tool, c.tool), cmpOr(e.Principal, c.principal)
+		if e.ProposalID != "" && e.Decision == "allow" {
+			v.byProposal[e.ProposalID] = c
+		}
 	case isAccessLogResult(e):
 		c.outcome = &e
 	default:

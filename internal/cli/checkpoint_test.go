@@ -171,7 +171,7 @@ func TestAuditExportCalls(t *testing.T) {
 		ev(0, store.Event{Kind: store.KindDecision, DecisionID: "d-ok", Tool: "read_file", Principal: "agent-1", Decision: "allow", Reason: "ok", Status: 200}),
 		ev(1, store.Event{Kind: store.KindResult, DecisionID: "d-ok", Tool: "read_file", Principal: "agent-1", Decision: "succeeded", Reason: "ok", Status: 200, LatencyMicros: 4200,
 			Detail: `{"source":"envoy_access_log"}`}),
-		ev(2, store.Event{Kind: store.KindDecision, DecisionID: "d-fail", Tool: "write_file", Principal: "agent-1", Decision: "allow", Reason: "ok", Status: 200}),
+		ev(2, store.Event{Kind: store.KindDecision, DecisionID: "d-fail", ProposalID: "p-2", Tool: "write_file", Principal: "agent-1", Decision: "allow", Reason: "ok", Status: 200}),
 		ev(3, store.Event{Kind: store.KindResult, DecisionID: "d-fail", Tool: "write_file", Decision: "failed", Reason: "tool_error", Status: 500, LatencyMicros: 1000,
 			Detail: `{"source":"envoy_access_log","response_flags":[]}`}),
 		ev(4, store.Event{Kind: store.KindDecision, DecisionID: "d-deny", Tool: "write_file", Principal: "agent-1", Decision: "deny", Reason: "token_missing", Status: 401}),
@@ -180,6 +180,7 @@ func TestAuditExportCalls(t *testing.T) {
 	d.add(t, "m1-orchestrator/h/2/x", []store.Event{
 		ev(6, store.Event{Kind: "proposal", ProposalID: "p-1", Tool: "read_file"}),
 		ev(7, store.Event{Kind: store.KindResult, DecisionID: "d-ok", Tool: "read_file", Decision: "succeeded", Reason: "ok", Status: 200, Detail: `{"run_cost_usd":0.1}`}),
+		ev(8, store.Event{Kind: store.KindResult, ProposalID: "p-2", Tool: "write_file", Decision: "failed", Reason: "tool_error", Status: 500, Detail: `{"run_cost_usd":0.2}`}),
 	})
 	r := m1Audit(t, "export", "--db", d.dsn, "--since", "1h", "--run", "run-9", "--format", "calls")
 	if r.code != 0 {
@@ -191,7 +192,7 @@ func TestAuditExportCalls(t *testing.T) {
 	}
 	for i, want := range []string{
 		"d-ok read_file agent-1 allow ok succeeded 200 4.2 succeeded 200",
-		"d-fail write_file agent-1 allow ok failed (tool_error) 500 1.0 -",
+		"d-fail write_file agent-1 allow ok failed (tool_error) 500 1.0 failed 500",
 		"d-deny write_file agent-1 deny token_missing - - - -",
 		"d-none read_file agent-1 allow ok none - - -",
 	} {
