@@ -150,7 +150,7 @@ type Outcomes struct {
 // m1_access_log_entries_ignored_total, started at zero.
 var IgnoredReasons = []string{
 	"no_decision_id", "unknown_decision", "duplicate", "forged", "unverified_header",
-	"malformed", "denied", "not_tool_call", "not_http", "too_many_streams", "internal_error",
+	"malformed", "denied", "not_tool_call", "not_http", "too_many_streams", "bad_message", "internal_error",
 }
 
 // NewOutcomes creates the tool-outcome metrics and registers them on reg.

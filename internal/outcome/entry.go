@@ -31,6 +31,7 @@ const (
 	reasonNotToolCall      = "not_tool_call"     // an allowed MCP or HTTP request that is not a tool call
 	reasonNotHTTP          = "not_http"          // TCP access-log entries
 	reasonTooManyStreams   = "too_many_streams"  // a stream refused (counted once per stream)
+	reasonBadMessage       = "bad_message"       // a message over the size limit or undecodable: its stream ends
 	reasonInternalError    = "internal_error"    // handling the entry panicked
 )
 

@@ -378,6 +378,9 @@ func TestHugeMessages(t *testing.T) {
 	if _, err := st.CloseAndRecv(); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("an 8 MiB message = %v, want ResourceExhausted", err)
 	}
+	for ignored(f, "bad_message") != 1 { // counted as the server's stream ends
+		time.Sleep(5 * time.Millisecond)
+	}
 	f.srv.Decided(allow("d2", "read_file"))
 	f.send(t, entry(withMetaID("d2")))
 	if err := f.srv.Close(context.Background()); err != nil {

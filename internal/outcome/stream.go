@@ -42,6 +42,11 @@ func (s *Server) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAcce
 	go func() {
 		for {
 			m, err := stream.Recv()
+			if c := status.Code(err); err != nil && !errors.Is(err, io.EOF) && c != codes.Canceled && c != codes.DeadlineExceeded {
+				// An oversized or undecodable message: gRPC ends the
+				// stream (and its context) at once; Envoy reconnects.
+				s.m.Ignored.WithLabelValues(reasonBadMessage).Inc()
+			}
 			select {
 			case msgs <- recv{m, err}:
 			case <-ctx.Done():
