@@ -1,15 +1,18 @@
 # M1 — make help lists the targets.
 GO        ?= go
 BIN       ?= bin
-VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X main.version=$(VERSION) -X github.com/m1-agent/m1/internal/cli.Version=$(VERSION)
+# One version for every binary (internal/buildinfo): --version, m1 version,
+# /health and m1_build_info all report it.
+VERSION   ?= $(patsubst v%,%,$(shell git describe --tags --always --dirty 2>/dev/null || echo dev))
+REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS   := -s -w -X github.com/m1-agent/m1/internal/buildinfo.version=$(VERSION) -X github.com/m1-agent/m1/internal/buildinfo.revision=$(REVISION)
 FUZZTIME  ?= 30s
 BENCHTIME ?= 2s
 
-.PHONY: help build run test test-deps test-go test-rego lint bench fuzz demo clean
+.PHONY: help build run test test-deps test-go test-rego lint bench fuzz demo release release-check clean
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build m1-authz, m1, m1-orchestrator and m1-demo-tool into ./bin
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
@@ -19,13 +22,15 @@ run: build ## start m1-authz on embedded defaults (gRPC :9191, admin :9192)
 
 test: test-deps test-go test-rego ## go test -race plus the Rego tests of the default bundle
 
-# Install the servers the tests start (redis-server, PostgreSQL) and the
-# headless browser of the dashboard test (chromium) when missing and we can;
+# Install the servers the tests start (redis-server, PostgreSQL), the
+# headless browser of the dashboard test (chromium) and promtool (Debian's
+# prometheus package, for deploy/compose) when missing and we can;
 # without them those tests skip loudly (and fail under CI=1).
 test-deps:
 	@need=""; command -v redis-server >/dev/null || need="$$need redis-server"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
 	command -v chromium >/dev/null || need="$$need chromium"; \
+	command -v promtool >/dev/null || need="$$need prometheus"; \
 	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$need for the tests"; \
@@ -54,9 +59,19 @@ bench: ## Go benchmarks of the Check path, then gRPC load (ghz) against m1-authz
 demo: build ## the approval loop on loopback: goal, proposals, m1 approve, dispatch through m1-authz, audit (DEMO_INTERACTIVE=1 to approve yourself)
 	./scripts/demo.sh
 
-fuzz: ## fuzz the request parser and the access-log entry handling for FUZZTIME each (default 30s)
-	$(GO) test -run '^$$' -fuzz FuzzParseCall -fuzztime $(FUZZTIME) ./authz/
-	$(GO) test -run '^$$' -fuzz FuzzEntry -fuzztime $(FUZZTIME) ./internal/outcome/
+release: ## static binaries for linux/amd64 and linux/arm64 with SHA256SUMS in dist/ (version: CHANGELOG.md's newest)
+	GO=$(GO) ./scripts/release.sh
 
-clean: ## remove build output
-	rm -rf $(BIN)
+release-check: ## build the release for this platform in a temp dir and verify it (checksums, static, --version); CI runs it
+	GO=$(GO) ./scripts/release.sh --check
+
+fuzz: ## run every fuzz target of the module, each for FUZZTIME (default 30s)
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
+	  dir=$$(dirname $$f); \
+	  for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+	    echo "== $$dir $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./$$dir/; \
+	  done; \
+	done
+
+clean: ## remove build output (bin/, dist/)
+	rm -rf $(BIN) dist

@@ -13,10 +13,12 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"github.com/m1-agent/m1/internal/deny"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"go.uber.org/zap"
@@ -28,16 +30,12 @@ import (
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/ratelimit"
 	"github.com/m1-agent/m1/internal/store"
+	"github.com/m1-agent/m1/toolcall"
 )
 
-// Deny codes of the decision path besides the request errors of parse.go.
-const (
-	CodePolicyDenied  = "policy_denied"
-	CodePolicyError   = "policy_error"
-	CodeInternalError = "internal_error"
-	CodeRateLimited   = "rate_limited"
-	codeOK            = "ok" // the reason label of an allow
-)
+// codeOK is the reason label of an allow (m1_policy_checks_total,
+// the audit trail); denies take theirs from internal/deny.
+const codeOK = "ok"
 
 // RateLimiter counts a principal's tool calls (RATE_LIMIT_REQUESTS_PER_*).
 type RateLimiter interface {
@@ -47,11 +45,16 @@ type RateLimiter interface {
 // DecisionCache stores policy decisions by key. Implementations are safe for
 // concurrent use; Get reports the tier that answered and must return within
 // ctx (a shared tier that cannot answer in time is a miss). Set must not
-// block on a shared tier.
+// block on a shared tier. SetPolicy calls SetRevision with every policy it
+// makes current (the first included): the cache drops what it holds for
+// other revisions and moves a shared tier to the revision's namespace.
+// Check calls ObserveEval with each evaluation's time (a tiered cache uses
+// it to decide whether a round trip to the shared tier pays).
 type DecisionCache interface {
 	Get(ctx context.Context, k cache.Key) (d *policy.Decision, tier string, ok bool)
 	Set(k cache.Key, d *policy.Decision)
-	Purge()
+	SetRevision(revision string)
+	ObserveEval(time.Duration)
 }
 
 // Auditor records decisions off the decision path; Record must not block
@@ -60,26 +63,24 @@ type Auditor interface {
 	Record(store.Event)
 }
 
-// EvalObserver is implemented by caches that decide per call whether a
-// shared tier is worth a round trip: they are told each evaluation's time.
-type EvalObserver interface {
-	ObserveEval(time.Duration)
-}
-
-var _ DecisionCache = (*cache.Memory)(nil)
+var (
+	_ DecisionCache = (*cache.Memory)(nil)
+	_ DecisionCache = (*cache.Tiered)(nil)
+)
 
 // Options configure a Service.
 type Options struct {
-	Parse          ParseOptions
+	Parse          toolcall.Options
 	ApprovalHeader string        // lower-case, e.g. "x-m1-approval-token"
 	Cache          DecisionCache // nil disables caching
 	Tokens         TokenVerifier // nil: no keys; a presented token is token_invalid
 	Uses           UseStore      // required
 	Revocations    RevocationChecker
-	Epoch          Epoch         // nil: no data-loss fencing
-	Audit          Auditor       // nil: decisions are not audited
-	RateLimit      RateLimiter   // nil: no rate limits
-	ClockSkew      time.Duration // leeway of token times; used records outlive exp by it
+	Epoch          Epoch           // nil: no data-loss fencing
+	PolicyMetrics  *metrics.Policy // shadow decisions; required with SetShadow
+	Audit          Auditor         // nil: decisions are not audited
+	RateLimit      RateLimiter     // nil: no rate limits
+	ClockSkew      time.Duration   // leeway of token times; used records outlive exp by it
 	Logger         *zap.Logger
 	Metrics        *metrics.Authz
 	Now            func() time.Time
@@ -91,15 +92,16 @@ type Service struct {
 	authv3.UnimplementedAuthorizationServer
 	opts   Options
 	policy atomic.Pointer[policy.Engine]
+	shadow shadow
 	ids    idGen
 	debug  bool
 }
 
-// New returns a Service that decides with engine.
+// New returns a Service that decides with engine. A nil engine (a remote
+// policy source not loaded yet) denies every call policy_error until
+// SetPolicy.
 func New(opts Options, engine *policy.Engine) (*Service, error) {
 	switch {
-	case engine == nil:
-		return nil, fmt.Errorf("authz: no policy engine")
 	case opts.Logger == nil || opts.Metrics == nil || opts.Now == nil:
 		return nil, fmt.Errorf("authz: Logger, Metrics and Now are required")
 	case opts.Uses == nil || opts.Revocations == nil:
@@ -111,34 +113,60 @@ func New(opts Options, engine *policy.Engine) (*Service, error) {
 	}
 	s := &Service{opts: opts, debug: opts.Logger.Core().Enabled(zapcore.DebugLevel)}
 	s.ids.seed()
-	s.SetPolicy(engine)
+	s.shadow.init()
+	if engine != nil {
+		s.SetPolicy(engine)
+	}
 	return s, nil
 }
 
-// SetPolicy makes engine the policy for every later Check and drops cached
-// decisions of the previous revision.
+// SetPolicy makes engine (non-nil) the policy for every Check that starts
+// after it, and moves the decision cache to its revision. A Check
+// in flight finishes with the engine it started with: its decision, cache
+// key, response and audit event all come from that one engine.
 func (s *Service) SetPolicy(engine *policy.Engine) {
 	old := s.policy.Swap(engine)
 	if old != nil && old.Revision() != engine.Revision() {
 		s.opts.Metrics.BundleInfo.DeleteLabelValues(old.Revision())
 	}
 	s.opts.Metrics.BundleInfo.WithLabelValues(engine.Revision()).Set(1)
-	if s.opts.Cache != nil && old != nil {
-		s.opts.Cache.Purge()
+	if s.opts.Cache != nil && (old == nil || old.Revision() != engine.Revision()) {
+		s.opts.Cache.SetRevision(engine.Revision())
 	}
 }
 
-// Policy returns the engine in force.
+// Policy returns the engine in force, nil before the first one.
 func (s *Service) Policy() *policy.Engine { return s.policy.Load() }
+
+// Caching reports whether decisions of the policy in force are cached, and
+// why not: the service has no decision cache, or the policy's decisions
+// depend on more than input.m1 (the engine's analysis).
+func (s *Service) Caching() (on bool, why string) {
+	return s.caching(s.policy.Load())
+}
+
+func (s *Service) caching(engine *policy.Engine) (bool, string) {
+	switch {
+	case engine == nil:
+		return false, "no policy loaded yet"
+	case s.opts.Cache == nil:
+		return false, "no decision cache is configured (cache size 0)"
+	}
+	return engine.Cacheable()
+}
 
 // verdict is one decision before it is put on the wire.
 type verdict struct {
-	id        string
+	id string
+	// engine is the policy of this decision, loaded once when the check
+	// starts (nil before any policy is loaded).
+	engine    *policy.Engine
+	evaluated bool // the check reached the policy (hard check 10)
 	allowed   bool
 	code      string // deny code, codeOK on allow
 	status    int
 	reason    string
-	call      Call
+	call      toolcall.Call
 	principal string
 	runID     string
 	tier      string // cache tier that answered, "" when evaluated or not reached
@@ -151,17 +179,26 @@ type verdict struct {
 	tokenResult string
 }
 
+// refuse makes v a deny with code, the code's status (internal/deny) and
+// reason.
+func (v *verdict) refuse(code, reason string) {
+	v.allowed, v.code, v.status, v.reason = false, code, deny.Status(code), reason
+}
+
 // Check decides one request. It always returns a CheckResponse and a nil error.
 func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, _ error) {
 	start := s.opts.Now()
-	v := verdict{id: s.ids.next(start)}
+	v := verdict{id: s.ids.next(start), engine: s.policy.Load()}
 	defer func() {
 		if p := recover(); p != nil {
 			s.opts.Logger.Error("check panicked; denying", zap.String(fieldDecisionID, v.id), zap.Any("panic", p))
-			v.allowed, v.code, v.status, v.reason = false, CodeInternalError, 500, "internal error"
-			resp = s.deny(&v, HeadersOf(req.GetAttributes().GetRequest().GetHttp()))
+			v.refuse(deny.InternalError, "internal error")
+			resp = s.deny(&v, toolcall.HeadersOf(req.GetAttributes().GetRequest().GetHttp()))
 		}
 		s.record(&v, start)
+		if v.evaluated {
+			s.shadowEval(req, &v)
+		}
 	}()
 	headers := s.decide(ctx, req, &v)
 	if v.allowed {
@@ -170,29 +207,29 @@ func (s *Service) Check(ctx context.Context, req *authv3.CheckRequest) (resp *au
 	return s.deny(&v, headers), nil
 }
 
-func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, v *verdict) Headers {
+func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, v *verdict) toolcall.Headers {
 	attrs := req.GetAttributes()
 	h := attrs.GetRequest().GetHttp()
-	headers := HeadersOf(h)
+	headers := toolcall.HeadersOf(h)
 	if h == nil {
-		v.code, v.status, v.reason = CodeBadRequest, 400, "CheckRequest has no attributes.request.http"
+		v.refuse(deny.BadRequest, "CheckRequest has no attributes.request.http")
 		return headers
 	}
-	call, rerr := ParseCall(h, headers, s.opts.Parse)
+	call, rerr := toolcall.Parse(h, headers, s.opts.Parse)
 	v.call = call
 	if rerr != nil {
-		v.code, v.status, v.reason = rerr.Code, rerr.Status, rerr.Reason
+		v.refuse(rerr.Code, rerr.Reason)
 		return headers
 	}
 	v.principal = attrs.GetSource().GetPrincipal()
 	if raw, ok := headers.Lookup(s.opts.ApprovalHeader); ok && !s.checkToken(ctx, tokenFromHeader(raw), v) {
 		return headers
 	}
-	if s.opts.RateLimit != nil && call.Kind == KindToolCall && !s.rateLimit(ctx, v) {
+	if s.opts.RateLimit != nil && call.Kind == toolcall.KindToolCall && !s.rateLimit(ctx, v) {
 		return headers
 	}
 	s.evaluate(ctx, req, headers, v)
-	if v.allowed && v.claims != nil && call.Kind == KindToolCall {
+	if v.allowed && v.claims != nil && call.Kind == toolcall.KindToolCall {
 		s.consume(ctx, v)
 	}
 	return headers
@@ -208,18 +245,22 @@ func (s *Service) rateLimit(ctx context.Context, v *verdict) bool {
 		return true
 	}
 	secs := max(int64((r.RetryAfter+time.Second-1)/time.Second), 1)
-	v.code, v.status, v.retryAfter = CodeRateLimited, 429, time.Duration(secs)*time.Second
-	v.reason = "too many tool calls for this principal (the " + r.Limit + " limit); retry after " + strconv.FormatInt(secs, 10) + "s"
+	v.refuse(deny.RateLimited, "too many tool calls for this principal (the "+r.Limit+" limit); retry after "+strconv.FormatInt(secs, 10)+"s")
+	v.retryAfter = time.Duration(secs) * time.Second
 	return false
 }
 
 // evaluate runs the policy (hard check 10), through the decision cache when
 // the policy allows it.
-func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, headers Headers, v *verdict) {
-	engine := s.policy.Load()
+func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, headers toolcall.Headers, v *verdict) {
+	engine := v.engine
+	v.evaluated = true
+	if engine == nil {
+		s.policyError(v, "load policy", errNoPolicy)
+		return
+	}
 	var key cache.Key
-	cacheable, _ := engine.Cacheable()
-	cacheable = cacheable && s.opts.Cache != nil
+	cacheable, _ := s.caching(engine)
 	if cacheable {
 		key = cacheKey(engine.Revision(), engine.Path(), engine.Needs().M1Paths, &v.call, v.principal, v.claims)
 		if d, tier, ok := s.opts.Cache.Get(ctx, key); ok {
@@ -239,8 +280,8 @@ func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, header
 	d, err := engine.Eval(ctx, input)
 	took := time.Since(evalStart)
 	s.opts.Metrics.EvalDuration.Observe(took.Seconds())
-	if o, ok := s.opts.Cache.(EvalObserver); ok && cacheable {
-		o.ObserveEval(took)
+	if cacheable {
+		s.opts.Cache.ObserveEval(took)
 	}
 	if err != nil {
 		s.policyError(v, "evaluate policy", err)
@@ -255,7 +296,7 @@ func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, header
 // policyError denies with policy_error. The details (bundle paths, lines,
 // policy source) go to the operator's log, not to the caller.
 func (s *Service) policyError(v *verdict, what string, err error) {
-	v.code, v.status, v.reason = CodePolicyError, 403, "policy evaluation failed; the operator's log has decision "+v.id
+	v.refuse(deny.PolicyError, "policy evaluation failed; the operator's log has decision "+v.id)
 	s.opts.Logger.Warn("policy error; denied", zap.String(fieldDecisionID, v.id), zap.String("stage", what), zap.Error(err))
 }
 
@@ -266,7 +307,7 @@ func (s *Service) apply(v *verdict, d *policy.Decision) {
 		v.allowed, v.code, v.status = true, codeOK, 200
 		return
 	}
-	v.code, v.status, v.reason = CodePolicyDenied, 403, d.Reason
+	v.refuse(deny.PolicyDenied, d.Reason)
 	if d.HTTPStatus != 0 {
 		v.status = d.HTTPStatus
 	}
@@ -283,7 +324,7 @@ func (s *Service) apply(v *verdict, d *policy.Decision) {
 // sub, jti, m1.kind, and an approval's m1.tool and m1.args_sha256), which
 // stand as themselves, so fresh approvals for the same call share a key.
 // Fields are length-prefixed so that no two inputs share an encoding.
-func cacheKey(revision, decisionPath string, paths [][]string, c *Call, principal string, claims *approval.Claims) cache.Key {
+func cacheKey(revision, decisionPath string, paths [][]string, c *toolcall.Call, principal string, claims *approval.Claims) cache.Key {
 	var buf [512]byte
 	b := appendField(appendField(buf[:0], revision), decisionPath)
 	if paths == nil {
@@ -312,7 +353,7 @@ func appendField(b []byte, f string) []byte {
 
 // appendM1 appends the value at path p of input.m1 (as m1Input builds it),
 // or something that determines it.
-func appendM1(b []byte, p []string, c *Call, principal string, claims *approval.Claims) []byte {
+func appendM1(b []byte, p []string, c *toolcall.Call, principal string, claims *approval.Claims) []byte {
 	switch p[0] {
 	case "kind":
 		return appendField(b, c.Kind)
@@ -374,8 +415,17 @@ const (
 	fieldJTI        = "jti"
 )
 
+// auditDetailBytes bounds the deny reason an audit event keeps. A reason
+// can quote what the caller sent (a JSON error names the member it failed
+// in, a policy message may repeat the input), and a denied caller must not
+// choose how much the audit trail stores (DESIGN §7).
+const auditDetailBytes = 1024
+
 // audit hands the decision to the audit trail. Arguments are kept only for
-// tools the registry marks non-sensitive.
+// allowed calls of tools the registry marks non-sensitive: a denied call
+// keeps its args_sha256 alone, so that audit volume is bounded by what was
+// allowed, not by what anyone sends (the recorder also caps the size of
+// what it keeps, M1_AUDIT_MAX_ARGS_BYTES).
 func (s *Service) audit(v *verdict, decision string, start time.Time, elapsed time.Duration) {
 	e := store.Event{
 		DecisionID: v.id, Time: start, Kind: store.KindDecision,
@@ -383,17 +433,32 @@ func (s *Service) audit(v *verdict, decision string, start time.Time, elapsed ti
 		Decision: decision, Reason: v.code, Status: v.status, LatencyMicros: elapsed.Microseconds(), CacheTier: v.tier,
 	}
 	if !v.allowed {
-		e.Detail = v.reason
+		e.Detail = clipText(v.reason, auditDetailBytes)
 	}
-	engine := s.policy.Load()
-	e.PolicyRevision = engine.Revision()
+	engine := v.engine // the one that decided: a swap since cannot change it
+	if engine != nil {
+		e.PolicyRevision = engine.Revision()
+	}
 	if c := v.claims; c != nil {
 		e.TokenJTI, e.ProposalID = c.ID, c.ProposalID
 	}
-	if len(v.call.Args) > 0 && engine.ArgsAuditable(v.call.Tool) {
+	if v.allowed && len(v.call.Args) > 0 && engine != nil && engine.ArgsAuditable(v.call.Tool) {
 		e.Args = v.call.Args // validated JSON, as sent; never modified
 	}
 	s.opts.Audit.Record(e)
+}
+
+// clipText returns s, or when it is longer than n bytes its first n bytes
+// or fewer (cut on a UTF-8 boundary) followed by "…".
+func clipText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "…"
 }
 
 func jtiOf(c *approval.Claims) string {

@@ -3,6 +3,7 @@ package authz
 import (
 	"context"
 	"encoding/json"
+	"github.com/m1-agent/m1/internal/deny"
 	"slices"
 	"strings"
 	"testing"
@@ -236,7 +237,7 @@ decision := {"allowed": true, "headers": {"x-tenant": "a"}, "response_headers_to
 		t.Errorf("Check(ok) = %v, want the policy's headers, response headers, removals and metadata", r.resp)
 	}
 	r = check(t, s.Service, httpReq("POST", "/tools/other", `{}`))
-	if r.allowed || r.status != 403 || r.body.Error != CodePolicyError {
+	if r.allowed || r.status != 403 || r.body.Error != deny.PolicyError {
 		t.Errorf("Check(undefined decision) = %v %d %s, want deny 403 policy_error", r.allowed, r.status, r.raw)
 	}
 }
@@ -264,7 +265,7 @@ decision if count([x | some x in numbers.range(1, 100000000)]) > 0
 	}
 	s := newService(t, e, false)
 	r := check(t, s.Service, httpReq("POST", "/tools/x", `{}`))
-	if r.allowed || r.body.Error != CodePolicyError {
+	if r.allowed || r.body.Error != deny.PolicyError {
 		t.Fatalf("Check(slow policy) = %v %s, want deny policy_error", r.allowed, r.raw)
 	}
 }
@@ -307,7 +308,14 @@ func TestSetPolicyPurgesAndSwaps(t *testing.T) {
 	if r := check(t, s.Service, req); !r.allowed {
 		t.Fatalf("Check under allow-all = deny")
 	}
+	mem := s.opts.Cache.(*cache.Memory)
+	if mem.Len() == 0 {
+		t.Fatalf("decision not cached under allow-all")
+	}
 	s.SetPolicy(deny)
+	if n := mem.Len(); n != 0 {
+		t.Errorf("cache holds %d decisions of the old revision after SetPolicy, want 0 (purged)", n)
+	}
 	if r := check(t, s.Service, req); r.allowed {
 		t.Fatalf("Check after swapping to deny-all = allow (stale cache)")
 	}
@@ -363,7 +371,7 @@ closed := {"allowed": false, "reason": "closed"}
 	if r := check(t, open.Service, req); !r.allowed {
 		t.Fatalf("Check(open rule) = deny %s, want allow", r.raw)
 	}
-	if r := check(t, closed.Service, req); r.allowed || r.body.Error != CodePolicyDenied {
+	if r := check(t, closed.Service, req); r.allowed || r.body.Error != deny.PolicyDenied {
 		t.Fatalf("Check(closed rule, cache shared with the open one) = allowed %v %s, want deny policy_denied", r.allowed, r.raw)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/m1-agent/m1/internal/audit"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/internal/store/sqlite"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // BenchmarkCheck measures the in-process Check path with the default policy.
@@ -112,7 +113,7 @@ func BenchmarkCheck(b *testing.B) {
 		h := hit.GetAttributes().GetRequest().GetHttp()
 		b.ReportAllocs()
 		for b.Loop() {
-			ParseCall(h, HeadersOf(h), testParseOpts)
+			toolcall.Parse(h, toolcall.HeadersOf(h), testParseOpts)
 		}
 	})
 }

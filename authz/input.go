@@ -12,12 +12,13 @@ import (
 
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/policy"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // buildInput makes the policy input: the opa-envoy-plugin document
 // (attributes, parsed_path, parsed_query, parsed_body, truncated_body,
 // version) plus input.m1, building only the parts the policy reads.
-func buildInput(req *authv3.CheckRequest, c *Call, headers Headers, principal string, claims *approval.Claims, needs policy.Needs) (ast.Value, error) {
+func buildInput(req *authv3.CheckRequest, c *toolcall.Call, headers toolcall.Headers, principal string, claims *approval.Claims, needs policy.Needs) (ast.Value, error) {
 	in := ast.NewObjectWithCapacity(7)
 	if needs.All || needs.M1 {
 		m1, err := m1Input(c, principal, claims)
@@ -82,10 +83,10 @@ func buildInput(req *authv3.CheckRequest, c *Call, headers Headers, principal st
 }
 
 // m1Input is input.m1 (DESIGN §5).
-func m1Input(c *Call, principal string, claims *approval.Claims) (ast.Value, error) {
+func m1Input(c *toolcall.Call, principal string, claims *approval.Claims) (ast.Value, error) {
 	m1 := ast.NewObjectWithCapacity(8)
 	m1.Insert(ast.InternedTerm("kind"), ast.StringTerm(c.Kind))
-	if c.Kind == KindToolCall {
+	if c.Kind == toolcall.KindToolCall {
 		// The policy sees the canonical (JCS) arguments, so that everything
 		// it can observe of them is fixed by args_sha256, the cache key:
 		// {"n":1.0} and {"n":1} must not decide differently.
@@ -124,7 +125,7 @@ func m1Input(c *Call, principal string, claims *approval.Claims) (ast.Value, err
 
 // parsedBody is the JSON body for a JSON content type, as opa-envoy-plugin
 // gives it, else null.
-func parsedBody(h *authv3.AttributeContext_HttpRequest, headers Headers) *ast.Term {
+func parsedBody(h *authv3.AttributeContext_HttpRequest, headers toolcall.Headers) *ast.Term {
 	if !strings.Contains(headers.Get("content-type"), "json") {
 		return ast.NullTerm()
 	}

@@ -13,9 +13,10 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/m1-agent/m1/internal/policy"
+	"github.com/m1-agent/m1/toolcall"
 )
 
-// Headers M1 sets on an allowed request.
+// toolcall.Headers M1 sets on an allowed request.
 const (
 	HeaderDecisionID = "x-m1-decision-id"
 	HeaderPrincipal  = "x-m1-principal"
@@ -54,7 +55,7 @@ type allowArena struct {
 // allow builds the OK response: M1's upstream headers overwrite anything the
 // client sent, and every other client-sent x-m1-* header (the approval token
 // among them) is removed before the request reaches the tool.
-func (s *Service) allow(v *verdict, headers Headers) *authv3.CheckResponse {
+func (s *Service) allow(v *verdict, headers toolcall.Headers) *authv3.CheckResponse {
 	d := v.policy
 	a := new(allowArena)
 	set := a.set[:0]
@@ -156,7 +157,7 @@ type denyBody struct {
 
 // deny builds the PERMISSION_DENIED response with the verdict's status and
 // JSON body, or the policy's own body and headers when it gave them.
-func (s *Service) deny(v *verdict, _ Headers) *authv3.CheckResponse {
+func (s *Service) deny(v *verdict, _ toolcall.Headers) *authv3.CheckResponse {
 	hdrs := []*corev3.HeaderValueOption{setHeader(HeaderDecisionID, v.id)}
 	// The policy's body and headers are its deny's. After an allow that a
 	// later check overturned (a replayed approval), they were meant for the

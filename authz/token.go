@@ -3,22 +3,13 @@ package authz
 import (
 	"context"
 	"errors"
+	"github.com/m1-agent/m1/internal/deny"
 	"strings"
 	"time"
 
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/state"
-)
-
-// Deny codes of the hard checks that follow verification (DESIGN §4, 8–11).
-const (
-	CodeToolMismatch     = "tool_mismatch"
-	CodeArgsMismatch     = "args_mismatch"
-	CodeTokenRevoked     = "token_revoked"
-	CodeTokenReplayed    = "token_replayed"
-	CodeGrantExhausted   = "grant_exhausted"
-	CodeStateUnavailable = "state_unavailable"
-	CodeStateReset       = "state_reset"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // TokenVerifier runs hard checks 1–7 on an approval token.
@@ -57,41 +48,40 @@ type Epoch interface {
 // checkToken runs hard checks 1–9 for a presented token and fills v on
 // success; it returns false after filling the deny.
 func (s *Service) checkToken(ctx context.Context, raw string, v *verdict) bool {
-	fail := func(code string, status int, reason string) bool {
-		v.code, v.status, v.reason, v.tokenResult = code, status, reason, code
+	fail := func(code, reason string) bool {
+		v.refuse(code, reason)
+		v.tokenResult = code
 		return false
 	}
 	if s.opts.Tokens == nil {
-		return fail(approval.CodeInvalid, 401, "no approval keys are configured on this sidecar")
+		return fail(deny.TokenInvalid, "no approval keys are configured on this sidecar")
 	}
 	c, err := s.opts.Tokens.Verify(raw)
 	if err != nil {
 		var ae *approval.Error
 		if errors.As(err, &ae) {
-			return fail(ae.Code, 401, ae.Error())
+			return fail(ae.Code, ae.Error())
 		}
-		return fail(approval.CodeInvalid, 401, err.Error())
+		return fail(deny.TokenInvalid, err.Error())
 	}
 	v.claims = c
-	if v.call.Kind == KindToolCall {
-		switch {
-		case !c.MatchesTool(v.call.Tool):
-			return fail(CodeToolMismatch, 403, "token does not allow tool "+v.call.Tool)
-		case c.Kind == approval.KindApproval && c.ArgsSHA256 != v.call.ArgsSHA256:
-			return fail(CodeArgsMismatch, 403, "arguments differ from the approved arguments (args_sha256 "+v.call.ArgsSHA256+")")
+	if v.call.Kind == toolcall.KindToolCall {
+		if err := c.Bind(v.call.Tool, v.call.ArgsSHA256); err != nil {
+			ae, _ := errors.AsType[*approval.Error](err)
+			return fail(ae.Code, ae.Reason)
 		}
 	}
 	revoked, err := s.opts.Revocations.Revoked(ctx, c.ID, c.Subject)
 	switch {
 	case err != nil:
-		return fail(CodeStateUnavailable, 503, "revocation state unavailable: "+err.Error())
+		return fail(deny.StateUnavailable, "revocation state unavailable: "+err.Error())
 	case revoked:
-		return fail(CodeTokenRevoked, 403, "token or subject revoked")
+		return fail(deny.TokenRevoked, "token or subject revoked")
 	}
 	if s.opts.Epoch != nil {
 		if epoch := s.opts.Epoch.Epoch(); !epoch.IsZero() && c.IssuedAt.Before(epoch) {
 			v.retryAfter = s.resetRetryAfter()
-			return fail(CodeStateReset, 403, "token issued before the shared state was reset; ask for a new approval")
+			return fail(deny.StateReset, "token issued before the shared state was reset; ask for a new approval")
 		}
 	}
 	v.principal, v.runID, v.tokenResult = c.Subject, c.RunID, codeOK
@@ -107,7 +97,7 @@ func (s *Service) consume(ctx context.Context, v *verdict) bool {
 	var (
 		ok   bool
 		err  error
-		code = CodeTokenReplayed
+		code = deny.TokenReplayed
 	)
 	issued, fenced := s.opts.Uses.(IssuedUseStore)
 	switch {
@@ -121,18 +111,18 @@ func (s *Service) consume(ctx context.Context, v *verdict) bool {
 		ok, err = s.opts.Uses.Consume(ctx, c.ID, until)
 	}
 	if c.Kind == approval.KindGrant {
-		code = CodeGrantExhausted
+		code = deny.GrantExhausted
 	}
 	switch {
 	case errors.Is(err, state.ErrStateReset):
-		v.allowed, v.code, v.status, v.reason = false, CodeStateReset, 403, "token issued before the shared state was reset; ask for a new approval"
+		v.refuse(deny.StateReset, "token issued before the shared state was reset; ask for a new approval")
 		v.retryAfter = s.resetRetryAfter()
 	case err != nil:
-		v.allowed, v.code, v.status, v.reason = false, CodeStateUnavailable, 503, "single-use state unavailable: "+err.Error()
-	case !ok && code == CodeGrantExhausted:
-		v.allowed, v.code, v.status, v.reason = false, code, 403, "grant used "+itoa(c.MaxUses)+" times already"
+		v.refuse(deny.StateUnavailable, "single-use state unavailable: "+err.Error())
+	case !ok && code == deny.GrantExhausted:
+		v.refuse(code, "grant used "+itoa(c.MaxUses)+" times already")
 	case !ok:
-		v.allowed, v.code, v.status, v.reason = false, code, 403, "approval already used"
+		v.refuse(code, "approval already used")
 	default:
 		return true
 	}

@@ -2,6 +2,7 @@ package authz
 
 import (
 	"context"
+	"github.com/m1-agent/m1/internal/deny"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -88,23 +89,23 @@ func TestHardChecks(t *testing.T) {
 		status int
 		code   string
 	}{
-		{"garbage", withToken(writeReq(`{"path":"/tmp/x"}`), "not.a.jwt"), 401, approval.CodeInvalid},
-		{"empty", withToken(writeReq(`{"path":"/tmp/x"}`), ""), 401, approval.CodeInvalid},
-		{"signed by another key", withToken(writeReq(`{"path":"/tmp/x"}`), forged), 401, approval.CodeInvalid},
+		{"garbage", withToken(writeReq(`{"path":"/tmp/x"}`), "not.a.jwt"), 401, deny.TokenInvalid},
+		{"empty", withToken(writeReq(`{"path":"/tmp/x"}`), ""), 401, deny.TokenInvalid},
+		{"signed by another key", withToken(writeReq(`{"path":"/tmp/x"}`), forged), 401, deny.TokenInvalid},
 		{"expired", withToken(writeReq(`{"path":"/tmp/x"}`), f.mint(t, func(c *approval.Claims) {
 			c.IssuedAt, c.NotBefore, c.Expiry = time.Now().Add(-4*time.Minute), time.Now().Add(-4*time.Minute), time.Now().Add(-time.Minute)
-		})), 401, approval.CodeExpired},
+		})), 401, deny.TokenExpired},
 		{"not yet valid", withToken(writeReq(`{"path":"/tmp/x"}`), f.mint(t, func(c *approval.Claims) {
 			c.NotBefore = time.Now().Add(time.Minute)
-		})), 401, approval.CodeNotYetValid},
-		{"ttl too long", withToken(writeReq(`{"path":"/tmp/x"}`), f.mint(t, func(c *approval.Claims) { c.Expiry = c.IssuedAt.Add(time.Hour) })), 401, approval.CodeTTLExceeded},
-		{"wrong audience", withToken(writeReq(`{"path":"/tmp/x"}`), f.mint(t, func(c *approval.Claims) { c.Audience = []string{"other"} })), 401, approval.CodeAudienceMismatch},
-		{"wrong tool", withToken(httpReq("POST", "/tools/run_command", `{"path":"/tmp/x"}`), f.mint(t, nil)), 403, CodeToolMismatch},
-		{"tampered args", withToken(writeReq(`{"path":"/etc/passwd"}`), f.mint(t, nil)), 403, CodeArgsMismatch},
-		{"extra argument", withToken(writeReq(`{"path":"/tmp/x","mode":"0777"}`), f.mint(t, nil)), 403, CodeArgsMismatch},
+		})), 401, deny.TokenNotYetValid},
+		{"ttl too long", withToken(writeReq(`{"path":"/tmp/x"}`), f.mint(t, func(c *approval.Claims) { c.Expiry = c.IssuedAt.Add(time.Hour) })), 401, deny.TokenTTLExceeded},
+		{"wrong audience", withToken(writeReq(`{"path":"/tmp/x"}`), f.mint(t, func(c *approval.Claims) { c.Audience = []string{"other"} })), 401, deny.AudienceMismatch},
+		{"wrong tool", withToken(httpReq("POST", "/tools/run_command", `{"path":"/tmp/x"}`), f.mint(t, nil)), 403, deny.ToolMismatch},
+		{"tampered args", withToken(writeReq(`{"path":"/etc/passwd"}`), f.mint(t, nil)), 403, deny.ArgsMismatch},
+		{"extra argument", withToken(writeReq(`{"path":"/tmp/x","mode":"0777"}`), f.mint(t, nil)), 403, deny.ArgsMismatch},
 		{"grant for other tools", withToken(writeReq(`{}`), f.mint(t, func(c *approval.Claims) {
 			c.Kind, c.Tool, c.ArgsSHA256, c.Tools, c.MaxUses = approval.KindGrant, "", "", []string{"read_*", "list_dir"}, 3
-		})), 403, CodeToolMismatch},
+		})), 403, deny.ToolMismatch},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -114,7 +115,7 @@ func TestHardChecks(t *testing.T) {
 			}
 		})
 	}
-	if got := testutil.ToFloat64(f.m.TokenVerifyTotal.WithLabelValues(CodeArgsMismatch)); got != 2 {
+	if got := testutil.ToFloat64(f.m.TokenVerifyTotal.WithLabelValues(deny.ArgsMismatch)); got != 2 {
 		t.Errorf("m1_token_verifications_total{result=args_mismatch} = %v, want 2", got)
 	}
 }
@@ -132,7 +133,7 @@ func TestApprovalAllowsOnceAndCarriesPrincipal(t *testing.T) {
 		t.Errorf("allow headers = %v, want x-m1-principal agent-42 and x-m1-run-id run-1", ok.GetHeaders())
 	}
 	r = check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok))
-	if r.allowed || r.status != 403 || r.body.Error != CodeTokenReplayed {
+	if r.allowed || r.status != 403 || r.body.Error != deny.TokenReplayed {
 		t.Fatalf("Check(replay) = %v %d %s, want deny 403 token_replayed", r.allowed, r.status, r.raw)
 	}
 }
@@ -150,7 +151,7 @@ decision := {"allowed": true, "headers": {"x-upstream-secret": "s3cret"}, "body"
 		t.Fatalf("Check(first use) = deny %s, want allow", r.raw)
 	}
 	r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok))
-	if r.allowed || r.body.Error != CodeTokenReplayed {
+	if r.allowed || r.body.Error != deny.TokenReplayed {
 		t.Fatalf("Check(replay) = %v %s, want deny token_replayed with M1's JSON body", r.allowed, r.raw)
 	}
 	for _, h := range r.resp.GetDeniedResponse().GetHeaders() {
@@ -164,7 +165,7 @@ func TestPolicyDenyLeavesApprovalUsable(t *testing.T) {
 	f := newTokenFixture(t)
 	f.SetPolicy(regoEngine(t, "package m1.authz\nimport rego.v1\ndecision if input.m1.token.act.sub == \"bob\"\n"))
 	tok := f.mint(t, nil)
-	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok)); r.allowed || r.body.Error != CodePolicyDenied && r.body.Error != CodePolicyError {
+	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok)); r.allowed || r.body.Error != deny.PolicyDenied && r.body.Error != deny.PolicyError {
 		t.Fatalf("Check(policy wants bob) = %v %s, want a policy deny", r.allowed, r.raw)
 	}
 	f.SetPolicy(defaultEngine(t))
@@ -204,7 +205,7 @@ func TestGrantUseLimit(t *testing.T) {
 			t.Fatalf("Check(grant use %d) = deny %s, want allow", i+1, r.raw)
 		}
 	}
-	if r := check(t, f.Service, withToken(writeReq(`{"path":"/c"}`), tok)); r.allowed || r.body.Error != CodeGrantExhausted {
+	if r := check(t, f.Service, withToken(writeReq(`{"path":"/c"}`), tok)); r.allowed || r.body.Error != deny.GrantExhausted {
 		t.Fatalf("Check(grant use 3 of 2) = %v %s, want deny grant_exhausted", r.allowed, r.raw)
 	}
 }
@@ -220,13 +221,13 @@ func TestRevocation(t *testing.T) {
 	if err := f.state.Revoke(ctx, state.Revocation{JTI: claims.ID}); err != nil {
 		t.Fatal(err)
 	}
-	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok)); r.allowed || r.status != 403 || r.body.Error != CodeTokenRevoked {
+	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok)); r.allowed || r.status != 403 || r.body.Error != deny.TokenRevoked {
 		t.Fatalf("Check(revoked jti) = %v %s, want deny 403 token_revoked", r.allowed, r.raw)
 	}
 	if err := f.state.Revoke(ctx, state.Revocation{Sub: "agent-42"}); err != nil {
 		t.Fatal(err)
 	}
-	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), f.mint(t, nil))); r.allowed || r.body.Error != CodeTokenRevoked {
+	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), f.mint(t, nil))); r.allowed || r.body.Error != deny.TokenRevoked {
 		t.Fatalf("Check(revoked sub) = %v %s, want deny token_revoked", r.allowed, r.raw)
 	}
 }
@@ -242,7 +243,7 @@ func TestTokenOnNonToolCallIsVerifiedNotConsumed(t *testing.T) {
 			t.Fatalf("Check(ping with approval #%d) = deny %s, want allow", i+1, r.raw)
 		}
 	}
-	if r := check(t, f.Service, withToken(ping(), "garbage")); r.allowed || r.body.Error != approval.CodeInvalid {
+	if r := check(t, f.Service, withToken(ping(), "garbage")); r.allowed || r.body.Error != deny.TokenInvalid {
 		t.Fatalf("Check(ping with a bad token) = %v %s, want deny token_invalid", r.allowed, r.raw)
 	}
 	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok)); !r.allowed {
@@ -260,7 +261,7 @@ func TestStateResetFencesOldTokens(t *testing.T) {
 		c.IssuedAt, c.NotBefore = time.Now().Add(-time.Minute), time.Now().Add(-time.Minute)
 	})
 	f.opts.Epoch = fixedEpoch(time.Now().Add(-time.Second))
-	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), old)); r.allowed || r.body.Error != CodeStateReset {
+	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), old)); r.allowed || r.body.Error != deny.StateReset {
 		t.Fatalf("Check(token from before the epoch) = %v %s, want deny state_reset", r.allowed, r.raw)
 	} else if got := deniedHeader(r, "retry-after"); got != "1" {
 		t.Errorf("state_reset retry-after = %q, want 1 (the epoch has passed: a new approval is accepted now)", got)
@@ -268,7 +269,7 @@ func TestStateResetFencesOldTokens(t *testing.T) {
 	// A new epoch lies ahead by the clock skew: an approval is accepted
 	// only once it has passed, and retry-after says when.
 	f.opts.Epoch = fixedEpoch(time.Now().Add(20 * time.Second))
-	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), f.mint(t, nil))); r.body.Error != CodeStateReset {
+	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), f.mint(t, nil))); r.body.Error != deny.StateReset {
 		t.Fatalf("Check(token before an epoch ahead) = %s, want deny state_reset", r.raw)
 	} else if got := deniedHeader(r, "retry-after"); got != "20" && got != "19" {
 		t.Errorf("state_reset retry-after = %q, want 20 (seconds until the epoch)", got)
@@ -366,7 +367,7 @@ func TestRateLimit(t *testing.T) {
 			t.Fatalf("Check(read #%d) allowed = %v %s, want %v", i+1, r.allowed, r.raw, want)
 		}
 		if !want {
-			if r.status != 429 || r.body.Error != CodeRateLimited || !hasHeader(r.resp.GetDeniedResponse().GetHeaders(), "retry-after", "30") {
+			if r.status != 429 || r.body.Error != deny.RateLimited || !hasHeader(r.resp.GetDeniedResponse().GetHeaders(), "retry-after", "30") {
 				t.Fatalf("Check(read past the limit) = %d %s %v, want 429 rate_limited, retry-after 30", r.status, r.raw, r.resp.GetDeniedResponse().GetHeaders())
 			}
 		}
@@ -381,7 +382,7 @@ func TestRateLimit(t *testing.T) {
 		}
 	}
 	tok := f.mint(t, nil)
-	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok)); r.allowed || r.body.Error != CodeRateLimited {
+	if r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tok)); r.allowed || r.body.Error != deny.RateLimited {
 		t.Fatalf("Check(agent-42 third approval) = %s, want rate_limited", r.raw)
 	}
 	now = now.Add(30 * time.Second)

@@ -45,9 +45,21 @@ type RejectionRequest struct {
 
 // Decided is the answer to an approval or a rejection: the proposal as it
 // stands and, after an approval, the tool call it dispatched.
+//
+// After an approval the sidecar refused with state_reset (issued before
+// its shared state was reset, DESIGN §7), the tool did not run and the
+// proposal is pending again: it needs a new approval, issued RetryAfter
+// seconds from now or later (an earlier one would be refused alike).
 type Decided struct {
-	Proposal store.Proposal  `json:"proposal"`
-	ToolCall *store.ToolCall `json:"tool_call,omitempty"`
+	Proposal   store.Proposal  `json:"proposal"`
+	ToolCall   *store.ToolCall `json:"tool_call,omitempty"`
+	RetryAfter int             `json:"retry_after,omitempty"`
+}
+
+// NeedsNewApproval reports whether d answers an approval that the sidecar
+// refused with state_reset, leaving the proposal pending for a new one.
+func (d Decided) NeedsNewApproval() bool {
+	return d.ToolCall != nil && d.ToolCall.Status == store.CallDenied && d.Proposal.Status == store.ProposalPending
 }
 
 // Costs is the answer to GET /v1/costs.

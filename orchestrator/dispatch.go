@@ -60,6 +60,11 @@ type outcome struct {
 	decisionID string
 	result     json.RawMessage
 	err        string
+	// retryAfter is the sidecar deny's retry-after, when it carried one
+	// (hasRetryAfter): on state_reset, how long until an approval issued
+	// then is accepted.
+	retryAfter    time.Duration
+	hasRetryAfter bool
 }
 
 // call dispatches one approved call. It never returns an error: a failure
@@ -230,12 +235,34 @@ func answerFailed(step string, resp *http.Response, body []byte) (outcome, bool)
 	switch deny, isDeny := sidecarDeny(code, body); {
 	case isDeny:
 		o.status, o.code, o.decisionID, o.err = store.CallDenied, deny.Error, deny.DecisionID, step+deny.Error+": "+deny.Reason
+		o.retryAfter, o.hasRetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"))
 	case code/100 == 3:
 		o.code, o.err = reasonRedirect, fmt.Sprintf("%sthe tool answered %d (redirects are not followed)", step, code)
 	default:
 		o.code, o.err, o.result = reasonHTTPStatus, fmt.Sprintf("%sthe tool answered %d", step, code), asJSON(body)
 	}
 	return o, true
+}
+
+// maxRetryAfter bounds a retry-after the dispatcher believes.
+const maxRetryAfter = 24 * time.Hour
+
+// parseRetryAfter reads a retry-after header in delta-seconds, the form
+// the sidecar sends (DESIGN §4); an HTTP date or anything else is not
+// understood (false).
+func parseRetryAfter(h string) (time.Duration, bool) {
+	h = strings.TrimSpace(h)
+	if h == "" || len(h) > 6 {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < len(h); i++ {
+		if h[i] < '0' || h[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int(h[i]-'0')
+	}
+	return min(time.Duration(n)*time.Second, maxRetryAfter), true
 }
 
 // denyBody is the sidecar's JSON deny body (DESIGN §6).

@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/m1-agent/m1/internal/admin"
 	"github.com/m1-agent/m1/internal/store"
 )
 
@@ -25,7 +26,7 @@ const maxGoalBytes = 64 << 10
 // Handler serves the API under /v1/ (see docs/ORCHESTRATOR.md). Errors are
 // {"error": code, "reason": text}: 400 bad_request (and the token codes of
 // an approval that does not fit its proposal), 404 not_found, 409
-// not_pending, 503 store_unavailable or stopping.
+// not_pending, 413 body_too_large, 503 store_unavailable or stopping.
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/runs", s.handleCreateRun)
@@ -201,16 +202,22 @@ func (s *Service) storeError(w http.ResponseWriter, err error) {
 	}
 }
 
-// decode reads a JSON request body strictly: one object, known fields.
+// decode reads a JSON request body strictly: one object, known fields. A
+// body past maxRequestBytes (or the server's limit) is 413 body_too_large
+// (admin.BodyTooLarge).
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBytes))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		writeError(w, http.StatusBadRequest, "bad_request", "body: "+err.Error())
+		if !admin.BodyTooLarge(w, err) {
+			writeError(w, http.StatusBadRequest, "bad_request", "body: "+err.Error())
+		}
 		return false
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		writeError(w, http.StatusBadRequest, "bad_request", "body: one JSON object expected")
+		if !admin.BodyTooLarge(w, err) {
+			writeError(w, http.StatusBadRequest, "bad_request", "body: one JSON object expected")
+		}
 		return false
 	}
 	return true

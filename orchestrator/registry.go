@@ -3,12 +3,11 @@ package orchestrator
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/m1-agent/m1/toolcall"
 	"io/fs"
 	"net/url"
 	"slices"
 	"strings"
-
-	"github.com/m1-agent/m1/internal/approval"
 )
 
 // Dispatch protocols of a registry entry.
@@ -62,7 +61,7 @@ func ParseRegistry(data []byte, defaultEndpoint string) (Registry, error) {
 	reg := make(Registry, len(raw))
 	for name, t := range raw {
 		t.Name = name
-		if !approval.ValidToolName(name) {
+		if !toolcall.ValidName(name) {
 			return nil, fmt.Errorf("tool registry: tool %q: want 1 to 128 of [A-Za-z0-9_.-]", name)
 		}
 		if t.Endpoint == "" {

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/m1-agent/m1/internal/deny"
 	"net/http"
 	"strings"
 	"sync"
@@ -17,10 +18,10 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/store"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // Auditor records audit events (an *audit.Recorder).
@@ -65,13 +66,21 @@ type Config struct {
 	DispatchTimeout time.Duration // per approved call; 0 means 30s
 	PlanTimeout     time.Duration // per planning step; 0 means 2m
 
+	// ClockSkew is the sidecars' M1_CLOCK_SKEW: a sidecar that finds its
+	// shared state reset starts a new epoch at most this far ahead
+	// (DESIGN §7), so it is how long to wait before a new approval when a
+	// state_reset deny carries no retry-after. 0 means 30s; negative, none.
+	ClockSkew time.Duration
+
 	ApprovalHeader  string // default x-m1-approval-token
 	MCPPath         string // default /mcp
 	ToolsPathPrefix string // default /tools/
 
-	// Verifier, when set, checks approval tokens' signatures, times and
-	// audience (DESIGN §4 checks 1–7) before dispatch. Without it the
-	// orchestrator checks only the binding; the sidecar verifies anyway.
+	// Verifier runs DESIGN §4 hard checks 1–7 (signature, alg and kid
+	// against the operators' public keys, typ, claims, times, lifetime,
+	// audience, issuer) on every approval the orchestrator receives,
+	// before it records anything (DESIGN §10). Required: with only the
+	// admin token, nobody may write an approval in an operator's name.
 	Verifier *approval.Verifier
 
 	HTTPClient *http.Client // for dispatch; nil means a client without timeout (DispatchTimeout applies)
@@ -95,6 +104,11 @@ type Service struct {
 	mu       sync.Mutex
 	runLocks map[string]*runLock
 	stopped  bool // set by Stop: no new background work
+	// reapprove holds, for each proposal pending again after a state_reset
+	// deny, the time a new approval must be issued at or after: the
+	// sidecar refuses any issued earlier. Kept in memory only: after a
+	// restart such a token is dispatched and refused by the sidecar again.
+	reapprove map[string]time.Time
 }
 
 // ErrStopped is returned for work asked of a Service that is stopping.
@@ -126,6 +140,8 @@ func New(cfg Config) (*Service, error) {
 		return nil, errors.New("orchestrator: Config.Audit is required")
 	case cfg.Planner == nil:
 		return nil, errors.New("orchestrator: Config.Planner is required")
+	case cfg.Verifier == nil:
+		return nil, errors.New("orchestrator: Config.Verifier is required: every approval is verified before it is recorded")
 	case len(cfg.Registry) == 0:
 		return nil, errors.New("orchestrator: Config.Registry has no tools")
 	case cfg.BudgetUSD < 0 || cfg.CostAlertUSD < 0:
@@ -148,6 +164,12 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.PlanTimeout <= 0 {
 		cfg.PlanTimeout = 2 * time.Minute
+	}
+	switch {
+	case cfg.ClockSkew == 0:
+		cfg.ClockSkew = approval.DefaultClockSkew
+	case cfg.ClockSkew < 0:
+		cfg.ClockSkew = 0
 	}
 	if cfg.ApprovalHeader == "" {
 		cfg.ApprovalHeader = "x-m1-approval-token"
@@ -177,7 +199,8 @@ func New(cfg Config) (*Service, error) {
 			client: cfg.HTTPClient, approvalHeader: cfg.ApprovalHeader,
 			mcpPath: cfg.MCPPath, toolsPathPrefix: cfg.ToolsPathPrefix, version: cfg.Version,
 		},
-		runLocks: map[string]*runLock{},
+		runLocks:  map[string]*runLock{},
+		reapprove: map[string]time.Time{},
 	}
 	s.bg, s.cancel = context.WithCancel(context.Background())
 	return s, nil
@@ -453,7 +476,7 @@ func (s *Service) propose(ctx context.Context, run store.Run, stepNo int, step S
 		}
 		spec, known := s.cfg.Registry[c.Tool]
 		p.Risk = spec.Risk
-		sum, err := authz.ArgsSHA256(c.Tool, c.Args)
+		sum, err := toolcall.ArgsSHA256(c.Tool, c.Args)
 		switch {
 		case !known:
 			p.Status, p.Reason = store.ProposalFailed, fmt.Sprintf("unknown tool %q", c.Tool)
@@ -588,6 +611,7 @@ func (s *Service) expire(ctx context.Context) {
 	}
 	runs := map[string]bool{}
 	for _, p := range ps {
+		s.forgetReapprove(p.ID)
 		s.audit(store.Event{
 			Kind: KindRejection, Time: p.DecidedAt, Principal: p.Agent, RunID: p.RunID, ProposalID: p.ID,
 			Tool: p.Tool, ArgsSHA256: p.ArgsSHA256, Decision: store.ProposalExpired, Reason: "expired",
@@ -631,6 +655,14 @@ func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error
 	if err != nil {
 		return Decided{Proposal: p}, err
 	}
+	s.mu.Lock()
+	after, reset := s.reapprove[id]
+	s.mu.Unlock()
+	if reset && claims.IssuedAt.Before(after) {
+		return Decided{Proposal: p}, &TokenError{deny.StateReset, fmt.Sprintf(
+			"the token was issued at %s, before the sidecar's shared state was reset; it accepts approvals issued at or after %s",
+			claims.IssuedAt.UTC().Format(time.RFC3339), after.UTC().Format(time.RFC3339))}
+	}
 	now := s.now()
 	if !p.ExpiresAt.IsZero() && !p.ExpiresAt.After(now) {
 		s.expire(ctx)
@@ -647,6 +679,7 @@ func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error
 		}
 		return Decided{}, err
 	}
+	s.forgetReapprove(id)
 	s.audit(store.Event{
 		Kind: KindApproval, Time: now, Principal: p.Agent, RunID: p.RunID, ProposalID: p.ID, Tool: p.Tool,
 		ArgsSHA256: p.ArgsSHA256, Decision: store.ProposalApproved, Reason: "approved", TokenJTI: claims.ID,
@@ -655,14 +688,23 @@ func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error
 	s.log.Info("proposal approved", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID), zap.String("approver", approver))
 
 	// The dispatch outlives a client that hangs up: the approval is spent.
-	call, p := s.dispatch(context.WithoutCancel(ctx), p, token)
-	s.goAdvance(p.RunID)
-	return Decided{Proposal: p, ToolCall: &call}, nil
+	d := s.dispatch(context.WithoutCancel(ctx), p, token)
+	s.goAdvance(d.Proposal.RunID)
+	return d, nil
 }
 
 // dispatch runs an approved proposal and records the result. The call has
 // DispatchTimeout; the records are written whatever became of it.
-func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) (store.ToolCall, store.Proposal) {
+//
+// A sidecar deny with state_reset means the approval was issued before the
+// sidecar's shared state was reset (DESIGN §7): the tool did not run, and
+// no approval issued before the new epoch ever will be accepted, so
+// sending this token again is useless and the orchestrator cannot mint
+// another. The proposal goes back to pending, for the operator to approve
+// again once the sidecar accepts new approvals (Decided.RetryAfter); its
+// run waits instead of failing. Only when the proposal would expire first
+// does it fail.
+func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) Decided {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.DispatchTimeout+10*time.Second) // the records' share
 	defer cancel()
 	spec := s.cfg.Registry[p.Tool]
@@ -684,12 +726,34 @@ func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) 
 	if err := s.cfg.Records.UpdateToolCall(ctx, call); err != nil {
 		s.log.Error("store tool call result", zap.String(fieldProposalID, p.ID), zap.Error(err))
 	}
-	final := store.ProposalExecuted
-	if o.status != store.CallSucceeded {
+	final, reason := store.ProposalExecuted, o.err
+	var reapprove time.Time // when a state_reset proposal may be approved again
+	switch {
+	case o.status == store.CallSucceeded:
+	case o.status == store.CallDenied && o.code == deny.StateReset:
+		wait := s.cfg.ClockSkew
+		if o.hasRetryAfter {
+			wait = o.retryAfter
+		}
+		reapprove = ceilSecond(call.UpdatedAt.Add(wait)) // token times are whole seconds
+		if p.ExpiresAt.IsZero() || reapprove.Before(p.ExpiresAt) {
+			final, reason = store.ProposalPending, fmt.Sprintf("%s; the tool did not run: approve again with an approval issued at or after %s",
+				o.err, reapprove.UTC().Format(time.RFC3339))
+			s.mu.Lock() // before the proposal is pending: no approval may slip in unchecked
+			s.reapprove[p.ID] = reapprove
+			s.mu.Unlock()
+		} else {
+			final, reapprove = store.ProposalFailed, time.Time{}
+		}
+	default:
 		final = store.ProposalFailed
 	}
-	updated, err := s.cfg.Records.UpdateProposal(ctx, p.ID, store.ProposalApproved, store.ProposalUpdate{Status: final, Reason: o.err, UpdatedAt: call.UpdatedAt})
+	updated, err := s.cfg.Records.UpdateProposal(ctx, p.ID, store.ProposalApproved, store.ProposalUpdate{Status: final, Reason: reason, UpdatedAt: call.UpdatedAt})
 	if err != nil {
+		if !reapprove.IsZero() {
+			s.forgetReapprove(p.ID)
+			reapprove = time.Time{}
+		}
 		s.log.Error("store proposal result", zap.String(fieldProposalID, p.ID), zap.Error(err))
 	} else {
 		p = updated
@@ -705,7 +769,11 @@ func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) 
 	if run, err := s.cfg.Records.Run(ctx, p.RunID); err == nil {
 		runCost = run.Usage.CostUSD
 	}
-	detail, _ := json.Marshal(map[string]any{"tool_call_id": call.ID, "error": o.err, "run_cost_usd": runCost})
+	details := map[string]any{"tool_call_id": call.ID, "error": o.err, "run_cost_usd": runCost}
+	if !reapprove.IsZero() {
+		details["proposal_status"], details["approve_again_after"] = p.Status, reapprove.UTC().Format(time.RFC3339)
+	}
+	detail, _ := json.Marshal(details)
 	s.audit(store.Event{
 		Kind: KindResult, Time: call.UpdatedAt, DecisionID: o.decisionID, Principal: p.Agent, RunID: p.RunID,
 		ProposalID: p.ID, Tool: p.Tool, ArgsSHA256: p.ArgsSHA256, Decision: o.status, Reason: cmp.Or(o.code, "ok"),
@@ -714,7 +782,28 @@ func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) 
 	s.log.Info("tool call", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID), zap.String(fieldTool, p.Tool),
 		zap.String("status", o.status), zap.Int("http_status", o.httpStatus), zap.String(fieldDecisionID, o.decisionID),
 		zap.Duration("took", took), zap.String("error", o.err))
-	return call, p
+	d := Decided{Proposal: p, ToolCall: &call}
+	if !reapprove.IsZero() {
+		d.RetryAfter = int((max(reapprove.Sub(s.now()), 0) + time.Second - 1) / time.Second)
+		s.log.Warn("approval refused with state_reset: the proposal is pending again and needs a new approval",
+			zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID), zap.Time("approve_again_after", reapprove))
+	}
+	return d
+}
+
+// forgetReapprove drops what a state_reset deny left for proposal id.
+func (s *Service) forgetReapprove(id string) {
+	s.mu.Lock()
+	delete(s.reapprove, id)
+	s.mu.Unlock()
+}
+
+// ceilSecond rounds t up to a whole second.
+func ceilSecond(t time.Time) time.Time {
+	if r := t.Truncate(time.Second); r.Before(t) {
+		return r.Add(time.Second)
+	}
+	return t
 }
 
 // Reject rejects a pending proposal.
@@ -723,6 +812,7 @@ func (s *Service) Reject(ctx context.Context, id, reason string) (Decided, error
 	p, err := s.cfg.Records.UpdateProposal(ctx, id, store.ProposalPending, store.ProposalUpdate{
 		Status: store.ProposalRejected, Reason: reason, DecidedAt: now, UpdatedAt: now,
 	})
+	s.forgetReapprove(id)
 	if err != nil {
 		if errors.Is(err, store.ErrStatus) {
 			cur, _ := s.cfg.Records.Proposal(ctx, id)
@@ -739,32 +829,23 @@ func (s *Service) Reject(ctx context.Context, id, reason string) (Decided, error
 	return Decided{Proposal: p}, nil
 }
 
-// checkToken refuses a token that cannot admit exactly this proposal.
+// checkToken refuses a token that cannot admit exactly this proposal:
+// hard checks 1–7 of DESIGN §4 (the Verifier), then the orchestrator's
+// own: an approval, not a grant; check 8 (its tool and args_sha256 are the
+// proposal's); and it names this proposal, its agent and (when it names
+// one) its run.
 func (s *Service) checkToken(p store.Proposal, token string) (*approval.Claims, error) {
-	var claims *approval.Claims
-	var err error
-	if s.cfg.Verifier != nil {
-		claims, err = s.cfg.Verifier.Verify(token)
-	} else {
-		claims, err = approval.ParseUnverified(token)
-		if err == nil && !claims.Expiry.After(s.now()) {
-			err = &approval.Error{Code: approval.CodeExpired, Reason: "the token has expired"}
-		}
-	}
+	claims, err := s.cfg.Verifier.Verify(token)
 	if err != nil {
-		var ae *approval.Error
-		if errors.As(err, &ae) {
-			return nil, &TokenError{Code: ae.Code, Reason: ae.Reason}
-		}
-		return nil, &TokenError{Code: approval.CodeInvalid, Reason: err.Error()}
+		return nil, tokenError(err)
+	}
+	if claims.Kind != approval.KindApproval {
+		return nil, &TokenError{deny.TokenInvalid, fmt.Sprintf("a proposal takes an approval token, not a %s", claims.Kind)}
+	}
+	if err := claims.Bind(p.Tool, p.ArgsSHA256); err != nil {
+		return nil, tokenError(err)
 	}
 	switch {
-	case claims.Kind != approval.KindApproval:
-		return nil, &TokenError{"token_invalid", fmt.Sprintf("a proposal takes an approval token, not a %s", claims.Kind)}
-	case claims.Tool != p.Tool:
-		return nil, &TokenError{"tool_mismatch", fmt.Sprintf("the token approves tool %q, the proposal calls %q", claims.Tool, p.Tool)}
-	case claims.ArgsSHA256 != p.ArgsSHA256:
-		return nil, &TokenError{"args_mismatch", "the token approves other arguments (args_sha256 differs)"}
 	case claims.Subject != p.Agent:
 		return nil, &TokenError{"subject_mismatch", fmt.Sprintf("the token is for agent %q, the proposal is %q's", claims.Subject, p.Agent)}
 	case claims.ProposalID != p.ID:
@@ -775,6 +856,14 @@ func (s *Service) checkToken(p store.Proposal, token string) (*approval.Claims, 
 		return nil, &TokenError{"run_mismatch", fmt.Sprintf("the token names run %q", claims.RunID)}
 	}
 	return claims, nil
+}
+
+// tokenError is an error of the approval package as a *TokenError.
+func tokenError(err error) *TokenError {
+	if ae, ok := errors.AsType[*approval.Error](err); ok {
+		return &TokenError{Code: ae.Code, Reason: ae.Reason}
+	}
+	return &TokenError{Code: deny.TokenInvalid, Reason: err.Error()}
 }
 
 // auditArgs returns args for records unless the registry marks the tool

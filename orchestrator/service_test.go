@@ -16,12 +16,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/internal/store/sqlite"
 	"github.com/m1-agent/m1/orchestrator"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // planFunc is a test planner.
@@ -72,6 +72,12 @@ type toolServer struct {
 	deny     bool   // answer as a sidecar deny
 	redirect string // answer 307 to this URL
 	delay    time.Duration
+	// resets tool calls are answered as m1-authz answers an approval
+	// issued before its shared state was reset: 403 state_reset, with
+	// retryAfter as the retry-after header when it is set.
+	resets      int
+	retryAfter  string
+	resetTokens []string // the tokens of the calls so refused
 }
 
 func (ts *toolServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -92,6 +98,9 @@ func (ts *toolServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ID     json.RawMessage `json:"id"`
 		Method string          `json:"method"`
 	}
+	if r.Method == http.MethodDelete { // the end of an MCP session
+		return
+	}
 	if r.URL.Path == "/mcp" {
 		_ = json.Unmarshal(body, &rpc)
 		switch rpc.Method {
@@ -106,6 +115,18 @@ func (ts *toolServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	ts.mu.Lock()
+	if ts.resets > 0 {
+		ts.resets--
+		ts.resetTokens = append(ts.resetTokens, r.Header.Get("x-m1-approval-token"))
+		ts.mu.Unlock()
+		if ts.retryAfter != "" {
+			w.Header().Set("retry-after", ts.retryAfter)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(403)
+		io.WriteString(w, `{"error":"state_reset","reason":"token issued before the shared state was reset; ask for a new approval","decision_id":"dec-reset"}`)
+		return
+	}
 	ts.bodies = append(ts.bodies, string(body))
 	ts.tokens = append(ts.tokens, r.Header.Get("x-m1-approval-token"))
 	ts.mu.Unlock()
@@ -166,6 +187,7 @@ func newFixture(t *testing.T, p orchestrator.Planner, mod func(*orchestrator.Con
 	cfg := orchestrator.Config{
 		Records: f.rec, Audit: f.audit, Planner: p, Registry: reg, CostTracking: true,
 		ProposalTTL: time.Minute, ExpireEvery: 10 * time.Millisecond, Metrics: f.m, Now: f.clock,
+		Verifier: newVerifier(t, f.clock, key),
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -181,7 +203,47 @@ func newFixture(t *testing.T, p orchestrator.Planner, mod func(*orchestrator.Con
 	return f
 }
 
+// newVerifier verifies approvals as the orchestrator's sidecars would:
+// the public keys of keys, audience "tools", issuer m1-cli.
+func newVerifier(t *testing.T, now func() time.Time, keys ...*approval.SigningKey) *approval.Verifier {
+	t.Helper()
+	var jwks struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	for _, k := range keys {
+		b, err := k.PublicJWKS()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var one struct {
+			Keys []json.RawMessage `json:"keys"`
+		}
+		if err := json.Unmarshal(b, &one); err != nil {
+			t.Fatal(err)
+		}
+		jwks.Keys = append(jwks.Keys, one.Keys...)
+	}
+	b, _ := json.Marshal(jwks)
+	ks, err := approval.ParseJWKS(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := approval.NewVerifier(approval.VerifierOptions{
+		Keys: ks, Audience: "tools", TrustedIssuers: []string{"m1-cli"}, Now: now, CacheSize: -1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
 func (f *fixture) token(t *testing.T, p store.Proposal, mod func(*approval.Claims)) string {
+	t.Helper()
+	return mintFor(t, f.key, p, mod)
+}
+
+// mintFor signs an approval of p with key, as m1 approve would.
+func mintFor(t *testing.T, key *approval.SigningKey, p store.Proposal, mod func(*approval.Claims)) string {
 	t.Helper()
 	c := approval.Claims{
 		Issuer: "m1-cli", Subject: p.Agent, Audience: []string{"tools"}, Actor: "alice",
@@ -191,7 +253,7 @@ func (f *fixture) token(t *testing.T, p store.Proposal, mod func(*approval.Claim
 	if mod != nil {
 		mod(&c)
 	}
-	tok, err := approval.Mint(f.key, c)
+	tok, err := approval.Mint(key, c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +310,7 @@ func TestRunApproveDispatchComplete(t *testing.T) {
 		t.Fatalf("StartRun = status %s, %d proposals; want running, 1", d.Status, len(d.Proposals))
 	}
 	p := d.Proposals[0]
-	want, _ := authz.ArgsSHA256("write_file", []byte(`{"content":"hi","path":"notes.txt"}`))
+	want, _ := toolcall.ArgsSHA256("write_file", []byte(`{"content":"hi","path":"notes.txt"}`))
 	if p.ArgsSHA256 != want || p.Risk != "write" || p.Status != store.ProposalPending || p.Reasoning != "I will write the notes." || p.CallID != "toolu_1" {
 		t.Fatalf("proposal = %+v", p)
 	}
@@ -300,6 +362,24 @@ func TestRunApproveDispatchComplete(t *testing.T) {
 	}
 }
 
+func TestNewRefusesNoVerifier(t *testing.T) {
+	reg, err := orchestrator.ParseRegistry([]byte(`{"read_file": {"risk": "read"}}`), "http://127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = orchestrator.New(orchestrator.Config{Records: nopRecords{}, Audit: &memAudit{}, Planner: &twoSteps{}, Registry: reg})
+	if err == nil || !strings.Contains(err.Error(), "Verifier") {
+		t.Fatalf("New without a Verifier = %v, want an error naming Config.Verifier", err)
+	}
+}
+
+// nopRecords is a store.Records that New may hold but never calls.
+type nopRecords struct{ store.Records }
+
+// TestApprovalRefusedBeforeDispatch: a token that fails any of hard checks
+// 1–8 of DESIGN §4, or names another proposal, agent or run, is refused
+// before anything is recorded: the proposal stays pending, no approval is
+// audited, no tool call is stored and nothing reaches the tool.
 func TestApprovalRefusedBeforeDispatch(t *testing.T) {
 	f := newFixture(t, &twoSteps{}, nil)
 	ctx := context.Background()
@@ -310,11 +390,31 @@ func TestApprovalRefusedBeforeDispatch(t *testing.T) {
 	p := d.Proposals[0]
 	other := p
 	other.ArgsSHA256 = strings.Repeat("0", 64)
+	// A key of the operator's kid that is not the one in the JWKS, and a
+	// key the JWKS does not hold at all: anyone can make either.
+	forgedSameKID, err := approval.GenerateKey(approval.AlgEdDSA, "k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgedOtherKID, err := approval.GenerateKey(approval.AlgEdDSA, "k2")
+	if err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name  string
 		token string
 		code  string
 	}{
+		{"signed by a key not in the JWKS (same kid)", mintFor(t, forgedSameKID, p, nil), "token_invalid"},
+		{"signed by a key not in the JWKS (unknown kid)", mintFor(t, forgedOtherKID, p, nil), "token_invalid"},
+		{"other audience", f.token(t, p, func(c *approval.Claims) { c.Audience = []string{"billing"} }), "audience_mismatch"},
+		{"untrusted issuer", f.token(t, p, func(c *approval.Claims) { c.Issuer = "mallory" }), "issuer_untrusted"},
+		{"lifetime too long", f.token(t, p, func(c *approval.Claims) {
+			c.IssuedAt, c.Expiry = time.Now(), time.Now().Add(time.Hour)
+		}), "token_ttl_exceeded"},
+		{"not yet valid", f.token(t, p, func(c *approval.Claims) {
+			c.IssuedAt, c.Expiry = time.Now().Add(10*time.Minute), time.Now().Add(11*time.Minute)
+		}), "token_not_yet_valid"},
 		{"other args", f.token(t, other, nil), "args_mismatch"},
 		{"other tool", f.token(t, p, func(c *approval.Claims) { c.Tool = "read_file" }), "tool_mismatch"},
 		{"other agent", f.token(t, p, func(c *approval.Claims) { c.Subject = "agent-8" }), "subject_mismatch"},
@@ -339,8 +439,18 @@ func TestApprovalRefusedBeforeDispatch(t *testing.T) {
 		t.Fatalf("a refused token reached the tool: %q", f.tool.bodies)
 	}
 	got, _ := f.rec.Proposal(ctx, p.ID)
-	if got.Status != store.ProposalPending {
-		t.Fatalf("proposal status after refusals = %s, want pending", got.Status)
+	if got.Status != store.ProposalPending || got.Approver != "" || got.ApprovalJTI != "" || !got.DecidedAt.IsZero() {
+		t.Fatalf("proposal after refusals = %s, approver %q, jti %q, decided %v; want pending, nothing recorded", got.Status, got.Approver, got.ApprovalJTI, got.DecidedAt)
+	}
+	if got := strings.Join(f.audit.kinds(p.ID), " "); got != "proposal:pending" {
+		t.Fatalf("audit of the proposal after refusals = %s, want only the proposal", got)
+	}
+	if calls, _ := f.rec.ToolCalls(ctx, d.ID); len(calls) != 0 {
+		t.Fatalf("tool calls after refusals = %+v, want none", calls)
+	}
+	// The operator's own token is still accepted.
+	if dec, err := f.svc.Approve(ctx, p.ID, f.token(t, p, nil)); err != nil || dec.Proposal.Status != store.ProposalExecuted {
+		t.Fatalf("Approve(the operator's token) = %+v, %v; want executed", dec.Proposal, err)
 	}
 }
 
@@ -549,4 +659,119 @@ func TestInterruptedDispatchIsFailed(t *testing.T) {
 	if got.Status != store.ProposalFailed || !strings.Contains(got.Reason, "interrupted") {
 		t.Fatalf("proposal = %s %q, want failed, interrupted", got.Status, got.Reason)
 	}
+}
+
+// oneCall proposes one call of tool, then finishes.
+func oneCall(tool, args string) orchestrator.Planner {
+	return planFunc(func(_ context.Context, s orchestrator.Session) (orchestrator.Step, error) {
+		if len(s.History) > 0 {
+			return orchestrator.Step{Done: true}, nil
+		}
+		return orchestrator.Step{Calls: []orchestrator.Call{{Tool: tool, Args: json.RawMessage(args)}}}, nil
+	})
+}
+
+// TestStateResetNeedsNewApproval: the sidecar refuses an approval issued
+// before its shared state was reset (state_reset, with retry-after). The
+// tool did not run and the same token will never pass, so the proposal goes
+// back to pending instead of failing the run; the orchestrator refuses that
+// token again itself, and dispatches once it holds an approval issued after
+// the time the sidecar named.
+func TestStateResetNeedsNewApproval(t *testing.T) {
+	for _, tc := range []struct {
+		name, tool, args string
+		retryAfter       string
+		wantWait         time.Duration // about the retry-after, else the clock skew
+	}{
+		{"rest, retry-after", "write_file", `{"path":"a","content":"b"}`, "7", 7 * time.Second},
+		{"mcp, retry-after", "read_file", `{"path":"a"}`, "3", 3 * time.Second},
+		{"rest, no retry-after: the clock skew", "write_file", `{"path":"a","content":"b"}`, "", approval.DefaultClockSkew},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, oneCall(tc.tool, tc.args), nil)
+			f.tool.resets, f.tool.retryAfter = 1, tc.retryAfter
+			ctx := context.Background()
+			d, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "agent-7"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := d.Proposals[0]
+			old := f.token(t, p, func(c *approval.Claims) { c.IssuedAt = f.clock() })
+			dec, err := f.svc.Approve(ctx, p.ID, old)
+			if err != nil {
+				t.Fatal(err)
+			}
+			secs := int(tc.wantWait / time.Second)
+			if !dec.NeedsNewApproval() || dec.ToolCall.Status != store.CallDenied || dec.ToolCall.DecisionID != "dec-reset" ||
+				!strings.Contains(dec.Proposal.Reason, "state_reset") || dec.RetryAfter < secs || dec.RetryAfter > secs+1 {
+				t.Fatalf("Approve(refused with state_reset) = %+v / %+v, retry_after %d; want the proposal pending again, the call denied, retry_after %d",
+					dec.Proposal, dec.ToolCall, dec.RetryAfter, secs)
+			}
+			if len(f.tool.bodies) != 0 || len(f.tool.resetTokens) != 1 {
+				t.Fatalf("the tool ran %d times, refused %d; want 0 and 1", len(f.tool.bodies), len(f.tool.resetTokens))
+			}
+			if r, _ := f.rec.Run(ctx, d.ID); r.Status != store.RunRunning {
+				t.Fatalf("run after state_reset = %s, want running (waiting for the new approval)", r.Status)
+			}
+
+			// The same token, or one issued before the sidecar's new
+			// epoch, would be refused again: the orchestrator says so
+			// without dispatching.
+			early := f.token(t, p, func(c *approval.Claims) { c.IssuedAt = f.clock() })
+			for name, tok := range map[string]string{"the same token": old, "a token issued too early": early} {
+				if _, err := f.svc.Approve(ctx, p.ID, tok); !isTokenError(err, "state_reset") {
+					t.Errorf("Approve(%s) = %v, want state_reset", name, err)
+				}
+			}
+			if len(f.tool.resetTokens) != 1 || len(f.tool.bodies) != 0 {
+				t.Fatalf("a token issued before the epoch was dispatched again")
+			}
+
+			f.advance(time.Duration(dec.RetryAfter) * time.Second)
+			fresh := f.token(t, p, func(c *approval.Claims) { c.IssuedAt, c.Expiry = f.clock(), f.clock().Add(time.Minute) })
+			dec, err = f.svc.Approve(ctx, p.ID, fresh)
+			if err != nil || dec.Proposal.Status != store.ProposalExecuted || dec.ToolCall.Status != store.CallSucceeded {
+				t.Fatalf("Approve(new approval) = %+v, %v; want executed", dec, err)
+			}
+			if len(f.tool.tokens) != 1 || f.tool.tokens[0] != fresh {
+				t.Fatalf("the tool got tokens %d, want the new one once", len(f.tool.tokens))
+			}
+			if got := strings.Join(f.audit.kinds(p.ID), " "); got != "proposal:pending approval:approved result:denied approval:approved result:succeeded" {
+				t.Fatalf("audit of the proposal = %s", got)
+			}
+			waitFor(t, "run completed", func() bool {
+				r, _ := f.rec.Run(ctx, d.ID)
+				return r.Status == store.RunCompleted
+			})
+		})
+	}
+}
+
+// TestStateResetPastExpiry: when the sidecar accepts new approvals only
+// after the proposal expires, the proposal fails and the run goes on.
+func TestStateResetPastExpiry(t *testing.T) {
+	f := newFixture(t, oneCall("write_file", `{"path":"a"}`), nil) // proposals expire after a minute
+	f.tool.resets, f.tool.retryAfter = 1, "120"
+	ctx := context.Background()
+	d, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "agent-7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := d.Proposals[0]
+	dec, err := f.svc.Approve(ctx, p.ID, f.token(t, p, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dec.NeedsNewApproval() || dec.Proposal.Status != store.ProposalFailed || !strings.HasPrefix(dec.Proposal.Reason, "state_reset") || dec.RetryAfter != 0 {
+		t.Fatalf("Approve = %+v, retry_after %d; want failed with state_reset", dec.Proposal, dec.RetryAfter)
+	}
+	waitFor(t, "run completed", func() bool {
+		r, _ := f.rec.Run(ctx, d.ID)
+		return r.Status == store.RunCompleted
+	})
+}
+
+func isTokenError(err error, code string) bool {
+	te, ok := errors.AsType[*orchestrator.TokenError](err)
+	return ok && te.Code == code
 }

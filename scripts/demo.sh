@@ -56,6 +56,8 @@ say "2. Start the tool pod (demo tool, m1-authz, dev proxy) and the orchestrator
   --jwks-file "$work/keys/jwks.json" --audience "$AUD" >"$work/m1-authz.log" 2>&1 & pids+=($!)
 wait_http "http://$AUTHZ_ADMIN/health"
 "$BIN/m1" dev-proxy --listen "$PROXY" --authz "$AUTHZ_GRPC" --upstream "http://$TOOL" >"$work/dev-proxy.log" 2>&1 & pids+=($!)
+# The orchestrator verifies every approval with the sidecars' public JWKS
+# before it records it, and does not start without one.
 "$BIN/m1-orchestrator" --addr "$ORCH" --data-dir "$work/data" --plan-file testdata/plans/demo.yaml \
   --tool-endpoint "http://$PROXY" --jwks-file "$work/keys/jwks.json" --audience "$AUD" >"$work/m1-orchestrator.log" 2>&1 & pids+=($!)
 wait_http "http://$ORCH/health"
@@ -83,6 +85,13 @@ for _ in $(seq 1 50); do
   [ -n "$pid" ] && break
   sleep 0.1
 done
+echo "An approval signed with a key that is not in the JWKS (even with the operator's kid"
+echo "and the orchestrator's admin token) is refused, and nothing is recorded:"
+"$BIN/m1" keys gen --out "$work/mallory" --kid operator-1 >/dev/null
+if M1_SIGNING_KEY=$work/mallory/operator-1.jwk "$BIN/m1" approve "$pid"; then
+  echo "a forged approval was accepted" >&2; exit 1
+fi
+echo "Now the operator's own:"
 if [ "${DEMO_INTERACTIVE:-}" = 1 ] && [ -t 0 ]; then
   "$BIN/m1" approve
 else

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os/exec"
 	"slices"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -62,6 +64,26 @@ func TestGRPCHealthAndReflection(t *testing.T) {
 	}
 }
 
+// TestVersion: every binary reports the one version stamped at link time.
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"m1-authz", []string{binPath, "--version"}},
+		{"m1-orchestrator", []string{orchPath, "--version"}},
+		{"m1-demo-tool", []string{toolPath, "--version"}},
+		{"m1", []string{cliPath, "version"}},
+		{"m1", []string{cliPath, "--version"}},
+	} {
+		out, err := exec.Command(tc.args[0], tc.args[1:]...).CombinedOutput()
+		if want := tc.name + " " + binVersion + " ("; err != nil || !strings.HasPrefix(string(out), want) {
+			t.Errorf("%s %s = %q, %v; want it to start %q", tc.name, tc.args[1], out, err, want)
+		}
+	}
+}
+
 // TestAdminHTTP checks the admin port: health and metrics are open, the
 // API needs the bearer token (here from M1_ADMIN_TOKEN).
 func TestAdminHTTP(t *testing.T) {
@@ -75,6 +97,10 @@ func TestAdminHTTP(t *testing.T) {
 	}
 	if doc.Version != binVersion {
 		t.Errorf("GET /health version = %q, want %q (from -ldflags)", doc.Version, binVersion)
+	}
+	if code, body := s.get(t, "/metrics", ""); code != http.StatusOK || !strings.Contains(string(body), "m1_build_info{") ||
+		!strings.Contains(string(body), `version="`+binVersion+`"} 1`) {
+		t.Errorf("GET /metrics = %d, want m1_build_info{…,version=%q} 1 in it", code, binVersion)
 	}
 	for _, c := range []string{"policy", "keys", "redis", "database", "memory"} {
 		if doc.Checks[c].Status == "" {

@@ -182,10 +182,16 @@ func startLoop(t *testing.T) *loop {
 
 func (l *loop) m1(t *testing.T, args ...string) (int, string) {
 	t.Helper()
+	return l.m1Env(t, nil, args...)
+}
+
+// m1Env is m1 with env over the loop's environment.
+func (l *loop) m1Env(t *testing.T, env []string, args ...string) (int, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, cliPath, args...)
-	cmd.Env = append(cleanEnv(), l.cliEnv...)
+	cmd.Env = append(append(cleanEnv(), l.cliEnv...), env...) // the last value of a variable wins
 	out, err := cmd.CombinedOutput()
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
@@ -236,6 +242,20 @@ func TestApprovalLoop(t *testing.T) {
 	})
 	if write.Tool != "write_file" || write.Risk != "write" || write.Step != 2 {
 		t.Fatalf("step 2 proposal = %+v", write)
+	}
+
+	// The orchestrator's admin token is not enough to approve: an approval
+	// signed by a key that is not in its JWKS (here one with the
+	// operator's kid) is refused, and nothing is recorded.
+	forged := filepath.Join(l.dir, "mallory")
+	if out, err := exec.Command(cliPath, "keys", "gen", "--out", forged, "--kid", "operator-1").CombinedOutput(); err != nil {
+		t.Fatalf("m1 keys gen: %v\n%s", err, out)
+	}
+	if code, out := l.m1Env(t, []string{"M1_SIGNING_KEY=" + filepath.Join(forged, "operator-1.jwk")}, "approve", write.ID); code != 1 || !strings.Contains(out, "token_invalid") {
+		t.Fatalf("m1 approve with a key not in the JWKS = exit %d, want 1 and token_invalid\n%s", code, out)
+	}
+	if p, err := l.orch.Proposal(ctx, write.ID); err != nil || p.Status != store.ProposalPending || p.Approver != "" || p.ApprovalJTI != "" {
+		t.Fatalf("proposal after a forged approval = %+v, %v; want pending, nothing recorded", p, err)
 	}
 
 	// Step 2: the operator approves the write interactively.

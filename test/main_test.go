@@ -10,8 +10,9 @@ import (
 	"time"
 )
 
-// binVersion is stamped into the binary under test with -ldflags, so that
-// /health can be checked for it.
+// binVersion is stamped into the binaries under test with -ldflags, as
+// make build and make release do, so that --version, /health and
+// m1_build_info can be checked for it.
 const binVersion = "e2e-test"
 
 // The binaries TestMain builds.
@@ -55,7 +56,7 @@ func buildBinaries(dir string) error {
 	// minutes on two cores; a warm one takes seconds.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	args := []string{"build", "-o", dir + string(filepath.Separator), "-ldflags", "-X main.version=" + binVersion}
+	args := []string{"build", "-o", dir + string(filepath.Separator), "-ldflags", "-X github.com/m1-agent/m1/internal/buildinfo.version=" + binVersion}
 	if raceEnabled {
 		args = append(args, "-race")
 	}

@@ -89,6 +89,12 @@ func launch(t *testing.T, args, env []string) *sidecar {
 		all = append(all, "--admin-token", testAdminToken)
 		s.Token = testAdminToken
 	}
+	// The tests check what is decided, not how fast: a policy evaluation
+	// on a loaded CI machine may take longer than the 100 ms default.
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, "policy-timeout") }) &&
+		!slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "M1_POLICY_TIMEOUT=") }) {
+		all = append(all, "--policy-timeout", "5s")
+	}
 	all = append(all, args...)
 	s.cmd = exec.Command(binPath, all...)
 	s.cmd.Dir = dir // the default --data-dir and any stray file land here

@@ -14,17 +14,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 
+	"github.com/m1-agent/m1/internal/buildinfo"
 	"github.com/m1-agent/m1/internal/config"
 	"github.com/m1-agent/m1/internal/logging"
 	"github.com/m1-agent/m1/internal/redisconn"
 	"github.com/m1-agent/m1/internal/sidecar"
 )
 
-var version = "dev" // set with -ldflags "-X main.version=…"
-
 func main() { os.Exit(run()) }
 
-// hangups delivers SIGHUP, which reloads the JWKS file.
+// hangups delivers SIGHUP, which reloads the JWKS file and the policy.
 func hangups() <-chan os.Signal {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGHUP)
@@ -35,6 +34,7 @@ func run() int {
 	opts := sidecar.DefaultOptions()
 	fs := flag.NewFlagSet("m1-authz", flag.ContinueOnError)
 	env := opts.BindFlags(fs)
+	version := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = config.Usage(fs, env)
 	if err := config.Load(fs, os.Args[1:], env, os.LookupEnv); err != nil {
 		if err == flag.ErrHelp {
@@ -42,6 +42,10 @@ func run() int {
 		}
 		fmt.Fprintln(os.Stderr, "m1-authz:", err)
 		return 2
+	}
+	if *version {
+		fmt.Println(buildinfo.String("m1-authz"))
+		return 0
 	}
 	logger, err := logging.New(opts.LogLevel)
 	if err != nil {
@@ -53,7 +57,7 @@ func run() int {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	opts.Logger, opts.Registerer, opts.Gatherer, opts.Version = logger, reg, reg, version
+	opts.Logger, opts.Registerer, opts.Gatherer = logger, reg, reg
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/m1-agent/m1/internal/buildinfo"
 	"github.com/m1-agent/m1/internal/demotool"
 	"github.com/m1-agent/m1/internal/logging"
 )
@@ -28,11 +29,16 @@ func run() int {
 	listen := fs.String("listen", "127.0.0.1:10001", "listen address")
 	dir := fs.String("dir", "workspace", "directory the tools may read and write")
 	level := fs.String("log-level", "info", "log level")
+	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
+	}
+	if *version {
+		fmt.Println(buildinfo.String("m1-demo-tool"))
+		return 0
 	}
 	logger, err := logging.New(*level)
 	if err != nil {

@@ -16,12 +16,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 
+	"github.com/m1-agent/m1/internal/buildinfo"
 	"github.com/m1-agent/m1/internal/config"
 	"github.com/m1-agent/m1/internal/logging"
 	"github.com/m1-agent/m1/internal/orchestratord"
 )
-
-var version = "dev" // set with -ldflags "-X main.version=…"
 
 func main() { os.Exit(run()) }
 
@@ -29,6 +28,7 @@ func run() int {
 	opts := orchestratord.DefaultOptions()
 	fs := flag.NewFlagSet("m1-orchestrator", flag.ContinueOnError)
 	env := opts.BindFlags(fs)
+	version := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = config.Usage(fs, env)
 	if err := config.Load(fs, os.Args[1:], env, os.LookupEnv); err != nil {
 		if err == flag.ErrHelp {
@@ -36,6 +36,10 @@ func run() int {
 		}
 		fmt.Fprintln(os.Stderr, "m1-orchestrator:", err)
 		return 2
+	}
+	if *version {
+		fmt.Println(buildinfo.String("m1-orchestrator"))
+		return 0
 	}
 	logger, err := logging.New(opts.LogLevel)
 	if err != nil {
@@ -46,7 +50,7 @@ func run() int {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	opts.Logger, opts.Registerer, opts.Gatherer, opts.Version = logger, reg, reg, version
+	opts.Logger, opts.Registerer, opts.Gatherer = logger, reg, reg
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -15,6 +15,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/m1-agent/m1/deploy/deploytest"
 )
 
 func TestToolPod(t *testing.T) {
@@ -58,6 +60,9 @@ func TestToolPod(t *testing.T) {
 	containers := map[string]corev1.Container{}
 	for _, c := range pod.Containers {
 		containers[c.Name] = c
+		if !deploytest.PinnedImage(c.Image) {
+			t.Errorf("container %s: image %q is not pinned to a version (never latest)", c.Name, c.Image)
+		}
 		if sc := c.SecurityContext; sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
 			sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
 			t.Errorf("container %s: want a read-only root file system and no privilege escalation", c.Name)

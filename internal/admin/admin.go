@@ -105,7 +105,10 @@ func NewHandler(o Options) http.Handler {
 // RequireToken lets a request through only with "Authorization: Bearer
 // <token>" (the scheme in any case), or for GET the "token" query parameter
 // of the URL logged at start, compared in constant time; others get 401 with
-// a JSON reason.
+// a JSON reason, written before any of the body is read. A 401 to a request
+// with a body ends the connection (RefuseBody): net/http would otherwise
+// read the unread body (up to 256 KiB, for as long as the client takes to
+// send it) before writing the answer, to keep the connection.
 func RequireToken(token string, next http.Handler) http.Handler {
 	want := []byte(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -117,6 +120,9 @@ func RequireToken(token string, next http.Handler) http.Handler {
 		}
 		if !ok || len(want) == 0 || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="m1-admin"`)
+			if r.ContentLength != 0 { // a body is declared (-1: chunked, length unknown)
+				RefuseBody(w)
+			}
 			WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong admin bearer token")
 			return
 		}

@@ -164,11 +164,10 @@ var contentTypes = map[string]string{
 	".svg":  "image/svg+xml",
 }
 
+// setPageHeaders sets what the page and its assets add to the headers of
+// every response (SecurityHeaders).
 func setPageHeaders(h http.Header) {
 	h.Set("Content-Security-Policy", contentSecurityPolicy)
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("X-Frame-Options", "DENY")
-	h.Set("Referrer-Policy", "no-referrer")
 	h.Set("Cache-Control", "no-store")
 }
 

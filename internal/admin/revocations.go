@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"time"
 
@@ -38,6 +37,9 @@ func (a *RevocationsAPI) Routes() map[string]http.Handler {
 	}
 }
 
+// maxRevocationBytes bounds a revocation request's body (413 beyond).
+const maxRevocationBytes = 64 << 10
+
 type revocationRequest struct {
 	JTI   *string `json:"jti"`
 	Sub   *string `json:"sub"`
@@ -45,11 +47,13 @@ type revocationRequest struct {
 }
 
 func (a *RevocationsAPI) post(w http.ResponseWriter, r *http.Request) {
-	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRevocationBytes))
 	dec.DisallowUnknownFields()
 	var req revocationRequest
 	if err := dec.Decode(&req); err != nil {
-		WriteError(w, http.StatusBadRequest, "bad_request", "body must be a JSON object with jti or sub and optional until: "+err.Error())
+		if !BodyTooLarge(w, err) {
+			WriteError(w, http.StatusBadRequest, "bad_request", "body must be a JSON object with jti or sub and optional until: "+err.Error())
+		}
 		return
 	}
 	if dec.More() {

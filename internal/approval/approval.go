@@ -9,9 +9,12 @@
 // [Watcher] (reloads the JWKS file on change or on demand). The operator side
 // is [SigningKey], [GenerateKey], [Mint] and [Inspect].
 //
-// Binding to the call (check 8), revocation (9) and single use (11) are the
-// decision path's job; this package hands it verified [Claims].
+// Binding to the call (check 8) is [Claims.Bind], the one implementation
+// of it. Revocation (9) and single use (11) are the decision path's job;
+// this package hands it verified [Claims].
 package approval
+
+import "github.com/m1-agent/m1/internal/deny"
 
 // Token kinds (the m1.kind claim) and the JWS header typ.
 const (
@@ -20,19 +23,10 @@ const (
 	TokenType    = "m1-approval+jwt"
 )
 
-// Stable error codes of DESIGN §4 hard checks 1–7. Every one maps to HTTP 401.
-const (
-	CodeInvalid          = "token_invalid"       // checks 1 and 2
-	CodeExpired          = "token_expired"       // check 3
-	CodeNotYetValid      = "token_not_yet_valid" // check 4
-	CodeTTLExceeded      = "token_ttl_exceeded"  // check 5
-	CodeAudienceMismatch = "audience_mismatch"   // check 6
-	CodeIssuerUntrusted  = "issuer_untrusted"    // check 7
-)
-
-// Error is a verification failure. Code is one of the Code constants and is
-// safe to use in responses, metric labels and audit records; Reason is a
-// human-readable detail for logs and never contains the token or a secret.
+// Error is a verification or binding failure. Code is one of the Code
+// constants and is safe to use in responses, metric labels and audit
+// records; Reason is a human-readable detail for logs and never contains
+// the token or a secret.
 type Error struct{ Code, Reason string }
 
 // Error returns "code: reason", or just the code when there is no reason.
@@ -53,12 +47,12 @@ func (e *Error) Is(target error) bool {
 
 // Sentinels for errors.Is, one per code. Do not modify them.
 var (
-	ErrInvalid     = &Error{Code: CodeInvalid}
-	ErrExpired     = &Error{Code: CodeExpired}
-	ErrNotYetValid = &Error{Code: CodeNotYetValid}
-	ErrTTLExceeded = &Error{Code: CodeTTLExceeded}
-	ErrAudience    = &Error{Code: CodeAudienceMismatch}
-	ErrIssuer      = &Error{Code: CodeIssuerUntrusted}
+	ErrInvalid     = &Error{Code: deny.TokenInvalid}
+	ErrExpired     = &Error{Code: deny.TokenExpired}
+	ErrNotYetValid = &Error{Code: deny.TokenNotYetValid}
+	ErrTTLExceeded = &Error{Code: deny.TokenTTLExceeded}
+	ErrAudience    = &Error{Code: deny.AudienceMismatch}
+	ErrIssuer      = &Error{Code: deny.IssuerUntrusted}
 )
 
-func invalid(reason string) *Error { return &Error{Code: CodeInvalid, Reason: reason} }
+func invalid(reason string) *Error { return &Error{Code: deny.TokenInvalid, Reason: reason} }

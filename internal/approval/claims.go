@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"github.com/m1-agent/m1/toolcall"
 	"math"
 	"slices"
 	"strings"
@@ -253,7 +254,7 @@ func parseM1(m *wireM1, c *Claims) *Error {
 		switch {
 		case m.Tools.set || m.MaxUses.set:
 			return invalid("an approval must not carry m1.tools or m1.max_uses")
-		case !ValidToolName(m.Tool.v):
+		case !toolcall.ValidName(m.Tool.v):
 			return invalid("m1.tool must match [A-Za-z0-9_.-]{1,128}")
 		case !validSHA256Hex(m.ArgsSHA256.v):
 			return invalid("m1.args_sha256 must be 64 lowercase hex digits")
@@ -281,27 +282,11 @@ func parseM1(m *wireM1, c *Claims) *Error {
 	return nil
 }
 
-// ValidToolName reports whether s is a tool name: [A-Za-z0-9_.-]{1,128}
-// (DESIGN §3). The sidecar, the tokens and the CLI all use this one rule.
-func ValidToolName(s string) bool {
-	if len(s) == 0 || len(s) > 128 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		switch b := s[i]; {
-		case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9', b == '_', b == '.', b == '-':
-		default:
-			return false
-		}
-	}
-	return true
-}
-
 // validToolPattern reports whether p is a tool name or a tool name followed
 // by a single '*'. A bare "*" is not a pattern.
 func validToolPattern(p string) bool {
 	prefix, _ := strings.CutSuffix(p, "*")
-	return ValidToolName(prefix)
+	return toolcall.ValidName(prefix)
 }
 
 func validSHA256Hex(s string) bool {

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
+	"github.com/m1-agent/m1/internal/deny"
 	"os"
 	"path/filepath"
 	"slices"
@@ -141,14 +142,14 @@ func TestWithSecret(t *testing.T) {
 	if _, err := v.Verify(mintWith(t, AlgHS256, nil)); err != nil {
 		t.Errorf("Verify(HS256, secret-only set) = %v, want ok", err)
 	}
-	if _, err := v.Verify(mintWith(t, AlgEdDSA, nil)); code(err) != CodeInvalid {
-		t.Errorf("Verify(EdDSA, secret-only set) = %s, want %s", code(err), CodeInvalid)
+	if _, err := v.Verify(mintWith(t, AlgEdDSA, nil)); code(err) != deny.TokenInvalid {
+		t.Errorf("Verify(EdDSA, secret-only set) = %s, want %s", code(err), deny.TokenInvalid)
 	}
 	// A different secret does not verify.
 	other, _ := nilSet.WithSecret([]byte(strings.Repeat("x", 32)))
 	v.SetKeys(other)
-	if _, err := v.Verify(mintWith(t, AlgHS256, nil)); code(err) != CodeInvalid {
-		t.Errorf("Verify(HS256, other secret) = %s, want %s", code(err), CodeInvalid)
+	if _, err := v.Verify(mintWith(t, AlgHS256, nil)); code(err) != deny.TokenInvalid {
+		t.Errorf("Verify(HS256, other secret) = %s, want %s", code(err), deny.TokenInvalid)
 	}
 }
 

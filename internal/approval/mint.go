@@ -11,6 +11,7 @@ import (
 	stdjson "encoding/json"
 	"errors"
 	"fmt"
+	"github.com/m1-agent/m1/internal/deny"
 	"os"
 	"slices"
 	"strings"
@@ -300,11 +301,11 @@ func Inspect(token string) (header map[string]any, payload map[string]any, err e
 func ParseUnverified(token string) (*Claims, error) {
 	parts := strings.Split(trimBearer(strings.TrimSpace(token)), ".")
 	if len(parts) != 3 || len(token) > MaxTokenLen {
-		return nil, &Error{Code: CodeInvalid, Reason: "not a JWS compact token"}
+		return nil, &Error{Code: deny.TokenInvalid, Reason: "not a JWS compact token"}
 	}
 	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
 	if err != nil {
-		return nil, &Error{Code: CodeInvalid, Reason: "payload is not base64url"}
+		return nil, &Error{Code: deny.TokenInvalid, Reason: "payload is not base64url"}
 	}
 	c, perr := parseClaims(payload)
 	if perr != nil {

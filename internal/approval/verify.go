@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"github.com/m1-agent/m1/internal/deny"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -195,17 +196,17 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 func (v *Verifier) checkClaims(c *Claims, now time.Time) *Error {
 	switch {
 	case !now.Before(c.Expiry.Add(v.skew)):
-		return &Error{Code: CodeExpired, Reason: "expired at " + c.Expiry.Format(time.RFC3339)}
+		return &Error{Code: deny.TokenExpired, Reason: "expired at " + c.Expiry.Format(time.RFC3339)}
 	case now.Add(v.skew).Before(c.NotBefore):
-		return &Error{Code: CodeNotYetValid, Reason: "not valid before " + c.NotBefore.Format(time.RFC3339)}
+		return &Error{Code: deny.TokenNotYetValid, Reason: "not valid before " + c.NotBefore.Format(time.RFC3339)}
 	case now.Add(v.skew).Before(c.IssuedAt):
-		return &Error{Code: CodeNotYetValid, Reason: "issued in the future at " + c.IssuedAt.Format(time.RFC3339)}
+		return &Error{Code: deny.TokenNotYetValid, Reason: "issued in the future at " + c.IssuedAt.Format(time.RFC3339)}
 	case c.Expiry.Sub(c.IssuedAt) > v.maxTTL:
-		return &Error{Code: CodeTTLExceeded, Reason: fmt.Sprintf("exp - iat = %v exceeds %v", c.Expiry.Sub(c.IssuedAt), v.maxTTL)}
+		return &Error{Code: deny.TokenTTLExceeded, Reason: fmt.Sprintf("exp - iat = %v exceeds %v", c.Expiry.Sub(c.IssuedAt), v.maxTTL)}
 	case !slices.Contains(c.Audience, v.aud):
-		return &Error{Code: CodeAudienceMismatch, Reason: fmt.Sprintf("aud does not contain %q", v.aud)}
+		return &Error{Code: deny.AudienceMismatch, Reason: fmt.Sprintf("aud does not contain %q", v.aud)}
 	case len(v.issuers) > 0 && !slices.Contains(v.issuers, c.Issuer):
-		return &Error{Code: CodeIssuerUntrusted, Reason: fmt.Sprintf("issuer %q is not trusted", clip(c.Issuer))}
+		return &Error{Code: deny.IssuerUntrusted, Reason: fmt.Sprintf("issuer %q is not trusted", clip(c.Issuer))}
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"github.com/m1-agent/m1/internal/deny"
 	"strings"
 	"sync"
 	"testing"
@@ -13,12 +14,12 @@ import (
 )
 
 var sentinelFor = map[string]error{
-	CodeInvalid:          ErrInvalid,
-	CodeExpired:          ErrExpired,
-	CodeNotYetValid:      ErrNotYetValid,
-	CodeTTLExceeded:      ErrTTLExceeded,
-	CodeAudienceMismatch: ErrAudience,
-	CodeIssuerUntrusted:  ErrIssuer,
+	deny.TokenInvalid:     ErrInvalid,
+	deny.TokenExpired:     ErrExpired,
+	deny.TokenNotYetValid: ErrNotYetValid,
+	deny.TokenTTLExceeded: ErrTTLExceeded,
+	deny.AudienceMismatch: ErrAudience,
+	deny.IssuerUntrusted:  ErrIssuer,
 }
 
 // The verifiers' clock reads now; approvalClaims are issued at t0 = now-1m,
@@ -81,131 +82,131 @@ func TestVerifyHardChecks(t *testing.T) {
 		{name: "fractional NumericDate", token: payload(func(p map[string]any) { p["exp"] = float64(t0.Unix()) + 299.5 })},
 
 		// 1: decode, key, alg pin, signature.
-		{name: "empty", token: "", want: CodeInvalid},
-		{name: "garbage", token: "not a token", want: CodeInvalid},
-		{name: "two segments", token: hdr + "." + pay, want: CodeInvalid},
-		{name: "extra segments", token: valid + ".e30", want: CodeInvalid},
-		{name: "bad base64", token: hdr + "." + pay + "!." + sig, want: CodeInvalid},
-		{name: "header of 4n+1 base64 bytes", token: hdr + "A." + pay + "." + sig, want: CodeInvalid},
-		{name: "padded base64", token: valid + "==", want: CodeInvalid},
-		{name: "non-canonical base64 signature", token: valid[:len(valid)-1] + string(valid[len(valid)-1]^1), want: CodeInvalid},
-		{name: "newline in signature", token: valid[:len(valid)-4] + "\n" + valid[len(valid)-4:], want: CodeInvalid},
-		{name: "too long", token: valid + strings.Repeat("A", MaxTokenLen), want: CodeInvalid},
-		{name: "alg none", token: b64([]byte(`{"alg":"none","kid":"ed","typ":"m1-approval+jwt"}`)) + "." + pay + ".", want: CodeInvalid},
-		{name: "alg none without kid", token: b64([]byte(`{"alg":"none","typ":"m1-approval+jwt"}`)) + "." + pay + ".", want: CodeInvalid},
-		{name: "alg missing", token: b64([]byte(`{"kid":"ed","typ":"m1-approval+jwt"}`)) + "." + pay + "." + sig, want: CodeInvalid},
-		{name: "HS256 signed with Ed25519 public key, its kid", token: signRaw(t, AlgHS256, edPub, []byte(`{"alg":"HS256","kid":"ed","typ":"m1-approval+jwt"}`), mustJSON(basePayload())), want: CodeInvalid},
-		{name: "HS256 signed with RSA public PEM, its kid", token: signRaw(t, AlgHS256, rsaPEM, []byte(`{"alg":"HS256","kid":"rsa","typ":"m1-approval+jwt"}`), mustJSON(basePayload())), want: CodeInvalid},
-		{name: "HS256 signed with RSA public PEM, no kid", token: signRaw(t, AlgHS256, rsaPEM, []byte(`{"alg":"HS256","typ":"m1-approval+jwt"}`), mustJSON(basePayload())), want: CodeInvalid},
-		{name: "HS256 signed with RSA public PEM, no kid, no secret", token: signRaw(t, AlgHS256, rsaPEM, []byte(`{"alg":"HS256","typ":"m1-approval+jwt"}`), mustJSON(basePayload())), opts: noSecret, want: CodeInvalid},
-		{name: "ES256 header on EdDSA kid", token: signRaw(t, AlgES256, k.byAlg[AlgES256].Key, []byte(`{"alg":"ES256","kid":"ed","typ":"m1-approval+jwt"}`), mustJSON(basePayload())), want: CodeInvalid},
-		{name: "EdDSA header on ES256 kid", token: signRaw(t, AlgEdDSA, k.byAlg[AlgEdDSA].Key, []byte(`{"alg":"EdDSA","kid":"ec","typ":"m1-approval+jwt"}`), mustJSON(basePayload())), want: CodeInvalid},
-		{name: "RS256 header on HS256 secret", token: signRaw(t, AlgRS256, k.byAlg[AlgRS256].Key, []byte(`{"alg":"RS256","typ":"m1-approval+jwt"}`), mustJSON(basePayload())), want: CodeInvalid},
-		{name: "unknown kid", token: mint(t, k.ed2, approvalClaims()), want: CodeInvalid},
-		{name: "missing kid", token: signHeader(t, `{"alg":"EdDSA","typ":"m1-approval+jwt"}`), want: CodeInvalid},
-		{name: "missing kid without secret", token: mintWith(t, AlgHS256, nil), opts: noSecret, want: CodeInvalid},
-		{name: "kid not a string", token: signHeader(t, `{"alg":"EdDSA","kid":7,"typ":"m1-approval+jwt"}`), want: CodeInvalid},
-		{name: "crit header", token: signHeader(t, `{"alg":"EdDSA","kid":"ed","typ":"m1-approval+jwt","crit":["exp"],"exp":1}`), want: CodeInvalid},
-		{name: "tampered payload", token: hdr + "." + b64(mustJSON(func() map[string]any { p := basePayload(); p["sub"] = "mallory"; return p }())) + "." + sig, want: CodeInvalid},
-		{name: "tampered header", token: b64([]byte(`{"alg":"EdDSA","kid":"ed","typ":"m1-approval+jwt","x":1}`)) + "." + pay + "." + sig, want: CodeInvalid},
-		{name: "tampered signature", token: hdr + "." + pay + "." + strings.Repeat("A", len(sig)), want: CodeInvalid},
-		{name: "signature of another token", token: hdr + "." + pay + "." + strings.SplitN(mintWith(t, AlgEdDSA, func(c *Claims) { c.ID = "other" }), ".", 3)[2], want: CodeInvalid},
+		{name: "empty", token: "", want: deny.TokenInvalid},
+		{name: "garbage", token: "not a token", want: deny.TokenInvalid},
+		{name: "two segments", token: hdr + "." + pay, want: deny.TokenInvalid},
+		{name: "extra segments", token: valid + ".e30", want: deny.TokenInvalid},
+		{name: "bad base64", token: hdr + "." + pay + "!." + sig, want: deny.TokenInvalid},
+		{name: "header of 4n+1 base64 bytes", token: hdr + "A." + pay + "." + sig, want: deny.TokenInvalid},
+		{name: "padded base64", token: valid + "==", want: deny.TokenInvalid},
+		{name: "non-canonical base64 signature", token: valid[:len(valid)-1] + string(valid[len(valid)-1]^1), want: deny.TokenInvalid},
+		{name: "newline in signature", token: valid[:len(valid)-4] + "\n" + valid[len(valid)-4:], want: deny.TokenInvalid},
+		{name: "too long", token: valid + strings.Repeat("A", MaxTokenLen), want: deny.TokenInvalid},
+		{name: "alg none", token: b64([]byte(`{"alg":"none","kid":"ed","typ":"m1-approval+jwt"}`)) + "." + pay + ".", want: deny.TokenInvalid},
+		{name: "alg none without kid", token: b64([]byte(`{"alg":"none","typ":"m1-approval+jwt"}`)) + "." + pay + ".", want: deny.TokenInvalid},
+		{name: "alg missing", token: b64([]byte(`{"kid":"ed","typ":"m1-approval+jwt"}`)) + "." + pay + "." + sig, want: deny.TokenInvalid},
+		{name: "HS256 signed with Ed25519 public key, its kid", token: signRaw(t, AlgHS256, edPub, []byte(`{"alg":"HS256","kid":"ed","typ":"m1-approval+jwt"}`), mustJSON(basePayload())), want: deny.TokenInvalid},
+		{name: "HS256 signed with RSA public PEM, its kid", token: signRaw(t, AlgHS256, rsaPEM, []byte(`{"alg":"HS256","kid":"rsa","typ":"m1-approval+jwt"}`), mustJSON(basePayload())), want: deny.TokenInvalid},
+		{name: "HS256 signed with RSA public PEM, no kid", token: signRaw(t, AlgHS256, rsaPEM, []byte(`{"alg":"HS256","typ":"m1-approval+jwt"}`), mustJSON(basePayload())), want: deny.TokenInvalid},
+		{name: "HS256 signed with RSA public PEM, no kid, no secret", token: signRaw(t, AlgHS256, rsaPEM, []byte(`{"alg":"HS256","typ":"m1-approval+jwt"}`), mustJSON(basePayload())), opts: noSecret, want: deny.TokenInvalid},
+		{name: "ES256 header on EdDSA kid", token: signRaw(t, AlgES256, k.byAlg[AlgES256].Key, []byte(`{"alg":"ES256","kid":"ed","typ":"m1-approval+jwt"}`), mustJSON(basePayload())), want: deny.TokenInvalid},
+		{name: "EdDSA header on ES256 kid", token: signRaw(t, AlgEdDSA, k.byAlg[AlgEdDSA].Key, []byte(`{"alg":"EdDSA","kid":"ec","typ":"m1-approval+jwt"}`), mustJSON(basePayload())), want: deny.TokenInvalid},
+		{name: "RS256 header on HS256 secret", token: signRaw(t, AlgRS256, k.byAlg[AlgRS256].Key, []byte(`{"alg":"RS256","typ":"m1-approval+jwt"}`), mustJSON(basePayload())), want: deny.TokenInvalid},
+		{name: "unknown kid", token: mint(t, k.ed2, approvalClaims()), want: deny.TokenInvalid},
+		{name: "missing kid", token: signHeader(t, `{"alg":"EdDSA","typ":"m1-approval+jwt"}`), want: deny.TokenInvalid},
+		{name: "missing kid without secret", token: mintWith(t, AlgHS256, nil), opts: noSecret, want: deny.TokenInvalid},
+		{name: "kid not a string", token: signHeader(t, `{"alg":"EdDSA","kid":7,"typ":"m1-approval+jwt"}`), want: deny.TokenInvalid},
+		{name: "crit header", token: signHeader(t, `{"alg":"EdDSA","kid":"ed","typ":"m1-approval+jwt","crit":["exp"],"exp":1}`), want: deny.TokenInvalid},
+		{name: "tampered payload", token: hdr + "." + b64(mustJSON(func() map[string]any { p := basePayload(); p["sub"] = "mallory"; return p }())) + "." + sig, want: deny.TokenInvalid},
+		{name: "tampered header", token: b64([]byte(`{"alg":"EdDSA","kid":"ed","typ":"m1-approval+jwt","x":1}`)) + "." + pay + "." + sig, want: deny.TokenInvalid},
+		{name: "tampered signature", token: hdr + "." + pay + "." + strings.Repeat("A", len(sig)), want: deny.TokenInvalid},
+		{name: "signature of another token", token: hdr + "." + pay + "." + strings.SplitN(mintWith(t, AlgEdDSA, func(c *Claims) { c.ID = "other" }), ".", 3)[2], want: deny.TokenInvalid},
 
 		// 2: typ and claims.
-		{name: "wrong typ", token: signHeader(t, `{"alg":"EdDSA","kid":"ed","typ":"JWT"}`), want: CodeInvalid},
-		{name: "missing typ", token: signHeader(t, `{"alg":"EdDSA","kid":"ed"}`), want: CodeInvalid},
-		{name: "typ with other prefix", token: signHeader(t, `{"alg":"EdDSA","kid":"ed","typ":"text/m1-approval+jwt"}`), want: CodeInvalid},
-		{name: "payload not JSON", token: signRaw(t, AlgEdDSA, k.byAlg[AlgEdDSA].Key, []byte(`{"alg":"EdDSA","kid":"ed","typ":"m1-approval+jwt"}`), []byte(`not json`)), want: CodeInvalid},
-		{name: "payload an array", token: signRaw(t, AlgEdDSA, k.byAlg[AlgEdDSA].Key, []byte(`{"alg":"EdDSA","kid":"ed","typ":"m1-approval+jwt"}`), []byte(`[1]`)), want: CodeInvalid},
-		{name: "payload with trailing data", token: signRaw(t, AlgEdDSA, k.byAlg[AlgEdDSA].Key, []byte(`{"alg":"EdDSA","kid":"ed","typ":"m1-approval+jwt"}`), append(mustJSON(basePayload()), " {}"...)), want: CodeInvalid},
-		{name: "duplicate claim", token: signRaw(t, AlgEdDSA, k.byAlg[AlgEdDSA].Key, []byte(`{"alg":"EdDSA","kid":"ed","typ":"m1-approval+jwt"}`), append(mustJSON(basePayload())[:1], `"sub":"mallory",`+string(mustJSON(basePayload())[1:])...)), want: CodeInvalid},
-		{name: "claim name in other case", token: payload(func(p map[string]any) { p["EXP"] = p["exp"]; delete(p, "exp") }), want: CodeInvalid},
-		{name: "missing iss", token: payload(func(p map[string]any) { delete(p, "iss") }), want: CodeInvalid},
-		{name: "empty iss", token: payload(func(p map[string]any) { p["iss"] = "" }), want: CodeInvalid},
-		{name: "missing sub", token: payload(func(p map[string]any) { delete(p, "sub") }), want: CodeInvalid},
-		{name: "sub not a string", token: payload(func(p map[string]any) { p["sub"] = 7 }), want: CodeInvalid},
-		{name: "missing aud", token: payload(func(p map[string]any) { delete(p, "aud") }), want: CodeInvalid},
-		{name: "empty aud array", token: payload(func(p map[string]any) { p["aud"] = []any{} }), want: CodeInvalid},
-		{name: "aud number", token: payload(func(p map[string]any) { p["aud"] = 1 }), want: CodeInvalid},
-		{name: "aud with empty string", token: payload(func(p map[string]any) { p["aud"] = []any{testAud, ""} }), want: CodeInvalid},
-		{name: "missing iat", token: payload(func(p map[string]any) { delete(p, "iat") }), want: CodeInvalid},
-		{name: "missing nbf", token: payload(func(p map[string]any) { delete(p, "nbf") }), want: CodeInvalid},
-		{name: "missing exp", token: payload(func(p map[string]any) { delete(p, "exp") }), want: CodeInvalid},
-		{name: "exp a string", token: payload(func(p map[string]any) { p["exp"] = "1772366700" }), want: CodeInvalid},
-		{name: "exp null", token: payload(func(p map[string]any) { p["exp"] = nil }), want: CodeInvalid},
-		{name: "iat negative", token: payload(func(p map[string]any) { p["iat"] = -1 }), want: CodeInvalid},
-		{name: "exp beyond year 9999", token: payload(func(p map[string]any) { p["exp"] = 1e300 }), want: CodeInvalid},
-		{name: "missing jti", token: payload(func(p map[string]any) { delete(p, "jti") }), want: CodeInvalid},
-		{name: "act a string", token: payload(func(p map[string]any) { p["act"] = "alice" }), want: CodeInvalid},
-		{name: "act null", token: payload(func(p map[string]any) { p["act"] = nil }), want: CodeInvalid},
-		{name: "act without sub", token: payload(func(p map[string]any) { p["act"] = map[string]any{"iss": "x"} }), want: CodeInvalid},
-		{name: "missing m1", token: payload(func(p map[string]any) { delete(p, "m1") }), want: CodeInvalid},
-		{name: "missing kind", token: payload(func(p map[string]any) { delete(m1Of(p), "kind") }), want: CodeInvalid},
-		{name: "unknown kind", token: payload(func(p map[string]any) { m1Of(p)["kind"] = "tool_call" }), want: CodeInvalid},
-		{name: "approval without tool", token: payload(func(p map[string]any) { delete(m1Of(p), "tool") }), want: CodeInvalid},
-		{name: "approval with invalid tool name", token: payload(func(p map[string]any) { m1Of(p)["tool"] = "github create" }), want: CodeInvalid},
-		{name: "approval with tool name over 128", token: payload(func(p map[string]any) { m1Of(p)["tool"] = strings.Repeat("a", 129) }), want: CodeInvalid},
-		{name: "approval without args_sha256", token: payload(func(p map[string]any) { delete(m1Of(p), "args_sha256") }), want: CodeInvalid},
-		{name: "approval with uppercase args_sha256", token: payload(func(p map[string]any) { m1Of(p)["args_sha256"] = strings.ToUpper(testArgsHash) }), want: CodeInvalid},
-		{name: "approval with short args_sha256", token: payload(func(p map[string]any) { m1Of(p)["args_sha256"] = testArgsHash[:63] }), want: CodeInvalid},
-		{name: "approval with m1.tools", token: payload(func(p map[string]any) { m1Of(p)["tools"] = []any{"a"} }), want: CodeInvalid},
-		{name: "run_id a number", token: payload(func(p map[string]any) { m1Of(p)["run_id"] = 1 }), want: CodeInvalid},
-		{name: "proposal_id null", token: payload(func(p map[string]any) { m1Of(p)["proposal_id"] = nil }), want: CodeInvalid},
-		{name: "grant with bare *", token: grant(map[string]any{"kind": "grant", "tools": []any{"*"}, "max_uses": 1}), want: CodeInvalid},
-		{name: "grant with * inside", token: grant(map[string]any{"kind": "grant", "tools": []any{"a*b"}, "max_uses": 1}), want: CodeInvalid},
-		{name: "grant without max_uses", token: grant(map[string]any{"kind": "grant", "tools": []any{"a"}}), want: CodeInvalid},
-		{name: "grant with max_uses 0", token: grant(map[string]any{"kind": "grant", "tools": []any{"a"}, "max_uses": 0}), want: CodeInvalid},
-		{name: "grant with max_uses 1.5", token: grant(map[string]any{"kind": "grant", "tools": []any{"a"}, "max_uses": 1.5}), want: CodeInvalid},
-		{name: "grant with max_uses string", token: grant(map[string]any{"kind": "grant", "tools": []any{"a"}, "max_uses": "3"}), want: CodeInvalid},
-		{name: "grant without tools", token: grant(map[string]any{"kind": "grant", "max_uses": 1}), want: CodeInvalid},
-		{name: "grant with empty tools", token: grant(map[string]any{"kind": "grant", "tools": []any{}, "max_uses": 1}), want: CodeInvalid},
-		{name: "grant with m1.tool", token: grant(map[string]any{"kind": "grant", "tools": []any{"a"}, "max_uses": 1, "tool": "a"}), want: CodeInvalid},
+		{name: "wrong typ", token: signHeader(t, `{"alg":"EdDSA","kid":"ed","typ":"JWT"}`), want: deny.TokenInvalid},
+		{name: "missing typ", token: signHeader(t, `{"alg":"EdDSA","kid":"ed"}`), want: deny.TokenInvalid},
+		{name: "typ with other prefix", token: signHeader(t, `{"alg":"EdDSA","kid":"ed","typ":"text/m1-approval+jwt"}`), want: deny.TokenInvalid},
+		{name: "payload not JSON", token: signRaw(t, AlgEdDSA, k.byAlg[AlgEdDSA].Key, []byte(`{"alg":"EdDSA","kid":"ed","typ":"m1-approval+jwt"}`), []byte(`not json`)), want: deny.TokenInvalid},
+		{name: "payload an array", token: signRaw(t, AlgEdDSA, k.byAlg[AlgEdDSA].Key, []byte(`{"alg":"EdDSA","kid":"ed","typ":"m1-approval+jwt"}`), []byte(`[1]`)), want: deny.TokenInvalid},
+		{name: "payload with trailing data", token: signRaw(t, AlgEdDSA, k.byAlg[AlgEdDSA].Key, []byte(`{"alg":"EdDSA","kid":"ed","typ":"m1-approval+jwt"}`), append(mustJSON(basePayload()), " {}"...)), want: deny.TokenInvalid},
+		{name: "duplicate claim", token: signRaw(t, AlgEdDSA, k.byAlg[AlgEdDSA].Key, []byte(`{"alg":"EdDSA","kid":"ed","typ":"m1-approval+jwt"}`), append(mustJSON(basePayload())[:1], `"sub":"mallory",`+string(mustJSON(basePayload())[1:])...)), want: deny.TokenInvalid},
+		{name: "claim name in other case", token: payload(func(p map[string]any) { p["EXP"] = p["exp"]; delete(p, "exp") }), want: deny.TokenInvalid},
+		{name: "missing iss", token: payload(func(p map[string]any) { delete(p, "iss") }), want: deny.TokenInvalid},
+		{name: "empty iss", token: payload(func(p map[string]any) { p["iss"] = "" }), want: deny.TokenInvalid},
+		{name: "missing sub", token: payload(func(p map[string]any) { delete(p, "sub") }), want: deny.TokenInvalid},
+		{name: "sub not a string", token: payload(func(p map[string]any) { p["sub"] = 7 }), want: deny.TokenInvalid},
+		{name: "missing aud", token: payload(func(p map[string]any) { delete(p, "aud") }), want: deny.TokenInvalid},
+		{name: "empty aud array", token: payload(func(p map[string]any) { p["aud"] = []any{} }), want: deny.TokenInvalid},
+		{name: "aud number", token: payload(func(p map[string]any) { p["aud"] = 1 }), want: deny.TokenInvalid},
+		{name: "aud with empty string", token: payload(func(p map[string]any) { p["aud"] = []any{testAud, ""} }), want: deny.TokenInvalid},
+		{name: "missing iat", token: payload(func(p map[string]any) { delete(p, "iat") }), want: deny.TokenInvalid},
+		{name: "missing nbf", token: payload(func(p map[string]any) { delete(p, "nbf") }), want: deny.TokenInvalid},
+		{name: "missing exp", token: payload(func(p map[string]any) { delete(p, "exp") }), want: deny.TokenInvalid},
+		{name: "exp a string", token: payload(func(p map[string]any) { p["exp"] = "1772366700" }), want: deny.TokenInvalid},
+		{name: "exp null", token: payload(func(p map[string]any) { p["exp"] = nil }), want: deny.TokenInvalid},
+		{name: "iat negative", token: payload(func(p map[string]any) { p["iat"] = -1 }), want: deny.TokenInvalid},
+		{name: "exp beyond year 9999", token: payload(func(p map[string]any) { p["exp"] = 1e300 }), want: deny.TokenInvalid},
+		{name: "missing jti", token: payload(func(p map[string]any) { delete(p, "jti") }), want: deny.TokenInvalid},
+		{name: "act a string", token: payload(func(p map[string]any) { p["act"] = "alice" }), want: deny.TokenInvalid},
+		{name: "act null", token: payload(func(p map[string]any) { p["act"] = nil }), want: deny.TokenInvalid},
+		{name: "act without sub", token: payload(func(p map[string]any) { p["act"] = map[string]any{"iss": "x"} }), want: deny.TokenInvalid},
+		{name: "missing m1", token: payload(func(p map[string]any) { delete(p, "m1") }), want: deny.TokenInvalid},
+		{name: "missing kind", token: payload(func(p map[string]any) { delete(m1Of(p), "kind") }), want: deny.TokenInvalid},
+		{name: "unknown kind", token: payload(func(p map[string]any) { m1Of(p)["kind"] = "tool_call" }), want: deny.TokenInvalid},
+		{name: "approval without tool", token: payload(func(p map[string]any) { delete(m1Of(p), "tool") }), want: deny.TokenInvalid},
+		{name: "approval with invalid tool name", token: payload(func(p map[string]any) { m1Of(p)["tool"] = "github create" }), want: deny.TokenInvalid},
+		{name: "approval with tool name over 128", token: payload(func(p map[string]any) { m1Of(p)["tool"] = strings.Repeat("a", 129) }), want: deny.TokenInvalid},
+		{name: "approval without args_sha256", token: payload(func(p map[string]any) { delete(m1Of(p), "args_sha256") }), want: deny.TokenInvalid},
+		{name: "approval with uppercase args_sha256", token: payload(func(p map[string]any) { m1Of(p)["args_sha256"] = strings.ToUpper(testArgsHash) }), want: deny.TokenInvalid},
+		{name: "approval with short args_sha256", token: payload(func(p map[string]any) { m1Of(p)["args_sha256"] = testArgsHash[:63] }), want: deny.TokenInvalid},
+		{name: "approval with m1.tools", token: payload(func(p map[string]any) { m1Of(p)["tools"] = []any{"a"} }), want: deny.TokenInvalid},
+		{name: "run_id a number", token: payload(func(p map[string]any) { m1Of(p)["run_id"] = 1 }), want: deny.TokenInvalid},
+		{name: "proposal_id null", token: payload(func(p map[string]any) { m1Of(p)["proposal_id"] = nil }), want: deny.TokenInvalid},
+		{name: "grant with bare *", token: grant(map[string]any{"kind": "grant", "tools": []any{"*"}, "max_uses": 1}), want: deny.TokenInvalid},
+		{name: "grant with * inside", token: grant(map[string]any{"kind": "grant", "tools": []any{"a*b"}, "max_uses": 1}), want: deny.TokenInvalid},
+		{name: "grant without max_uses", token: grant(map[string]any{"kind": "grant", "tools": []any{"a"}}), want: deny.TokenInvalid},
+		{name: "grant with max_uses 0", token: grant(map[string]any{"kind": "grant", "tools": []any{"a"}, "max_uses": 0}), want: deny.TokenInvalid},
+		{name: "grant with max_uses 1.5", token: grant(map[string]any{"kind": "grant", "tools": []any{"a"}, "max_uses": 1.5}), want: deny.TokenInvalid},
+		{name: "grant with max_uses string", token: grant(map[string]any{"kind": "grant", "tools": []any{"a"}, "max_uses": "3"}), want: deny.TokenInvalid},
+		{name: "grant without tools", token: grant(map[string]any{"kind": "grant", "max_uses": 1}), want: deny.TokenInvalid},
+		{name: "grant with empty tools", token: grant(map[string]any{"kind": "grant", "tools": []any{}, "max_uses": 1}), want: deny.TokenInvalid},
+		{name: "grant with m1.tool", token: grant(map[string]any{"kind": "grant", "tools": []any{"a"}, "max_uses": 1, "tool": "a"}), want: deny.TokenInvalid},
 
 		// 3: exp with leeway (30s).
-		{name: "expired", token: mintWith(t, AlgEdDSA, expired), want: CodeExpired},
+		{name: "expired", token: mintWith(t, AlgEdDSA, expired), want: deny.TokenExpired},
 		{name: "expired within leeway", token: mintWith(t, AlgEdDSA, times(-2*time.Minute, -2*time.Minute, -29*time.Second)), want: ""},
-		{name: "expired at leeway", token: mintWith(t, AlgEdDSA, times(-2*time.Minute, -2*time.Minute, -30*time.Second)), want: CodeExpired},
-		{name: "expired, zero leeway", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Expiry = now }), opts: func(o *VerifierOptions) { o.ClockSkew = -1 }, want: CodeExpired},
+		{name: "expired at leeway", token: mintWith(t, AlgEdDSA, times(-2*time.Minute, -2*time.Minute, -30*time.Second)), want: deny.TokenExpired},
+		{name: "expired, zero leeway", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Expiry = now }), opts: func(o *VerifierOptions) { o.ClockSkew = -1 }, want: deny.TokenExpired},
 
 		// 4: nbf, iat with leeway.
-		{name: "nbf in the future", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.NotBefore = now.Add(31 * time.Second) }), want: CodeNotYetValid},
+		{name: "nbf in the future", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.NotBefore = now.Add(31 * time.Second) }), want: deny.TokenNotYetValid},
 		{name: "nbf in the future within leeway", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.NotBefore = now.Add(30 * time.Second) }), want: ""},
-		{name: "iat in the future", token: mintWith(t, AlgEdDSA, times(time.Minute, 0, 2*time.Minute)), want: CodeNotYetValid},
+		{name: "iat in the future", token: mintWith(t, AlgEdDSA, times(time.Minute, 0, 2*time.Minute)), want: deny.TokenNotYetValid},
 		{name: "iat in the future within leeway", token: mintWith(t, AlgEdDSA, times(30*time.Second, 0, 2*time.Minute)), want: ""},
-		{name: "nbf in the future, zero leeway", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.NotBefore = now.Add(time.Second) }), opts: func(o *VerifierOptions) { o.ClockSkew = -1 }, want: CodeNotYetValid},
+		{name: "nbf in the future, zero leeway", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.NotBefore = now.Add(time.Second) }), opts: func(o *VerifierOptions) { o.ClockSkew = -1 }, want: deny.TokenNotYetValid},
 
 		// 5: exp - iat ≤ MaxTTL.
-		{name: "ttl over max", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Expiry = t0.Add(5*time.Minute + time.Second) }), want: CodeTTLExceeded},
+		{name: "ttl over max", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Expiry = t0.Add(5*time.Minute + time.Second) }), want: deny.TokenTTLExceeded},
 		{name: "ttl at max", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Expiry = t0.Add(5 * time.Minute) }), want: ""},
 		{name: "ttl under a larger max", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Expiry = t0.Add(time.Hour) }), opts: func(o *VerifierOptions) { o.MaxTTL = time.Hour }, want: ""},
 
 		// 6: aud.
-		{name: "wrong aud", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Audience = []string{"other.example"} }), want: CodeAudienceMismatch},
-		{name: "aud differs in case", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Audience = []string{strings.ToUpper(testAud)} }), want: CodeAudienceMismatch},
+		{name: "wrong aud", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Audience = []string{"other.example"} }), want: deny.AudienceMismatch},
+		{name: "aud differs in case", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Audience = []string{strings.ToUpper(testAud)} }), want: deny.AudienceMismatch},
 
 		// 7: iss.
-		{name: "untrusted issuer", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Issuer = "mallory" }), want: CodeIssuerUntrusted},
+		{name: "untrusted issuer", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Issuer = "mallory" }), want: deny.IssuerUntrusted},
 		{name: "any issuer when none trusted", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Issuer = "mallory" }), opts: func(o *VerifierOptions) { o.TrustedIssuers = nil }, want: ""},
 
 		// Order: the first failing check decides.
 		{name: "bad signature and expired", token: func() string {
 			tok := mintWith(t, AlgEdDSA, expired)
 			return tok[:strings.LastIndexByte(tok, '.')+1] + sig
-		}(), want: CodeInvalid},
+		}(), want: deny.TokenInvalid},
 		{name: "wrong typ and expired", token: func() string {
 			p := basePayload()
 			p["exp"] = now.Add(-time.Hour).Unix()
 			return signRaw(t, AlgEdDSA, k.byAlg[AlgEdDSA].Key, []byte(`{"alg":"EdDSA","kid":"ed","typ":"JWT"}`), mustJSON(p))
-		}(), want: CodeInvalid},
+		}(), want: deny.TokenInvalid},
 		{name: "malformed grant and expired", token: payload(func(p map[string]any) {
 			p["exp"] = now.Add(-time.Hour).Unix()
 			p["m1"] = map[string]any{"kind": "grant", "tools": []any{"*"}, "max_uses": 1}
-		}), want: CodeInvalid},
-		{name: "expired and wrong aud", token: mintWith(t, AlgEdDSA, func(c *Claims) { expired(c); c.Audience = []string{"other"} }), want: CodeExpired},
-		{name: "expired and not yet valid", token: mintWith(t, AlgEdDSA, times(-time.Hour, time.Hour, -time.Hour)), want: CodeExpired},
-		{name: "not yet valid and ttl over max", token: mintWith(t, AlgEdDSA, times(time.Hour, time.Hour, 3*time.Hour)), want: CodeNotYetValid},
-		{name: "ttl over max and wrong aud", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Expiry = t0.Add(time.Hour); c.Audience = []string{"other"} }), want: CodeTTLExceeded},
-		{name: "wrong aud and untrusted issuer", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Audience = []string{"other"}; c.Issuer = "mallory" }), want: CodeAudienceMismatch},
+		}), want: deny.TokenInvalid},
+		{name: "expired and wrong aud", token: mintWith(t, AlgEdDSA, func(c *Claims) { expired(c); c.Audience = []string{"other"} }), want: deny.TokenExpired},
+		{name: "expired and not yet valid", token: mintWith(t, AlgEdDSA, times(-time.Hour, time.Hour, -time.Hour)), want: deny.TokenExpired},
+		{name: "not yet valid and ttl over max", token: mintWith(t, AlgEdDSA, times(time.Hour, time.Hour, 3*time.Hour)), want: deny.TokenNotYetValid},
+		{name: "ttl over max and wrong aud", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Expiry = t0.Add(time.Hour); c.Audience = []string{"other"} }), want: deny.TokenTTLExceeded},
+		{name: "wrong aud and untrusted issuer", token: mintWith(t, AlgEdDSA, func(c *Claims) { c.Audience = []string{"other"}; c.Issuer = "mallory" }), want: deny.AudienceMismatch},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -291,14 +292,14 @@ func assertClaims(t *testing.T, name string, got *Claims, want Claims) {
 }
 
 func TestErrorIs(t *testing.T) {
-	err := error(&Error{Code: CodeExpired, Reason: "expired at x"})
+	err := error(&Error{Code: deny.TokenExpired, Reason: "expired at x"})
 	if !errors.Is(err, ErrExpired) || errors.Is(err, ErrInvalid) {
 		t.Errorf("errors.Is(%v, ErrExpired/ErrInvalid) wrong", err)
 	}
 	if got := err.Error(); got != "token_expired: expired at x" {
 		t.Errorf("Error() = %q", got)
 	}
-	if got := ErrIssuer.Error(); got != CodeIssuerUntrusted {
+	if got := ErrIssuer.Error(); got != deny.IssuerUntrusted {
 		t.Errorf("ErrIssuer.Error() = %q", got)
 	}
 }
@@ -354,8 +355,8 @@ func TestVerifyCache(t *testing.T) {
 			t.Errorf("Verify(again) returned different claims, want the cached *Claims")
 		}
 		setNow(t0.Add(5*time.Minute + 30*time.Second))
-		if _, err := v.Verify(tok); code(err) != CodeExpired {
-			t.Errorf("Verify(cached, now expired) = %s, want %s", code(err), CodeExpired)
+		if _, err := v.Verify(tok); code(err) != deny.TokenExpired {
+			t.Errorf("Verify(cached, now expired) = %s, want %s", code(err), deny.TokenExpired)
 		}
 		if n := v.signatureChecks.Load(); n != 1 {
 			t.Errorf("signature checks after expiry = %d, want 1", n)
@@ -367,8 +368,8 @@ func TestVerifyCache(t *testing.T) {
 		v := newTestVerifier(t, func(o *VerifierOptions) { o.Now = nowFn })
 		tok := mintWith(t, AlgEdDSA, func(c *Claims) { c.Audience = []string{"other"} })
 		for range 2 {
-			if _, err := v.Verify(tok); code(err) != CodeAudienceMismatch {
-				t.Fatalf("Verify(wrong aud) = %s, want %s", code(err), CodeAudienceMismatch)
+			if _, err := v.Verify(tok); code(err) != deny.AudienceMismatch {
+				t.Fatalf("Verify(wrong aud) = %s, want %s", code(err), deny.AudienceMismatch)
 			}
 		}
 		// Checks 1–2 passed, so the token is cached; check 6 ran each time.
@@ -432,15 +433,15 @@ func TestKeyRotation(t *testing.T) {
 	if v.Keys() != only2 {
 		t.Errorf("Keys() is not the set just installed")
 	}
-	if _, err := v.Verify(old); code(err) != CodeInvalid {
-		t.Errorf("Verify(removed kid, cached) = %s, want %s", code(err), CodeInvalid)
+	if _, err := v.Verify(old); code(err) != deny.TokenInvalid {
+		t.Errorf("Verify(removed kid, cached) = %s, want %s", code(err), deny.TokenInvalid)
 	}
 	if _, err := v.Verify(cur); err != nil {
 		t.Errorf("Verify(kept kid) = %v, want ok", err)
 	}
 	v.SetKeys(nil)
-	if _, err := v.Verify(cur); code(err) != CodeInvalid {
-		t.Errorf("Verify(after SetKeys(nil)) = %s, want %s", code(err), CodeInvalid)
+	if _, err := v.Verify(cur); code(err) != deny.TokenInvalid {
+		t.Errorf("Verify(after SetKeys(nil)) = %s, want %s", code(err), deny.TokenInvalid)
 	}
 }
 
@@ -479,8 +480,8 @@ func TestVerifyConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 	v.SetKeys(only2)
-	if _, err := v.Verify(old); code(err) != CodeInvalid {
-		t.Errorf("Verify(removed kid) after concurrent use = %s, want %s", code(err), CodeInvalid)
+	if _, err := v.Verify(old); code(err) != deny.TokenInvalid {
+		t.Errorf("Verify(removed kid) after concurrent use = %s, want %s", code(err), deny.TokenInvalid)
 	}
 }
 

@@ -41,9 +41,16 @@ type Options struct {
 	FlushEvery time.Duration // longest an event waits for its batch; default 100ms
 	RetryEvery time.Duration // spool replay attempts while the store is down; default 1s
 	Timeout    time.Duration // per store write; default 5s
-	Logger     *zap.Logger
-	Registerer prometheus.Registerer
+	// MaxArgsBytes caps the arguments an event keeps (M1_AUDIT_MAX_ARGS_BYTES):
+	// larger ones are left out, their args_sha256 alone kept, and the event
+	// marked ArgsTruncated. Default DefaultMaxArgsBytes.
+	MaxArgsBytes int
+	Logger       *zap.Logger
+	Registerer   prometheus.Registerer
 }
+
+// DefaultMaxArgsBytes is the default Options.MaxArgsBytes, 64 KiB.
+const DefaultMaxArgsBytes = 64 << 10
 
 // Recorder is safe for concurrent use. Start it once; Close flushes.
 type Recorder struct {
@@ -92,6 +99,9 @@ func New(o Options) (*Recorder, error) {
 	if o.Timeout <= 0 {
 		o.Timeout = 5 * time.Second
 	}
+	if o.MaxArgsBytes <= 0 {
+		o.MaxArgsBytes = DefaultMaxArgsBytes
+	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
@@ -134,12 +144,18 @@ func New(o Options) (*Recorder, error) {
 // room (the writer spools to disk if the store is slow or down, so the
 // wait is short). After Close it writes e to the spool directly.
 //
+// Arguments beyond MaxArgsBytes are left out before e is queued (so they
+// take no room in the queue either) and e is marked ArgsTruncated.
+//
 // Record wakes the writer only when a batch is waiting (or the queue is
 // full); otherwise the writer takes the queue at its next tick
 // (FlushEvery). So a check does not pay for waking a goroutine, nor the
 // writer for a pass of its loop, per event.
 func (r *Recorder) Record(e store.Event) {
 	r.events.Inc()
+	if len(e.Args) > r.o.MaxArgsBytes {
+		e.Args, e.ArgsTruncated = nil, true
+	}
 	// Close waits for every Record that saw the recorder open to finish
 	// enqueueing before the writer drains the queue for the last time, so
 	// that no event lands in a queue nobody reads.
@@ -427,7 +443,8 @@ func (r *Recorder) replay(ctx context.Context) {
 }
 
 // maxSpoolLine bounds one spooled event (its args are at most
-// M1_MAX_BODY_BYTES, escaped).
+// MaxArgsBytes, escaped; a spool of an older version may hold up to
+// M1_MAX_BODY_BYTES).
 const maxSpoolLine = 16 << 20
 
 // rejectLine sets an undecodable spool line aside. r.mu is held.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -339,5 +340,74 @@ func TestRetriedBatchKeepsItsChain(t *testing.T) {
 	}
 	if seq, _ := r.chainer.Last(); seq != 11 {
 		t.Fatalf("chain ends at seq %d after retries, want 11 (one seq per event)", seq)
+	}
+}
+
+// Arguments beyond MaxArgsBytes are not stored, only their hash, and the
+// event says so; through the store and through the spool alike, with the
+// chain intact.
+func TestArgumentsBeyondTheCapAreLeftOutAndMarked(t *testing.T) {
+	const maxArgs = 100
+	args := func(n int) []byte { // a JSON string of n bytes
+		return []byte(`"` + strings.Repeat("a", n-2) + `"`)
+	}
+	for _, tc := range []struct {
+		name  string
+		spool bool
+	}{{"store", false}, {"spool", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			db := &flaky{Store: newSQLite(t)}
+			db.down.Store(tc.spool)
+			r, err := New(Options{Writer: "test/cap", Sink: db, SpoolPath: filepath.Join(t.TempDir(), "spool.jsonl"),
+				MaxArgsBytes: maxArgs, FlushEvery: 5 * time.Millisecond, RetryEvery: 10 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Start(context.Background())
+			sizes := []int{0, maxArgs, maxArgs + 1, 1 << 20}
+			for i, n := range sizes {
+				e := event(i)
+				if n > 0 {
+					e.Args = args(n)
+				}
+				r.Record(e)
+			}
+			if tc.spool {
+				deadline := time.Now().Add(10 * time.Second)
+				for r.Stats().SpoolEvents < int64(len(sizes)) {
+					if time.Now().After(deadline) {
+						t.Fatalf("spool holds %d events, want %d", r.Stats().SpoolEvents, len(sizes))
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+				db.down.Store(false)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := r.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var got []store.Event
+			if err := db.Chain(ctx, "test/cap", func(e store.Event) error { got = append(got, e); return nil }); err != nil {
+				t.Fatal(err)
+			}
+			if b := store.VerifyChain(got); b != nil || len(got) != len(sizes) {
+				t.Fatalf("chain of %d events (want %d): %v", len(got), len(sizes), b)
+			}
+			for i, e := range got {
+				n := sizes[i]
+				wantLen, wantMark := n, false
+				if n > maxArgs {
+					wantLen, wantMark = 0, true
+				}
+				if len(e.Args) != wantLen || e.ArgsTruncated != wantMark {
+					t.Errorf("event with %d bytes of args: stored %d bytes, args_truncated %v; want %d, %v",
+						n, len(e.Args), e.ArgsTruncated, wantLen, wantMark)
+				}
+				if e.ArgsSHA256 == "" {
+					t.Errorf("event %d lost its args_sha256", i)
+				}
+			}
+		})
 	}
 }

@@ -59,8 +59,14 @@ func (m *Memory) Get(_ context.Context, k Key) (*policy.Decision, string, bool) 
 // Set stores d under k.
 func (m *Memory) Set(k Key, d *policy.Decision) { m.c.Set(k, d) }
 
-// Purge drops every entry (on a bundle change).
+// Purge drops every entry.
 func (m *Memory) Purge() { m.c.InvalidateAll() }
+
+// SetRevision drops every entry: they belong to another policy revision.
+func (m *Memory) SetRevision(string) { m.Purge() }
+
+// ObserveEval does nothing: a single tier has no round trip to weigh.
+func (*Memory) ObserveEval(time.Duration) {}
 
 // Len is the number of entries, for the dashboard.
 func (m *Memory) Len() int { return m.c.EstimatedSize() }

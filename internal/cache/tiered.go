@@ -15,6 +15,11 @@ import (
 type L2 interface {
 	Get(ctx context.Context, k Key) (*policy.Decision, string, bool)
 	Set(k Key, d *policy.Decision)
+	// Purge is told of a flush; a shared tier may keep its entries (keys
+	// hash the revision and the input, so they stay right).
+	Purge()
+	// SetRevision puts later keys under revision's namespace.
+	SetRevision(revision string)
 }
 
 // Mode says when Tiered consults its L2 on an L1 miss.
@@ -60,7 +65,7 @@ func (m Mode) String() string {
 }
 
 // Tiered is an L1 Memory in front of a shared L2, with the methods of
-// Memory (it satisfies authz.DecisionCache and authz.EvalObserver). It is
+// Memory (it satisfies authz.DecisionCache). It is
 // safe for concurrent use.
 //
 // Get answers from L1, else (when the mode says L2 pays) from L2, copying
@@ -132,19 +137,19 @@ func (t *Tiered) Set(k Key, d *policy.Decision) {
 	}
 }
 
-// Purge empties L1 and passes the purge to L2 when it has a Purge method.
+// Purge empties L1 and tells L2.
 func (t *Tiered) Purge() {
 	t.l1.Purge()
-	if p, ok := t.l2.(interface{ Purge() }); ok {
-		p.Purge()
+	if t.l2 != nil {
+		t.l2.Purge()
 	}
 }
 
-// SetRevision passes the bundle revision to L2 when it namespaces its keys
-// by revision (rediscache.Cache does).
+// SetRevision empties L1 and moves L2 to revision's namespace.
 func (t *Tiered) SetRevision(revision string) {
-	if r, ok := t.l2.(interface{ SetRevision(string) }); ok {
-		r.SetRevision(revision)
+	t.l1.Purge()
+	if t.l2 != nil {
+		t.l2.SetRevision(revision)
 	}
 }
 

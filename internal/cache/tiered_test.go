@@ -20,10 +20,7 @@ import (
 	"github.com/m1-agent/m1/internal/testenv"
 )
 
-var (
-	_ authz.DecisionCache = (*cache.Tiered)(nil)
-	_ authz.EvalObserver  = (*cache.Tiered)(nil)
-)
+var _ authz.DecisionCache = (*cache.Tiered)(nil)
 
 // fakeL2 is an in-memory L2 that records its calls.
 type fakeL2 struct {

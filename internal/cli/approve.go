@@ -61,14 +61,23 @@ $M1_APPROVAL_TOKEN_TTL_MINUTES (--max-ttl-minutes) when that is set. It
 is signed as by 'm1 token mint': --key ($M1_SIGNING_KEY), or for HS256
 (--alg or $M1_JWT_ALGORITHM) the secret $M1_JWT_SECRET.
 
+When the sidecar refuses an approval with state_reset (it was issued
+before the sidecar's shared state was reset, so the tool did not run and
+the proposal is pending again), m1 approve waits the retry-after the
+orchestrator passes on, at most twice --clock-skew ($M1_CLOCK_SKEW), and
+signs and posts a new approval of the same call once. Ctrl-C stops the
+wait; the proposal stays pending.
+
 Exit status: 0 done, 1 an approval or rejection was refused by the
-orchestrator, 2 error (bad flags, a proposal that cannot be approved or is
-not pending, orchestrator unreachable or answering with an error).`
+orchestrator (or still refused with state_reset after the retry), 2 error
+(bad flags, a proposal that cannot be approved or is not pending,
+orchestrator unreachable or answering with an error).`
 
 func runApprove(ctx context.Context, c *cmdIO, args []string) int {
 	env := signingEnv("operator")
 	env["orchestrator"] = "M1_ORCHESTRATOR_URL"
 	env["policy-dir"] = "M1_POLICY_DIR"
+	env["clock-skew"] = "M1_CLOCK_SKEW"
 	fs := newFlagSet("approve",
 		"m1 approve [ID...] [--auto-risk RISK [--yes]] [--orchestrator URL] [--key FILE | --alg HS256 | --secret-env NAME] [--aud AUD] [flags]",
 		approveDescription, env)
@@ -79,6 +88,7 @@ func runApprove(ctx context.Context, c *cmdIO, args []string) int {
 	autoRisk := fs.String("auto-risk", "", "approve without asking every pending proposal of exactly this `risk` (read, write, …) in the tool registry")
 	policyDir := fs.String("policy-dir", "", "policy bundle whose m1/tools/data.json is the tool registry that says each tool's risk (empty = the embedded default)")
 	yes := fs.Bool("yes", false, "with --auto-risk other than read: approve such calls unseen")
+	skew := fs.Duration("clock-skew", 30*time.Second, "the sidecars' clock `skew`: after a state_reset deny, wait at most twice this before approving again")
 	if code, ok := parse(fs, c, args, 0, -1); !ok {
 		return code
 	}
@@ -99,6 +109,8 @@ func runApprove(ctx context.Context, c *cmdIO, args []string) int {
 		return usageErr("--auto-risk %s approves calls nobody looks at; add --yes if that is meant", *autoRisk)
 	case *autoRisk == "" && sf.actor == "":
 		return usageErr("--operator (or $USER) is required: the approval records who approved")
+	case *skew < 0:
+		return usageErr("--clock-skew must not be negative")
 	}
 	interactive := *autoRisk == "" && len(ids) == 0
 	if interactive && !(isTerminal(c.stdin) && isTerminal(c.stdout)) {
@@ -121,7 +133,8 @@ func runApprove(ctx context.Context, c *cmdIO, args []string) int {
 	if err != nil {
 		return fail(c, "approve", err)
 	}
-	a := &approver{c: c, client: client, key: key, sign: &sf, audience: audience, timeout: of.timeout, now: time.Now, registry: registry}
+	a := &approver{c: c, client: client, key: key, sign: &sf, audience: audience, timeout: of.timeout, now: time.Now, sleep: sleepCtx,
+		maxResetWait: 2 * *skew, registry: registry}
 	switch {
 	case *autoRisk != "":
 		a.byRisk(ctx, *autoRisk)
@@ -190,8 +203,25 @@ type approver struct {
 	audience []string
 	timeout  time.Duration
 	now      func() time.Time
-	registry orchestrator.Registry // the operator's own: risks are not taken from the orchestrator
-	tally    tally
+	sleep    func(ctx context.Context, d time.Duration) error // sleepCtx; tests record the wait
+	// maxResetWait is the longest m1 approve waits, after a state_reset
+	// deny, to approve again: twice --clock-skew (a sidecar starts its new
+	// epoch at most one skew ahead, DESIGN §7).
+	maxResetWait time.Duration
+	registry     orchestrator.Registry // the operator's own: risks are not taken from the orchestrator
+	tally        tally
+}
+
+// sleepCtx waits d, or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // loadRegistry reads the tool registry from a policy bundle directory, or
@@ -220,9 +250,21 @@ func (a *approver) riskOf(p store.Proposal) (risk string, agrees bool) {
 // approved (its arguments, its hash, its status); nothing was signed.
 var errNotApprovable = errors.New("not approved")
 
+// errStateReset is wrapped by the error for an approval the sidecar
+// refused with state_reset and m1 approve did not, or could not, replace:
+// the proposal is pending, for a new approval.
+var errStateReset = errors.New("refused by the sidecar with state_reset")
+
 // approve signs an approval of p for operator and posts it. An error
 // wrapping errNotApprovable means nothing was signed; an
 // *orchestrator.APIError is the orchestrator's refusal.
+//
+// When the sidecar refuses the approval with state_reset (issued before
+// its shared state was reset; the tool did not run and the proposal is
+// pending again), approve waits the retry-after the orchestrator passes
+// on, if it is at most maxResetWait, then signs a new approval, issued
+// after the sidecar's new epoch, and posts it: once. An approval still so
+// refused, or a longer wait, is an error wrapping errStateReset.
 func (a *approver) approve(ctx context.Context, p store.Proposal, operator string) (orchestrator.Decided, error) {
 	if p.Status != store.ProposalPending {
 		return orchestrator.Decided{}, fmt.Errorf("%w: it is %s, not pending", errNotApprovable, p.Status)
@@ -232,6 +274,29 @@ func (a *approver) approve(ctx context.Context, p store.Proposal, operator strin
 	if _, err := canonicalArgs(p); err != nil {
 		return orchestrator.Decided{}, fmt.Errorf("%w: %w", errNotApprovable, err)
 	}
+	d, err := a.signAndPost(ctx, p, operator)
+	if err != nil || !d.NeedsNewApproval() {
+		return d, err
+	}
+	wait := time.Duration(d.RetryAfter) * time.Second
+	if wait > a.maxResetWait {
+		return d, fmt.Errorf("%w: the sidecar accepts a new approval in %v, later than twice --clock-skew; the proposal is pending: approve it again then", errStateReset, wait)
+	}
+	fmt.Fprintf(a.c.stderr, "m1 approve: proposal %s: the approval was refused by the sidecar with state_reset (issued before its shared state was reset; the tool did not run); approving again with a new token in %v\n",
+		escapeTerminal(p.ID), wait)
+	if err := a.sleep(ctx, wait); err != nil {
+		return d, fmt.Errorf("%w: interrupted while waiting to approve again (%w); the proposal is pending", errStateReset, err)
+	}
+	d, err = a.signAndPost(ctx, p, operator)
+	if err == nil && d.NeedsNewApproval() {
+		return d, fmt.Errorf("%w again, with a token issued after the wait; the proposal is pending", errStateReset)
+	}
+	return d, err
+}
+
+// signAndPost signs an approval of p for operator, issued now, and posts
+// it.
+func (a *approver) signAndPost(ctx context.Context, p store.Proposal, operator string) (orchestrator.Decided, error) {
 	token, _, err := a.sign.sign(a.key, approval.Claims{
 		Kind:       approval.KindApproval,
 		Issuer:     a.sign.iss,
@@ -282,7 +347,11 @@ func (a *approver) report(approved bool, verb string, id string, d orchestrator.
 		return
 	}
 	if refusal(err) {
-		fmt.Fprintf(a.c.stderr, "m1 approve: proposal %s: refused by the orchestrator: %s\n", escapeTerminal(id), escapeTerminal(err.Error()))
+		by := "refused by the orchestrator: "
+		if errors.Is(err, errStateReset) {
+			by = ""
+		}
+		fmt.Fprintf(a.c.stderr, "m1 approve: proposal %s: %s%s\n", escapeTerminal(id), by, escapeTerminal(err.Error()))
 		a.tally.refused++
 		a.tally.note(exitDeny)
 		return
@@ -422,9 +491,13 @@ func runReject(ctx context.Context, c *cmdIO, args []string) int {
 }
 
 // refusal reports whether err is the orchestrator refusing this decision
-// (a token that does not fit, no such proposal, no longer pending): exit 1.
-// Anything else (a wrong admin token, the store down, …) is an error: exit 2.
+// (a token that does not fit, no such proposal, no longer pending), or the
+// sidecar refusing the approval with state_reset: exit 1. Anything else (a
+// wrong admin token, the store down, …) is an error: exit 2.
 func refusal(err error) bool {
+	if errors.Is(err, errStateReset) {
+		return true
+	}
 	ae, ok := errors.AsType[*orchestrator.APIError](err)
 	return ok && (ae.Status == http.StatusBadRequest || ae.Status == http.StatusNotFound || ae.Status == http.StatusConflict)
 }

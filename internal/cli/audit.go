@@ -441,7 +441,8 @@ year is 365 days). --since is inclusive, --until exclusive.
 
   jsonl  one event per line, as JSON (the fields of docs/AUDIT.md)
   csv    a header row, then one row per event: every field, times in RFC
-         3339 UTC with microseconds, args as its JSON text (empty: none)
+         3339 UTC with microseconds, args as its JSON text (empty: none),
+         args_truncated (true: args left out for their size) last
   calls  one row per decision, side by side with what came of it: the
          tool's outcome from Envoy's access log (succeeded or failed, the
          tool's status, its time; "none" for an allowed tool call without
@@ -454,11 +455,12 @@ export can be re-verified without the store (docs/AUDIT.md).
 Exit status: 0 done, 2 error.`
 
 // csvHeader names the CSV columns: every field of store.Event, by its JSON
-// name, in the struct's order.
+// name, in the struct's order, except args_truncated (added later), which
+// comes last so that the other columns keep their places.
 var csvHeader = []string{
 	"id", "decision_id", "time", "kind", "principal", "run_id", "proposal_id", "tool", "args_sha256", "args",
 	"decision", "reason", "detail", "status", "policy_revision", "token_jti", "latency_us", "cache_tier",
-	"writer", "seq", "prev_hash", "hash",
+	"writer", "seq", "prev_hash", "hash", "args_truncated",
 }
 
 // csvTime is how CSV times are written: RFC 3339, UTC, microseconds.
@@ -469,7 +471,7 @@ func csvRecord(e store.Event) []string {
 		strconv.FormatInt(e.ID, 10), e.DecisionID, e.Time.UTC().Format(csvTime), e.Kind, e.Principal, e.RunID,
 		e.ProposalID, e.Tool, e.ArgsSHA256, string(e.Args), e.Decision, e.Reason, e.Detail, strconv.Itoa(e.Status),
 		e.PolicyRevision, e.TokenJTI, strconv.FormatInt(e.LatencyMicros, 10), e.CacheTier,
-		e.Writer, strconv.FormatInt(e.Seq, 10), e.PrevHash, e.Hash,
+		e.Writer, strconv.FormatInt(e.Seq, 10), e.PrevHash, e.Hash, strconv.FormatBool(e.ArgsTruncated),
 	}
 }
 

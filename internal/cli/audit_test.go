@@ -143,6 +143,9 @@ the workspace; <denied> & logged`
 			e.Args = json.RawMessage(fmt.Sprintf(`{"path":"/work/a,b\"c\n%d.txt","n":%d}`, i, i))
 			e.ProposalID, e.TokenJTI = fmt.Sprintf("prop-%d", i), fmt.Sprintf("jti-%d", i)
 		}
+		if i%4 == 2 { // arguments left out for their size
+			e.ArgsTruncated = true
+		}
 		out[i] = e
 	}
 	return out
@@ -423,7 +426,7 @@ func testAuditExport(t *testing.T, newDB func(*testing.T) auditDB) {
 			t.Fatalf("export csv: %v\n%v", err, r)
 		}
 		if want := "id,decision_id,time,kind,principal,run_id,proposal_id,tool,args_sha256,args,decision,reason,detail,status," +
-			"policy_revision,token_jti,latency_us,cache_tier,writer,seq,prev_hash,hash"; strings.Join(recs[0], ",") != want {
+			"policy_revision,token_jti,latency_us,cache_tier,writer,seq,prev_hash,hash,args_truncated"; strings.Join(recs[0], ",") != want {
 			t.Fatalf("csv header = %v\nwant %s", recs[0], want)
 		}
 		if want := all[0].Time.UTC().Format("2006-01-02T15:04:05.000000Z"); recs[1][2] != want {
@@ -476,7 +479,7 @@ func parseExport(t *testing.T, format, out string) []store.Event {
 			ID: num(r[0]), DecisionID: r[1], Time: at, Kind: r[3], Principal: r[4], RunID: r[5], ProposalID: r[6],
 			Tool: r[7], ArgsSHA256: r[8], Decision: r[10], Reason: r[11], Detail: r[12], Status: int(num(r[13])),
 			PolicyRevision: r[14], TokenJTI: r[15], LatencyMicros: num(r[16]), CacheTier: r[17],
-			Writer: r[18], Seq: num(r[19]), PrevHash: r[20], Hash: r[21],
+			Writer: r[18], Seq: num(r[19]), PrevHash: r[20], Hash: r[21], ArgsTruncated: r[22] == "true",
 		}
 		if r[9] != "" {
 			e.Args = json.RawMessage(r[9])

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -64,7 +65,7 @@ func (v *callsView) add(e store.Event) error {
 	switch {
 	case e.Kind == store.KindDecision:
 		c.time, c.decision, c.reason = e.Time, e.Decision, e.Reason
-		c.tool, c.principal = cmpOr(e.Tool, c.tool), cmpOr(e.Principal, c.principal)
+		c.tool, c.principal = cmp.Or(e.Tool, c.tool), cmp.Or(e.Principal, c.principal)
 		if e.ProposalID != "" && e.Decision == "allow" {
 			v.byProposal[e.ProposalID] = c
 		}
@@ -74,13 +75,6 @@ func (v *callsView) add(e store.Event) error {
 		c.dispatch = &e
 	}
 	return nil
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // isAccessLogResult tells m1-authz's result events from the orchestrator's.

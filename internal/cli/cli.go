@@ -15,14 +15,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
-)
 
-// Version is the m1 version, set at build time with
-// -ldflags "-X github.com/m1-agent/m1/internal/cli.Version=…".
-var Version = "dev"
+	"github.com/m1-agent/m1/internal/buildinfo"
+)
 
 // Exit statuses.
 const (
@@ -54,7 +51,7 @@ func commands() []command {
 		{"policy", "test a policy bundle, or evaluate its decision for one input", runPolicy},
 		{"preflight", "check an m1-authz configuration before rollout: policy, keys, store, Redis, ports", runPreflight},
 		{"bench", "load-test m1-authz (see m1 bench -h)", runBench},
-		{"health", "probe an m1-authz health endpoint (container HEALTHCHECK)", runHealth},
+		{"health", "probe a health endpoint of m1-authz, m1-orchestrator or m1-demo-tool (container health checks)", runHealth},
 		{"keys", "generate approval signing keys and the public JWKS", runKeys},
 		{"token", "mint or inspect approval tokens", runToken},
 		{"revoke", "revoke approval tokens by jti or agent (admin API)", runRevoke},
@@ -126,7 +123,7 @@ func runVersion(_ context.Context, c *cmdIO, args []string) int {
 	if code, ok := parse(fs, c, args, 0, 0); !ok {
 		return code
 	}
-	fmt.Fprintf(c.stdout, "m1 %s (%s, %s/%s)\n", Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintln(c.stdout, buildinfo.String("m1"))
 	return exitOK
 }
 

@@ -69,7 +69,7 @@ func TestHelpAndUsage(t *testing.T) {
 		{"policy without command", []string{"policy"}, 2, "", "m1 policy eval"},
 		{"policy unknown command", []string{"policy", "lint"}, 2, "", `unknown command "lint"`},
 		{"unknown command", []string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
-		{"version", []string{"version"}, 0, "m1 dev (go", ""},
+		{"version", []string{"version"}, 0, "m1 dev (revision ", ""},
 		{"--version", []string{"--version"}, 0, "m1 dev", ""},
 		{"version with argument", []string{"version", "x"}, 2, "", "unexpected arguments"},
 		{"bench dispatched", []string{"bench", "--no-such-flag"}, 2, "", "no-such-flag"},

@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/m1-agent/m1/internal/deny"
 	"io"
 	"maps"
 	"slices"
@@ -144,11 +145,11 @@ func fromPolicyDecision(d *policy.Decision) *result {
 		r.HeadersToRemove = append(r.HeadersToRemove, d.RequestHeadersToRemove...)
 		return r
 	}
-	r.Decision, r.Status = decisionDeny, 403
+	r.Decision, r.Status = decisionDeny, deny.Status(deny.PolicyDenied)
 	if d.HTTPStatus != 0 {
 		r.Status = d.HTTPStatus
 	}
-	r.Error, r.Reason = authz.CodePolicyDenied, d.Reason
+	r.Error, r.Reason = deny.PolicyDenied, d.Reason
 	if r.Reason == "" {
 		r.Reason = "denied by policy"
 	}
@@ -171,6 +172,9 @@ func (r *result) print(w io.Writer, asJSON bool) error {
 	line("status", fmt.Sprint(r.Status))
 	if r.Decision == decisionDeny {
 		line("error", r.Error)
+		if e, ok := deny.Lookup(r.Error); ok {
+			line("meaning", e.Meaning)
+		}
 		line("reason", r.Reason)
 	}
 	if r.DecisionID != "" {

@@ -8,11 +8,12 @@ import (
 	"time"
 )
 
-// runHealth probes an m1-authz health endpoint: the container HEALTHCHECK
-// (distroless has no curl) and a quick look for operators.
+// runHealth probes a health endpoint (m1-authz, m1-orchestrator,
+// m1-demo-tool): the containers' health checks (distroless has no curl) and
+// a quick look for operators.
 func runHealth(ctx context.Context, c *cmdIO, args []string) int {
 	fs := newFlagSet("health", "m1 health [--url URL] [--timeout 2s]",
-		"GET an m1-authz health endpoint; exit 0 on 200, 1 on any other status, 2 when it cannot be reached.", nil)
+		"GET a health endpoint (m1-authz, m1-orchestrator, m1-demo-tool); exit 0 on 200, 1 on any other status, 2 when it cannot be reached.", nil)
 	url := fs.String("url", "http://127.0.0.1:9192/health/live", "health endpoint to GET")
 	timeout := fs.Duration("timeout", 2*time.Second, "request timeout")
 	if code, ok := parse(fs, c, args, 0, 0); !ok {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/m1-agent/m1/toolcall"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -288,7 +289,7 @@ func defaultKID(alg string, now time.Time) string {
 
 // validKID reports whether kid is usable as a file name: 1 to 128 of
 // [A-Za-z0-9_.-], not starting with '.'.
-func validKID(kid string) bool { return approval.ValidToolName(kid) && kid[0] != '.' }
+func validKID(kid string) bool { return toolcall.ValidName(kid) && kid[0] != '.' }
 
 // printJSON writes v as one indented JSON object on stdout.
 func printJSON(c *cmdIO, name string, v any) int {

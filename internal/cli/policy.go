@@ -20,15 +20,20 @@ import (
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/policies"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 const policyUsage = `Usage:
   m1 policy test [DIR]
   m1 policy eval [DIR] --input FILE [flags]
+  m1 policy sign DIR --key PRIVATE.pem (--out BUNDLE.tar.gz | --signatures)
+  m1 policy replay BUNDLE --since DURATION [--db URL] [--json]
 
 Commands:
-  test  run the bundle's Rego unit tests (exit 0 pass, 1 fail, 2 error)
-  eval  evaluate the bundle's decision for one input (exit 0 allow, 1 deny, 2 error)
+  test    run the bundle's Rego unit tests (exit 0 pass, 1 fail, 2 error)
+  eval    evaluate the bundle's decision for one input (exit 0 allow, 1 deny, 2 error)
+  sign    sign a bundle with OPA's bundle signing (exit 0 signed, 2 error)
+  replay  re-decide audited decisions with a candidate bundle (exit 0 none change, 1 some do, 2 error)
 
 DIR is an OPA bundle directory; without it, $M1_POLICY_DIR, else the
 embedded default bundle. Run 'm1 policy <command> -h' for its flags.
@@ -44,6 +49,10 @@ func runPolicy(ctx context.Context, c *cmdIO, args []string) int {
 		return runPolicyTest(ctx, c, args[1:])
 	case "eval":
 		return runPolicyEval(ctx, c, args[1:])
+	case "sign":
+		return runPolicySign(ctx, c, args[1:])
+	case "replay":
+		return runPolicyReplay(ctx, c, args[1:])
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(c.stdout, policyUsage)
 		return exitOK
@@ -142,7 +151,7 @@ func runPolicyEval(ctx context.Context, c *cmdIO, args []string) int {
 		}
 		st := state.NewMemory(state.MemoryOptions{})
 		svc, err := authz.New(authz.Options{
-			Parse: authz.ParseOptions{
+			Parse: toolcall.Options{
 				MCPPath:         *mcpPath,
 				ToolsPathPrefix: *toolsPrefix,
 				MaxBodyBytes:    *maxBody,

@@ -23,7 +23,7 @@ func preflightEnv(t *testing.T) map[string]string {
 		"M1_GRPC_ADDR":   "127.0.0.1:0",
 		"M1_ADMIN_ADDR":  "127.0.0.1:0",
 		"M1_DATA_DIR":    filepath.Join(dir, "data"),
-		"M1_ADMIN_TOKEN": "preflight-admin-token",
+		"M1_ADMIN_TOKEN": "preflight-admin-token-of-32-bytes",
 		"M1_JWKS_FILE":   filepath.Join(dir, "keys", "jwks.json"),
 		"M1_AUDIENCE":    "tools.example",
 	}
@@ -312,6 +312,13 @@ func TestPreflight(t *testing.T) {
 			wantCode:   exitOK,
 			want:       map[string]string{"admin token": "warn"},
 			wantDetail: map[string]string{"admin token": "random"},
+		},
+		{
+			name:       "short admin token",
+			env:        map[string]string{"M1_ADMIN_TOKEN": "change-me"},
+			wantCode:   exitOK,
+			want:       map[string]string{"admin token": "warn"},
+			wantDetail: map[string]string{"admin token": "short (9 bytes, want at least 32)"},
 		},
 	}
 	for _, tt := range tests {

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"github.com/m1-agent/m1/internal/deny"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -15,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/sidecar"
 )
 
@@ -144,13 +144,13 @@ func TestTokenEndToEnd(t *testing.T) {
 	// An approval allows its call once.
 	token := approve()
 	e.check("first use", token, "write_file", args, "")
-	e.check("replay", token, "write_file", args, authz.CodeTokenReplayed)
+	e.check("replay", token, "write_file", args, deny.TokenReplayed)
 
 	// Arguments JCS-equivalent to the approved ones are the same call; others
 	// are not, and a denied call leaves the token usable.
 	token = approve()
-	e.check("extra argument", token, "write_file", `{"path":"/tmp/x","content":"hi","mode":"0777"}`, authz.CodeArgsMismatch)
-	e.check("other tool", token, "delete_file", args, authz.CodeToolMismatch)
+	e.check("extra argument", token, "write_file", `{"path":"/tmp/x","content":"hi","mode":"0777"}`, deny.ArgsMismatch)
+	e.check("other tool", token, "delete_file", args, deny.ToolMismatch)
 	e.check("JCS-equivalent arguments", token, "write_file", " {\"content\" : \"\\u0068i\", \"path\":\"/tmp/x\"} ", "")
 
 	// Revoking the agent refuses its fresh tokens until lifted.
@@ -159,7 +159,7 @@ func TestTokenEndToEnd(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &rev); err != nil || rev["sub"] != "agent-7" {
 		t.Fatalf("m1 revoke --sub output %q: %v, want the revocation", r.stdout, err)
 	}
-	e.check("revoked agent", approve(), "write_file", args, authz.CodeTokenRevoked)
+	e.check("revoked agent", approve(), "write_file", args, deny.TokenRevoked)
 	if r := e.revoke("list", exitOK, "--list"); !strings.Contains(r.stdout, `"sub": "agent-7"`) {
 		t.Errorf("m1 revoke --list output lacks the revocation:\n%s", r.stdout)
 	}
@@ -178,15 +178,15 @@ func TestTokenEndToEnd(t *testing.T) {
 		t.Fatalf("m1 token mint --json: %v\n%s", err, r)
 	}
 	e.revoke("revoke jti", exitOK, "--jti", m.JTI, "--until", m.Exp)
-	e.check("revoked jti", m.Token, "write_file", args, authz.CodeTokenRevoked)
+	e.check("revoked jti", m.Token, "write_file", args, deny.TokenRevoked)
 	e.check("other token", approve(), "write_file", args, "")
 
 	// A grant allows its tools up to max_uses times.
 	grant := e.mint("--sub", "agent-8", "--grant", "--tools", "write_*", "--max-uses", "2")
 	e.check("grant use 1", grant, "write_file", args, "")
-	e.check("grant other tool", grant, "read_file", `{"path":"/etc/hosts"}`, authz.CodeToolMismatch)
+	e.check("grant other tool", grant, "read_file", `{"path":"/etc/hosts"}`, deny.ToolMismatch)
 	e.check("grant use 2", grant, "write_file", `{"path":"/tmp/y","content":"other"}`, "")
-	e.check("grant use 3", grant, "write_file", args, authz.CodeGrantExhausted)
+	e.check("grant use 3", grant, "write_file", args, deny.GrantExhausted)
 
 	// A token for another audience, and one from a key the sidecar does
 	// not hold.
@@ -200,7 +200,7 @@ func TestTokenEndToEndHS256(t *testing.T) {
 	const args = `{"command":"ls"}`
 	token := e.mint("--secret-env", "M1_JWT_SECRET", "--sub", "agent-7", "--tool", "run_command", "--args", args)
 	e.check("HS256 approval", token, "run_command", args, "")
-	e.check("HS256 replay", token, "run_command", args, authz.CodeTokenReplayed)
+	e.check("HS256 replay", token, "run_command", args, deny.TokenReplayed)
 	r := e.run("token", "inspect", token, "--secret-env", "M1_JWT_SECRET")
 	if r.code != exitOK || strings.Contains(r.String(), testSecret) {
 		t.Errorf("m1 token inspect --secret-env: exit %d, or the secret is echoed:\n%s", r.code, r)

@@ -8,13 +8,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/m1-agent/m1/internal/deny"
 	"io"
 	"math"
 	"strings"
 	"time"
 
-	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/approval"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 const tokenUsage = `Usage:
@@ -47,12 +48,12 @@ func runToken(ctx context.Context, c *cmdIO, args []string) int {
 	return exitError
 }
 
-// argsSHA256 is authz.ArgsSHA256 (the sidecar's own checks and hash of a
+// argsSHA256 is toolcall.ArgsSHA256 (the sidecar's own checks and hash of a
 // call's arguments) with an error that says what to fix.
 func argsSHA256(tool string, args []byte) (string, error) {
-	sum, err := authz.ArgsSHA256(tool, args)
-	if rerr, ok := errors.AsType[*authz.RequestError](err); ok {
-		if rerr.Code == authz.CodeBadPath {
+	sum, err := toolcall.ArgsSHA256(tool, args)
+	if rerr, ok := errors.AsType[*toolcall.Error](err); ok {
+		if rerr.Code == deny.BadPath {
 			return "", errors.New(rerr.Reason)
 		}
 		return "", fmt.Errorf("arguments rejected as the sidecar would reject them: %s: %s", rerr.Code, rerr.Reason)
@@ -366,7 +367,7 @@ func toolPatterns(s string) ([]string, error) {
 		switch {
 		case p == "*":
 			return nil, errors.New("a bare * would allow every tool: name the tools, or use a prefix such as fs.*")
-		case !approval.ValidToolName(prefix):
+		case !toolcall.ValidName(prefix):
 			return nil, fmt.Errorf("%q: want a tool name or a tool-name prefix followed by *, of [A-Za-z0-9_.-]", p)
 		}
 	}
@@ -489,7 +490,7 @@ func runTokenInspect(_ context.Context, c *cmdIO, args []string) int {
 	unverified := claimsOf(payload)
 	r.Kind, r.ArgsSHA256 = unverified.Kind, unverified.ArgsSHA256
 	if decodeErr != nil {
-		r.Valid, r.Reason = approval.CodeInvalid, decodeErr.Error()
+		r.Valid, r.Reason = deny.TokenInvalid, decodeErr.Error()
 	}
 
 	bindTo := &unverified
@@ -525,7 +526,7 @@ func runTokenInspect(_ context.Context, c *cmdIO, args []string) int {
 		case errors.As(err, &ae):
 			r.Valid, r.Reason = ae.Code, ae.Reason
 		default:
-			r.Valid, r.Reason = approval.CodeInvalid, err.Error()
+			r.Valid, r.Reason = deny.TokenInvalid, err.Error()
 		}
 	}
 	if *tool != "" {
@@ -570,14 +571,15 @@ type binding struct {
 	Reason     string `json:"reason,omitempty"`
 }
 
-// bindCall is hard check 8 of DESIGN §4, as the sidecar runs it.
+// bindCall is hard check 8 of DESIGN §4: [approval.Claims.Bind], the
+// sidecar's own.
 func bindCall(c *approval.Claims, tool, argsSHA string) *binding {
 	b := &binding{Tool: tool, ArgsSHA256: argsSHA, Result: validOK}
-	switch {
-	case !c.MatchesTool(tool):
-		b.Result, b.Reason = authz.CodeToolMismatch, "token does not allow tool "+tool
-	case c.Kind == approval.KindApproval && c.ArgsSHA256 != argsSHA:
-		b.Result, b.Reason = authz.CodeArgsMismatch, "arguments differ from the approved arguments"
+	if err := c.Bind(tool, argsSHA); err != nil {
+		b.Result, b.Reason = deny.TokenInvalid, err.Error()
+		if ae, ok := errors.AsType[*approval.Error](err); ok {
+			b.Result, b.Reason = ae.Code, ae.Reason
+		}
 	}
 	return b
 }

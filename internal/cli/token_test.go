@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"github.com/m1-agent/m1/internal/deny"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,8 +12,8 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
-	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/approval"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // testSecret is an HS256 secret for tests (32 bytes).
@@ -52,7 +53,7 @@ func callSHA256(t *testing.T, tool, args string) string {
 	t.Helper()
 	body := `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"` + tool + `","arguments":` + args + `}}`
 	req := &authv3.AttributeContext_HttpRequest{Method: "POST", Path: "/mcp", Body: body}
-	call, rerr := authz.ParseCall(req, authz.HeadersOf(req), authz.ParseOptions{MCPPath: "/mcp", ToolsPathPrefix: "/tools/"})
+	call, rerr := toolcall.Parse(req, toolcall.HeadersOf(req), toolcall.Options{MCPPath: "/mcp", ToolsPathPrefix: "/tools/"})
 	if rerr != nil {
 		t.Fatalf("ParseCall(%s): %v", body, rerr)
 	}
@@ -135,16 +136,16 @@ func TestTokenMintInspect(t *testing.T) {
 		{"not verified", "", []string{m.Token}, exitOK, validNotVerified, ""},
 		{"from stdin", m.Token + "\n", []string{"-", "--jwks", jwks}, exitOK, validOK, ""},
 		{"Bearer prefix", "Bearer " + m.Token, []string{"-", "--jwks", jwks}, exitOK, validOK, ""},
-		{"other audience", "", []string{m.Token, "--jwks", jwks, "--aud", "billing.example"}, exitDeny, approval.CodeAudienceMismatch, ""},
+		{"other audience", "", []string{m.Token, "--jwks", jwks, "--aud", "billing.example"}, exitDeny, deny.AudienceMismatch, ""},
 		{"audience from M1_AUDIENCE", "", []string{m.Token, "--jwks", jwks}, exitOK, validOK, ""},
-		{"tampered", "", []string{tampered, "--jwks", jwks}, exitDeny, approval.CodeInvalid, ""},
-		{"garbage", "", []string{"not-a-token"}, exitDeny, approval.CodeInvalid, ""},
-		{"trusted issuers exclude it", "", []string{m.Token, "--jwks", jwks, "--trusted-issuers", "ops,ci"}, exitDeny, approval.CodeIssuerUntrusted, ""},
-		{"HS256 secret only", "", []string{m.Token, "--secret-env", "SECRET"}, exitDeny, approval.CodeInvalid, ""},
+		{"tampered", "", []string{tampered, "--jwks", jwks}, exitDeny, deny.TokenInvalid, ""},
+		{"garbage", "", []string{"not-a-token"}, exitDeny, deny.TokenInvalid, ""},
+		{"trusted issuers exclude it", "", []string{m.Token, "--jwks", jwks, "--trusted-issuers", "ops,ci"}, exitDeny, deny.IssuerUntrusted, ""},
+		{"HS256 secret only", "", []string{m.Token, "--secret-env", "SECRET"}, exitDeny, deny.TokenInvalid, ""},
 		{"bound, unverified", "", []string{m.Token, "--tool", "write_file", "--args", " { \"path\" : \"/tmp/x\", \"content\" : \"\\u0068i\" } "}, exitOK, validNotVerified, validOK},
-		{"other args", "", []string{m.Token, "--jwks", jwks, "--tool", "write_file", "--args", `{"path":"/etc/passwd","content":"hi"}`}, exitDeny, validOK, authz.CodeArgsMismatch},
-		{"extra args", "", []string{m.Token, "--tool", "write_file", "--args", `{"path":"/tmp/x","content":"hi","mode":"0777"}`}, exitDeny, validNotVerified, authz.CodeArgsMismatch},
-		{"other tool", "", []string{m.Token, "--jwks", jwks, "--tool", "run_command", "--args", args}, exitDeny, validOK, authz.CodeToolMismatch},
+		{"other args", "", []string{m.Token, "--jwks", jwks, "--tool", "write_file", "--args", `{"path":"/etc/passwd","content":"hi"}`}, exitDeny, validOK, deny.ArgsMismatch},
+		{"extra args", "", []string{m.Token, "--tool", "write_file", "--args", `{"path":"/tmp/x","content":"hi","mode":"0777"}`}, exitDeny, validNotVerified, deny.ArgsMismatch},
+		{"other tool", "", []string{m.Token, "--jwks", jwks, "--tool", "run_command", "--args", args}, exitDeny, validOK, deny.ToolMismatch},
 		{"args from stdin", args, []string{m.Token, "--jwks", jwks, "--tool", "write_file", "--args", "@-"}, exitOK, validOK, validOK},
 	}
 	for _, tt := range inspections {
@@ -207,7 +208,7 @@ func TestTokenMintArgsHash(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			m := mint(t, nil, "--key", key, "--sub", "a", "--aud", "tools", "--tool", "write_file", "--args", tt.args)
 			if m.ArgsSHA256 != want {
-				t.Errorf("mint --args %s: args_sha256 = %s, want %s (authz.ParseCall of the canonical form)", tt.args, m.ArgsSHA256, want)
+				t.Errorf("mint --args %s: args_sha256 = %s, want %s (toolcall.Parse of the canonical form)", tt.args, m.ArgsSHA256, want)
 			}
 		})
 	}
@@ -229,13 +230,13 @@ func TestTokenMintRefusesBadArgs(t *testing.T) {
 	key := keysGen(t, t.TempDir(), "--kid", "k1").PrivateKey
 	for _, tt := range []struct{ name, args, wantStderr string }{
 		{"duplicate member", `{"path":"/tmp/x","path":"/etc/passwd"}`, "duplicate"},
-		{"2^53+1", `{"n":9007199254740993}`, authz.CodeNumberNotCanonical},
-		{"huge exponent", `{"n":1e400}`, authz.CodeNumberNotCanonical},
+		{"2^53+1", `{"n":9007199254740993}`, deny.NumberNotCanonical},
+		{"huge exponent", `{"n":1e400}`, deny.NumberNotCanonical},
 		{"array", `[1,2]`, "not a JSON object"},
 		{"string", `"x"`, "not a JSON object"},
-		{"invalid JSON", `{"a":`, authz.CodeBadRequest},
-		{"trailing value", `{} {}`, authz.CodeBadRequest},
-		{"invalid UTF-8", "{\"a\":\"\xff\"}", authz.CodeBadRequest},
+		{"invalid JSON", `{"a":`, deny.BadRequest},
+		{"trailing value", `{} {}`, deny.BadRequest},
+		{"invalid UTF-8", "{\"a\":\"\xff\"}", deny.BadRequest},
 		{"too deep", strings.Repeat(`{"a":`, 70) + "1" + strings.Repeat("}", 70), "deeper"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -345,8 +346,8 @@ func TestTokenMintGrant(t *testing.T) {
 		{"fs.read", validOK},
 		{"fs.write", validOK},
 		{"run_command", validOK},
-		{"run_commands", authz.CodeToolMismatch},
-		{"fs", authz.CodeToolMismatch},
+		{"run_commands", deny.ToolMismatch},
+		{"fs", deny.ToolMismatch},
 	} {
 		_, r := inspect(t, nil, "", m.Token, "--jwks", jwks, "--tool", tt.tool, "--args", `{"any":"thing"}`)
 		if r.Kind != approval.KindGrant || r.Valid != validOK || r.Binding == nil || r.Binding.Result != tt.want {

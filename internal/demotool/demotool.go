@@ -56,6 +56,11 @@
 // 400 bad_arguments, 403 path_refused or disabled, 404 not_found or
 // unknown_tool, 413 too_large, or 500 tool_failed.
 //
+// # Health: GET /health
+//
+// 200 with {"status":"ok"} while the server runs: a container health check
+// (m1 health --url http://127.0.0.1:3000/health in deploy/compose).
+//
 // # Counting
 //
 // [Server.Calls] counts, per tool, the calls that reached the tool's code by
@@ -86,6 +91,7 @@ const (
 const (
 	MCPPath         = "/mcp"
 	ToolsPathPrefix = "/tools/"
+	HealthPath      = "/health"
 )
 
 // DefaultMaxFileBytes is the largest file read_file returns and write_file
@@ -158,11 +164,15 @@ func New(dir string, opts ...Option) (*Server, error) {
 			MaxRequestBodyBytes:        s.maxBodyBytes(),
 		}))
 	s.mux.HandleFunc("POST "+ToolsPathPrefix+"{name}", s.serveREST)
+	s.mux.HandleFunc("GET "+HealthPath, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
+	})
 	return s, nil
 }
 
-// ServeHTTP serves POST /mcp (MCP Streamable HTTP) and POST /tools/{name}
-// (REST).
+// ServeHTTP serves POST /mcp (MCP Streamable HTTP), POST /tools/{name}
+// (REST) and GET /health.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
 // Calls returns how many calls of tool reached the tool's code so far, by

@@ -415,3 +415,31 @@ func TestPathConfinement(t *testing.T) {
 		t.Error("Calls(read_file) = 0 after refused reads, want them counted")
 	}
 }
+
+// TestHealth: the container health check's endpoint answers GET only and
+// runs no tool.
+func TestHealth(t *testing.T) {
+	srv, url, _, _ := start(t)
+	resp, err := http.Get(url + demotool.HealthPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"ok"`) {
+		t.Errorf("GET /health = %d %s, want 200 ok", resp.StatusCode, body)
+	}
+	resp, err = http.Post(url+demotool.HealthPath, "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST /health = %d, want 405", resp.StatusCode)
+	}
+	for _, tool := range demotool.Tools() {
+		if n := srv.Calls(tool); n != 0 {
+			t.Errorf("Calls(%s) = %d after health checks, want 0", tool, n)
+		}
+	}
+}

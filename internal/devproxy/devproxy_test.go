@@ -22,11 +22,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/demotool"
 	"github.com/m1-agent/m1/internal/devproxy"
 	"github.com/m1-agent/m1/internal/sidecar"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 const audience = "tools.local"
@@ -84,7 +84,7 @@ func startAuthzWith(t *testing.T, policyDir string) *authzServer {
 func (a *authzServer) mint(t *testing.T, tool, args, runID string) string {
 	t.Helper()
 	h := &authv3.AttributeContext_HttpRequest{Method: "POST", Path: "/tools/" + tool, Body: args}
-	call, rerr := authz.ParseCall(h, authz.HeadersOf(h), authz.ParseOptions{MCPPath: "/mcp", ToolsPathPrefix: "/tools/", MaxBodyBytes: 1 << 20})
+	call, rerr := toolcall.Parse(h, toolcall.HeadersOf(h), toolcall.Options{MCPPath: "/mcp", ToolsPathPrefix: "/tools/", MaxBodyBytes: 1 << 20})
 	if rerr != nil {
 		t.Fatalf("hash args %s: %v", args, rerr)
 	}

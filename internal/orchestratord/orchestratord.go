@@ -27,6 +27,7 @@ import (
 	"github.com/m1-agent/m1/internal/admin"
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/audit"
+	"github.com/m1-agent/m1/internal/buildinfo"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/internal/store/backend"
@@ -58,10 +59,11 @@ type Options struct {
 	ProposalTTL     time.Duration // pending proposals expire (auto-rejected) after this
 	DispatchTimeout time.Duration // per approved call
 
-	// Optional approval verification before dispatch (the sidecar verifies
-	// anyway): with a JWKS file, tokens are checked as a sidecar with this
-	// audience would. There is no HS256 secret here: whoever holds it can
-	// mint approvals, and the orchestrator must not.
+	// Approval verification (DESIGN §10), required: every approval is
+	// checked as a sidecar with this audience would (hard checks 1–8)
+	// before it is recorded, against the operators' public keys in
+	// JWKSFile. There is no HS256 secret here: whoever holds it can mint
+	// approvals, and the orchestrator must not.
 	Audience        string
 	JWKSFile        string
 	TrustedIssuers  string
@@ -81,9 +83,15 @@ type Options struct {
 
 	LogLevel string
 
+	// HTTP bounds every connection of the HTTP server (DESIGN §7). Not
+	// flags: the defaults suit every deployment; tests shorten them.
+	// WriteTimeout 0 means DispatchTimeout + 30s: an approval is answered
+	// after its dispatch.
+	HTTP admin.Limits
+
 	// Injected.
 	PlannerImpl orchestrator.Planner // when set, used instead of building one from the fields above
-	Version     string
+	Version     string               // on /health and m1_build_info; default buildinfo.Version()
 	Logger      *zap.Logger
 	Registerer  prometheus.Registerer
 	Gatherer    prometheus.Gatherer
@@ -108,9 +116,20 @@ func DefaultOptions() Options {
 		CostTracking:    true,
 		RunBudgetUSD:    1,
 		LogLevel:        "info",
-		Version:         "dev",
+		HTTP:            defaultHTTPLimits(),
+		Version:         buildinfo.Version(),
 		Now:             time.Now,
 	}
+}
+
+// defaultHTTPLimits are the admin port's, with room for the largest API
+// request (orchestrator.maxRequestBytes, 1 MiB, with slack) and a write
+// timeout that follows DispatchTimeout.
+func defaultHTTPLimits() admin.Limits {
+	l := admin.DefaultLimits()
+	l.MaxBodyBytes = 2 << 20
+	l.WriteTimeout = 0
+	return l
 }
 
 // BindFlags defines o's flags on fs and returns each flag's environment
@@ -136,12 +155,12 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	str(&o.ToolsPathPrefix, "tools-path-prefix", "M1_TOOLS_PATH_PREFIX", "path prefix of REST tool calls at a tool endpoint")
 	dur(&o.ProposalTTL, "proposal-ttl", "M1_PROPOSAL_TTL", "pending proposals are auto-rejected (expired) after this")
 	dur(&o.DispatchTimeout, "dispatch-timeout", "M1_DISPATCH_TIMEOUT", "longest wait for one approved tool call")
-	str(&o.Audience, "audience", "M1_AUDIENCE", "with --jwks-file: the audience approval tokens must name")
-	str(&o.JWKSFile, "jwks-file", "M1_JWKS_FILE", "verify approval tokens before dispatch with these public keys, reloaded on change (optional: the sidecar verifies anyway)")
-	str(&o.TrustedIssuers, "trusted-issuers", "M1_TRUSTED_ISSUERS", "with --jwks-file: comma-separated allow-list of token issuers (empty = any)")
-	fs.IntVar(&o.TokenTTLMinutes, "approval-token-ttl-minutes", o.TokenTTLMinutes, "longest approval token lifetime accepted, in minutes (with verification)")
+	str(&o.Audience, "audience", "M1_AUDIENCE", "required: the audience approval tokens must name (the tool services' M1_AUDIENCE)")
+	str(&o.JWKSFile, "jwks-file", "M1_JWKS_FILE", "required: the operators' public keys (JWKS) every approval is verified with before it is recorded; reloaded on change")
+	str(&o.TrustedIssuers, "trusted-issuers", "M1_TRUSTED_ISSUERS", "comma-separated allow-list of token issuers (empty = any)")
+	fs.IntVar(&o.TokenTTLMinutes, "approval-token-ttl-minutes", o.TokenTTLMinutes, "longest approval token lifetime accepted, in minutes")
 	env["approval-token-ttl-minutes"] = "M1_APPROVAL_TOKEN_TTL_MINUTES"
-	dur(&o.ClockSkew, "clock-skew", "M1_CLOCK_SKEW", "leeway on token times (with verification)")
+	dur(&o.ClockSkew, "clock-skew", "M1_CLOCK_SKEW", "leeway on token times; also the longest wait for a new approval after a state_reset deny without retry-after")
 	str(&o.Planner, "planner", "M1_PLANNER", "auto (claude with ANTHROPIC_API_KEY, else scripted), claude or scripted")
 	str(&o.PlanFile, "plan-file", "M1_PLAN_FILE", "YAML plan of the scripted planner")
 	str(&o.AnthropicAPIKey, "anthropic-api-key", "ANTHROPIC_API_KEY", "Anthropic API key of the claude planner")
@@ -170,8 +189,16 @@ func (o *Options) validate() error {
 		return errors.New("CostAlertUSD (COST_ALERT_THRESHOLD) must not be negative")
 	case o.RunBudgetUSD < 0:
 		return errors.New("RunBudgetUSD (M1_RUN_BUDGET_USD) must not be negative")
-	case o.JWKSFile != "" && o.Audience == "":
-		return errors.New("Audience (M1_AUDIENCE) is required to verify approval tokens")
+	case o.JWKSFile == "":
+		return errors.New("JWKSFile (--jwks-file, M1_JWKS_FILE) is required: the orchestrator verifies every approval against the operators' public keys before it records it, so that its admin token alone cannot approve anything")
+	case o.Audience == "":
+		return errors.New("Audience (--audience, M1_AUDIENCE) is required to verify approval tokens")
+	case o.TokenTTLMinutes < 1:
+		return errors.New("TokenTTLMinutes (M1_APPROVAL_TOKEN_TTL_MINUTES) must be at least 1")
+	case o.ClockSkew < 0:
+		return errors.New("ClockSkew (M1_CLOCK_SKEW) must not be negative")
+	case o.HTTP.WriteTimeout != 0 && o.HTTP.WriteTimeout <= o.DispatchTimeout:
+		return fmt.Errorf("HTTP.WriteTimeout %s must exceed DispatchTimeout (M1_DISPATCH_TIMEOUT) %s: an approval is answered after its dispatch", o.HTTP.WriteTimeout, o.DispatchTimeout)
 	case !strings.HasPrefix(o.MCPPath, "/"):
 		return fmt.Errorf("MCPPath (M1_MCP_PATH) %q must start with /", o.MCPPath)
 	case !strings.HasPrefix(o.ToolsPathPrefix, "/") || !strings.HasSuffix(o.ToolsPathPrefix, "/"):
@@ -180,6 +207,12 @@ func (o *Options) validate() error {
 	if _, _, err := backend.Parse(o.DatabaseURL, o.DataDir); err != nil {
 		return fmt.Errorf("M1_DATABASE_URL: %w", err)
 	}
+	if o.HTTP.WriteTimeout == 0 {
+		o.HTTP.WriteTimeout = o.DispatchTimeout + 30*time.Second
+	}
+	if err := o.HTTP.Validate(); err != nil {
+		return fmt.Errorf("HTTP: %w", err)
+	}
 	return nil
 }
 
@@ -187,7 +220,7 @@ func (o *Options) validate() error {
 type Server struct {
 	opts     Options
 	log      *zap.Logger
-	keys     *approval.Watcher // nil without a JWKS file
+	keys     *approval.Watcher
 	stopKeys context.CancelFunc
 	st       store.Store
 	rec      *audit.Recorder
@@ -240,24 +273,27 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	var verifier *approval.Verifier
-	if o.JWKSFile != "" {
-		ks, err := approval.LoadJWKS(o.JWKSFile)
-		if err != nil {
-			return nil, fmt.Errorf("load M1_JWKS_FILE: %w", err)
-		}
-		verifier, err = approval.NewVerifier(approval.VerifierOptions{
-			Keys: ks, Audience: o.Audience, TrustedIssuers: approval.ParseIssuers(o.TrustedIssuers),
-			MaxTTL: time.Duration(o.TokenTTLMinutes) * time.Minute, ClockSkew: approval.Leeway(o.ClockSkew),
-			Now: o.Now, CacheSize: -1,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("approval verifier: %w", err)
-		}
-		s.keys = approval.NewWatcher(o.JWKSFile, nil, verifier, o.Logger.Named("keys"))
+	ks, err := approval.LoadJWKS(o.JWKSFile)
+	if err != nil {
+		return nil, fmt.Errorf("load M1_JWKS_FILE: %w", err)
 	}
+	if ks.Len() == 0 {
+		return nil, fmt.Errorf("M1_JWKS_FILE %s holds no public key: the orchestrator could verify no approval", o.JWKSFile)
+	}
+	verifier, err := approval.NewVerifier(approval.VerifierOptions{
+		Keys: ks, Audience: o.Audience, TrustedIssuers: approval.ParseIssuers(o.TrustedIssuers),
+		MaxTTL: time.Duration(o.TokenTTLMinutes) * time.Minute, ClockSkew: approval.Leeway(o.ClockSkew),
+		Now: o.Now, CacheSize: -1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("approval verifier: %w", err)
+	}
+	s.keys = approval.NewWatcher(o.JWKSFile, nil, verifier, o.Logger.Named("keys"))
 	m, err := metrics.NewOrchestrator(o.Registerer)
 	if err != nil {
+		return nil, err
+	}
+	if err := metrics.RegisterBuildInfo(o.Registerer, o.Version, buildinfo.Revision()); err != nil {
 		return nil, err
 	}
 
@@ -288,7 +324,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	s.svc, err = orchestrator.New(orchestrator.Config{
 		Records: records, Audit: s.rec, Planner: planner, Registry: reg, Prices: prices,
 		CostTracking: o.CostTracking, CostAlertUSD: o.CostAlertUSD, BudgetUSD: o.RunBudgetUSD,
-		ProposalTTL: o.ProposalTTL, DispatchTimeout: o.DispatchTimeout,
+		ProposalTTL: o.ProposalTTL, DispatchTimeout: o.DispatchTimeout, ClockSkew: approval.Leeway(o.ClockSkew),
 		ApprovalHeader: o.ApprovalHeader, MCPPath: o.MCPPath, ToolsPathPrefix: o.ToolsPathPrefix,
 		Verifier: verifier, HTTPClient: o.HTTPClient, Metrics: m, Logger: o.Logger, Now: o.Now, Version: o.Version,
 	})
@@ -302,7 +338,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		Health:   s.health,
 		Routes:   map[string]http.Handler{"/v1/": s.svc.Handler()},
 	})
-	s.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	s.http = admin.NewServer(handler, o.HTTP, zap.NewStdLog(o.Logger.Named("http")))
 	if generated {
 		defer func() {
 			s.log.Info("admin token generated; set M1_ADMIN_TOKEN to choose one (m1 approve reads it too)", zap.String("admin_token", s.opts.AdminToken))
@@ -363,15 +399,12 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("listen %s: %w", s.opts.Addr, err)
 	}
 	s.lis = lis
-	if s.keys != nil {
-		// The watcher lives as long as the server: Stop cancels it.
-		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		s.stopKeys = cancel
-		if err := s.keys.Start(wctx); err != nil {
-			cancel()
-			lis.Close()
-			return fmt.Errorf("watch M1_JWKS_FILE: %w", err)
-		}
+	// The key watcher lives as long as the server: Stop cancels it.
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopKeys = cancel
+	if err := s.keys.Start(wctx); err != nil {
+		lis.Close()
+		return fmt.Errorf("watch M1_JWKS_FILE: %w", err)
 	}
 	s.rec.Start(ctx)
 	if err := s.svc.Start(ctx); err != nil {
@@ -462,6 +495,12 @@ func (s *Server) health() admin.Report {
 	}
 	rep.Checks["database"] = db
 	rep.Checks["planner"] = admin.Check{Status: admin.StatusOK, Info: map[string]any{"kind": s.planner}}
+	ks := s.keys.Status()
+	keys := admin.Check{Status: admin.StatusOK, Info: map[string]any{"path": ks.Path, "kids": ks.KIDs}}
+	if ks.LastError != "" {
+		keys.Status, keys.Detail = admin.StatusDegraded, "M1_JWKS_FILE did not load; the previous keys stay in use: "+ks.LastError
+	}
+	rep.Checks["keys"] = keys
 	rep.Status = admin.StatusOK
 	for _, c := range rep.Checks {
 		if c.Status == admin.StatusFailing {

@@ -51,6 +51,8 @@ type Bundle struct {
 	// Data is the bundle's data document, with numbers as json.Number.
 	Data map[string]any
 
+	// manifestRevision is true when Revision is the .manifest's.
+	manifestRevision bool
 	// dir is the directory the bundle was loaded from, if any; it prefixes
 	// file names in parse and compile errors and in Cacheable reasons.
 	dir string
@@ -96,7 +98,19 @@ type bundleFile struct {
 }
 
 func load(fsys fs.FS) (*Bundle, error) {
+	files, err := collect(fsys, isBundleFile, 0)
+	if err != nil {
+		return nil, err
+	}
+	return fromFiles(files)
+}
+
+// collect reads the files of fsys that keep says belong to the bundle,
+// skipping directories whose name starts with a dot. With limit > 0, a
+// file or a total larger than limit bytes is an error.
+func collect(fsys fs.FS, keep func(p, name string) bool, limit int64) ([]bundleFile, error) {
 	var files []bundleFile
+	var total int64
 	err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -108,8 +122,17 @@ func load(fsys fs.FS) (*Bundle, error) {
 			}
 			return nil
 		}
-		if !isBundleFile(p, name) {
+		if !d.Type().IsRegular() && d.Type()&fs.ModeSymlink == 0 || !keep(p, name) {
 			return nil
+		}
+		if limit > 0 {
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			if total += info.Size(); info.Size() > limit || total > limit {
+				return fmt.Errorf("%s: %w (limit %d bytes)", p, ErrTooLarge, limit)
+			}
 		}
 		content, err := fs.ReadFile(fsys, p)
 		if err != nil {
@@ -121,8 +144,14 @@ func load(fsys fs.FS) (*Bundle, error) {
 	if err != nil {
 		return nil, err
 	}
-	// WalkDir visits in lexical order, but sort anyway: the revision hash
-	// depends on it.
+	return files, nil
+}
+
+// fromFiles builds a Bundle from its files (see [Bundle] for the layout);
+// files that are not part of the layout are ignored.
+func fromFiles(files []bundleFile) (*Bundle, error) {
+	files = slices.DeleteFunc(slices.Clone(files), func(f bundleFile) bool { return !isBundleFile(f.path, path.Base(f.path)) })
+	// Sort: the revision hash depends on the order.
 	slices.SortFunc(files, func(a, b bundleFile) int { return strings.Compare(a.path, b.path) })
 
 	b := &Bundle{
@@ -137,7 +166,7 @@ func load(fsys fs.FS) (*Bundle, error) {
 			if err != nil {
 				return nil, fmt.Errorf("parse %s: %w", f.path, err)
 			}
-			b.Revision = rev
+			b.Revision, b.manifestRevision = rev, rev != ""
 		case strings.HasSuffix(f.path, "_test.rego"):
 			b.Tests[f.path] = string(f.content)
 		case strings.HasSuffix(f.path, ".rego"):
@@ -352,6 +381,11 @@ func hashBundle(b *Bundle) (string, error) {
 	slices.SortFunc(files, func(a, b bundleFile) int { return strings.Compare(a.path, b.path) })
 	return hashFiles(files), nil
 }
+
+// ManifestRevision reports whether Revision is the one the bundle's
+// .manifest names (a source may otherwise name the revision, as a Git
+// source does with the commit id).
+func (b *Bundle) ManifestRevision() bool { return b.manifestRevision }
 
 // fileName is the name used for a bundle path in errors and locations.
 func (b *Bundle) fileName(p string) string {

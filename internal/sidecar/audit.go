@@ -41,11 +41,12 @@ func (s *Server) setupAudit(ctx context.Context) error {
 	}
 	s.auditWriter = store.WriterID("m1-authz", o.Now())
 	rec, err := audit.New(audit.Options{
-		Writer:     s.auditWriter,
-		Sink:       s.auditSink,
-		SpoolPath:  filepath.Join(o.DataDir, "audit-spool.jsonl"),
-		Logger:     s.log.Named("audit"),
-		Registerer: o.Registerer,
+		Writer:       s.auditWriter,
+		Sink:         s.auditSink,
+		SpoolPath:    filepath.Join(o.DataDir, "audit-spool.jsonl"),
+		MaxArgsBytes: o.AuditMaxArgs,
+		Logger:       s.log.Named("audit"),
+		Registerer:   o.Registerer,
 	})
 	if err != nil {
 		_ = s.auditSink.Close()

@@ -10,6 +10,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/m1-agent/m1/internal/admin"
+	"github.com/m1-agent/m1/internal/audit"
+	"github.com/m1-agent/m1/internal/buildinfo"
 )
 
 // Options configure m1-authz. Flags, env (M1_*) and the config file fill
@@ -27,13 +29,27 @@ type Options struct {
 	PolicyDir        string        // bundle directory; "" = the embedded default bundle
 	PolicyPath       string        // decision path in the bundle
 	PolicyTimeout    time.Duration // per-evaluation timeout
-	CacheSize        int           // L1 decision cache entries; 0 disables the cache
-	CacheTTL         time.Duration // L1 decision cache entry lifetime
-	RateLimitMinute  int           // tool calls per principal per minute; 0 = no limit
-	RateLimitHour    int           // tool calls per principal per hour; 0 = no limit
-	DrainTimeout     time.Duration // how long Stop waits for in-flight checks
-	DataDir          string        // directory for local state (SQLite store, spool)
-	LogLevel         string        // read by main to build Logger
+
+	// Policy distribution (DESIGN §5): at most one of PolicyDir,
+	// PolicyBundleURL and PolicyGitURL; none = the embedded bundle.
+	PolicyBundleURL       string        // OPA bundle server URL of a .tar.gz bundle
+	PolicyBundleToken     string        // bearer token for PolicyBundleURL
+	PolicyGitURL          string        // Git repository (https, ssh, file)
+	PolicyGitRef          string        // branch or tag
+	PolicyGitPath         string        // bundle root inside the repository
+	PolicyGitSSHKey       string        // private key file for ssh Git URLs ("" = ssh agent)
+	PolicyPollInterval    time.Duration // bundle server and Git poll period (jittered)
+	PolicyRunTests        bool          // run the bundle's Rego tests before activating a revision
+	PolicyVerificationKey string        // PEM public key: bundles must carry a valid OPA signature
+	PolicyShadowDir       string        // shadow (candidate) bundle directory
+	PolicyShadowBundleURL string        // shadow bundle server URL
+	CacheSize             int           // L1 decision cache entries; 0 disables the cache
+	CacheTTL              time.Duration // L1 decision cache entry lifetime
+	RateLimitMinute       int           // tool calls per principal per minute; 0 = no limit
+	RateLimitHour         int           // tool calls per principal per hour; 0 = no limit
+	DrainTimeout          time.Duration // how long Stop waits for in-flight checks
+	DataDir               string        // directory for local state (SQLite store, spool)
+	LogLevel              string        // read by main to build Logger
 
 	// Approval tokens (DESIGN §4).
 	Audience        string        // this tool service's audience; required when keys are set
@@ -58,9 +74,10 @@ type Options struct {
 	CacheL2TTL            time.Duration
 
 	// Audit trail.
-	Audit       bool          // record every decision
-	DatabaseURL string        // "" = SQLite file under DataDir; postgres://… for PostgreSQL
-	PruneEvery  time.Duration // apply store.DefaultRetention this often; 0 = never
+	Audit        bool          // record every decision
+	AuditMaxArgs int           // largest arguments an audit event keeps; beyond, the hash alone, marked truncated
+	DatabaseURL  string        // "" = SQLite file under DataDir; postgres://… for PostgreSQL
+	PruneEvery   time.Duration // apply store.DefaultRetention this often; 0 = never
 
 	// Signed checkpoints of this process's audit chain (DESIGN §9): off
 	// unless CheckpointOut is set.
@@ -69,7 +86,11 @@ type Options struct {
 	CheckpointToken   string        // bearer token for an HTTP target
 	CheckpointEvery   time.Duration // how often; the last one is written at Stop
 
-	Version    string
+	// AdminHTTP bounds every connection of the admin HTTP server (DESIGN
+	// §7). Not flags: the defaults suit every deployment; tests shorten them.
+	AdminHTTP admin.Limits
+
+	Version    string // on /health and m1_build_info; default buildinfo.Version()
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer // also a Gatherer when it is a *prometheus.Registry
 	Gatherer   prometheus.Gatherer
@@ -79,21 +100,23 @@ type Options struct {
 // DefaultOptions returns the embedded defaults of DESIGN §8.
 func DefaultOptions() Options {
 	return Options{
-		GRPCAddr:        ":9191",
-		AdminAddr:       ":9192",
-		ApprovalHeader:  "x-m1-approval-token",
-		MCPPath:         "/mcp",
-		ToolsPathPrefix: "/tools/",
-		MaxBodyBytes:    1 << 20,
-		PolicyPath:      "m1/authz/decision",
-		PolicyTimeout:   100 * time.Millisecond,
-		CacheSize:       100_000,
-		CacheTTL:        5 * time.Minute,
-		DrainTimeout:    15 * time.Second,
-		DataDir:         "./data",
-		LogLevel:        "info",
-		TokenTTLMinutes: 5,
-		ClockSkew:       30 * time.Second,
+		GRPCAddr:           ":9191",
+		AdminAddr:          ":9192",
+		ApprovalHeader:     "x-m1-approval-token",
+		MCPPath:            "/mcp",
+		ToolsPathPrefix:    "/tools/",
+		MaxBodyBytes:       1 << 20,
+		PolicyPath:         "m1/authz/decision",
+		PolicyTimeout:      100 * time.Millisecond,
+		PolicyGitRef:       "main",
+		PolicyPollInterval: 30 * time.Second,
+		CacheSize:          100_000,
+		CacheTTL:           5 * time.Minute,
+		DrainTimeout:       15 * time.Second,
+		DataDir:            "./data",
+		LogLevel:           "info",
+		TokenTTLMinutes:    5,
+		ClockSkew:          30 * time.Second,
 
 		RedisDB:               -1,
 		RedisMaxRetries:       3,
@@ -103,9 +126,12 @@ func DefaultOptions() Options {
 		RedisCommandTimeoutMS: 200,
 		CacheL2Mode:           "auto",
 		Audit:                 true,
+		AuditMaxArgs:          audit.DefaultMaxArgsBytes,
+		PruneEvery:            time.Hour,
+		AdminHTTP:             admin.DefaultLimits(),
 		CacheL2TTL:            10 * time.Minute,
 		CheckpointEvery:       15 * time.Minute,
-		Version:               "dev",
+		Version:               buildinfo.Version(),
 		Now:                   time.Now,
 	}
 }
@@ -125,6 +151,17 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.StringVar(&o.PolicyDir, "policy-dir", o.PolicyDir, "policy bundle directory (empty = the embedded default bundle)")
 	fs.StringVar(&o.PolicyPath, "policy-path", o.PolicyPath, "decision path in the bundle")
 	fs.DurationVar(&o.PolicyTimeout, "policy-timeout", o.PolicyTimeout, "per-evaluation policy timeout (deny policy_error when exceeded)")
+	fs.StringVar(&o.PolicyBundleURL, "policy-bundle-url", o.PolicyBundleURL, "OPA bundle server URL of a .tar.gz bundle, polled with If-None-Match (instead of --policy-dir)")
+	fs.StringVar(&o.PolicyBundleToken, "policy-bundle-token", o.PolicyBundleToken, "bearer token sent to the bundle server")
+	fs.StringVar(&o.PolicyGitURL, "policy-git-url", o.PolicyGitURL, "Git repository holding the bundle: https://, ssh:// or file:// (instead of --policy-dir)")
+	fs.StringVar(&o.PolicyGitRef, "policy-git-ref", o.PolicyGitRef, "branch or tag of --policy-git-url")
+	fs.StringVar(&o.PolicyGitPath, "policy-git-path", o.PolicyGitPath, "bundle root inside the repository (empty = the root)")
+	fs.StringVar(&o.PolicyGitSSHKey, "policy-git-ssh-key", o.PolicyGitSSHKey, "private key file for ssh Git URLs (empty = the ssh agent)")
+	fs.DurationVar(&o.PolicyPollInterval, "policy-poll-interval", o.PolicyPollInterval, "how often the bundle server or Git repository is polled (jittered ±10%)")
+	fs.BoolVar(&o.PolicyRunTests, "policy-run-tests", o.PolicyRunTests, "run a new revision's own Rego tests (*_test.rego) before activating it")
+	fs.StringVar(&o.PolicyVerificationKey, "policy-verification-key", o.PolicyVerificationKey, "PEM public key file: refuse bundles without a valid OPA signature (.signatures.json) made with its private key")
+	fs.StringVar(&o.PolicyShadowDir, "policy-shadow-dir", o.PolicyShadowDir, "shadow policy bundle directory: evaluated beside the active policy, never deciding")
+	fs.StringVar(&o.PolicyShadowBundleURL, "policy-shadow-bundle-url", o.PolicyShadowBundleURL, "shadow policy bundle server URL")
 	fs.IntVar(&o.CacheSize, "cache-size", o.CacheSize, "L1 decision cache entries (0 disables the cache)")
 	fs.DurationVar(&o.CacheTTL, "cache-ttl", o.CacheTTL, "L1 decision cache entry lifetime")
 	fs.IntVar(&o.RateLimitMinute, "rate-limit-per-minute", o.RateLimitMinute, "tool calls each principal may make per minute, shared through Redis when set (0 = no limit); past it: 429 rate_limited")
@@ -151,6 +188,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.StringVar(&o.CacheL2Mode, "cache-l2-mode", o.CacheL2Mode, "Redis decision cache: auto (only when evaluation is slower than a Redis round trip), always, off")
 	fs.DurationVar(&o.CacheL2TTL, "cache-l2-ttl", o.CacheL2TTL, "Redis decision cache entry lifetime")
 	fs.BoolVar(&o.Audit, "audit", o.Audit, "record every decision in the audit store")
+	fs.IntVar(&o.AuditMaxArgs, "audit-max-args-bytes", o.AuditMaxArgs, "largest tool arguments an audit event keeps (allowed calls of non-sensitive tools only); larger ones keep their args_sha256 alone, marked args_truncated")
 	fs.DurationVar(&o.PruneEvery, "audit-prune-interval", o.PruneEvery, "apply the retention policy (decisions, runs, tool calls: 2 years; revoked tokens: 30 days) this often; 0 = never")
 	fs.StringVar(&o.DatabaseURL, "database-url", o.DatabaseURL, "audit store: empty = SQLite file m1.db under --data-dir; postgres://… for PostgreSQL")
 	fs.StringVar(&o.CheckpointOut, "audit-checkpoint-out", o.CheckpointOut, "write signed checkpoints of this process's audit chain to this directory (write-once storage) or http(s):// PUT URL (empty = off)")
@@ -170,6 +208,17 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 		"policy-dir":                 "M1_POLICY_DIR",
 		"policy-path":                "M1_POLICY_PATH",
 		"policy-timeout":             "M1_POLICY_TIMEOUT",
+		"policy-bundle-url":          "M1_POLICY_BUNDLE_URL",
+		"policy-bundle-token":        "M1_POLICY_BUNDLE_TOKEN",
+		"policy-git-url":             "M1_POLICY_GIT_URL",
+		"policy-git-ref":             "M1_POLICY_GIT_REF",
+		"policy-git-path":            "M1_POLICY_GIT_PATH",
+		"policy-git-ssh-key":         "M1_POLICY_GIT_SSH_KEY",
+		"policy-poll-interval":       "M1_POLICY_POLL_INTERVAL",
+		"policy-run-tests":           "M1_POLICY_RUN_TESTS",
+		"policy-verification-key":    "M1_POLICY_VERIFICATION_KEY",
+		"policy-shadow-dir":          "M1_POLICY_SHADOW_DIR",
+		"policy-shadow-bundle-url":   "M1_POLICY_SHADOW_BUNDLE_URL",
 		"cache-size":                 "M1_CACHE_SIZE",
 		"cache-ttl":                  "M1_CACHE_TTL",
 		"rate-limit-per-minute":      "RATE_LIMIT_REQUESTS_PER_MINUTE",
@@ -196,6 +245,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 		"cache-l2-mode":              "M1_CACHE_L2_MODE",
 		"cache-l2-ttl":               "M1_CACHE_L2_TTL",
 		"audit":                      "M1_AUDIT",
+		"audit-max-args-bytes":       "M1_AUDIT_MAX_ARGS_BYTES",
 		"audit-prune-interval":       "M1_AUDIT_PRUNE_INTERVAL",
 		"database-url":               "M1_DATABASE_URL",
 		"audit-checkpoint-out":       "M1_AUDIT_CHECKPOINT_OUT",
@@ -227,6 +277,14 @@ func (o *Options) validate() error {
 		return fmt.Errorf("PolicyPath (M1_POLICY_PATH) is empty")
 	case o.PolicyTimeout <= 0:
 		return fmt.Errorf("PolicyTimeout (M1_POLICY_TIMEOUT) must be positive")
+	case count(o.PolicyDir, o.PolicyBundleURL, o.PolicyGitURL) > 1:
+		return fmt.Errorf("at most one policy source: M1_POLICY_DIR, M1_POLICY_BUNDLE_URL or M1_POLICY_GIT_URL")
+	case count(o.PolicyShadowDir, o.PolicyShadowBundleURL) > 1:
+		return fmt.Errorf("at most one shadow policy source: M1_POLICY_SHADOW_DIR or M1_POLICY_SHADOW_BUNDLE_URL")
+	case o.PolicyPollInterval < time.Second:
+		return fmt.Errorf("PolicyPollInterval (M1_POLICY_POLL_INTERVAL) must be at least 1s, got %v", o.PolicyPollInterval)
+	case o.PolicyGitURL != "" && o.PolicyGitRef == "":
+		return fmt.Errorf("PolicyGitRef (M1_POLICY_GIT_REF) is empty")
 	case o.CacheSize < 0:
 		return fmt.Errorf("CacheSize (M1_CACHE_SIZE) must not be negative")
 	case o.CacheSize > 0 && o.CacheTTL <= 0:
@@ -249,6 +307,8 @@ func (o *Options) validate() error {
 		return fmt.Errorf("CacheL2Mode (M1_CACHE_L2_MODE) %q: want auto, always or off", o.CacheL2Mode)
 	case o.RedisURL != "" && (o.RedisCommandTimeoutMS <= 0 || o.RedisConnectTimeoutMS <= 0):
 		return fmt.Errorf("REDIS_COMMAND_TIMEOUT_MS and REDIS_CONNECT_TIMEOUT_MS must be positive")
+	case o.AuditMaxArgs < 1:
+		return fmt.Errorf("AuditMaxArgs (M1_AUDIT_MAX_ARGS_BYTES) must be positive, got %d", o.AuditMaxArgs)
 	case o.PruneEvery < 0 || (o.PruneEvery > 0 && o.PruneEvery < time.Minute):
 		return fmt.Errorf("PruneEvery (M1_AUDIT_PRUNE_INTERVAL) must be 0 or at least 1m")
 	case o.CheckpointOut != "" && o.CheckpointKeyFile == "":
@@ -260,6 +320,9 @@ func (o *Options) validate() error {
 	case o.Logger == nil || o.Registerer == nil || o.Gatherer == nil || o.Now == nil:
 		return fmt.Errorf("Logger, Registerer, Gatherer and Now are required")
 	}
+	if err := o.AdminHTTP.Validate(); err != nil {
+		return fmt.Errorf("AdminHTTP: %w", err)
+	}
 	if _, err := admin.ParseOrigins(o.AllowedOrigins); err != nil {
 		return fmt.Errorf("AllowedOrigins (ALLOWED_ORIGINS): %w", err)
 	}
@@ -267,4 +330,15 @@ func (o *Options) validate() error {
 		o.GRPCMaxRecvBytes = int(o.MaxBodyBytes) + 256<<10
 	}
 	return nil
+}
+
+// count is how many of values are set.
+func count(values ...string) int {
+	n := 0
+	for _, v := range values {
+		if v != "" {
+			n++
+		}
+	}
+	return n
 }

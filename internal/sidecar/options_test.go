@@ -58,6 +58,19 @@ func TestConfigRejectsUnknownKey(t *testing.T) {
 	}
 }
 
+// Retention pruning runs hourly unless the operator says never (DESIGN §7).
+func TestPruneDefaults(t *testing.T) {
+	o := DefaultOptions()
+	if o.PruneEvery != time.Hour {
+		t.Errorf("default PruneEvery = %v, want 1h", o.PruneEvery)
+	}
+	o = testOptions(t)
+	o.PruneEvery = 0
+	if err := o.validate(); err != nil {
+		t.Errorf("validate(PruneEvery 0, never) = %v, want it accepted", err)
+	}
+}
+
 func TestValidateNamesTheField(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -74,6 +87,8 @@ func TestValidateNamesTheField(t *testing.T) {
 			o.CheckpointOut, o.CheckpointKeyFile, o.CheckpointEvery = "/tmp/cp", "k.jwk", time.Second
 		}, "M1_AUDIT_CHECKPOINT_INTERVAL"},
 		{"checkpoints without audit", func(o *Options) { o.CheckpointOut, o.CheckpointKeyFile, o.Audit = "/tmp/cp", "k.jwk", false }, "M1_AUDIT"},
+		{"zero audit args", func(o *Options) { o.AuditMaxArgs = 0 }, "M1_AUDIT_MAX_ARGS_BYTES"},
+		{"prune too often", func(o *Options) { o.PruneEvery = time.Second }, "M1_AUDIT_PRUNE_INTERVAL"},
 	}
 	for _, tt := range tests {
 		o := testOptions(t)

@@ -291,10 +291,17 @@ func preflightRedis(ctx context.Context, o Options, timeout time.Duration) Prefl
 	return okCheck(name, fmt.Sprintf("PING answered in %s", time.Since(start).Round(time.Microsecond)))
 }
 
+// minAdminTokenBytes is the shortest admin token preflight accepts without
+// a warning: 32 random bytes (or 32 hex digits, 128 bits) resist guessing.
+const minAdminTokenBytes = 32
+
 func preflightAdminToken(o Options) PreflightCheck {
 	const name = "admin token"
 	if o.AdminToken == "" {
 		return warnCheck(name, "M1_ADMIN_TOKEN not set: m1-authz generates a random one at each start and logs it once")
+	}
+	if len(o.AdminToken) < minAdminTokenBytes {
+		return warnCheck(name, fmt.Sprintf("set but short (%d bytes, want at least %d): it guards revocations, the cache and the dashboard; generate one with: openssl rand -hex 32", len(o.AdminToken), minAdminTokenBytes))
 	}
 	return okCheck(name, fmt.Sprintf("set (%d bytes)", len(o.AdminToken)))
 }

@@ -113,6 +113,9 @@ func (s *Server) invalidate(e redisstate.Event) {
 	} else if s.cache != nil {
 		s.cache.Purge()
 	}
+	if e.Type == redisstate.EventBundle {
+		s.heardRevision(e.Revision) // fetch now, not at the next poll
+	}
 }
 
 // startRedis starts the prober, the L2 writer and the state store. Redis

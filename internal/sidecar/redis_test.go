@@ -14,10 +14,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/internal/testenv"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // sharedPair starts two in-process sidecars on one real Redis with the same
@@ -234,7 +234,7 @@ func writeFile(path string, b []byte) error { return os.WriteFile(path, b, 0o600
 func argsHash(t testing.TB, args string) string {
 	t.Helper()
 	h := &authv3.AttributeContext_HttpRequest{Method: "POST", Path: "/tools/write_file", Body: args}
-	c, rerr := authz.ParseCall(h, authz.HeadersOf(h), authz.ParseOptions{MCPPath: "/mcp", ToolsPathPrefix: "/tools/", MaxBodyBytes: 1 << 20})
+	c, rerr := toolcall.Parse(h, toolcall.HeadersOf(h), toolcall.Options{MCPPath: "/mcp", ToolsPathPrefix: "/tools/", MaxBodyBytes: 1 << 20})
 	if rerr != nil {
 		t.Fatal(rerr)
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/m1-agent/m1/internal/admin"
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/audit"
+	"github.com/m1-agent/m1/internal/buildinfo"
 	"github.com/m1-agent/m1/internal/cache"
 	"github.com/m1-agent/m1/internal/cache/rediscache"
 	"github.com/m1-agent/m1/internal/metrics"
@@ -40,6 +41,7 @@ import (
 	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/internal/state/redisstate"
 	"github.com/m1-agent/m1/policies"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // Server is one m1-authz process: New, then Start, then Stop.
@@ -75,6 +77,7 @@ type Server struct {
 	checkpoints    *checkpointer     // nil without M1_AUDIT_CHECKPOINT_OUT
 	keys           *approval.Watcher // nil without a JWKS file
 	verifier       *approval.Verifier
+	policy         *policySources
 }
 
 // New loads and prepares the policy bundle and builds the servers. A broken
@@ -83,15 +86,19 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if err := opts.validate(); err != nil {
 		return nil, fmt.Errorf("options: %w", err)
 	}
-	engine, err := LoadPolicy(ctx, opts.PolicyDir, policy.Options{Path: opts.PolicyPath, Timeout: opts.PolicyTimeout})
-	if err != nil {
-		return nil, err
-	}
 	m, err := metrics.NewAuthz(opts.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
+	if err := metrics.RegisterBuildInfo(opts.Registerer, opts.Version, buildinfo.Revision()); err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	pm, err := metrics.NewPolicy(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
 	s := &Server{opts: opts, log: opts.Logger, done: make(chan struct{})}
+	s.policy = &policySources{metrics: pm, heard: map[string]bool{}}
 	s.store = state.NewMemory(state.MemoryOptions{Now: opts.Now})
 	if err := s.setupKeys(); err != nil {
 		return nil, err
@@ -109,7 +116,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		return nil, err
 	}
 	ao := authz.Options{
-		Parse: authz.ParseOptions{
+		Parse: toolcall.Options{
 			MCPPath:         opts.MCPPath,
 			ToolsPathPrefix: opts.ToolsPathPrefix,
 			MaxBodyBytes:    opts.MaxBodyBytes,
@@ -120,6 +127,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		ClockSkew:      opts.ClockSkew,
 		Logger:         opts.Logger,
 		Metrics:        m,
+		PolicyMetrics:  pm,
 		Now:            opts.Now,
 	}
 	if opts.CacheSize > 0 {
@@ -133,7 +141,6 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 				return nil, fmt.Errorf("M1_CACHE_L2_MODE: %w", err)
 			}
 			s.tiered = cache.NewTiered(s.cache, s.l2, mode, s.redis.RTT, s.redis.Connected)
-			s.tiered.SetRevision(engine.Revision())
 			ao.Cache = s.tiered
 		}
 	}
@@ -150,11 +157,11 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if ao.RateLimit, err = s.rateLimiter(); err != nil {
 		return nil, err
 	}
-	if s.authz, err = authz.New(ao, engine); err != nil {
+	if s.authz, err = authz.New(ao, nil); err != nil {
 		return nil, err
 	}
-	if ok, why := engine.Cacheable(); !ok {
-		opts.Logger.Warn("decision cache off: the policy's decisions depend on more than input.m1", zap.String("why", why))
+	if err := s.setupPolicy(ctx); err != nil {
+		return nil, err
 	}
 
 	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(opts.GRPCMaxRecvBytes))
@@ -167,11 +174,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if opts.AdminToken == "" {
 		s.opts.AdminToken, s.tokenGenerated = randomToken(), true
 	}
-	s.admin = &http.Server{
-		Handler:           s.adminHandler(),
-		ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog:          zap.NewStdLog(opts.Logger.Named("admin")),
-	}
+	s.admin = admin.NewServer(s.adminHandler(), opts.AdminHTTP, zap.NewStdLog(opts.Logger.Named("admin")))
 	return s, nil
 }
 
@@ -290,8 +293,8 @@ func (s *Server) Start(ctx context.Context) error {
 		s.adminLis.Close()
 		return err
 	}
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	s.setServing(s.authz.Policy() != nil)
+	// Outcomes do not depend on the policy: the access log is served from the start.
 	s.health.SetServingStatus(accesslogv3.AccessLogService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	go func() {
 		if err := s.grpc.Serve(s.grpcLis); err != nil {
@@ -304,7 +307,11 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}()
 	s.started.Store(true)
-	rev := s.authz.Policy().Revision()
+	s.startPolicy(ctx)
+	rev := ""
+	if e := s.authz.Policy(); e != nil {
+		rev = e.Revision()
+	}
 	s.log.Info("m1-authz started",
 		zap.String("grpc_addr", s.grpcLis.Addr().String()),
 		zap.String("admin_addr", s.adminLis.Addr().String()),
@@ -315,6 +322,16 @@ func (s *Server) Start(ctx context.Context) error {
 			zap.String("dashboard_url", "http://"+s.adminLis.Addr().String()+"/?token="+s.opts.AdminToken))
 	}
 	return nil
+}
+
+// setServing sets the gRPC health status: SERVING once a policy is loaded.
+func (s *Server) setServing(ok bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if ok {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.health.SetServingStatus("", st)
+	s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, st)
 }
 
 // Addr is the gRPC listen address (after Start).
@@ -339,6 +356,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		if s.stopKeys != nil {
 			s.stopKeys()
 		}
+		s.stopPolicy()
 		defer s.closeRedis()
 		// The admin port keeps answering /health (draining) until gRPC
 		// has drained.
@@ -380,8 +398,8 @@ func (s *Server) Stop(ctx context.Context) error {
 }
 
 // Run starts the server and stops it when ctx ends, waiting at most
-// DrainTimeout for in-flight checks. Each value on reload re-reads the JWKS
-// file.
+// DrainTimeout for in-flight checks. Each value on reload (SIGHUP) re-reads
+// the JWKS file and asks the policy sources to load now.
 func Run(ctx context.Context, opts Options, reload <-chan os.Signal) error {
 	s, err := New(ctx, opts)
 	if err != nil {
@@ -393,6 +411,7 @@ func Run(ctx context.Context, opts Options, reload <-chan os.Signal) error {
 	for wait := true; wait; {
 		select {
 		case <-reload:
+			s.ReloadPolicy()
 			if err := s.ReloadKeys(); err != nil {
 				s.log.Error("reload approval keys: old keys kept", zap.Error(err))
 			} else {
@@ -409,16 +428,8 @@ func Run(ctx context.Context, opts Options, reload <-chan os.Signal) error {
 }
 
 func (s *Server) healthReport() admin.Report {
-	e := s.authz.Policy()
 	rep := admin.Report{Version: s.opts.Version, Checks: map[string]admin.Check{}, Started: s.started.Load()}
-	pol := admin.Check{Status: admin.StatusOK, Info: map[string]any{"revision": e.Revision()}}
-	if ok, why := e.Cacheable(); ok {
-		pol.Info["decision_cache"] = "on"
-	} else {
-		pol.Info["decision_cache"] = "off"
-		pol.Detail = "decision cache off: " + why
-	}
-	rep.Checks["policy"] = pol
+	rep.Checks["policy"] = s.policyCheck()
 	rep.Checks["keys"] = s.keysCheck()
 	rep.Checks["redis"] = s.redisCheck()
 	rep.Checks["database"] = s.databaseCheck()
@@ -431,6 +442,8 @@ func (s *Server) healthReport() admin.Report {
 	case s.draining.Load():
 		rep.Status, rep.Ready = admin.StatusFailing, false
 		rep.Checks["lifecycle"] = admin.Check{Status: admin.StatusFailing, Detail: "draining"}
+	case s.authz.Policy() == nil: // only a process that never loaded a policy is not ready
+		rep.Status, rep.Ready = admin.StatusFailing, false
 	default:
 		rep.Status, rep.Ready = admin.StatusOK, true
 		for _, c := range rep.Checks {
@@ -480,8 +493,12 @@ func (s *Server) adminHandler() http.Handler {
 			"health": func() any { return s.healthReport() },
 			"policy": func() any {
 				e := s.authz.Policy()
-				ok, why := e.Cacheable()
-				return map[string]any{"revision": e.Revision(), "cacheable": ok, "cache_off_reason": why, "needs": e.Needs(), "tools": e.Tools()}
+				if e == nil {
+					return map[string]any{"revision": nil, "error": "no policy loaded yet"}
+				}
+				cacheable, _ := e.Cacheable()
+				on, why := s.authz.Caching()
+				return map[string]any{"revision": e.Revision(), "cacheable": cacheable, "decision_cache": on, "cache_off_reason": why, "needs": e.Needs(), "tools": e.Tools()}
 			},
 			"cache": func() any {
 				if s.cache == nil {

@@ -100,6 +100,10 @@ func TestAdminEndpoints(t *testing.T) {
 	}
 }
 
+// TestStopDrainsAndIsIdempotent: Stop turns health NOT_SERVING and /health
+// to 503 draining at once, lets an RPC in flight finish (a health Watch
+// stream stands for a long check), refuses new RPCs, returns only when the
+// RPC in flight has ended, and is safe to call twice.
 func TestStopDrainsAndIsIdempotent(t *testing.T) {
 	o := testOptions(t)
 	s := startServer(t, o)
@@ -109,13 +113,37 @@ func TestStopDrainsAndIsIdempotent(t *testing.T) {
 	}
 	defer conn.Close()
 	hc := healthpb.NewHealthClient(conn)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	r, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: authv3.Authorization_ServiceDesc.ServiceName})
-	if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+	watchCtx, endWatch := context.WithCancel(ctx)
+	defer endWatch()
+	watch, err := hc.Watch(watchCtx, &healthpb.HealthCheckRequest{Service: authv3.Authorization_ServiceDesc.ServiceName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := watch.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health = %v, %v; want SERVING", r, err)
 	}
-	if err := s.Stop(ctx); err != nil {
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- s.Stop(ctx) }()
+	if r, err := watch.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health while draining = %v, %v; want NOT_SERVING", r, err)
+	}
+	base := "http://" + s.AdminAddr().String()
+	if code, body := get(t, base+"/health", ""); code != 503 || !strings.Contains(body, "draining") {
+		t.Errorf("GET /health while draining = %d %s, want 503 draining", code, body)
+	}
+	if _, err := authv3.NewAuthorizationClient(conn).Check(ctx, &authv3.CheckRequest{}); err == nil {
+		t.Errorf("a new Check while draining succeeded, want it refused")
+	}
+	select {
+	case err := <-stopped:
+		t.Fatalf("Stop returned (%v) with an RPC still in flight, want it to wait", err)
+	default:
+	}
+	endWatch() // the RPC in flight ends: the drain completes
+	if err := <-stopped; err != nil {
 		t.Fatalf("Stop = %v", err)
 	}
 	if err := s.Stop(ctx); err != nil {
@@ -136,5 +164,65 @@ func TestNewFailsOnBrokenBundle(t *testing.T) {
 	_, err := New(context.Background(), o)
 	if err == nil || !strings.Contains(err.Error(), "authz.rego:") {
 		t.Fatalf("New(broken bundle) = %v, want an error with authz.rego:<line>", err)
+	}
+}
+
+// TestHealthReportsEachSwitch: every state /health and the dashboard report
+// comes from the component itself, so turning a feature off shows as off.
+func TestHealthReportsEachSwitch(t *testing.T) {
+	uncacheable := t.TempDir()
+	if err := os.WriteFile(filepath.Join(uncacheable, "authz.rego"), []byte("package m1.authz\n\nimport rego.v1\n\ndecision := input.attributes.request.http.method == \"POST\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		mod   func(*Options)
+		check string // /health checks key
+		want  string // status, or for policy the decision_cache value
+		doc   string // substring of the dashboard's policy document ("" to skip)
+	}{
+		{"cache on", func(*Options) {}, "policy", "on", `"decision_cache":true`},
+		{"cache size 0", func(o *Options) { o.CacheSize = 0 }, "policy", "off", `"decision_cache":false`},
+		{"policy not cacheable", func(o *Options) { o.PolicyDir = uncacheable }, "policy", "off", `"cacheable":false`},
+		{"audit off", func(o *Options) { o.Audit = false }, "database", "disabled", ""},
+		{"audit on", func(*Options) {}, "database", "ok", ""},
+		{"no redis", func(*Options) {}, "redis", "disabled", ""},
+		{"no keys", func(*Options) {}, "keys", "disabled", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := testOptions(t)
+			tt.mod(&o)
+			s := startServer(t, o)
+			base := "http://" + s.AdminAddr().String()
+			_, body := get(t, base+"/health", "")
+			var doc struct {
+				Checks map[string]struct {
+					Status string         `json:"status"`
+					Detail string         `json:"detail"`
+					Info   map[string]any `json:"info"`
+				} `json:"checks"`
+			}
+			if err := json.Unmarshal([]byte(body), &doc); err != nil {
+				t.Fatalf("/health = %s: %v", body, err)
+			}
+			c := doc.Checks[tt.check]
+			got := c.Status
+			if tt.check == "policy" {
+				got, _ = c.Info["decision_cache"].(string)
+				if got == "off" && c.Detail == "" {
+					t.Errorf("/health policy: decision cache off without a reason")
+				}
+			}
+			if got != tt.want {
+				t.Errorf("/health checks.%s = %q (%s), want %q", tt.check, got, body, tt.want)
+			}
+			if tt.doc != "" {
+				_, pol := get(t, base+"/api/m1/dashboard/policy", s.AdminToken())
+				if !strings.Contains(strings.ReplaceAll(pol, " ", ""), tt.doc) {
+					t.Errorf("dashboard policy = %s, want %s", pol, tt.doc)
+				}
+			}
+		})
 	}
 }

@@ -30,6 +30,11 @@ const hashDomain = "m1.audit.v1\n"
 //	proposal_id, tool, args_sha256, args, decision, reason, detail, status,
 //	policy_revision, token_jti, latency_us, cache_tier
 //
+// and then, only for an event with ArgsTruncated, one more field holding
+// the string "1" (args_truncated): events without it hash exactly as
+// before the field existed, and the length-prefixed encoding keeps the
+// two forms apart.
+//
 // Strings are their UTF-8 bytes; args is the raw JSON exactly as stored
 // (empty when nil); seq, status and latency_us are base-10 integers; time is
 // the base-10 count of microseconds since the Unix epoch (the precision
@@ -62,6 +67,9 @@ func hashEvent(e *Event) string {
 	b = appendField(b, e.TokenJTI)
 	b = appendInt(b, e.LatencyMicros)
 	b = appendField(b, e.CacheTier)
+	if e.ArgsTruncated {
+		b = appendField(b, "1")
+	}
 	sum := sha256.Sum256(b)
 	var out [2 * sha256.Size]byte
 	hex.Encode(out[:], sum[:])

@@ -34,6 +34,17 @@ func TestHashEventIsStable(t *testing.T) {
 	}
 }
 
+// The mark of arguments left out for their size extends the digest input
+// by one field, and only when set: chains stored before it existed verify.
+func TestHashEventArgsTruncated(t *testing.T) {
+	e := sample()
+	e.Args, e.ArgsTruncated = nil, true
+	const want = "13e08a363870831625458d4ea8f69db974311157c6da32c57cf97986994a7eb3" // recomputed independently from the spec in HashEvent's doc
+	if got := store.HashEvent(e); got != want {
+		t.Fatalf("HashEvent(sample, args truncated) = %s, want %s", got, want)
+	}
+}
+
 // Every field but ID and Hash is covered, and field boundaries are
 // unambiguous.
 func TestHashEventCoversEveryField(t *testing.T) {
@@ -63,6 +74,7 @@ func TestHashEventCoversEveryField(t *testing.T) {
 		{"token_jti", func(e *store.Event) { e.TokenJTI = "" }},
 		{"latency_us", func(e *store.Event) { e.LatencyMicros++ }},
 		{"cache_tier", func(e *store.Event) { e.CacheTier = "l2" }},
+		{"args_truncated", func(e *store.Event) { e.Args, e.ArgsTruncated = nil, true }},
 		{"boundary", func(e *store.Event) { e.Principal, e.RunID = "agent-arun-1", "" }},
 	} {
 		e := sample()
@@ -194,6 +206,7 @@ func TestEventValidate(t *testing.T) {
 		"writer UTF-8":    func(e *store.Event) { e.Writer = "w\xc3" },
 		"args NUL":        func(e *store.Event) { e.Args = []byte("\"\x00\"") },
 		"no hash":         func(e *store.Event) { e.Hash = "" },
+		"truncated args":  func(e *store.Event) { e.ArgsTruncated = true },
 	} {
 		e := ok
 		edit(&e)

@@ -66,24 +66,28 @@ var ErrConflict = errors.New("store: a different event already holds this writer
 // approval and result events. The store assigns ID; a Chainer assigns
 // Writer, Seq, PrevHash and Hash. Times are kept to the microsecond, in UTC.
 type Event struct {
-	ID             int64           `json:"id"`
-	DecisionID     string          `json:"decision_id"`
-	Time           time.Time       `json:"time"`
-	Kind           string          `json:"kind"`
-	Principal      string          `json:"principal"`
-	RunID          string          `json:"run_id,omitempty"`
-	ProposalID     string          `json:"proposal_id,omitempty"`
-	Tool           string          `json:"tool"`
-	ArgsSHA256     string          `json:"args_sha256"`
-	Args           json.RawMessage `json:"args,omitempty"` // nil unless the tool registry marks the tool non-sensitive
-	Decision       string          `json:"decision"`       // allow | deny
-	Reason         string          `json:"reason"`         // a deny reason code, or "ok"
-	Detail         string          `json:"detail,omitempty"`
-	Status         int             `json:"status"` // the HTTP status answered
-	PolicyRevision string          `json:"policy_revision"`
-	TokenJTI       string          `json:"token_jti,omitempty"`
-	LatencyMicros  int64           `json:"latency_us"`
-	CacheTier      string          `json:"cache_tier,omitempty"`
+	ID         int64           `json:"id"`
+	DecisionID string          `json:"decision_id"`
+	Time       time.Time       `json:"time"`
+	Kind       string          `json:"kind"`
+	Principal  string          `json:"principal"`
+	RunID      string          `json:"run_id,omitempty"`
+	ProposalID string          `json:"proposal_id,omitempty"`
+	Tool       string          `json:"tool"`
+	ArgsSHA256 string          `json:"args_sha256"`
+	Args       json.RawMessage `json:"args,omitempty"` // nil unless the tool registry marks the tool non-sensitive
+	// ArgsTruncated marks an event whose arguments were left out for their
+	// size (beyond M1_AUDIT_MAX_ARGS_BYTES): only ArgsSHA256 is kept.
+	// Args is then nil.
+	ArgsTruncated  bool   `json:"args_truncated,omitempty"`
+	Decision       string `json:"decision"` // allow | deny
+	Reason         string `json:"reason"`   // a deny reason code, or "ok"
+	Detail         string `json:"detail,omitempty"`
+	Status         int    `json:"status"` // the HTTP status answered
+	PolicyRevision string `json:"policy_revision"`
+	TokenJTI       string `json:"token_jti,omitempty"`
+	LatencyMicros  int64  `json:"latency_us"`
+	CacheTier      string `json:"cache_tier,omitempty"`
 
 	// Writer names the chain the event belongs to: one chain per writer
 	// process, e.g. "m1-authz/<host>/<pid>/<start>" (see WriterID).
@@ -154,6 +158,8 @@ func (e Event) Validate() error {
 		return invalid(e, "kind is empty or reserved")
 	case e.Time.IsZero():
 		return invalid(e, "no time")
+	case e.ArgsTruncated && len(e.Args) > 0:
+		return invalid(e, "args_truncated with args")
 	case !clean(e.Writer) || !clean(e.PrevHash) || !clean(e.Hash) || !utf8.Valid(e.Args) || bytes.IndexByte(e.Args, 0) >= 0:
 		return invalid(e, "text is not UTF-8, or holds NUL (not chained)")
 	}

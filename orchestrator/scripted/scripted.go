@@ -48,6 +48,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/m1-agent/m1/toolcall"
 	"io"
 	"os"
 	"slices"
@@ -55,7 +56,6 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/orchestrator"
 )
 
@@ -159,7 +159,7 @@ func parse(name string, data []byte) (*Planner, error) {
 		}
 		for j, cd := range sd.Calls {
 			at := where + ", call " + strconv.Itoa(j+1)
-			if !approval.ValidToolName(cd.Tool) {
+			if !toolcall.ValidName(cd.Tool) {
 				return nil, fmt.Errorf("%s: tool %q: want a name of 1 to 128 of [A-Za-z0-9_.-]", at, cd.Tool)
 			}
 			args, err := argsJSON(&cd.Args)

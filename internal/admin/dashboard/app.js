@@ -121,7 +121,7 @@
 
   function renderPolicy(p) {
     setText('policy-revision', p.revision);
-    setText('policy-cache', p.cacheable ? 'on' : 'off (' + p.cache_off_reason + ')');
+    setText('policy-cache', p.decision_cache ? 'on' : 'off (' + p.cache_off_reason + ')');
     const tools = p.tools || {};
     fillRows('policy-tools', Object.keys(tools).sort().map((name) => [
       cell(name), cell(tools[name].risk), cell(tools[name].requires_approval ? 'yes' : 'no'),

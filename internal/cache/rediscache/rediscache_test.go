@@ -13,14 +13,13 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/cache"
 	"github.com/m1-agent/m1/internal/cache/cachetest"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/testenv"
 )
 
-var _ authz.DecisionCache = (*Cache)(nil)
+var _ cache.L2 = (*Cache)(nil)
 
 // testClient returns a client of the kind redisconn builds (bounded by
 // the context), closed with the test.

@@ -16,23 +16,23 @@ import (
 // eventCols are audit_events' columns in scanEvent's order.
 const eventCols = `id, writer, seq, prev_hash, hash, decision_id, time, kind, principal, run_id,
 	proposal_id, tool, args_sha256, args, decision, reason, detail, status, policy_revision,
-	token_jti, latency_us, cache_tier`
+	token_jti, latency_us, cache_tier, args_truncated`
 
 // insertEvents stores a batch given as one array per column, in array
 // order, skipping (writer, seq) already stored or already pruned, and
 // returns the (writer, seq) it inserted.
 const insertEvents = `INSERT INTO audit_events (writer, seq, prev_hash, hash, decision_id, time, kind,
 	principal, run_id, proposal_id, tool, args_sha256, args, decision, reason, detail, status,
-	policy_revision, token_jti, latency_us, cache_tier)
+	policy_revision, token_jti, latency_us, cache_tier, args_truncated)
 SELECT u.writer, u.seq, u.prev_hash, u.hash, u.decision_id, u.time, u.kind, u.principal, u.run_id,
 	u.proposal_id, u.tool, u.args_sha256, u.args::json, u.decision, u.reason, u.detail, u.status,
-	u.policy_revision, u.token_jti, u.latency_us, u.cache_tier
+	u.policy_revision, u.token_jti, u.latency_us, u.cache_tier, u.args_truncated
 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[],
 	$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
-	$16::text[], $17::int[], $18::text[], $19::text[], $20::bigint[], $21::text[])
+	$16::text[], $17::int[], $18::text[], $19::text[], $20::bigint[], $21::text[], $22::boolean[])
 	WITH ORDINALITY AS u(writer, seq, prev_hash, hash, decision_id, time, kind, principal, run_id,
 	proposal_id, tool, args_sha256, args, decision, reason, detail, status, policy_revision, token_jti,
-	latency_us, cache_tier, ord)
+	latency_us, cache_tier, args_truncated, ord)
 WHERE u.seq > COALESCE((SELECT c.pruned_seq FROM audit_chains c WHERE c.writer = u.writer), 0)
 ORDER BY u.ord
 ON CONFLICT (writer, seq) DO NOTHING
@@ -49,6 +49,7 @@ type columns struct {
 	status       []int32
 	time         []time.Time
 	args         []*string // nil: NULL
+	argsTrunc    []bool
 }
 
 func (c *columns) add(e store.Event) {
@@ -78,13 +79,14 @@ func (c *columns) add(e store.Event) {
 	c.tokenJTI = append(c.tokenJTI, e.TokenJTI)
 	c.latency = append(c.latency, e.LatencyMicros)
 	c.cacheTier = append(c.cacheTier, e.CacheTier)
+	c.argsTrunc = append(c.argsTrunc, e.ArgsTruncated)
 }
 
-// params are insertEvents' parameters $1…$21.
+// params are insertEvents' parameters $1…$22.
 func (c *columns) params() []any {
 	return []any{c.writer, c.seq, c.prevHash, c.hash, c.decisionID, c.time, c.kind, c.principal, c.runID,
 		c.proposalID, c.tool, c.argsSHA256, c.args, c.decision, c.reason, c.detail, c.status,
-		c.policyRevision, c.tokenJTI, c.latency, c.cacheTier}
+		c.policyRevision, c.tokenJTI, c.latency, c.cacheTier, c.argsTrunc}
 }
 
 type key struct {
@@ -403,7 +405,7 @@ func scanEvent(rows pgx.Rows) (store.Event, error) {
 	var status int32
 	if err := rows.Scan(&e.ID, &e.Writer, &e.Seq, &e.PrevHash, &e.Hash, &e.DecisionID, &e.Time, &e.Kind,
 		&e.Principal, &e.RunID, &e.ProposalID, &e.Tool, &e.ArgsSHA256, &args, &e.Decision, &e.Reason,
-		&e.Detail, &status, &e.PolicyRevision, &e.TokenJTI, &e.LatencyMicros, &e.CacheTier); err != nil {
+		&e.Detail, &status, &e.PolicyRevision, &e.TokenJTI, &e.LatencyMicros, &e.CacheTier, &e.ArgsTruncated); err != nil {
 		return e, fmt.Errorf("read event: %w", err)
 	}
 	e.Time = e.Time.UTC()

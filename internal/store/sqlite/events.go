@@ -14,18 +14,18 @@ import (
 // eventCols are audit_events' columns in scanEvent's order.
 const eventCols = `id, writer, seq, prev_hash, hash, decision_id, time, kind, principal, run_id,
 	proposal_id, tool, args_sha256, args, decision, reason, detail, status, policy_revision,
-	token_jti, latency_us, cache_tier`
+	token_jti, latency_us, cache_tier, args_truncated`
 
 const insertEvent = `INSERT INTO audit_events (writer, seq, prev_hash, hash, decision_id, time, kind,
 	principal, run_id, proposal_id, tool, args_sha256, args, decision, reason, detail, status,
-	policy_revision, token_jti, latency_us, cache_tier)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	policy_revision, token_jti, latency_us, cache_tier, args_truncated)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 	ON CONFLICT (writer, seq) DO NOTHING RETURNING id`
 
 // insertEvents inserts a batch given as one JSON array of rows (see
 // appendRow), skipping existing (writer, seq).
 //
-// A batch is one parameter, not 21 per row: binding each value through
+// A batch is one parameter, not 22 per row: binding each value through
 // database/sql (its []driver.NamedValue, a boxed value per field, the
 // driver's per-value bookkeeping) made about 2 KB of garbage per event,
 // and the collections it caused slowed the checks running beside the
@@ -123,6 +123,7 @@ func appendRow(b []byte, e store.Event) []byte {
 	}
 	b = strconv.AppendInt(append(b, ','), e.LatencyMicros, 10)
 	b = appendString(append(b, ','), e.CacheTier)
+	b = strconv.AppendInt(append(b, ','), int64(boolInt(e.ArgsTruncated)), 10)
 	return append(b, ']')
 }
 
@@ -208,7 +209,7 @@ func (s *Store) AppendEvents(ctx context.Context, events []store.Event) error {
 		var id int64
 		err := ins.QueryRowContext(ctx, e.Writer, e.Seq, e.PrevHash, e.Hash, e.DecisionID, ts(e.Time), e.Kind,
 			e.Principal, e.RunID, e.ProposalID, e.Tool, e.ArgsSHA256, args, e.Decision, e.Reason, e.Detail,
-			e.Status, e.PolicyRevision, e.TokenJTI, e.LatencyMicros, e.CacheTier).Scan(&id)
+			e.Status, e.PolicyRevision, e.TokenJTI, e.LatencyMicros, e.CacheTier, boolInt(e.ArgsTruncated)).Scan(&id)
 		if err == nil {
 			continue
 		}
@@ -468,7 +469,7 @@ func scanEvent(rows *sql.Rows) (store.Event, error) {
 	var args sql.NullString
 	if err := rows.Scan(&e.ID, &e.Writer, &e.Seq, &e.PrevHash, &e.Hash, &e.DecisionID, &t, &e.Kind,
 		&e.Principal, &e.RunID, &e.ProposalID, &e.Tool, &e.ArgsSHA256, &args, &e.Decision, &e.Reason,
-		&e.Detail, &e.Status, &e.PolicyRevision, &e.TokenJTI, &e.LatencyMicros, &e.CacheTier); err != nil {
+		&e.Detail, &e.Status, &e.PolicyRevision, &e.TokenJTI, &e.LatencyMicros, &e.CacheTier, &e.ArgsTruncated); err != nil {
 		return e, fmt.Errorf("read event: %w", err)
 	}
 	var err error

@@ -94,6 +94,9 @@ func gen(prefix string, start time.Time, n int) []store.Event {
 			e.Args = json.RawMessage(fmt.Sprintf(`{"path": "/work/f%d.txt",  "n": %d}`, i, i))
 			e.ProposalID, e.TokenJTI = fmt.Sprintf("prop-%d", i), fmt.Sprintf("jti-%d", i)
 		}
+		if i%4 == 2 { // arguments left out for their size: only the hash, marked
+			e.ArgsTruncated = true
+		}
 		out[i] = e
 	}
 	return out
@@ -215,7 +218,7 @@ func testExactText(t *testing.T, b Backend) {
 	ev[0].Detail = "nul\x00byte and bad utf-8 \xff\xfe"
 	ev[0].Tool = "tool\x00"
 	ev[1].Args = json.RawMessage(`not json {`)
-	ev[2].Args = json.RawMessage(`{"z":1,"a":[1, 2,3],  "u":"\u0000 é \u00e9"}`)
+	ev[2].Args, ev[2].ArgsTruncated = json.RawMessage(`{"z":1,"a":[1, 2,3],  "u":"\u0000 é \u00e9"}`), false
 	ev[3].Args = json.RawMessage{}
 	// JSON's and SQL's special characters, controls, DEL, and characters
 	// some JSON encoders rewrite: each stored byte for byte.
@@ -378,6 +381,7 @@ func testInvalid(t *testing.T, b Backend) {
 		{"no kind", func(e *store.Event) { e.Kind = "" }},
 		{"checkpoint kind", func(e *store.Event) { e.Kind = store.KindCheckpoint }},
 		{"no time", func(e *store.Event) { e.Time = time.Time{} }},
+		{"args truncated and stored", func(e *store.Event) { e.ArgsTruncated, e.Args = true, json.RawMessage(`{}`) }},
 	} {
 		bad := ok
 		bad.Seq, bad.DecisionID = 2, "bad"
@@ -498,6 +502,24 @@ func testVerify(t *testing.T, b Backend) {
 				b.Tamper(t, `UPDATE audit_events SET principal = 'agent-z' WHERE writer = `+lit(w)+` AND seq = 6`)
 			},
 			kind: store.Edited, seq: 6, id: func(ev []store.Event) int64 { return ev[5].ID },
+		},
+		{
+			// seq 3 (gen's event 2) had its arguments left out for their size.
+			name: "truncation mark removed",
+			tamper: func(t *testing.T, ev []store.Event) {
+				if !ev[2].ArgsTruncated {
+					t.Fatal("gen's event 2 is not marked args_truncated")
+				}
+				b.Tamper(t, `UPDATE audit_events SET args_truncated = false WHERE writer = `+lit(w)+` AND seq = 3`)
+			},
+			kind: store.Edited, seq: 3, id: func(ev []store.Event) int64 { return ev[2].ID },
+		},
+		{
+			name: "truncation mark added",
+			tamper: func(t *testing.T, ev []store.Event) {
+				b.Tamper(t, `UPDATE audit_events SET args_truncated = true, args = NULL WHERE writer = `+lit(w)+` AND seq = 5`)
+			},
+			kind: store.Edited, seq: 5, id: func(ev []store.Event) int64 { return ev[4].ID },
 		},
 		{
 			name: "deleted",

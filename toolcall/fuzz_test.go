@@ -1,4 +1,4 @@
-package authz
+package toolcall
 
 import (
 	"bytes"
@@ -9,8 +9,6 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/gowebpki/jcs"
-
-	"github.com/m1-agent/m1/internal/approval"
 )
 
 // FuzzParseCall feeds arbitrary paths and bodies to the parser. It must
@@ -31,14 +29,14 @@ func FuzzParseCall(f *testing.F) {
 	f.Add("POST", "/mcp", []byte(mcpCall("x", `{"a":[{"s":1,"\u017f":2}]}`)))
 	f.Fuzz(func(t *testing.T, method, path string, body []byte) {
 		r := &authv3.AttributeContext_HttpRequest{Method: method, Path: path, RawBody: body}
-		c, err := ParseCall(r, HeadersOf(r), testParseOpts)
-		c2, err2 := ParseCall(r, HeadersOf(r), testParseOpts)
+		c, err := Parse(r, HeadersOf(r), testOpts)
+		c2, err2 := Parse(r, HeadersOf(r), testOpts)
 		if (err == nil) != (err2 == nil) || c.ArgsSHA256 != c2.ArgsSHA256 || c.Kind != c2.Kind {
-			t.Fatalf("ParseCall is not deterministic: %v/%v, %+v/%+v", err, err2, c, c2)
+			t.Fatalf("Parse is not deterministic: %v/%v, %+v/%+v", err, err2, c, c2)
 		}
 		if err != nil {
-			if err.Status != 400 && err.Status != 413 {
-				t.Fatalf("RequestError status %d, want 400 or 413", err.Status)
+			if err.Status() != 400 && err.Status() != 413 {
+				t.Fatalf("Error status %d, want 400 or 413", err.Status())
 			}
 			return
 		}
@@ -50,7 +48,7 @@ func FuzzParseCall(f *testing.F) {
 		if c.Kind != KindToolCall {
 			return
 		}
-		if !approval.ValidToolName(c.Tool) {
+		if !ValidName(c.Tool) {
 			t.Fatalf("accepted tool name %q", c.Tool)
 		}
 		want, jerr := jcs.Transform(c.Args)

@@ -1,11 +1,10 @@
-package authz
+package toolcall
 
 import (
 	"fmt"
+	"github.com/m1-agent/m1/internal/deny"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-
-	"github.com/m1-agent/m1/internal/approval"
 )
 
 // ArgsSHA256 validates args as the arguments of a call of tool exactly as
@@ -13,16 +12,16 @@ import (
 // numbers a double represents exactly; nesting depth) and returns the hex
 // SHA-256 of their RFC 8785 (JCS) form: the m1.args_sha256 that binds an
 // approval to the call. It parses a synthetic POST /tools/<tool> request
-// with ParseCall, so the checks and the hash are the sidecar's own. Empty
-// args are {}, as for a call without a body. The error is a *RequestError
+// with Parse, so the checks and the hash are the sidecar's own. Empty
+// args are {}, as for a call without a body. The error is a *Error
 // for arguments the sidecar would refuse.
 func ArgsSHA256(tool string, args []byte) (string, error) {
-	if !approval.ValidToolName(tool) {
-		return "", &RequestError{Code: CodeBadPath, Status: 400, Reason: fmt.Sprintf("tool %q: want 1 to 128 of [A-Za-z0-9_.-]", tool)}
+	if !ValidName(tool) {
+		return "", &Error{Code: deny.BadPath, Reason: fmt.Sprintf("tool %q: want 1 to 128 of [A-Za-z0-9_.-]", tool)}
 	}
 	const prefix = "/tools/"
 	req := &authv3.AttributeContext_HttpRequest{Method: "POST", Path: prefix + tool, RawBody: args}
-	call, rerr := ParseCall(req, HeadersOf(req), ParseOptions{MCPPath: "/mcp", ToolsPathPrefix: prefix})
+	call, rerr := Parse(req, HeadersOf(req), Options{MCPPath: "/mcp", ToolsPathPrefix: prefix})
 	if rerr != nil {
 		return "", rerr
 	}

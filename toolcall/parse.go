@@ -1,10 +1,11 @@
-package authz
+package toolcall
 
 import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"github.com/m1-agent/m1/internal/deny"
 	"io"
 	"mime"
 	"net/url"
@@ -17,8 +18,6 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/go-json-experiment/json/jsontext"
-
-	"github.com/m1-agent/m1/internal/approval"
 )
 
 // Kinds of request, as seen by the policy in input.m1.kind.
@@ -37,8 +36,8 @@ const maxDepth = 64
 // JSON-RPC tools/call (message, then params).
 const mcpEnvelopeDepth = 2
 
-// ParseOptions says where tool calls live and how large a body may be.
-type ParseOptions struct {
+// Options says where tool calls live and how large a body may be.
+type Options struct {
 	MCPPath         string // e.g. "/mcp"
 	ToolsPathPrefix string // e.g. "/tools/"
 	MaxBodyBytes    int64
@@ -59,25 +58,17 @@ type Call struct {
 	Truncated  bool   // Envoy says the body is partial
 }
 
-// RequestError is a request M1 refuses to guess at: it is denied with Status
-// and the stable Code.
-type RequestError struct {
-	Code   string // one of the Code* request error codes below
-	Status int
+// Error is a request M1 refuses to guess at: it is denied with the stable
+// Code (one of internal/deny's) and its status.
+type Error struct {
+	Code   string
 	Reason string
 }
 
-func (e *RequestError) Error() string { return e.Code + ": " + e.Reason }
+// Status is the HTTP status of the deny (internal/deny's table).
+func (e *Error) Status() int { return deny.Status(e.Code) }
 
-// Request error codes of DESIGN §3.
-const (
-	CodeBodyTooLarge       = "body_too_large"
-	CodeBadRequest         = "bad_request"
-	CodeNumberNotCanonical = "number_not_canonical"
-	CodeBadPath            = "bad_path"
-	CodeUnsupportedMedia   = "unsupported_media_type"
-	CodeHeaderMismatch     = "header_mismatch"
-)
+func (e *Error) Error() string { return e.Code + ": " + e.Reason }
 
 // MCP routing headers (MCP 2026-07-28 Streamable HTTP): a server or gateway
 // may route on them instead of the body, so they must say what the body says.
@@ -86,16 +77,16 @@ const (
 	headerMCPName   = "mcp-name"
 )
 
-func badRequest(reason string) *RequestError {
-	return &RequestError{Code: CodeBadRequest, Status: 400, Reason: reason}
+func badRequest(reason string) *Error {
+	return &Error{Code: deny.BadRequest, Reason: reason}
 }
 
-func badPath(reason string) *RequestError {
-	return &RequestError{Code: CodeBadPath, Status: 400, Reason: reason}
+func badPath(reason string) *Error {
+	return &Error{Code: deny.BadPath, Reason: reason}
 }
 
-func tooLarge(reason string) *RequestError {
-	return &RequestError{Code: CodeBodyTooLarge, Status: 413, Reason: reason}
+func tooLarge(reason string) *Error {
+	return &Error{Code: deny.BodyTooLarge, Reason: reason}
 }
 
 var (
@@ -104,10 +95,10 @@ var (
 	errFoldedDup    = errors.New("an object has two member names that differ only in case")
 )
 
-// ParseCall classifies an Envoy HTTP request and, for the MCP path and tool
+// Parse classifies an Envoy HTTP request and, for the MCP path and tool
 // paths, parses and strictly validates its body. It never guesses: a request
-// it cannot read exactly is a *RequestError. It is safe for concurrent use.
-func ParseCall(h *authv3.AttributeContext_HttpRequest, headers Headers, opts ParseOptions) (Call, *RequestError) {
+// it cannot read exactly is a *Error. It is safe for concurrent use.
+func Parse(h *authv3.AttributeContext_HttpRequest, headers Headers, opts Options) (Call, *Error) {
 	c := Call{Method: h.GetMethod(), Host: h.GetHost(), RawPath: h.GetPath()}
 	if h.GetMethod() == "" {
 		return c, badRequest("request has no method")
@@ -142,7 +133,7 @@ func ParseCall(h *authv3.AttributeContext_HttpRequest, headers Headers, opts Par
 		return c, routingHeaders(c, headers)
 	case c.Method == "POST" && opts.ToolsPathPrefix != "" && strings.HasPrefix(path, opts.ToolsPathPrefix):
 		name := path[len(opts.ToolsPathPrefix):]
-		if !approval.ValidToolName(name) {
+		if !ValidName(name) {
 			return c, badPath("tool name must match [A-Za-z0-9_.-]{1,128}")
 		}
 		if strings.ContainsAny(c.RawPath, "?#") {
@@ -182,7 +173,7 @@ const jsonSpace = " \t\n\r"
 // would not read as JSON (a form, multipart): the approval and the policy saw
 // it as JSON. An absent content-type is JSON; so are application/json and
 // application/*+json, with parameters, in UTF-8.
-func jsonMediaType(headers Headers) *RequestError {
+func jsonMediaType(headers Headers) *Error {
 	v, ok := headers.Lookup("content-type")
 	if !ok || v == "application/json" || v == "application/json; charset=utf-8" {
 		return nil // the common cases, without parsing
@@ -193,22 +184,19 @@ func jsonMediaType(headers Headers) *RequestError {
 			return nil
 		}
 	}
-	return &RequestError{Code: CodeUnsupportedMedia, Status: 415,
-		Reason: "content-type " + strconv.Quote(v) + " is not JSON in UTF-8 (application/json or application/*+json)"}
+	return &Error{Code: deny.UnsupportedMediaType, Reason: "content-type " + strconv.Quote(v) + " is not JSON in UTF-8 (application/json or application/*+json)"}
 }
 
 // routingHeaders refuses MCP routing headers that disagree with the body:
 // mcp-method with the JSON-RPC method and, on tools/call, mcp-name with
 // params.name, compared exactly (a repeated header, joined with ",", never
 // matches). Absent headers are not required (earlier MCP revisions).
-func routingHeaders(c Call, headers Headers) *RequestError {
+func routingHeaders(c Call, headers Headers) *Error {
 	if m, ok := headers.Lookup(headerMCPMethod); ok && m != c.MCPMethod {
-		return &RequestError{Code: CodeHeaderMismatch, Status: 400,
-			Reason: "mcp-method header " + strconv.Quote(m) + " differs from the JSON-RPC method " + strconv.Quote(c.MCPMethod)}
+		return &Error{Code: deny.HeaderMismatch, Reason: "mcp-method header " + strconv.Quote(m) + " differs from the JSON-RPC method " + strconv.Quote(c.MCPMethod)}
 	}
 	if n, ok := headers.Lookup(headerMCPName); ok && c.Kind == KindToolCall && n != c.Tool {
-		return &RequestError{Code: CodeHeaderMismatch, Status: 400,
-			Reason: "mcp-name header " + strconv.Quote(n) + " differs from params.name " + strconv.Quote(c.Tool)}
+		return &Error{Code: deny.HeaderMismatch, Reason: "mcp-name header " + strconv.Quote(n) + " differs from params.name " + strconv.Quote(c.Tool)}
 	}
 	return nil
 }
@@ -229,7 +217,7 @@ func ambiguousKey(key []byte, keys ...string) bool {
 
 // requestBody returns the body Envoy sent and refuses partial or oversized
 // ones and inconsistent framing.
-func requestBody(h *authv3.AttributeContext_HttpRequest, headers Headers, truncated bool, max int64) ([]byte, *RequestError) {
+func requestBody(h *authv3.AttributeContext_HttpRequest, headers Headers, truncated bool, max int64) ([]byte, *Error) {
 	if truncated {
 		return nil, tooLarge("Envoy sent a partial body")
 	}
@@ -264,7 +252,7 @@ func requestBody(h *authv3.AttributeContext_HttpRequest, headers Headers, trunca
 
 // cleanPath strips the query, percent-decodes the path once, and rejects
 // empty, "." and ".." segments anywhere in it.
-func cleanPath(raw string) (string, *RequestError) {
+func cleanPath(raw string) (string, *Error) {
 	p := raw
 	if i := strings.IndexAny(p, "?#"); i >= 0 {
 		p = p[:i]
@@ -518,10 +506,10 @@ func (s *scanner) rawSince(off int) []byte {
 	return bytes.TrimLeft(s.body[off:s.offset()], " \t\r\n:")
 }
 
-func scanError(err error) *RequestError {
+func scanError(err error) *Error {
 	switch {
 	case errors.Is(err, errNotCanonical):
-		return &RequestError{Code: CodeNumberNotCanonical, Status: 400, Reason: err.Error()}
+		return &Error{Code: deny.NumberNotCanonical, Reason: err.Error()}
 	case errors.Is(err, errTooDeep), errors.Is(err, errFoldedDup):
 		return badRequest(err.Error())
 	}
@@ -530,7 +518,7 @@ func scanError(err error) *RequestError {
 
 // scanArgs validates a REST body: one JSON object, strictly valid; envelope
 // is the depth of the arguments object's parent.
-func scanArgs(body []byte, envelope int) *RequestError {
+func scanArgs(body []byte, envelope int) *Error {
 	s := newScanner(body, envelope)
 	defer s.release()
 	if s.dec.PeekKind() != '{' {
@@ -585,7 +573,7 @@ func (s *scanner) readBytes() ([]byte, error) {
 }
 
 // parseMCP reads a JSON-RPC message posted to the MCP path.
-func parseMCP(c Call, body []byte) (Call, *RequestError) {
+func parseMCP(c Call, body []byte) (Call, *Error) {
 	s := newScanner(body, mcpEnvelopeDepth)
 	defer s.release()
 	switch s.dec.PeekKind() {
@@ -703,7 +691,7 @@ func parseMCP(c Call, body []byte) (Call, *RequestError) {
 	if !hasName || nameKind != '"' {
 		return c, badRequest("tools/call without a string params.name")
 	}
-	if !approval.ValidToolName(name) {
+	if !ValidName(name) {
 		return c, badPath("tool name must match [A-Za-z0-9_.-]{1,128}")
 	}
 	c.Kind, c.Tool = KindToolCall, name
@@ -716,7 +704,7 @@ func parseMCP(c Call, body []byte) (Call, *RequestError) {
 
 // hashArgs sets ArgsSHA256 from the RFC 8785 (JCS) form of c.Args, which the
 // caller has already validated.
-func hashArgs(c *Call) *RequestError {
+func hashArgs(c *Call) *Error {
 	buf := canonPool.Get().(*[]byte)
 	defer canonPool.Put(buf)
 	v := jsontext.Value(append((*buf)[:0], c.Args...))

@@ -1,0 +1,117 @@
+// Package deploytest holds what the tests of deploy/ share: the m1_ metric
+// names M1 registers, read from the module's source, and the check that a
+// PromQL expression names only those (an alert or a dashboard panel on a
+// misspelt metric stays silent or empty instead of failing); and the rule
+// for image tags.
+package deploytest
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/prometheus/promql/parser"
+)
+
+// RegisteredMetrics returns the m1_ names in the module's non-test Go source
+// that are passed as a metric's Name. It fails t when the scan finds none of
+// the names it must (the scan itself is then broken).
+func RegisteredMetrics(t testing.TB) map[string]bool {
+	t.Helper()
+	root := moduleRoot(t)
+	re := regexp.MustCompile(`Name:\s*"(m1_[a-z0-9_]+)"|^\s*"(m1_[a-z0-9_]+)",\s*$`)
+	known := map[string]bool{}
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "node_modules" || strings.HasPrefix(d.Name(), ".")) && path != root {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(string(src), "\n") {
+			if m := re.FindStringSubmatch(line); m != nil {
+				known[m[1]+m[2]] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, must := range []string{"m1_policy_checks_total", "m1_audit_queue_depth", "m1_redis_connected", "m1_total_cost", "m1_build_info"} {
+		if !known[must] {
+			t.Fatalf("found no registration of %s in the source; the scan is broken (found %v)", must, known)
+		}
+	}
+	return known
+}
+
+// UnknownMetrics returns the m1_ metrics expr selects that are not in known
+// (a histogram's _bucket, _sum and _count series count as its name).
+func UnknownMetrics(expr parser.Expr, known map[string]bool) []string {
+	var unknown []string
+	parser.Inspect(expr, func(node parser.Node, _ []parser.Node) error {
+		vs, ok := node.(*parser.VectorSelector)
+		if !ok || !strings.HasPrefix(vs.Name, "m1_") {
+			return nil
+		}
+		name := vs.Name
+		for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+			if base, ok := strings.CutSuffix(name, suffix); ok && known[base] {
+				name = base
+			}
+		}
+		if !known[name] {
+			unknown = append(unknown, vs.Name)
+		}
+		return nil
+	})
+	return unknown
+}
+
+var (
+	releaseTag  = regexp.MustCompile(`:v?[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.]+)?$`)
+	postgresTag = regexp.MustCompile(`^postgres:[0-9]+\.[0-9]+$`)
+)
+
+// PinnedImage reports whether image names an exact release: never latest,
+// v1.36-latest, a bare major or minor, or no tag. PostgreSQL numbers its
+// releases major.minor.
+func PinnedImage(image string) bool {
+	switch {
+	case strings.Contains(image, "latest"):
+		return false
+	case strings.HasPrefix(image, "postgres:"):
+		return postgresTag.MatchString(image)
+	}
+	return releaseTag.MatchString(image)
+}
+
+// moduleRoot is the directory of the go.mod above the working directory.
+func moduleRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
