@@ -298,26 +298,52 @@ func TestApprovalLoop(t *testing.T) {
 	}
 
 	// The audit trail: the orchestrator's events and the sidecar's
-	// decisions, linked by run and proposal, with cost.
+	// decisions and tool outcomes (from the dev proxy's access log),
+	// linked by run and proposal, with cost.
 	st := openStore(t, "", l.data)
 	var events []store.Event
 	waitUntil(t, "audit events", 20*time.Second, func() bool {
 		events = events[:0]
 		st.Events(ctx, store.Filter{RunID: run.ID}, func(e store.Event) error { events = append(events, e); return nil })
-		return count(events, "", "") >= 3*4+2+1 // 3 × (proposal, approval, decision, result), 2 llm_call, run
+		return count(events, "", "") >= 3*5+2+1 // 3 × (proposal, approval, decision, 2 results), 2 llm_call, run
 	})
 	for _, p := range final.Proposals {
-		for _, kind := range []string{orchestrator.KindProposal, orchestrator.KindApproval, store.KindDecision, orchestrator.KindResult} {
+		for _, kind := range []string{orchestrator.KindProposal, orchestrator.KindApproval, store.KindDecision} {
 			if n := count(events, p.ID, kind); n != 1 {
 				t.Errorf("proposal %s (%s): %d %q events, want 1", p.ID, p.Tool, n, kind)
 			}
+		}
+		// Two results: the orchestrator's dispatch, and m1-authz's record
+		// of Envoy's access log, linked to the decision by its id.
+		var decision string
+		var results []store.Event
+		for _, e := range events {
+			switch {
+			case e.ProposalID == p.ID && e.Kind == store.KindDecision:
+				decision = e.DecisionID
+			case e.ProposalID == p.ID && e.Kind == store.KindResult:
+				results = append(results, e)
+			}
+		}
+		outcomes := 0
+		for _, r := range results {
+			fromLog := strings.Contains(r.Detail, `"source":"envoy_access_log"`)
+			if fromLog {
+				outcomes++
+			}
+			if r.Decision != "succeeded" || fromLog && (r.DecisionID != decision || r.Status != 200) {
+				t.Errorf("proposal %s (%s): result %+v, want succeeded (the access log's: 200, for decision %s)", p.ID, p.Tool, r, decision)
+			}
+		}
+		if len(results) != 2 || outcomes != 1 {
+			t.Errorf("proposal %s (%s): %d result events (%d from the access log), want 2 (1)", p.ID, p.Tool, len(results), outcomes)
 		}
 	}
 	for _, e := range events {
 		if e.Kind == store.KindDecision && e.Decision != "allow" {
 			t.Errorf("decision for %s = %s %s", e.ProposalID, e.Decision, e.Reason)
 		}
-		if e.Kind == orchestrator.KindResult && !strings.Contains(e.Detail, `"run_cost_usd"`) {
+		if e.Kind == orchestrator.KindResult && !strings.Contains(e.Detail, `"run_cost_usd"`) && !strings.Contains(e.Detail, `"envoy_access_log"`) {
 			t.Errorf("result event without the run's cost: %s", e.Detail)
 		}
 	}

@@ -37,6 +37,7 @@ const audience = "tools.local"
 type authzServer struct {
 	addr string
 	key  *approval.SigningKey
+	reg  *prometheus.Registry // its metrics
 }
 
 func startAuthz(t *testing.T) *authzServer { return startAuthzWith(t, "") }
@@ -77,7 +78,7 @@ func startAuthzWith(t *testing.T, policyDir string) *authzServer {
 		defer cancel()
 		_ = s.Stop(ctx)
 	})
-	return &authzServer{addr: s.Addr().String(), key: key}
+	return &authzServer{addr: s.Addr().String(), key: key, reg: reg}
 }
 
 // mint signs an approval of one call of tool with args (a JSON object).

@@ -29,8 +29,9 @@ func (s *Server) setupAudit(ctx context.Context) error {
 	if pingErr != nil {
 		s.log.Warn("audit store unreachable at start; decisions spool locally until it answers", zap.Error(pingErr))
 	}
+	s.auditWriter = store.WriterID("m1-authz", o.Now())
 	rec, err := audit.New(audit.Options{
-		Writer:       store.WriterID("m1-authz", o.Now()),
+		Writer:       s.auditWriter,
 		Sink:         s.storeSink,
 		SpoolPath:    filepath.Join(o.DataDir, "audit-spool.jsonl"),
 		MaxArgsBytes: o.AuditMaxArgs,

@@ -80,6 +80,13 @@ type Options struct {
 	DatabaseURL  string        // the store: "" = SQLite file under DataDir; postgres://… for PostgreSQL
 	PruneEvery   time.Duration // apply store.DefaultRetention this often; 0 = never
 
+	// Signed checkpoints of this process's audit chain (DESIGN §9): off
+	// unless CheckpointOut is set.
+	CheckpointOut     string        // a directory (write-once storage) or an http(s):// PUT base URL
+	CheckpointKeyFile string        // the Ed25519 private JWK that signs them
+	CheckpointToken   string        // bearer token for an HTTP target
+	CheckpointEvery   time.Duration // how often; the last one is written at Stop
+
 	// AdminHTTP bounds every connection of the admin HTTP server (DESIGN
 	// §7). Not flags: the defaults suit every deployment; tests shorten them.
 	AdminHTTP admin.Limits
@@ -124,6 +131,7 @@ func DefaultOptions() Options {
 		PruneEvery:            time.Hour,
 		AdminHTTP:             admin.DefaultLimits(),
 		CacheL2TTL:            10 * time.Minute,
+		CheckpointEvery:       15 * time.Minute,
 		Version:               buildinfo.Version(),
 		Now:                   time.Now,
 	}
@@ -184,6 +192,10 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.IntVar(&o.AuditMaxArgs, "audit-max-args-bytes", o.AuditMaxArgs, "largest tool arguments an audit event keeps (allowed calls of non-sensitive tools only); larger ones keep their args_sha256 alone, marked args_truncated")
 	fs.DurationVar(&o.PruneEvery, "audit-prune-interval", o.PruneEvery, "apply the retention policy (decisions, runs, tool calls: 2 years; revoked tokens: 30 days) this often; 0 = never")
 	fs.StringVar(&o.DatabaseURL, "database-url", o.DatabaseURL, "the store (security state and audit trail): empty = SQLite file m1.db under --data-dir; postgres://… for PostgreSQL")
+	fs.StringVar(&o.CheckpointOut, "audit-checkpoint-out", o.CheckpointOut, "write signed checkpoints of this process's audit chain to this directory (write-once storage) or http(s):// PUT URL (empty = off)")
+	fs.StringVar(&o.CheckpointKeyFile, "audit-checkpoint-key-file", o.CheckpointKeyFile, "the Ed25519 private JWK that signs audit checkpoints (required with --audit-checkpoint-out)")
+	fs.StringVar(&o.CheckpointToken, "audit-checkpoint-token", o.CheckpointToken, "bearer token for an http(s):// checkpoint target")
+	fs.DurationVar(&o.CheckpointEvery, "audit-checkpoint-interval", o.CheckpointEvery, "how often to write an audit checkpoint (and once more at shutdown); at least 1m")
 	return map[string]string{
 		"grpc-addr":                  "M1_GRPC_ADDR",
 		"admin-addr":                 "M1_ADMIN_ADDR",
@@ -237,6 +249,10 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 		"audit-max-args-bytes":       "M1_AUDIT_MAX_ARGS_BYTES",
 		"audit-prune-interval":       "M1_AUDIT_PRUNE_INTERVAL",
 		"database-url":               "M1_DATABASE_URL",
+		"audit-checkpoint-out":       "M1_AUDIT_CHECKPOINT_OUT",
+		"audit-checkpoint-key-file":  "M1_AUDIT_CHECKPOINT_KEY_FILE",
+		"audit-checkpoint-token":     "M1_AUDIT_CHECKPOINT_TOKEN",
+		"audit-checkpoint-interval":  "M1_AUDIT_CHECKPOINT_INTERVAL",
 	}
 }
 
@@ -296,6 +312,12 @@ func (o *Options) validate() error {
 		return fmt.Errorf("AuditMaxArgs (M1_AUDIT_MAX_ARGS_BYTES) must be positive, got %d", o.AuditMaxArgs)
 	case o.PruneEvery < 0 || (o.PruneEvery > 0 && o.PruneEvery < time.Minute):
 		return fmt.Errorf("PruneEvery (M1_AUDIT_PRUNE_INTERVAL) must be 0 or at least 1m")
+	case o.CheckpointOut != "" && o.CheckpointKeyFile == "":
+		return fmt.Errorf("CheckpointKeyFile (M1_AUDIT_CHECKPOINT_KEY_FILE) is required with M1_AUDIT_CHECKPOINT_OUT")
+	case o.CheckpointOut != "" && !o.Audit:
+		return fmt.Errorf("CheckpointOut (M1_AUDIT_CHECKPOINT_OUT) needs the audit trail on (M1_AUDIT)")
+	case o.CheckpointOut != "" && o.CheckpointEvery < time.Minute:
+		return fmt.Errorf("CheckpointEvery (M1_AUDIT_CHECKPOINT_INTERVAL) must be at least 1m")
 	case o.Logger == nil || o.Registerer == nil || o.Gatherer == nil || o.Now == nil:
 		return fmt.Errorf("Logger, Registerer, Gatherer and Now are required")
 	}

@@ -1,6 +1,7 @@
-// Package sidecar wires m1-authz: the ext_authz gRPC server (with gRPC
-// health and reflection) and the admin HTTP server around the authz
-// decision pipeline. Tests embed it in-process: New, Start, Addr, Stop.
+// Package sidecar wires m1-authz: the ext_authz gRPC server and Envoy's
+// AccessLogService (tool outcomes), with gRPC health and reflection, and
+// the admin HTTP server around the authz decision pipeline. Tests embed it
+// in-process: New, Start, Addr, Stop.
 package sidecar
 
 import (
@@ -18,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -33,6 +35,7 @@ import (
 	"github.com/m1-agent/m1/internal/cache"
 	"github.com/m1-agent/m1/internal/cache/rediscache"
 	"github.com/m1-agent/m1/internal/metrics"
+	"github.com/m1-agent/m1/internal/outcome"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/redisconn"
 	"github.com/m1-agent/m1/internal/state/redisstate"
@@ -73,6 +76,9 @@ type Server struct {
 	stopRedis      context.CancelFunc
 	stopPrune      context.CancelFunc
 	audit          *audit.Recorder   // nil when M1_AUDIT=false
+	outcomes       *outcome.Server   // tool outcomes from Envoy's access log
+	auditWriter    string            // this process's audit chain
+	checkpoints    *checkpointer     // nil without M1_AUDIT_CHECKPOINT_OUT
 	keys           *approval.Watcher // nil without a JWKS file
 	verifier       *approval.Verifier
 	policy         *policySources
@@ -115,6 +121,12 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		_ = s.storeSink.Close()
 		return nil, err
 	}
+	if err := s.setupOutcomes(); err != nil {
+		return nil, err
+	}
+	if err := s.setupCheckpoints(); err != nil {
+		return nil, err
+	}
 	ao := authz.Options{
 		Parse: toolcall.Options{
 			MCPPath:         opts.MCPPath,
@@ -145,8 +157,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		}
 	}
 	ao.Epoch = s.epoch
+	ao.Audit = decisions{outcomes: s.outcomes}
 	if s.audit != nil {
-		ao.Audit = s.audit
+		ao.Audit = decisions{outcomes: s.outcomes, audit: s.audit}
 	}
 	if s.verifier != nil {
 		ao.Tokens = s.verifier
@@ -163,6 +176,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 
 	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(opts.GRPCMaxRecvBytes))
 	authv3.RegisterAuthorizationServer(s.grpc, s.authz)
+	accesslogv3.RegisterAccessLogServiceServer(s.grpc, s.outcomes)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -272,8 +286,12 @@ func (s *Server) Start(ctx context.Context) error {
 			return fmt.Errorf("watch M1_JWKS_FILE: %w", err)
 		}
 	}
+	s.outcomes.Start()
 	if s.audit != nil {
 		s.audit.Start(ctx)
+		if s.checkpoints != nil {
+			s.checkpoints.start(ctx)
+		}
 		if s.opts.PruneEvery > 0 {
 			pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 			s.stopPrune = cancel
@@ -287,6 +305,8 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	s.setServing(s.authz.Policy() != nil)
+	// Outcomes do not depend on the policy: the access log is served from the start.
+	s.health.SetServingStatus(accesslogv3.AccessLogService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	go func() {
 		if err := s.grpc.Serve(s.grpcLis); err != nil {
 			s.log.Error("gRPC server stopped", zap.Error(err))
@@ -352,6 +372,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		// The admin port keeps answering /health (draining) until gRPC
 		// has drained.
 		var err error
+		s.outcomes.StopStreams() // Envoy's access-log streams never end by themselves
 		stopped := make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(stopped) }()
 		select {
@@ -366,9 +387,15 @@ func (s *Server) Stop(ctx context.Context) error {
 		if s.stopState != nil {
 			s.stopState()
 		}
+		if e := s.outcomes.Close(ctx); e != nil && err == nil { // before the recorder closes
+			err = e
+		}
 		if s.audit != nil { // in-flight checks are done: flush their events
 			if e := s.audit.Close(ctx); e != nil && err == nil {
 				err = e
+			}
+			if s.checkpoints != nil { // the chain's last events, flushed
+				s.checkpoints.close(ctx)
 			}
 		}
 		_ = s.storeSink.Close()

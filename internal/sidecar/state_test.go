@@ -82,15 +82,15 @@ func asGrant(max int) func(*approval.Claims) {
 	}
 }
 
-// outcome is a check's deny code and HTTP status, "" and 200 on allow.
-type outcome struct {
+// checkOutcome is a check's deny code and HTTP status, "" and 200 on allow.
+type checkOutcome struct {
 	code   string
 	status int
 }
 
-var allowed = outcome{"", 200}
+var allowed = checkOutcome{"", 200}
 
-func decide(t *testing.T, s *Server, tok string) outcome {
+func decide(t *testing.T, s *Server, tok string) checkOutcome {
 	t.Helper()
 	resp, err := s.Authz().Check(context.Background(), writeCall(tok))
 	if err != nil {
@@ -99,10 +99,10 @@ func decide(t *testing.T, s *Server, tok string) outcome {
 	if resp.GetStatus().GetCode() == 0 {
 		return allowed
 	}
-	return outcome{resp.GetStatus().GetMessage(), int(resp.GetDeniedResponse().GetStatus().GetCode())}
+	return checkOutcome{resp.GetStatus().GetMessage(), int(resp.GetDeniedResponse().GetStatus().GetCode())}
 }
 
-func expectCheck(t *testing.T, s *Server, what, tok string, want outcome) {
+func expectCheck(t *testing.T, s *Server, what, tok string, want checkOutcome) {
 	t.Helper()
 	if got := decide(t, s, tok); got != want {
 		t.Fatalf("Check(%s) = %+v, want %+v", what, got, want)
@@ -143,14 +143,14 @@ func TestRestartRefusesReplay(t *testing.T) {
 	a := startServer(t, k.options(t, dir))
 	approvalTok, grantTok := k.mint(t, "agent-42", nil), k.mint(t, "agent-42", asGrant(2))
 	expectCheck(t, a, "approval", approvalTok, allowed)
-	expectCheck(t, a, "approval again", approvalTok, outcome{"token_replayed", 403})
+	expectCheck(t, a, "approval again", approvalTok, checkOutcome{"token_replayed", 403})
 	expectCheck(t, a, "grant, use 1 of 2", grantTok, allowed)
 	stop(t, a)
 
 	b := startServer(t, k.options(t, dir))
-	expectCheck(t, b, "approval after the restart", approvalTok, outcome{"token_replayed", 403})
+	expectCheck(t, b, "approval after the restart", approvalTok, checkOutcome{"token_replayed", 403})
 	expectCheck(t, b, "grant, use 2 of 2 after the restart", grantTok, allowed)
-	expectCheck(t, b, "grant, use 3 of 2", grantTok, outcome{"grant_exhausted", 403})
+	expectCheck(t, b, "grant, use 3 of 2", grantTok, checkOutcome{"grant_exhausted", 403})
 	expectCheck(t, b, "a new approval", k.mint(t, "agent-42", nil), allowed)
 }
 
@@ -166,8 +166,8 @@ func TestNewDataDirFencesOlderTokens(t *testing.T) {
 	if e := s.epoch.Epoch(); e.Before(time.Now().Add(time.Second)) {
 		t.Fatalf("epoch of a new store = %v, want after now + the 2s clock skew", e)
 	}
-	expectCheck(t, s, "token issued before the store existed", before, outcome{"state_reset", 403})
-	expectCheck(t, s, "token issued now, within the clock skew", k.mint(t, "agent-42", nil), outcome{"state_reset", 403})
+	expectCheck(t, s, "token issued before the store existed", before, checkOutcome{"state_reset", 403})
+	expectCheck(t, s, "token issued now, within the clock skew", k.mint(t, "agent-42", nil), checkOutcome{"state_reset", 403})
 	waitPastEpoch(t, s)
 	expectCheck(t, s, "token issued after the epoch", k.mint(t, "agent-42", nil), allowed)
 }
@@ -180,7 +180,7 @@ func TestStoreDownFailsClosed(t *testing.T) {
 	o := k.options(t, testenv.DataDir(t))
 	o.DatabaseURL = filepath.Join(o.DataDir, "missing", "m1.db") // its directory does not exist
 	s := startServer(t, o)
-	expectCheck(t, s, "approval with the store down", k.mint(t, "agent-42", nil), outcome{"state_unavailable", 503})
+	expectCheck(t, s, "approval with the store down", k.mint(t, "agent-42", nil), checkOutcome{"state_unavailable", 503})
 	if code, body := adminCall(t, s, "POST", "/api/m1/revocations", `{"sub":"agent-7"}`); code != 503 || !strings.Contains(body, "state_unavailable") || !strings.Contains(body, "nothing changed") {
 		t.Fatalf("POST revocation with the store down = %d %s, want 503 state_unavailable, nothing changed", code, body)
 	}
@@ -228,9 +228,9 @@ func TestRevocationSurvivesRestart(t *testing.T) {
 	stop(t, a)
 
 	b := startServer(t, k.options(t, dir))
-	expectCheck(t, b, "new token of the revoked sub after the restart", k.mint(t, "agent-7", nil), outcome{"token_revoked", 403})
+	expectCheck(t, b, "new token of the revoked sub after the restart", k.mint(t, "agent-7", nil), checkOutcome{"token_revoked", 403})
 	stolen := k.mint(t, "agent-8", func(c *approval.Claims) { c.ID = "stolen-1" })
-	expectCheck(t, b, "the revoked jti after the restart", stolen, outcome{"token_revoked", 403})
+	expectCheck(t, b, "the revoked jti after the restart", stolen, checkOutcome{"token_revoked", 403})
 	code, body := adminCall(t, b, "GET", "/api/m1/revocations", "")
 	var list struct{ Revocations []map[string]any }
 	if err := json.Unmarshal([]byte(body), &list); code != 200 || err != nil || len(list.Revocations) != 2 {
@@ -289,7 +289,7 @@ func TestRevocationSurvivesRedisFlush(t *testing.T) {
 	if err := flushAll(r); err != nil {
 		t.Fatal(err)
 	}
-	expectCheck(t, a, "new token of the revoked sub after FLUSHALL", k.mint(t, "agent-7", nil), outcome{"token_revoked", 403})
+	expectCheck(t, a, "new token of the revoked sub after FLUSHALL", k.mint(t, "agent-7", nil), checkOutcome{"token_revoked", 403})
 	stop(t, a)
 	if err := flushAll(r); err != nil { // whatever a wrote back meanwhile
 		t.Fatal(err)
@@ -297,10 +297,10 @@ func TestRevocationSurvivesRedisFlush(t *testing.T) {
 
 	a2 := startServer(t, withRedis(dir)) // finds Redis empty: a new epoch, revocations written back
 	waitPastEpoch(t, a2)
-	expectCheck(t, a2, "new token of the revoked sub at the restarted sidecar", k.mint(t, "agent-7", nil), outcome{"token_revoked", 403})
+	expectCheck(t, a2, "new token of the revoked sub at the restarted sidecar", k.mint(t, "agent-7", nil), checkOutcome{"token_revoked", 403})
 	b := startServer(t, withRedis(testenv.DataDir(t))) // its own store knows nothing
 	waitPastEpoch(t, b)
-	expectCheck(t, b, "new token of the revoked sub at a sidecar started later", k.mint(t, "agent-7", nil), outcome{"token_revoked", 403})
+	expectCheck(t, b, "new token of the revoked sub at a sidecar started later", k.mint(t, "agent-7", nil), checkOutcome{"token_revoked", 403})
 	expectCheck(t, b, "another sub", k.mint(t, "agent-8", nil), allowed)
 }
 
@@ -338,7 +338,7 @@ func TestTwoSidecarsOnePostgres(t *testing.T) {
 	expectCheck(t, a, "approval at the first sidecar", tok, allowed)
 
 	b := startServer(t, withPG())
-	expectCheck(t, b, "new token of the sub revoked at the first sidecar", k.mint(t, "agent-7", nil), outcome{"token_revoked", 403})
-	expectCheck(t, b, "the approval used at the first sidecar", tok, outcome{"token_replayed", 403})
+	expectCheck(t, b, "new token of the sub revoked at the first sidecar", k.mint(t, "agent-7", nil), checkOutcome{"token_revoked", 403})
+	expectCheck(t, b, "the approval used at the first sidecar", tok, checkOutcome{"token_replayed", 403})
 	expectCheck(t, b, "a new approval", k.mint(t, "agent-42", nil), allowed)
 }

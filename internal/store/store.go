@@ -31,6 +31,10 @@ const (
 	// TokenJTI the revoked jti, Reason "ok" or state_unavailable, Status
 	// the HTTP status answered.
 	KindRevocation = "revocation"
+	// KindResult is what came of an allowed call: m1-orchestrator's
+	// dispatch, or m1-authz's record of Envoy's access-log entry (linked
+	// by DecisionID; Decision is succeeded or failed).
+	KindResult = "result"
 	// KindCheckpoint marks where a pruned chain now starts. It is never
 	// stored as an event: Chain emits one, first, for a chain whose head was
 	// pruned, carrying the Seq and Hash of the last pruned event (and no ID
