@@ -251,3 +251,37 @@ func matches(series, alert map[string]string) bool {
 	}
 	return true
 }
+
+// TestDocQueries: the PromQL of the runbooks and the deployment guide
+// (```promql blocks) parses, and every m1_ metric it names is one M1
+// registers, so that a query pasted at 3 a.m. does not come back empty for
+// a typo.
+func TestDocQueries(t *testing.T) {
+	p := parser.NewParser(parser.Options{})
+	known := deploytest.RegisteredMetrics(t)
+	n := 0
+	for _, path := range []string{"../../docs/RUNBOOKS.md", "../../docs/DEPLOY.md"} {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, block := range strings.Split(string(raw), "```promql\n")[1:] {
+			query, _, ok := strings.Cut(block, "```")
+			if !ok {
+				t.Fatalf("%s: promql block %d is not closed", path, i+1)
+			}
+			n++
+			expr, err := p.ParseExpr(query)
+			if err != nil {
+				t.Errorf("%s: promql block %d: %v\n%s", path, i+1, err, query)
+				continue
+			}
+			for _, name := range deploytest.UnknownMetrics(expr, known) {
+				t.Errorf("%s: promql block %d uses %s, which M1 does not register", path, i+1, name)
+			}
+		}
+	}
+	if n < 10 {
+		t.Errorf("found %d promql blocks; the extraction is broken", n)
+	}
+}
