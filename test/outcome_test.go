@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"fmt"
+	"github.com/m1-agent/m1/internal/testenv"
 	"net/http"
 	"os"
 	"os/exec"
@@ -83,7 +84,7 @@ func TestToolOutcomes(t *testing.T) {
 	st := openStore(t, "", data)
 	ctx := context.Background()
 	var decisions, results []store.Event
-	waitUntil(t, "two result events in the store", startTimeout, func() bool {
+	testenv.Eventually(t, startTimeout, "two result events in the store", func() bool {
 		decisions, results = decisions[:0], results[:0]
 		_ = st.Events(ctx, store.Filter{}, func(e store.Event) error {
 			switch e.Kind {

@@ -129,7 +129,7 @@ func adminCall(t *testing.T, s *Server, method, path, body string) (int, string)
 // waitPastEpoch waits until tokens issued now are at or after s's epoch.
 func waitPastEpoch(t *testing.T, s *Server) {
 	t.Helper()
-	waitUntil(t, "the state epoch is known", func() bool { return !s.epoch.Epoch().IsZero() })
+	testenv.Eventually(t, 15*time.Second, "the state epoch is known", func() bool { return !s.epoch.Epoch().IsZero() })
 	for time.Now().Before(s.epoch.Epoch()) {
 		time.Sleep(20 * time.Millisecond) // tokens must be issued at or after the epoch
 	}

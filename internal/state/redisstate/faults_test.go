@@ -77,7 +77,7 @@ func TestFailClosed(t *testing.T) {
 			} else {
 				r.Start(t)
 			}
-			eventually(t, "Consume works again after Redis is back", func() bool {
+			testenv.Eventually(t, 10*time.Second, "Consume works again after Redis is back", func() bool {
 				ok, err := consume(ctx, s, "after", exp)
 				return ok && err == nil
 			})
@@ -128,7 +128,7 @@ func TestFallbackLocal(t *testing.T) {
 
 	r.Start(t)
 	probes := 0
-	eventually(t, "a uses Redis again", func() bool {
+	testenv.Eventually(t, 10*time.Second, "a uses Redis again", func() bool {
 		probes++
 		probe := "probe-" + strconv.Itoa(probes)
 		if ok, err := consume(ctx, other, probe, exp); err != nil || !ok {
@@ -149,7 +149,7 @@ func TestFallbackLocal(t *testing.T) {
 		}
 	}
 	// The local uses reach Redis, so the other sidecar refuses them too.
-	eventually(t, "uses counted during the outage reach Redis", func() bool {
+	testenv.Eventually(t, 10*time.Second, "uses counted during the outage reach Redis", func() bool {
 		ok, err := consume(ctx, other, "j", exp)
 		return err == nil && !ok
 	})
@@ -168,7 +168,7 @@ func TestRevokeWhileDown(t *testing.T) {
 	if err := a.Revoke(ctx, state.Revocation{Sub: "to-lift"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "b sees to-lift", func() bool { return revoked(t, b, "", "to-lift") })
+	testenv.Eventually(t, 10*time.Second, "b sees to-lift", func() bool { return revoked(t, b, "", "to-lift") })
 
 	r.Stop(t)
 	rev := state.Revocation{JTI: "while-down", Until: time.Now().Add(time.Hour)}
@@ -190,14 +190,14 @@ func TestRevokeWhileDown(t *testing.T) {
 	}
 
 	r.Start(t)
-	eventually(t, "the revocation made while down reaches Redis and b", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the revocation made while down reaches Redis and b", func() bool {
 		return listHas(a, rev) && revoked(t, b, rev.JTI, "")
 	})
 	// The lift was not stored: Redis still holds the revocation, and b's
 	// reload restores it (fail safe; the operator retries the lift).
-	eventually(t, "b's reload restores to-lift", func() bool { return revoked(t, b, "", "to-lift") })
+	testenv.Eventually(t, 10*time.Second, "b's reload restores to-lift", func() bool { return revoked(t, b, "", "to-lift") })
 	if lifted, err := b.LiftSub(ctx, "to-lift"); !lifted || err != nil {
 		t.Fatalf("LiftSub after recovery = %v, %v; want true", lifted, err)
 	}
-	eventually(t, "the lift reaches a", func() bool { return !revoked(t, a, "", "to-lift") })
+	testenv.Eventually(t, 10*time.Second, "the lift reaches a", func() bool { return !revoked(t, a, "", "to-lift") })
 }

@@ -33,7 +33,7 @@ func TestFencingRestartEmpty(t *testing.T) {
 			ok  bool
 			err error
 		)
-		eventually(t, "Consume(j1) after the restart answers", func() bool {
+		testenv.Eventually(t, 10*time.Second, "Consume(j1) after the restart answers", func() bool {
 			ok, err = consume(ctx, s, "j1", exp)
 			return ok || !errors.Is(err, redisstate.ErrUnavailable) || errors.Is(err, redisstate.ErrStateReset)
 		})
@@ -69,7 +69,7 @@ func TestFencingRestartEmpty(t *testing.T) {
 				ok  bool
 				err error
 			)
-			eventually(t, "ConsumeIssued(j1) after the restart answers", func() bool {
+			testenv.Eventually(t, 10*time.Second, "ConsumeIssued(j1) after the restart answers", func() bool {
 				ok, err = consumeIssued(ctx, s, "j1", iat, exp)
 				return ok || !errors.Is(err, redisstate.ErrUnavailable) || errors.Is(err, redisstate.ErrStateReset)
 			})
@@ -101,7 +101,7 @@ func TestFencingRestartEmpty(t *testing.T) {
 			ok  bool
 			err error
 		)
-		eventually(t, "CountUse(g1) after the restart answers", func() bool {
+		testenv.Eventually(t, 10*time.Second, "CountUse(g1) after the restart answers", func() bool {
 			ok, err = count(ctx, s, "g1", 1, exp)
 			return ok || !errors.Is(err, redisstate.ErrUnavailable) || errors.Is(err, redisstate.ErrStateReset)
 		})
@@ -167,9 +167,9 @@ func TestRevocationsSurviveReset(t *testing.T) {
 	if err := a.Revoke(ctx, sub); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "b sees the sub revocation", func() bool { return revoked(t, b, "", sub.Sub) })
+	testenv.Eventually(t, 10*time.Second, "b sees the sub revocation", func() bool { return revoked(t, b, "", sub.Sub) })
 	r.Restart(t)
-	eventually(t, "the revocation is back in Redis after the reset", func() bool { return listHas(a, sub) })
+	testenv.Eventually(t, 10*time.Second, "the revocation is back in Redis after the reset", func() bool { return listHas(a, sub) })
 	if !revoked(t, a, "", sub.Sub) || !revoked(t, b, "", sub.Sub) {
 		t.Fatalf("revocation lost locally after the reset: a %v, b %v", revoked(t, a, "", sub.Sub), revoked(t, b, "", sub.Sub))
 	}

@@ -81,18 +81,6 @@ func start(t testing.TB, s *redisstate.Store) {
 	})
 }
 
-// eventually polls cond every few milliseconds until it holds or 10s pass.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after 10s: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // iatOf is the iat of a token the store accepts: its epoch (the earliest
 // iat the fence lets through), or now before the first contact.
 func iatOf(s *redisstate.Store) time.Time {

@@ -270,7 +270,7 @@ func TestGroupCommit(t *testing.T) {
 			answered.Add(1)
 		})
 	}
-	waitFor(t, "the 20 uses to queue", func() bool { return s.Queued() == 20 })
+	testenv.Eventually(t, 10*time.Second, "the 20 uses to queue", func() bool { return s.Queued() == 20 })
 	if answered.Load() != 0 {
 		t.Fatalf("%d uses answered before their commit", answered.Load())
 	}
@@ -285,17 +285,6 @@ func TestGroupCommit(t *testing.T) {
 	wg.Wait()
 	if c := g.calls.Load(); c != 2 {
 		t.Fatalf("%d commits for 21 uses, want 2", c)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
