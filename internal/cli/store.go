@@ -393,7 +393,7 @@ func verifyOpen(ctx context.Context, st *sqlite.Store) (verified, error) {
 		return v, err
 	}
 	for _, w := range writers {
-		r, err := verifyChain(ctx, st, w)
+		r, err := verifyChain(ctx, st, w, nil)
 		if err != nil {
 			return v, err
 		}

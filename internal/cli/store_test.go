@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"database/sql"
@@ -305,11 +306,21 @@ func TestStoreRestoreRefusesBadBackups(t *testing.T) {
 			fi, _ := os.Stat(p)
 			os.Truncate(p, fi.Size()*2/3)
 		}), "fails verification"},
-		{"a flipped byte in the middle", variant("flipped", func(p string) {
+		{"flipped page headers", variant("flipped", func(p string) {
 			b, _ := os.ReadFile(p)
-			for i := len(b) / 2; i < len(b)/2+64; i++ {
-				b[i] ^= 0xff
+			pageSize := int(b[16])<<8 | int(b[17])
+			for page := pageSize; page < len(b); page += pageSize {
+				b[page] ^= 0xff // the b-tree page type
 			}
+			os.WriteFile(p, b, 0o600)
+		}), "fails verification"},
+		{"bit rot in an event", variant("rot", func(p string) {
+			b, _ := os.ReadFile(p)
+			i := bytes.LastIndex(b, []byte("w-b-3"))
+			if i < 0 {
+				t.Fatal("no w-b-3 in the file")
+			}
+			b[i+4] ^= 0x01 // w-b-3 becomes w-b-2
 			os.WriteFile(p, b, 0o600)
 		}), "fails verification"},
 		{"an edited event", variant("edited", func(p string) {
@@ -423,13 +434,23 @@ func mapsKeys(m map[string]string) func(func(string) bool) {
 	}
 }
 
-// The restored store's state epoch, when it keeps one, is cleared, so
-// that the first m1-authz to open it fences the tokens issued before.
+// The restored store's state epoch is cleared, so that the first m1-authz
+// to open it sets a new one and fences the tokens issued before: the uses
+// recorded after the backup are not in it.
 func TestStoreRestoreClearsStateEpoch(t *testing.T) {
+	ctx := context.Background()
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.db")
 	sqliteStore(t, src, 1, "w")
-	execSQLite(t, src, `CREATE TABLE state_epoch (id INTEGER PRIMARY KEY, epoch TEXT NOT NULL)`, `INSERT INTO state_epoch VALUES (1, '1700000000')`)
+	old := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	st, err := sqlite.Open(ctx, src, sqlite.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := st.StateEpoch(ctx, old); err != nil || !got.Equal(old) {
+		t.Fatalf("StateEpoch = %v, %v; want %v", got, err, old)
+	}
+	st.Close()
 	out := filepath.Join(dir, "b.db")
 	if r := m1Store(t, "backup", "--db", src, "--out", out, "--settle", "0"); r.code != exitOK {
 		t.Fatalf("backup:\n%s", r)
@@ -439,14 +460,14 @@ func TestStoreRestoreClearsStateEpoch(t *testing.T) {
 	if r.code != exitOK || !strings.Contains(r.stdout, "state epoch was cleared") {
 		t.Fatalf("restore:\n%s", r)
 	}
-	db, err := sql.Open("sqlite", filepath.Join(data, "m1.db"))
+	st, err = sqlite.Open(ctx, filepath.Join(data, "m1.db"), sqlite.DefaultOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
-	var n int
-	if err := db.QueryRow(`SELECT count(*) FROM state_epoch`).Scan(&n); err != nil || n != 0 {
-		t.Fatalf("state_epoch rows = %d, %v; want 0", n, err)
+	defer st.Close()
+	now := time.Now().Truncate(time.Second).UTC()
+	if got, err := st.StateEpoch(ctx, now); err != nil || !got.Equal(now) {
+		t.Fatalf("StateEpoch after the restore = %v, %v; want the new candidate %v, not the backup's %v", got, err, now, old)
 	}
 }
 

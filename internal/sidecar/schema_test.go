@@ -64,16 +64,20 @@ func testSchemaGuardAtStart(t *testing.T, dsn, dataDir string, exec func(q strin
 	}
 	bin := st.Binary
 	exec(fmt.Sprintf(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (%d, 'later', '2026-03-01T12:00:00.000000Z')`, bin+1))
-	s, err := New(context.Background(), opts())
-	if err == nil {
-		s.Stop(context.Background())
-	}
-	if err == nil || !errors.Is(err, store.ErrSchemaTooNew) ||
-		!strings.Contains(err.Error(), fmt.Sprintf("version %d", bin+1)) || !strings.Contains(err.Error(), fmt.Sprintf("version %d", bin)) {
-		t.Fatalf("New on a store of schema %d = %v, want a refusal naming %d and %d", bin+1, err, bin+1, bin)
+	for _, audit := range []bool{true, false} { // the security state opens the store too
+		o := opts()
+		o.Audit = audit
+		s, err := New(context.Background(), o)
+		if err == nil {
+			s.Stop(context.Background())
+		}
+		if err == nil || !errors.Is(err, store.ErrSchemaTooNew) ||
+			!strings.Contains(err.Error(), fmt.Sprintf("version %d", bin+1)) || !strings.Contains(err.Error(), fmt.Sprintf("version %d", bin)) {
+			t.Fatalf("New (audit %v) on a store of schema %d = %v, want a refusal naming %d and %d", audit, bin+1, err, bin+1, bin)
+		}
 	}
 	exec(fmt.Sprintf(`INSERT INTO schema_compat (version, compatible_with) VALUES (%d, %d)`, bin+1, bin))
-	s = startServer(t, opts())
+	s := startServer(t, opts())
 	check(t, checkClient(t, s), toolCall("rm_rf", `{}`), code.Code_PERMISSION_DENIED)
 	stop(t, s)
 	var n int
