@@ -196,6 +196,27 @@ type Status struct {
 	LastError    string    `json:"last_error,omitempty"` // the last reload's error, the old certificate in use
 }
 
+// ExpiryWarning is how long before its NotAfter a certificate is reported
+// as expiring (m1 preflight warns, /health is degraded): two weeks, time
+// for a failed automatic renewal to be noticed and fixed.
+const ExpiryWarning = 14 * 24 * time.Hour
+
+// Problem is what an operator must know about s at now, or "": the last
+// reload failed, the certificate expired or expires within ExpiryWarning.
+func (s Status) Problem(now time.Time) string {
+	var p []string
+	if s.LastError != "" {
+		p = append(p, "the files changed but do not load, the previous certificate stays in use: "+s.LastError)
+	}
+	switch left := s.NotAfter.Sub(now); {
+	case left <= 0:
+		p = append(p, fmt.Sprintf("the certificate expired at %s", s.NotAfter.UTC().Format(time.RFC3339)))
+	case left < ExpiryWarning:
+		p = append(p, fmt.Sprintf("the certificate expires in %s (%s)", left.Round(time.Hour), s.NotAfter.UTC().Format(time.RFC3339)))
+	}
+	return strings.Join(p, "; ")
+}
+
 // Status returns the certificate in use and the last reload error. It
 // checks the files first, as a handshake would.
 func (r *Reloader) Status() Status {

@@ -51,6 +51,13 @@ type Options struct {
 	DataDir               string        // directory for local state (SQLite store, spool)
 	LogLevel              string        // read by main to build Logger
 
+	// TLS (DESIGN §8): both listeners serve TLS with TLSCertFile and
+	// TLSKeyFile (reloaded when they change); TLSClientCAFile makes gRPC
+	// mutual TLS, the peer's SPIFFE ID a principal.
+	TLSCertFile     string
+	TLSKeyFile      string
+	TLSClientCAFile string
+
 	// Approval tokens (DESIGN §4).
 	Audience        string        // this tool service's audience; required when keys are set
 	JWKSFile        string        // public verification keys (reloaded on change and SIGHUP)
@@ -183,6 +190,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.IntVar(&o.AuditMaxArgs, "audit-max-args-bytes", o.AuditMaxArgs, "largest tool arguments an audit event keeps (allowed calls of non-sensitive tools only); larger ones keep their args_sha256 alone, marked args_truncated")
 	fs.DurationVar(&o.PruneEvery, "audit-prune-interval", o.PruneEvery, "apply the retention policy (decisions, runs, tool calls: 2 years; revoked tokens: 30 days) this often; 0 = never")
 	fs.StringVar(&o.DatabaseURL, "database-url", o.DatabaseURL, "audit store: empty = SQLite file m1.db under --data-dir; postgres://… for PostgreSQL")
+	fs.StringVar(&o.TLSCertFile, "tls-cert-file", o.TLSCertFile, "PEM certificate (chain) both listeners serve TLS with; reloaded when the file changes (empty = plaintext)")
+	fs.StringVar(&o.TLSKeyFile, "tls-key-file", o.TLSKeyFile, "PEM private key of --tls-cert-file")
+	fs.StringVar(&o.TLSClientCAFile, "tls-client-ca-file", o.TLSClientCAFile, "PEM CA bundle: gRPC requires client certificates it signed (mTLS); the peer's SPIFFE ID is the principal when no token or source principal names one")
 	return map[string]string{
 		"grpc-addr":                  "M1_GRPC_ADDR",
 		"admin-addr":                 "M1_ADMIN_ADDR",
@@ -236,6 +246,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 		"audit-max-args-bytes":       "M1_AUDIT_MAX_ARGS_BYTES",
 		"audit-prune-interval":       "M1_AUDIT_PRUNE_INTERVAL",
 		"database-url":               "M1_DATABASE_URL",
+		"tls-cert-file":              "M1_TLS_CERT_FILE",
+		"tls-key-file":               "M1_TLS_KEY_FILE",
+		"tls-client-ca-file":         "M1_TLS_CLIENT_CA_FILE",
 	}
 }
 
@@ -295,6 +308,10 @@ func (o *Options) validate() error {
 		return fmt.Errorf("AuditMaxArgs (M1_AUDIT_MAX_ARGS_BYTES) must be positive, got %d", o.AuditMaxArgs)
 	case o.PruneEvery < 0 || (o.PruneEvery > 0 && o.PruneEvery < time.Minute):
 		return fmt.Errorf("PruneEvery (M1_AUDIT_PRUNE_INTERVAL) must be 0 or at least 1m")
+	case (o.TLSCertFile == "") != (o.TLSKeyFile == ""):
+		return fmt.Errorf("TLSCertFile (M1_TLS_CERT_FILE) and TLSKeyFile (M1_TLS_KEY_FILE) go together: set both or neither")
+	case o.TLSClientCAFile != "" && o.TLSCertFile == "":
+		return fmt.Errorf("TLSClientCAFile (M1_TLS_CLIENT_CA_FILE) needs M1_TLS_CERT_FILE and M1_TLS_KEY_FILE: mutual TLS is TLS first")
 	case o.Logger == nil || o.Registerer == nil || o.Gatherer == nil || o.Now == nil:
 		return fmt.Errorf("Logger, Registerer, Gatherer and Now are required")
 	}

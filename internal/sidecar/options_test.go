@@ -84,6 +84,8 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"prefix without slash", func(o *Options) { o.ToolsPathPrefix = "/tools" }, "M1_TOOLS_PATH_PREFIX"},
 		{"zero audit args", func(o *Options) { o.AuditMaxArgs = 0 }, "M1_AUDIT_MAX_ARGS_BYTES"},
 		{"prune too often", func(o *Options) { o.PruneEvery = time.Second }, "M1_AUDIT_PRUNE_INTERVAL"},
+		{"certificate without key", func(o *Options) { o.TLSCertFile = "tls.crt" }, "M1_TLS_KEY_FILE"},
+		{"client CA without certificate", func(o *Options) { o.TLSClientCAFile = "ca.crt" }, "M1_TLS_CLIENT_CA_FILE"},
 	}
 	for _, tt := range tests {
 		o := testOptions(t)

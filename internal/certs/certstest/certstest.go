@@ -42,7 +42,7 @@ func NewCA(t testing.TB, name string) *CA {
 		SerialNumber:          big.NewInt(serial.Add(1)),
 		Subject:               pkix.Name{CommonName: name},
 		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
+		NotAfter:              time.Now().Add(365 * 24 * time.Hour),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
@@ -66,7 +66,7 @@ type Options struct {
 	DNSNames   []string
 	IPs        []net.IP
 	URIs       []string         // e.g. spiffe://example.org/ns/tools/sa/agent
-	NotAfter   time.Time        // zero: 24 hours from now
+	NotAfter   time.Time        // zero: 90 days from now
 	NotBefore  time.Time        // zero: an hour ago
 	Usage      x509.ExtKeyUsage // zero: both server and client auth
 }
@@ -120,7 +120,7 @@ func (ca *CA) IssueTo(t testing.TB, o Options, certFile, keyFile string) *x509.C
 		tmpl.NotBefore = time.Now().Add(-time.Hour)
 	}
 	if tmpl.NotAfter.IsZero() {
-		tmpl.NotAfter = time.Now().Add(24 * time.Hour)
+		tmpl.NotAfter = time.Now().Add(90 * 24 * time.Hour)
 	}
 	for _, s := range o.URIs {
 		u, err := url.Parse(s)
