@@ -158,11 +158,17 @@ func (r *Reloader) changed(l *loaded) bool {
 }
 
 // Config returns the server TLS configuration of one listener: TLS 1.2 or
-// later, the current certificate at each handshake, and with a client CA
-// a client certificate required and verified against it. alpn lists the
-// application protocols the listener speaks ("h2" for gRPC; "h2",
-// "http/1.1" for HTTP).
-func (r *Reloader) Config(alpn ...string) *tls.Config {
+// later and the current certificate at each handshake; no client
+// certificate is asked for. alpn lists the application protocols the
+// listener speaks ("h2", "http/1.1" for HTTP).
+func (r *Reloader) Config(alpn ...string) *tls.Config { return r.config(false, alpn) }
+
+// MutualConfig is Config with, when the Reloader has a client CA, a client
+// certificate required and verified against it at each handshake (the
+// gRPC port: "h2").
+func (r *Reloader) MutualConfig(alpn ...string) *tls.Config { return r.config(true, alpn) }
+
+func (r *Reloader) config(mutual bool, alpn []string) *tls.Config {
 	alpn = slices.Clone(alpn)
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
@@ -174,7 +180,7 @@ func (r *Reloader) Config(alpn ...string) *tls.Config {
 				NextProtos:   alpn,
 				Certificates: []tls.Certificate{*l.cert},
 			}
-			if l.pool != nil {
+			if mutual && l.pool != nil {
 				c.ClientAuth, c.ClientCAs = tls.RequireAndVerifyClientCert, l.pool
 			}
 			return c, nil

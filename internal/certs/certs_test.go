@@ -175,7 +175,7 @@ func TestClientCertificates(t *testing.T) {
 	if !r.MutualTLS() {
 		t.Error("MutualTLS() = false with a client CA")
 	}
-	addr := echoServer(t, r.Config())
+	addr := echoServer(t, r.MutualConfig())
 	const id = "spiffe://example.org/ns/agents/sa/planner"
 	good, wrongCA := ca.Client(t, id), other.Client(t, id)
 
@@ -187,6 +187,9 @@ func TestClientCertificates(t *testing.T) {
 		{"no client certificate", nil, false},
 		{"certificate of another CA", &wrongCA, false},
 		{"certificate of the client CA", &good, true},
+	}
+	if _, err := dial(t, echoServer(t, r.Config()), clientConfig(t, ca)); err != nil {
+		t.Errorf("Config() (no client certificates asked for), no client certificate: %v", err)
 	}
 	for _, tt := range tests {
 		cfg := clientConfig(t, ca)

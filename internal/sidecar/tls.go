@@ -28,7 +28,7 @@ func (s *Server) setupTLS() error {
 func (s *Server) grpcServerOptions() []grpc.ServerOption {
 	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(s.opts.GRPCMaxRecvBytes)}
 	if s.tls != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(s.tls.Config("h2"))))
+		opts = append(opts, grpc.Creds(credentials.NewTLS(s.tls.MutualConfig("h2"))))
 	}
 	return opts
 }

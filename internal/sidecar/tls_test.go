@@ -114,6 +114,19 @@ func TestMutualTLSPrincipal(t *testing.T) {
 	if got := principalOf(resp); got != "spiffe://example.org/ns/agents/sa/downstream" {
 		t.Errorf("principal = %q, want the source principal Envoy reported, ahead of the peer's", got)
 	}
+
+	// Client certificates are gRPC's: the admin port asks for none (its
+	// API has the bearer token; the kubelet and Prometheus have no
+	// certificate).
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: noCert}}
+	hresp, err := hc.Get("https://" + s.AdminAddr().String() + "/health/live")
+	if err != nil {
+		t.Fatalf("GET https /health/live without a client certificate: %v", err)
+	}
+	hresp.Body.Close()
+	if hresp.StatusCode != 200 {
+		t.Errorf("GET https /health/live = %d, want 200", hresp.StatusCode)
+	}
 }
 
 // Rotating the certificate files under a live gRPC connection: the
