@@ -229,7 +229,7 @@ func TestMTLSVariantMatchesPlain(t *testing.T) {
 // The SDS files envoy-mtls.yaml names exist under sds/, parse as
 // DiscoveryResponses of valid Secrets, and hold the secrets it asks for.
 func TestSDSFiles(t *testing.T) {
-	const mount = "/etc/envoy/sds/" // where tool-pod-mtls.yaml mounts sds/
+	const mount = "/etc/envoy-sds/" // where tool-pod-mtls.yaml mounts sds/
 	b := loadBootstrap(t, "envoy-mtls.yaml")
 	want := map[string]string{} // secret name -> file
 	for _, c := range b.GetStaticResources().GetClusters() {
