@@ -1,11 +1,16 @@
 package k8s_test
 
 import (
+	"bytes"
 	"os"
 	"path"
 	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -114,4 +119,42 @@ func walk(doc any, fn func(key string, m map[string]any)) {
 			walk(v, fn)
 		}
 	}
+}
+
+// tool-pod-mtls.yaml is tool-pod.yaml plus its TLS settings and nothing
+// else: a change to one that is not made to the other fails here.
+func TestToolPodMTLSMatchesPlain(t *testing.T) {
+	plain, mtls := deployment(t, "tool-pod.yaml"), deployment(t, "tool-pod-mtls.yaml")
+	tlsVolumes := map[string]bool{"envoy-sds": true, "envoy-tls": true, "m1-tls": true}
+	pod := &mtls.Spec.Template.Spec
+	pod.Volumes = slices.DeleteFunc(pod.Volumes, func(v corev1.Volume) bool { return tlsVolumes[v.Name] })
+	for i := range pod.Containers {
+		c := &pod.Containers[i]
+		c.VolumeMounts = slices.DeleteFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return tlsVolumes[m.Name] })
+		c.Env = slices.DeleteFunc(c.Env, func(e corev1.EnvVar) bool { return strings.HasPrefix(e.Name, "M1_TLS_") })
+		for _, p := range []*corev1.Probe{c.StartupProbe, c.ReadinessProbe, c.LivenessProbe} {
+			if p != nil && p.HTTPGet != nil {
+				p.HTTPGet.Scheme = ""
+			}
+		}
+	}
+	delete(mtls.Spec.Template.Annotations, "prometheus.io/scheme")
+	if !reflect.DeepEqual(plain, mtls) {
+		t.Error("tool-pod-mtls.yaml must be tool-pod.yaml plus the TLS volumes, mounts, M1_TLS_* env, HTTPS probes and prometheus.io/scheme")
+	}
+}
+
+// deployment decodes the Deployment, the first document of file.
+func deployment(t *testing.T, file string) *appsv1.Deployment {
+	t.Helper()
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, _, _ := bytes.Cut(raw, []byte("\n---\n"))
+	var d appsv1.Deployment
+	if err := yaml.UnmarshalStrict(doc, &d); err != nil || d.Kind != "Deployment" {
+		t.Fatalf("%s: first document: %v (kind %q), want a Deployment", file, err, d.Kind)
+	}
+	return &d
 }

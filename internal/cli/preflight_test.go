@@ -189,14 +189,14 @@ func TestPreflight(t *testing.T) {
 			env:        map[string]string{"M1_DATA_DIR": newerData},
 			wantCode:   exitDeny,
 			want:       map[string]string{"store schema": "fail"},
-			wantDetail: map[string]string{"store schema": "(version 999) is newer than this binary's"},
+			wantDetail: map[string]string{"store schema": "the store's schema is version 999 and needs a binary of schema 999 or later"},
 		},
 		{
 			name:       "store schema of this binary",
 			env:        map[string]string{"M1_DATA_DIR": filepath.Dir(mustStore(t))},
 			wantCode:   exitOK,
 			want:       map[string]string{"store schema": "ok"},
-			wantDetail: map[string]string{"store schema": "store and binary at schema"},
+			wantDetail: map[string]string{"store schema": ": current"},
 		},
 		{
 			name:       "redis reachable",

@@ -3,22 +3,17 @@ package sidecar
 import (
 	"context"
 	"crypto/x509"
-	"database/sql"
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/m1-agent/m1/internal/certs"
 	"github.com/m1-agent/m1/internal/store/backend"
-	"github.com/m1-agent/m1/internal/store/postgres"
 	"github.com/m1-agent/m1/internal/store/sqlite"
 )
 
@@ -245,84 +240,30 @@ func bytesIEC(n uint64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// preflightSchema compares the store's schema version (the highest
-// migration it recorded) with this binary's highest migration, reading
-// the store without changing it: a newer store fails, as a binary cannot
-// know what the newer migrations changed. It runs before the audit store
-// check, which migrates.
+// preflightSchema reads the store's schema against this binary's without
+// changing the store (backend.Schema, before the audit store check
+// migrates): a store this binary cannot run against fails, naming both
+// versions, as m1-authz would refuse it at start.
 func preflightSchema(ctx context.Context, o Options, timeout time.Duration) PreflightCheck {
-	const name = "store schema"
-	if !o.Audit {
-		return okCheck(name, "audit off (M1_AUDIT=false): no store")
-	}
+	const name = "store schema" // audit on or off: the store keeps the security state
 	kind, target, err := backend.Parse(o.DatabaseURL, o.DataDir)
 	if err != nil {
 		return failCheck(name, fmt.Errorf("M1_DATABASE_URL: %w", err))
 	}
-	migrations := sqlite.Migrations
-	if kind == backend.Postgres {
-		migrations = postgres.Migrations
-	}
-	ms, err := migrations()
-	if err != nil {
-		return failCheck(name, err)
-	}
-	binary := 0
-	for _, m := range ms {
-		binary = max(binary, m.Version)
-	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var have int
-	if kind == backend.Postgres {
-		have, err = postgresSchema(ctx, target)
-	} else {
-		if _, serr := os.Stat(target); errors.Is(serr, fs.ErrNotExist) {
-			return okCheck(name, fmt.Sprintf("no store yet at %s: m1-authz creates it at schema %d", target, binary))
-		}
-		have, err = sqliteSchema(ctx, target)
-	}
+	st, err := backend.Schema(ctx, o.DatabaseURL, o.DataDir)
 	switch {
+	case kind == backend.SQLite && errors.Is(err, fs.ErrNotExist):
+		ms, merr := sqlite.Migrations()
+		if merr != nil {
+			return failCheck(name, merr)
+		}
+		return okCheck(name, fmt.Sprintf("no store yet at %s: m1-authz creates it at schema %d", target, ms[len(ms)-1].Version))
 	case err != nil:
-		return failCheck(name, fmt.Errorf("read the store's schema_migrations: %w", err))
-	case have > binary:
-		return failCheck(name, fmt.Errorf("the store's schema (version %d) is newer than this binary's (version %d): a newer m1-authz migrated it; run that release or a later one, or restore a backup taken before the upgrade", have, binary))
-	case have == binary:
-		return okCheck(name, fmt.Sprintf("store and binary at schema %d", binary))
-	case have == 0:
-		return okCheck(name, fmt.Sprintf("empty store: m1-authz applies migrations 1 to %d at start", binary))
+		return failCheck(name, fmt.Errorf("read the store's schema: %w", err))
+	case st.Err() != nil:
+		return failCheck(name, st.Err())
 	}
-	return okCheck(name, fmt.Sprintf("store at schema %d, this binary's is %d: m1-authz applies the rest at start (an older binary cannot run on it afterwards)", have, binary))
-}
-
-// schemaQuery is the store's schema version; 0 before any migration.
-const schemaQuery = `SELECT coalesce(max(version), 0) FROM schema_migrations`
-
-func sqliteSchema(ctx context.Context, path string) (int, error) {
-	q := url.Values{"mode": {"rw"}, "_pragma": {"query_only(1)", "busy_timeout(5000)"}}
-	db, err := sql.Open("sqlite", "file:"+strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)+"?"+q.Encode())
-	if err != nil {
-		return 0, err
-	}
-	defer db.Close()
-	var v int
-	err = db.QueryRowContext(ctx, schemaQuery).Scan(&v)
-	if err != nil && strings.Contains(err.Error(), "no such table") {
-		return 0, nil
-	}
-	return v, err
-}
-
-func postgresSchema(ctx context.Context, dsn string) (int, error) {
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		return 0, err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	var v int
-	err = conn.QueryRow(ctx, schemaQuery).Scan(&v)
-	if err != nil && strings.Contains(err.Error(), "does not exist") {
-		return 0, nil
-	}
-	return v, err
+	return okCheck(name, st.String())
 }
