@@ -31,8 +31,9 @@ precedence) and checks, each ok, warn or fail with a one-line detail:
                    valid (warn: one expires within 14 days)
   tls client CA    M1_TLS_CLIENT_CA_FILE holds certificates, not all expired
                    (warn: one expires within 14 days)
-  store schema     the store's schema is not newer than this binary's (read
-                   before anything is migrated)
+  store schema     this binary can run against the store's schema (read
+                   before anything is migrated; a newer one that does not
+                   declare itself compatible fails)
   audit store      the store opens and its migrations apply: SQLite under
                    M1_DATA_DIR, or M1_DATABASE_URL is reachable
   disk             free space under M1_DATA_DIR, where the audit spool grows
