@@ -80,15 +80,16 @@ type Options struct {
 	PolicyMetrics  *metrics.Policy // shadow decisions; required with SetShadow
 	Audit          Auditor         // nil: decisions are not audited
 	RateLimit      RateLimiter     // nil: no rate limits
+	ClockSkew      time.Duration   // leeway of token times; used records outlive exp by it
+	Logger         *zap.Logger
+	Metrics        *metrics.Authz
+	Now            func() time.Time
+
 	// PeerPrincipal names the authenticated caller of Check (the SPIFFE ID
 	// of the gRPC peer's verified client certificate); nil or "": none. It
 	// is the principal only when neither a token nor the CheckRequest's
 	// source names one (see decide).
 	PeerPrincipal func(ctx context.Context) string
-	ClockSkew     time.Duration // leeway of token times; used records outlive exp by it
-	Logger        *zap.Logger
-	Metrics       *metrics.Authz
-	Now           func() time.Time
 }
 
 // Service answers Envoy's Check calls. It is safe for concurrent use; the
