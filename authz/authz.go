@@ -84,6 +84,12 @@ type Options struct {
 	Logger         *zap.Logger
 	Metrics        *metrics.Authz
 	Now            func() time.Time
+
+	// PeerPrincipal names the authenticated caller of Check (the SPIFFE ID
+	// of the gRPC peer's verified client certificate); nil or "": none. It
+	// is the principal only when neither a token nor the CheckRequest's
+	// source names one (see decide).
+	PeerPrincipal func(ctx context.Context) string
 }
 
 // Service answers Envoy's Check calls. It is safe for concurrent use; the
@@ -221,7 +227,14 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, v *verdi
 		v.refuse(rerr.Code, rerr.Reason)
 		return headers
 	}
+	// The principal, narrowest first: the token's sub (checkToken sets
+	// it), the downstream peer Envoy verified (source.principal), then the
+	// peer that called Check — the Envoy itself, which names the agent
+	// only where that Envoy serves one agent.
 	v.principal = attrs.GetSource().GetPrincipal()
+	if v.principal == "" && s.opts.PeerPrincipal != nil {
+		v.principal = s.opts.PeerPrincipal(ctx)
+	}
 	if raw, ok := headers.Lookup(s.opts.ApprovalHeader); ok && !s.checkToken(ctx, tokenFromHeader(raw), v) {
 		return headers
 	}

@@ -54,7 +54,8 @@ escaped (control characters, ANSI escape sequences, bidi controls and
 other invisible characters as \x1b, \u202e, …), never interpreted.
 
 The orchestrator is --orchestrator ($M1_ORCHESTRATOR_URL), called with the
-bearer token $M1_ADMIN_TOKEN when that is set. The token's sub is the
+bearer token $M1_ADMIN_TOKEN when that is set; an https:// URL is verified
+against --ca-file ($M1_CA_FILE). The token's sub is the
 proposal's agent, aud --aud ($M1_AUDIENCE), act.sub --operator ($USER); it
 is valid for --ttl, which must not exceed the sidecars'
 $M1_APPROVAL_TOKEN_TTL_MINUTES (--max-ttl-minutes) when that is set. It
@@ -151,11 +152,13 @@ func runApprove(ctx context.Context, c *cmdIO, args []string) int {
 type orchestratorFlags struct {
 	url     string
 	timeout time.Duration
+	tls     tlsFlags
 }
 
 func (o *orchestratorFlags) register(fs *flagSet) {
 	fs.StringVar(&o.url, "orchestrator", defaultOrchestratorURL, "base `URL` of m1-orchestrator's HTTP API")
 	fs.DurationVar(&o.timeout, "timeout", time.Minute, "time limit of each request to the orchestrator (an approval waits for the tool call)")
+	o.tls.register(fs, false)
 }
 
 // client returns the API client; the bearer token is $M1_ADMIN_TOKEN (not
@@ -168,8 +171,13 @@ func (o *orchestratorFlags) client(c *cmdIO) (*orchestrator.Client, error) {
 	if o.timeout <= 0 {
 		return nil, errors.New("--timeout must be positive")
 	}
+	hc, err := o.tls.httpClient()
+	if err != nil {
+		return nil, err
+	}
+	hc.CheckRedirect = nil // as before: the orchestrator client follows redirects
 	token, _ := c.lookupEnv("M1_ADMIN_TOKEN")
-	return &orchestrator.Client{BaseURL: o.url, Token: token}, nil
+	return &orchestrator.Client{BaseURL: o.url, Token: token, HTTP: hc}, nil
 }
 
 // tally counts what m1 approve did and keeps the exit status.
@@ -450,8 +458,9 @@ func printDecided(w io.Writer, verb string, d orchestrator.Decided) {
 const resultPreviewLen = 200
 
 const rejectDescription = `Reject a pending proposal of the orchestrator (--orchestrator,
-$M1_ORCHESTRATOR_URL; bearer $M1_ADMIN_TOKEN when set). The reason is
-required and is recorded with the proposal.
+$M1_ORCHESTRATOR_URL, https:// verified against --ca-file, $M1_CA_FILE;
+bearer $M1_ADMIN_TOKEN when set). The reason is required and is recorded
+with the proposal.
 
 Exit status: 0 rejected, 1 refused by the orchestrator (unknown proposal,
 no longer pending, …), 2 error.`

@@ -28,6 +28,7 @@ import (
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/audit"
 	"github.com/m1-agent/m1/internal/buildinfo"
+	"github.com/m1-agent/m1/internal/certs"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/internal/store/backend"
@@ -82,6 +83,11 @@ type Options struct {
 	RunBudgetUSD float64 // default per-run budget; 0 = none
 
 	LogLevel string
+
+	// TLS (DESIGN §8): the HTTP port serves HTTPS with these, reloaded
+	// when the files change.
+	TLSCertFile string
+	TLSKeyFile  string
 
 	// HTTP bounds every connection of the HTTP server (DESIGN §7). Not
 	// flags: the defaults suit every deployment; tests shorten them.
@@ -174,6 +180,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.Float64Var(&o.RunBudgetUSD, "run-budget-usd", o.RunBudgetUSD, "default per-run LLM budget in USD; planning stops when a run reaches it (0 = none)")
 	env["run-budget-usd"] = "M1_RUN_BUDGET_USD"
 	str(&o.LogLevel, "log-level", "LOG_LEVEL", "log level: debug, info, warn, error")
+	str(&o.TLSCertFile, "tls-cert-file", "M1_TLS_CERT_FILE", "PEM certificate (chain) the HTTP port serves HTTPS with; reloaded when the file changes (empty = plaintext)")
+	str(&o.TLSKeyFile, "tls-key-file", "M1_TLS_KEY_FILE", "PEM private key of --tls-cert-file")
 	return env
 }
 
@@ -199,6 +207,8 @@ func (o *Options) validate() error {
 		return errors.New("ClockSkew (M1_CLOCK_SKEW) must not be negative")
 	case o.HTTP.WriteTimeout != 0 && o.HTTP.WriteTimeout <= o.DispatchTimeout:
 		return fmt.Errorf("HTTP.WriteTimeout %s must exceed DispatchTimeout (M1_DISPATCH_TIMEOUT) %s: an approval is answered after its dispatch", o.HTTP.WriteTimeout, o.DispatchTimeout)
+	case (o.TLSCertFile == "") != (o.TLSKeyFile == ""):
+		return errors.New("TLSCertFile (M1_TLS_CERT_FILE) and TLSKeyFile (M1_TLS_KEY_FILE) go together: set both or neither")
 	case !strings.HasPrefix(o.MCPPath, "/"):
 		return fmt.Errorf("MCPPath (M1_MCP_PATH) %q must start with /", o.MCPPath)
 	case !strings.HasPrefix(o.ToolsPathPrefix, "/") || !strings.HasSuffix(o.ToolsPathPrefix, "/"):
@@ -221,6 +231,7 @@ type Server struct {
 	opts     Options
 	log      *zap.Logger
 	keys     *approval.Watcher
+	tls      *certs.Reloader // nil without M1_TLS_CERT_FILE
 	stopKeys context.CancelFunc
 	st       store.Store
 	rec      *audit.Recorder
@@ -297,6 +308,11 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		return nil, err
 	}
 
+	if o.TLSCertFile != "" {
+		if s.tls, err = certs.NewReloader(o.TLSCertFile, o.TLSKeyFile, "", o.Logger.Named("tls")); err != nil {
+			return nil, fmt.Errorf("load M1_TLS_CERT_FILE and M1_TLS_KEY_FILE: %w", err)
+		}
+	}
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("M1_DATA_DIR: %w", err)
 	}
@@ -339,6 +355,9 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		Routes:   map[string]http.Handler{"/v1/": s.svc.Handler()},
 	})
 	s.http = admin.NewServer(handler, o.HTTP, zap.NewStdLog(o.Logger.Named("http")))
+	if s.tls != nil {
+		s.http.TLSConfig = s.tls.Config("h2", "http/1.1")
+	}
 	if generated {
 		defer func() {
 			s.log.Info("admin token generated; set M1_ADMIN_TOKEN to choose one (m1 approve reads it too)", zap.String("admin_token", s.opts.AdminToken))
@@ -412,12 +431,16 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	go func() {
-		if err := s.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		serve := s.http.Serve
+		if s.tls != nil {
+			serve = func(l net.Listener) error { return s.http.ServeTLS(l, "", "") } // the certificate comes from TLSConfig
+		}
+		if err := serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("HTTP server stopped", zap.Error(err))
 		}
 	}()
 	s.started.Store(true)
-	s.log.Info("m1-orchestrator started", zap.String("addr", lis.Addr().String()), zap.String("planner", s.planner), zap.String("version", s.opts.Version))
+	s.log.Info("m1-orchestrator started", zap.String("addr", lis.Addr().String()), zap.String("planner", s.planner), zap.String("version", s.opts.Version), zap.Bool("tls", s.tls != nil))
 	return nil
 }
 
@@ -501,6 +524,7 @@ func (s *Server) health() admin.Report {
 		keys.Status, keys.Detail = admin.StatusDegraded, "M1_JWKS_FILE did not load; the previous keys stay in use: "+ks.LastError
 	}
 	rep.Checks["keys"] = keys
+	rep.Checks["tls"] = s.tlsCheck()
 	rep.Status = admin.StatusOK
 	for _, c := range rep.Checks {
 		if c.Status == admin.StatusFailing {
@@ -510,4 +534,20 @@ func (s *Server) health() admin.Report {
 		}
 	}
 	return rep
+}
+
+// tlsCheck is /health's view of the certificate: degraded when a reload
+// failed or it expires within certs.ExpiryWarning.
+func (s *Server) tlsCheck() admin.Check {
+	if s.tls == nil {
+		return admin.Check{Status: admin.StatusDisabled, Detail: "plaintext: M1_TLS_CERT_FILE not set"}
+	}
+	st := s.tls.Status()
+	c := admin.Check{Status: admin.StatusOK, Info: map[string]any{
+		"cert_file": st.CertFile, "subject": st.Subject, "names": st.Names, "not_after": st.NotAfter, "loaded_at": st.LoadedAt,
+	}}
+	if p := st.Problem(s.opts.Now()); p != "" {
+		c.Status, c.Detail = admin.StatusDegraded, p
+	}
+	return c
 }
