@@ -52,8 +52,9 @@ type Options struct {
 	AllowedOrigins []string
 }
 
-// NewHandler returns the admin HTTP handler: the dashboard page at /, its
-// assets under /assets/, health and metrics open, the rest behind o.Token.
+// NewHandler returns the admin HTTP handler: the dashboard page at / and
+// its assets under /assets/ (static, no data), health and metrics open, the
+// rest behind o.Token.
 func NewHandler(o Options) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
@@ -84,9 +85,12 @@ func NewHandler(o Options) http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /assets/{name}", serveAsset)
+	// The page is open, as its assets are: it holds no data (the API it
+	// calls needs the token), and a link to a proposal (DESIGN §10) opens
+	// in a new tab that has no token yet; the page asks for it.
+	mux.HandleFunc("GET /{$}", servePage)
 
 	api := http.NewServeMux()
-	api.HandleFunc("GET /{$}", servePage)
 	for name, fn := range o.API {
 		api.HandleFunc("GET /api/m1/dashboard/"+name, func(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusOK, fn())

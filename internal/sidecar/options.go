@@ -79,6 +79,9 @@ type Options struct {
 	DatabaseURL  string        // "" = SQLite file under DataDir; postgres://… for PostgreSQL
 	PruneEvery   time.Duration // apply store.DefaultRetention this often; 0 = never
 
+	// Approvals held at the gateway (DESIGN §10), and the principal header.
+	Approvals ApprovalsOptions
+
 	// AdminHTTP bounds every connection of the admin HTTP server (DESIGN
 	// §7). Not flags: the defaults suit every deployment; tests shorten them.
 	AdminHTTP admin.Limits
@@ -123,6 +126,7 @@ func DefaultOptions() Options {
 		PruneEvery:            time.Hour,
 		AdminHTTP:             admin.DefaultLimits(),
 		CacheL2TTL:            10 * time.Minute,
+		Approvals:             ApprovalsOptions{Timeout: defaultApprovalsTimeout},
 		Version:               buildinfo.Version(),
 		Now:                   time.Now,
 	}
@@ -183,7 +187,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.IntVar(&o.AuditMaxArgs, "audit-max-args-bytes", o.AuditMaxArgs, "largest tool arguments an audit event keeps (allowed calls of non-sensitive tools only); larger ones keep their args_sha256 alone, marked args_truncated")
 	fs.DurationVar(&o.PruneEvery, "audit-prune-interval", o.PruneEvery, "apply the retention policy (decisions, runs, tool calls: 2 years; revoked tokens: 30 days) this often; 0 = never")
 	fs.StringVar(&o.DatabaseURL, "database-url", o.DatabaseURL, "audit store: empty = SQLite file m1.db under --data-dir; postgres://… for PostgreSQL")
-	return map[string]string{
+	env := map[string]string{
 		"grpc-addr":                  "M1_GRPC_ADDR",
 		"admin-addr":                 "M1_ADMIN_ADDR",
 		"admin-token":                "M1_ADMIN_TOKEN",
@@ -237,6 +241,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 		"audit-prune-interval":       "M1_AUDIT_PRUNE_INTERVAL",
 		"database-url":               "M1_DATABASE_URL",
 	}
+	o.bindApprovalFlags(fs, env)
+	return env
 }
 
 // validate fails fast, naming the bad field.
@@ -297,6 +303,9 @@ func (o *Options) validate() error {
 		return fmt.Errorf("PruneEvery (M1_AUDIT_PRUNE_INTERVAL) must be 0 or at least 1m")
 	case o.Logger == nil || o.Registerer == nil || o.Gatherer == nil || o.Now == nil:
 		return fmt.Errorf("Logger, Registerer, Gatherer and Now are required")
+	}
+	if err := o.validateApprovals(); err != nil {
+		return err
 	}
 	if err := o.AdminHTTP.Validate(); err != nil {
 		return fmt.Errorf("AdminHTTP: %w", err)
