@@ -114,15 +114,8 @@ func NewHandler(o Options) http.Handler {
 // read the unread body (up to 256 KiB, for as long as the client takes to
 // send it) before writing the answer, to keep the connection.
 func RequireToken(token string, next http.Handler) http.Handler {
-	want := []byte(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := "", false
-		if scheme, cred, found := strings.Cut(r.Header.Get("Authorization"), " "); found && strings.EqualFold(scheme, "bearer") {
-			got, ok = strings.TrimSpace(cred), true
-		} else if q := r.URL.Query().Get("token"); r.Method == http.MethodGet && q != "" {
-			got, ok = q, true
-		}
-		if !ok || len(want) == 0 || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+		if !HasToken(r, token) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="m1-admin"`)
 			if r.ContentLength != 0 { // a body is declared (-1: chunked, length unknown)
 				RefuseBody(w)
@@ -132,6 +125,19 @@ func RequireToken(token string, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// HasToken reports whether r carries token (non-empty) as RequireToken
+// accepts it: "Authorization: Bearer <token>", or for GET the "token"
+// query parameter; compared in constant time.
+func HasToken(r *http.Request, token string) bool {
+	got, ok := "", false
+	if scheme, cred, found := strings.Cut(r.Header.Get("Authorization"), " "); found && strings.EqualFold(scheme, "bearer") {
+		got, ok = strings.TrimSpace(cred), true
+	} else if q := r.URL.Query().Get("token"); r.Method == http.MethodGet && q != "" {
+		got, ok = q, true
+	}
+	return ok && token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
 }
 
 // WriteError writes the JSON error body used across M1's HTTP APIs.
