@@ -192,6 +192,10 @@ func (r *review) print(w io.Writer, now time.Time) {
 		fmt.Fprintf(w, "  %-12s %s (the SHA-256 of the arguments below)\n", "args_sha256:", escapeTerminal(p.ArgsSHA256))
 		fmt.Fprintf(w, "  arguments (RFC 8785 canonical form, as hashed and signed):\n%s%s\n", indent, escapeBlock(prettyJSON(r.canon), indent))
 	}
+	if p.Origin == store.OriginSidecar {
+		fmt.Fprintln(w)
+		return // no planner, no reasoning
+	}
 	reasoning := strings.TrimRight(p.Reasoning, "\n")
 	if reasoning == "" {
 		reasoning = "(none)"
