@@ -141,17 +141,28 @@ func (c *Client) post(ctx context.Context, path string, body any) (Answer, error
 	default:
 		return Answer{}, fmt.Errorf("gateway: POST %s: HTTP %d: %s", path, resp.StatusCode, clip(data, 200))
 	}
+	a, err := DecodeAnswer(data)
+	if err != nil {
+		return Answer{}, fmt.Errorf("gateway: POST %s: %w", path, err)
+	}
+	return a, nil
+}
+
+// DecodeAnswer reads an answer exactly: one JSON object of an Answer's
+// fields and no others, nothing after it, valid for its status
+// (Answer.Validate).
+func DecodeAnswer(data []byte) (Answer, error) {
 	var a Answer
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&a); err != nil {
-		return Answer{}, fmt.Errorf("gateway: POST %s: answer is not JSON of an Answer: %w", path, err)
+		return Answer{}, fmt.Errorf("answer is not JSON of an Answer: %w", err)
 	}
-	if dec.More() {
-		return Answer{}, fmt.Errorf("gateway: POST %s: data after the answer", path)
+	if _, err := dec.Token(); err != io.EOF {
+		return Answer{}, errors.New("data after the answer")
 	}
 	if err := a.Validate(); err != nil {
-		return Answer{}, fmt.Errorf("gateway: POST %s: %w", path, err)
+		return Answer{}, err
 	}
 	return a, nil
 }
