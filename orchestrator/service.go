@@ -630,10 +630,14 @@ func (s *Service) expire(ctx context.Context) {
 	runs := map[string]bool{}
 	for _, p := range ps {
 		s.forgetReapprove(p.ID)
+		detail := "not decided before " + p.ExpiresAt.UTC().Format(time.RFC3339)
+		if p.ApprovalJTI != "" {
+			detail = "the held approval was not claimed before it expired at " + p.ExpiresAt.UTC().Format(time.RFC3339)
+		}
 		s.audit(store.Event{
 			Kind: KindRejection, Time: p.DecidedAt, Principal: p.Agent, RunID: p.RunID, ProposalID: p.ID,
 			Tool: p.Tool, ArgsSHA256: p.ArgsSHA256, Decision: store.ProposalExpired, Reason: "expired",
-			Detail: "not decided before " + p.ExpiresAt.UTC().Format(time.RFC3339),
+			Detail: detail, TokenJTI: p.ApprovalJTI,
 		})
 		s.log.Info("proposal expired", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID))
 		runs[p.RunID] = true
