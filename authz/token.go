@@ -17,20 +17,15 @@ type TokenVerifier interface {
 	Verify(token string) (*approval.Claims, error)
 }
 
-// UseStore records single use of approvals and counts grant uses, atomically
-// (DESIGN §4 check 11). Entries may be dropped after exp.
+// UseStore records the use of an approval or a grant (DESIGN §4 check 11):
+// Use counts one use of u.JTI if fewer than u.MaxUses were counted, and
+// reports whether it did, atomically. Fencing against data loss (DESIGN §7)
+// is the implementation's job, always: a store whose backend can lose data
+// refuses, atomically with the use, a token issued before its epoch, with
+// an error wrapping state.ErrStateReset (state_reset, 403). Any other error
+// denies with state_unavailable (503). Records may be dropped after u.Exp.
 type UseStore interface {
-	Consume(ctx context.Context, jti string, exp time.Time) (first bool, err error)
-	CountUse(ctx context.Context, jti string, max int, exp time.Time) (ok bool, err error)
-}
-
-// IssuedUseStore is a UseStore that also refuses, atomically with the use,
-// a token issued before the shared-state epoch (error wrapping
-// state.ErrStateReset): checking Epoch() first and using second would race
-// with an epoch change in between.
-type IssuedUseStore interface {
-	ConsumeIssued(ctx context.Context, jti string, iat, exp time.Time) (bool, error)
-	CountUseIssued(ctx context.Context, jti string, iat time.Time, max int, exp time.Time) (bool, error)
+	Use(ctx context.Context, u state.Use) (bool, error)
 }
 
 // RevocationChecker answers hard check 9.
@@ -38,9 +33,11 @@ type RevocationChecker interface {
 	Revoked(ctx context.Context, jti, sub string) (bool, error)
 }
 
-// Epoch reports the start of the current shared-state epoch (DESIGN §7):
-// tokens issued before it are refused with state_reset. The zero time means
-// no fencing (in-process state).
+// Epoch reports the start of the current state epoch (DESIGN §7): a token
+// issued before it is refused with state_reset at check 9, on every kind of
+// request, before the policy runs. It is an early answer only: the
+// UseStore refuses such a token again, atomically with the use, whether or
+// not Options.Epoch is set. The zero time means no epoch.
 type Epoch interface {
 	Epoch() time.Time
 }
@@ -93,26 +90,12 @@ func (s *Service) checkToken(ctx context.Context, raw string, v *verdict) bool {
 // deny. Records last until the token could no longer verify.
 func (s *Service) consume(ctx context.Context, v *verdict) bool {
 	c := v.claims
-	until := c.Expiry.Add(s.opts.ClockSkew)
-	var (
-		ok   bool
-		err  error
-		code = deny.TokenReplayed
-	)
-	issued, fenced := s.opts.Uses.(IssuedUseStore)
-	switch {
-	case c.Kind == approval.KindGrant && fenced:
-		ok, err = issued.CountUseIssued(ctx, c.ID, c.IssuedAt, c.MaxUses, until)
-	case c.Kind == approval.KindGrant:
-		ok, err = s.opts.Uses.CountUse(ctx, c.ID, c.MaxUses, until)
-	case fenced:
-		ok, err = issued.ConsumeIssued(ctx, c.ID, c.IssuedAt, until)
-	default:
-		ok, err = s.opts.Uses.Consume(ctx, c.ID, until)
-	}
+	u := state.Use{JTI: c.ID, IssuedAt: c.IssuedAt, Exp: c.Expiry.Add(s.opts.ClockSkew), MaxUses: 1}
+	code := deny.TokenReplayed
 	if c.Kind == approval.KindGrant {
-		code = deny.GrantExhausted
+		u.MaxUses, code = c.MaxUses, deny.GrantExhausted
 	}
+	ok, err := s.opts.Uses.Use(ctx, u)
 	switch {
 	case errors.Is(err, state.ErrStateReset):
 		v.refuse(deny.StateReset, "token issued before the shared state was reset; ask for a new approval")

@@ -280,6 +280,78 @@ func TestStateResetFencesOldTokens(t *testing.T) {
 	}
 }
 
+// fencedUses is a use store whose backend can lose data: it refuses a token
+// issued before its epoch, as redisstate and storestate do.
+type fencedUses struct {
+	epoch time.Time
+	mem   *state.Memory
+}
+
+func (f fencedUses) Use(ctx context.Context, u state.Use) (bool, error) {
+	if u.IssuedAt.Before(f.epoch) {
+		return false, state.ErrStateReset
+	}
+	return f.mem.Use(ctx, u)
+}
+
+// decorated wraps a use store, as a metrics or tracing decorator would,
+// exposing only the decision path's interface.
+type decorated struct {
+	inner UseStore
+	seen  []state.Use
+	mu    sync.Mutex
+}
+
+func (d *decorated) Use(ctx context.Context, u state.Use) (bool, error) {
+	d.mu.Lock()
+	d.seen = append(d.seen, u)
+	d.mu.Unlock()
+	return d.inner.Use(ctx, u)
+}
+
+// The use store fences data loss itself, whatever wraps it: a decorator
+// around a fenced store, and no Options.Epoch pre-check, still refuse a
+// token issued before the epoch (state_reset), and every use carries the
+// token's iat, exp + skew and limit. (With the optional IssuedUseStore
+// interface of before, a decorator silently turned the fence off.)
+func TestUseStoreFencesThroughDecorators(t *testing.T) {
+	f := newTokenFixture(t)
+	epoch := time.Now().Add(-10 * time.Second).Truncate(time.Second)
+	d := &decorated{inner: fencedUses{epoch: epoch, mem: state.NewMemory(state.MemoryOptions{})}}
+	f.opts.Uses, f.opts.Epoch = d, nil
+	old := f.mint(t, func(c *approval.Claims) {
+		c.IssuedAt, c.NotBefore = epoch.Add(-time.Minute), epoch.Add(-time.Minute)
+	})
+	grantTok := f.mint(t, func(c *approval.Claims) {
+		c.Kind, c.Tool, c.ArgsSHA256, c.Tools, c.MaxUses = approval.KindGrant, "", "", []string{"write_*"}, 2
+	})
+	for _, tc := range []struct {
+		name, tok string
+		want      string // deny code, "" for allow
+	}{
+		{"approval issued before the epoch", old, deny.StateReset},
+		{"fresh approval", f.mint(t, nil), ""},
+		{"grant, first use", grantTok, ""},
+		{"grant, second use", grantTok, ""},
+		{"grant, third use", grantTok, deny.GrantExhausted},
+	} {
+		r := check(t, f.Service, withToken(writeReq(`{"path":"/tmp/x"}`), tc.tok))
+		if got := map[bool]string{true: ""}[r.allowed] + r.body.Error; got != tc.want {
+			t.Fatalf("Check(%s) = allowed %v %s, want %q", tc.name, r.allowed, r.raw, tc.want)
+		}
+	}
+	if len(d.seen) != 5 {
+		t.Fatalf("the decorator saw %d uses, want 5", len(d.seen))
+	}
+	first, grantUse := d.seen[0], d.seen[2]
+	if !first.IssuedAt.Equal(epoch.Add(-time.Minute)) || first.MaxUses != 1 {
+		t.Errorf("use of the old approval = %+v, want its iat %v and MaxUses 1", first, epoch.Add(-time.Minute))
+	}
+	if grantUse.MaxUses != 2 || grantUse.Exp.Sub(time.Now()) < 2*time.Minute {
+		t.Errorf("use of the grant = %+v, want MaxUses 2 and exp + 30s skew", grantUse)
+	}
+}
+
 // BenchmarkCheckFreshApproval measures Check with a new EdDSA approval each
 // time (the uncached verification path) against bare Ed25519 verification
 // (approval.BenchmarkEd25519Verify); the issue's target is ≥ 70% of that rate.
@@ -311,8 +383,7 @@ func BenchmarkCheckFreshApproval(b *testing.B) {
 
 type alwaysFirst struct{}
 
-func (alwaysFirst) Consume(context.Context, string, time.Time) (bool, error)       { return true, nil }
-func (alwaysFirst) CountUse(context.Context, string, int, time.Time) (bool, error) { return true, nil }
+func (alwaysFirst) Use(context.Context, state.Use) (bool, error) { return true, nil }
 
 func must[T any](v T, err error) T {
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/gateway"
 	"github.com/m1-agent/m1/internal/store"
+	"github.com/m1-agent/m1/internal/testenv"
 	"github.com/m1-agent/m1/orchestrator"
 	"github.com/m1-agent/m1/toolcall"
 )
@@ -149,7 +150,7 @@ func TestGatewayRejectAndExpiry(t *testing.T) {
 	req2 := filing(t, sidecarPrincipal, "write_file", `{"path":"z.txt"}`)
 	first, _ := sc.File(ctx, req2)
 	f.advance(time.Minute)
-	waitFor(t, "the expiry sweep", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the expiry sweep", func() bool {
 		p, _ := c.Proposal(ctx, first.ProposalID)
 		return p.Status == store.ProposalExpired
 	})
@@ -168,7 +169,7 @@ func TestGatewayRejectAndExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.advance(2 * time.Minute)
-	waitFor(t, "the held approval to expire", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the held approval to expire", func() bool {
 		p, _ := c.Proposal(ctx, second.ProposalID)
 		return p.Status == store.ProposalExpired
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/m1-agent/m1/internal/testenv"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -287,17 +288,6 @@ func (p *twoSteps) seen() []orchestrator.Session {
 	return append([]orchestrator.Session(nil), p.sessions...)
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestRunApproveDispatchComplete(t *testing.T) {
 	pl := &twoSteps{}
 	f := newFixture(t, pl, nil)
@@ -333,7 +323,7 @@ func TestRunApproveDispatchComplete(t *testing.T) {
 	if len(f.tool.bodies) != 1 || f.tool.bodies[0] != `{"path": "notes.txt",  "content": "hi"}` || f.tool.tokens[0] == "" {
 		t.Fatalf("tool got %q with tokens %q; want the exact args once, with the token", f.tool.bodies, f.tool.tokens)
 	}
-	waitFor(t, "run completed", func() bool {
+	testenv.Eventually(t, 5*time.Second, "run completed", func() bool {
 		r, _ := f.rec.Run(ctx, d.ID)
 		return r.Status == store.RunCompleted
 	})
@@ -344,7 +334,7 @@ func TestRunApproveDispatchComplete(t *testing.T) {
 	if got := strings.Join(f.audit.kinds(p.ID), " "); got != "proposal:pending approval:approved result:succeeded" {
 		t.Fatalf("audit of the proposal = %s", got)
 	}
-	waitFor(t, "m1_agent_runs_total{completed} = 1", func() bool {
+	testenv.Eventually(t, 5*time.Second, "m1_agent_runs_total{completed} = 1", func() bool {
 		return testutil.ToFloat64(f.m.Runs.WithLabelValues(store.RunCompleted)) == 1
 	})
 	if got := testutil.ToFloat64(f.m.RunsActive); got != 0 {
@@ -477,7 +467,7 @@ func TestRejectAndExpiry(t *testing.T) {
 		t.Fatal("second rejection of the same proposal succeeded")
 	}
 	f.advance(2 * time.Minute) // past the TTL: the sweeper expires the second
-	waitFor(t, "expiry and completion", func() bool {
+	testenv.Eventually(t, 5*time.Second, "expiry and completion", func() bool {
 		r, _ := f.rec.Run(ctx, d.ID)
 		return r.Status == store.RunCompleted
 	})
@@ -518,13 +508,13 @@ func TestBudgetStopsPlanning(t *testing.T) {
 			t.Fatal(err)
 		}
 		if i == 0 {
-			waitFor(t, "second step", func() bool {
+			testenv.Eventually(t, 5*time.Second, "second step", func() bool {
 				ps, _ := f.rec.Proposals(ctx, store.ProposalFilter{RunID: d.ID, Status: store.ProposalPending})
 				return len(ps) == 1
 			})
 		}
 	}
-	waitFor(t, "over budget", func() bool {
+	testenv.Eventually(t, 5*time.Second, "over budget", func() bool {
 		r, _ := f.rec.Run(ctx, d.ID)
 		return r.Status == store.RunOverBudget
 	})
@@ -554,7 +544,7 @@ func TestPlannerFailureAndBadProposals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "run failed", func() bool {
+	testenv.Eventually(t, 5*time.Second, "run failed", func() bool {
 		r, _ := f.rec.Run(ctx, d.ID)
 		return r.Status == store.RunFailed
 	})
@@ -632,7 +622,7 @@ func TestDispatchTimeoutIsRecorded(t *testing.T) {
 	if got := f.audit.reasons(orchestrator.KindResult); got != "tool_timeout" {
 		t.Fatalf("result reason = %q, want tool_timeout", got)
 	}
-	waitFor(t, "the run to go on", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the run to go on", func() bool {
 		r, _ := f.rec.Run(ctx, d.ID)
 		return r.Status == store.RunCompleted
 	})
@@ -651,7 +641,7 @@ func TestInterruptedDispatchIsFailed(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.advance(3 * time.Second) // past twice the dispatch timeout: the sweeper fails it
-	waitFor(t, "the interrupted proposal to fail and the run to go on", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the interrupted proposal to fail and the run to go on", func() bool {
 		r, _ := f.rec.Run(ctx, d.ID)
 		return r.Status == store.RunCompleted
 	})
@@ -739,7 +729,7 @@ func TestStateResetNeedsNewApproval(t *testing.T) {
 			if got := strings.Join(f.audit.kinds(p.ID), " "); got != "proposal:pending approval:approved result:denied approval:approved result:succeeded" {
 				t.Fatalf("audit of the proposal = %s", got)
 			}
-			waitFor(t, "run completed", func() bool {
+			testenv.Eventually(t, 5*time.Second, "run completed", func() bool {
 				r, _ := f.rec.Run(ctx, d.ID)
 				return r.Status == store.RunCompleted
 			})
@@ -765,7 +755,7 @@ func TestStateResetPastExpiry(t *testing.T) {
 	if dec.NeedsNewApproval() || dec.Proposal.Status != store.ProposalFailed || !strings.HasPrefix(dec.Proposal.Reason, "state_reset") || dec.RetryAfter != 0 {
 		t.Fatalf("Approve = %+v, retry_after %d; want failed with state_reset", dec.Proposal, dec.RetryAfter)
 	}
-	waitFor(t, "run completed", func() bool {
+	testenv.Eventually(t, 5*time.Second, "run completed", func() bool {
 		r, _ := f.rec.Run(ctx, d.ID)
 		return r.Status == store.RunCompleted
 	})

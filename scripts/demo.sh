@@ -112,5 +112,8 @@ api GET /v1/costs
 say "8. The audit trail of the run: proposals, approvals, the sidecar's decisions, results, LLM calls"
 sleep 0.3 # the audit writers flush every 100 ms
 "$BIN/m1" audit export --data-dir "$work/data" --since 1h --run "$run_id" --format csv | cut -d, -f1-12
+echo
+echo "Each call's decision beside its outcome (from the dev proxy's access log) and the orchestrator's dispatch:"
+"$BIN/m1" audit export --data-dir "$work/data" --since 1h --run "$run_id" --format calls
 say "9. Every hash chain verifies"
 "$BIN/m1" audit verify --data-dir "$work/data"

@@ -19,6 +19,7 @@ import (
 
 	denycode "github.com/m1-agent/m1/internal/deny"
 	"github.com/m1-agent/m1/internal/store"
+	"github.com/m1-agent/m1/internal/testenv"
 	"github.com/m1-agent/m1/orchestrator"
 )
 
@@ -61,7 +62,7 @@ func startGatewayMesh(t *testing.T, sidecars int) *gatewayMesh {
 		"--approvals-token", sidecarToken, "--jwks-file", jwks, "--audience", loopAudience,
 	}, nil) // no planner: approvals only
 	m.orch = &orchestrator.Client{BaseURL: "http://" + orchAddr, Token: adminToken}
-	waitUntil(t, "m1-orchestrator /health", startTimeout, func() bool {
+	testenv.Eventually(t, startTimeout, "m1-orchestrator /health", func() bool {
 		select {
 		case <-m.orchProc.exited:
 			t.Fatalf("m1-orchestrator exited:\n%s", m.orchProc)

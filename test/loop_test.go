@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"context"
+	"github.com/m1-agent/m1/internal/testenv"
 	"net"
 	"net/http"
 	"os"
@@ -103,17 +104,6 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // loop is the whole approval loop on loopback: the demo tool behind
 // m1 dev-proxy and a real m1-authz, and m1-orchestrator with the scripted
 // demo plan, all sharing one SQLite store.
@@ -160,7 +150,7 @@ func startLoop(t *testing.T) *loop {
 		"--jwks-file", l.jwks, "--audience", loopAudience,
 	}, nil)
 	l.orch = &orchestrator.Client{BaseURL: "http://" + orchAddr, Token: token}
-	waitUntil(t, "m1-orchestrator /health", startTimeout, func() bool {
+	testenv.Eventually(t, startTimeout, "m1-orchestrator /health", func() bool {
 		select {
 		case <-l.orchProc.exited:
 			t.Fatalf("m1-orchestrator exited:\n%s", l.orchProc)
@@ -233,7 +223,7 @@ func TestApprovalLoop(t *testing.T) {
 		t.Fatalf("m1 approve --auto-risk read = exit %d\n%s\norchestrator:\n%s", code, out, l.orchProc)
 	}
 	var write store.Proposal
-	waitUntil(t, "the write_file proposal", 20*time.Second, func() bool {
+	testenv.Eventually(t, 20*time.Second, "the write_file proposal", func() bool {
 		ps := l.pending(t)
 		if len(ps) == 1 {
 			write = ps[0]
@@ -262,7 +252,7 @@ func TestApprovalLoop(t *testing.T) {
 	approveInteractively(t, l, write)
 
 	var final orchestrator.RunDetail
-	waitUntil(t, "the run to complete", 20*time.Second, func() bool {
+	testenv.Eventually(t, 20*time.Second, "the run to complete", func() bool {
 		final, err = l.orch.Run(ctx, run.ID)
 		return err == nil && final.Status != store.RunRunning
 	})
@@ -298,26 +288,52 @@ func TestApprovalLoop(t *testing.T) {
 	}
 
 	// The audit trail: the orchestrator's events and the sidecar's
-	// decisions, linked by run and proposal, with cost.
+	// decisions and tool outcomes (from the dev proxy's access log),
+	// linked by run and proposal, with cost.
 	st := openStore(t, "", l.data)
 	var events []store.Event
-	waitUntil(t, "audit events", 20*time.Second, func() bool {
+	testenv.Eventually(t, 20*time.Second, "audit events", func() bool {
 		events = events[:0]
 		st.Events(ctx, store.Filter{RunID: run.ID}, func(e store.Event) error { events = append(events, e); return nil })
-		return count(events, "", "") >= 3*4+2+1 // 3 × (proposal, approval, decision, result), 2 llm_call, run
+		return count(events, "", "") >= 3*5+2+1 // 3 × (proposal, approval, decision, 2 results), 2 llm_call, run
 	})
 	for _, p := range final.Proposals {
-		for _, kind := range []string{orchestrator.KindProposal, orchestrator.KindApproval, store.KindDecision, orchestrator.KindResult} {
+		for _, kind := range []string{orchestrator.KindProposal, orchestrator.KindApproval, store.KindDecision} {
 			if n := count(events, p.ID, kind); n != 1 {
 				t.Errorf("proposal %s (%s): %d %q events, want 1", p.ID, p.Tool, n, kind)
 			}
+		}
+		// Two results: the orchestrator's dispatch, and m1-authz's record
+		// of Envoy's access log, linked to the decision by its id.
+		var decision string
+		var results []store.Event
+		for _, e := range events {
+			switch {
+			case e.ProposalID == p.ID && e.Kind == store.KindDecision:
+				decision = e.DecisionID
+			case e.ProposalID == p.ID && e.Kind == store.KindResult:
+				results = append(results, e)
+			}
+		}
+		outcomes := 0
+		for _, r := range results {
+			fromLog := strings.Contains(r.Detail, `"source":"envoy_access_log"`)
+			if fromLog {
+				outcomes++
+			}
+			if r.Decision != "succeeded" || fromLog && (r.DecisionID != decision || r.Status != 200) {
+				t.Errorf("proposal %s (%s): result %+v, want succeeded (the access log's: 200, for decision %s)", p.ID, p.Tool, r, decision)
+			}
+		}
+		if len(results) != 2 || outcomes != 1 {
+			t.Errorf("proposal %s (%s): %d result events (%d from the access log), want 2 (1)", p.ID, p.Tool, len(results), outcomes)
 		}
 	}
 	for _, e := range events {
 		if e.Kind == store.KindDecision && e.Decision != "allow" {
 			t.Errorf("decision for %s = %s %s", e.ProposalID, e.Decision, e.Reason)
 		}
-		if e.Kind == orchestrator.KindResult && !strings.Contains(e.Detail, `"run_cost_usd"`) {
+		if e.Kind == orchestrator.KindResult && !strings.Contains(e.Detail, `"run_cost_usd"`) && !strings.Contains(e.Detail, `"envoy_access_log"`) {
 			t.Errorf("result event without the run's cost: %s", e.Detail)
 		}
 	}
@@ -372,7 +388,7 @@ func approveInteractively(t *testing.T, l *loop, p store.Proposal) {
 	screen := func() string { mu.Lock(); defer mu.Unlock(); return ansiSeq.ReplaceAllString(string(out), "") }
 	waitFor := func(want string) {
 		t.Helper()
-		waitUntil(t, "m1 approve to show "+strconv.Quote(want), 20*time.Second, func() bool {
+		testenv.Eventually(t, 20*time.Second, "m1 approve to show "+strconv.Quote(want), func() bool {
 			sc := screen()
 			if i := strings.Index(sc[min(seen, len(sc)):], want); i >= 0 {
 				seen += i + len(want)

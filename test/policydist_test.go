@@ -86,7 +86,7 @@ func TestPolicyDirReload(t *testing.T) {
 	broken := revisionPolicy("v3", true)
 	broken["authz.rego"] += "\ndecision if {\n"
 	sourcetest.WriteDir(t, dir, broken)
-	waitUntil(t, "/health checks.policy degraded", 10*time.Second, func() bool {
+	testenv.Eventually(t, 10*time.Second, "/health checks.policy degraded", func() bool {
 		st, _, _ := s.policyHealth(t)
 		return st == "degraded"
 	})
@@ -178,7 +178,7 @@ func TestPolicyBundleServer(t *testing.T) {
 	b.mu.Lock()
 	b.archive, b.etag = []byte("<html>maintenance</html>"), `"html"`
 	b.mu.Unlock()
-	waitUntil(t, "/health checks.policy degraded", 3*withinPoll, func() bool {
+	testenv.Eventually(t, 3*withinPoll, "/health checks.policy degraded", func() bool {
 		st, _, _ := s.policyHealth(t)
 		return st == "degraded"
 	})
@@ -260,7 +260,7 @@ func TestPolicySigned(t *testing.T) {
 	if err := os.WriteFile(tampered, bytes.ReplaceAll(src, []byte(`"list_dir"`), []byte(`"run_command"`)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "/health checks.policy degraded", 10*time.Second, func() bool {
+	testenv.Eventually(t, 10*time.Second, "/health checks.policy degraded", func() bool {
 		st, _, _ := s.policyHealth(t)
 		return st == "degraded"
 	})
@@ -296,7 +296,7 @@ func TestPolicyAnnounced(t *testing.T) {
 	first, second := startSidecar(t, args), startSidecar(t, args)
 	first.decides(t, allow, checkTimeout)
 	second.decides(t, allow, checkTimeout)
-	waitUntil(t, "the second sidecar subscribed", 10*time.Second, func() bool {
+	testenv.Eventually(t, 10*time.Second, "the second sidecar subscribed", func() bool {
 		return second.metrics(t)["m1_redis_connected"] == 1
 	})
 	b.publish(t, revisionPolicy("v2", false))

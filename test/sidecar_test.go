@@ -21,6 +21,8 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/m1-agent/m1/internal/testenv"
 )
 
 // Bounds of every wait on the process under test. They are generous: the
@@ -96,6 +98,7 @@ func launch(t *testing.T, args, env []string) *sidecar {
 		all = append(all, "--policy-timeout", "5s")
 	}
 	all = append(all, args...)
+	seedStore(t, all, env)
 	s.cmd = exec.Command(binPath, all...)
 	s.cmd.Dir = dir // the default --data-dir and any stray file land here
 	s.cmd.Env = append(cleanEnv(), env...)
@@ -109,6 +112,36 @@ func launch(t *testing.T, args, env []string) *sidecar {
 		close(s.exited)
 	}()
 	return s
+}
+
+// seedStore creates the SQLite store of the data directory args and env
+// name, when it has none, with a state epoch an hour old: a new store
+// starts a new epoch (now + the clock skew) and refuses the tokens issued
+// before it (state_reset, DESIGN §7), so tests that mint tokens at once
+// start m1-authz as a sidecar that has been running a while. A store named
+// by M1_DATABASE_URL is left alone.
+func seedStore(t *testing.T, args, env []string) {
+	t.Helper()
+	dataDir := ""
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, "--data-dir="); ok {
+			dataDir = v
+		} else if a == "--data-dir" && i+1 < len(args) {
+			dataDir = args[i+1]
+		}
+	}
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "M1_DATABASE_URL=") && kv != "M1_DATABASE_URL=" {
+			return
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, "m1.db")); err == nil {
+		return
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	testenv.SeedDataDir(t, dataDir)
 }
 
 // cleanEnv is the test's environment without the variables m1-authz reads,

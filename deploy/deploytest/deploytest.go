@@ -1,8 +1,9 @@
 // Package deploytest holds what the tests of deploy/ share: the m1_ metric
 // names M1 registers, read from the module's source, and the check that a
 // PromQL expression names only those (an alert or a dashboard panel on a
-// misspelt metric stays silent or empty instead of failing); and the rule
-// for image tags.
+// misspelt metric stays silent or empty instead of failing); the rule for
+// image tags; and the anchors GitHub gives a Markdown file's headings (the
+// targets of the alerts' runbook links).
 package deploytest
 
 import (
@@ -10,8 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/prometheus/prometheus/promql/parser"
 )
@@ -95,6 +98,68 @@ func PinnedImage(image string) bool {
 		return postgresTag.MatchString(image)
 	}
 	return releaseTag.MatchString(image)
+}
+
+// MarkdownAnchors returns the anchors GitHub gives the headings of a
+// Markdown document (ATX headings, `#` to `######`, outside fenced code
+// blocks): the heading's text in lower case, with every character but
+// letters, digits, spaces, hyphens and underscores removed and each space
+// made a hyphen; a repeated anchor gets -1, -2, … in order.
+func MarkdownAnchors(doc string) map[string]bool {
+	anchors := map[string]bool{}
+	seen := map[string]int{}
+	fence := ""
+	for _, line := range strings.Split(doc, "\n") {
+		trimmed := strings.TrimLeft(line, " ")
+		if f, ok := fenceOf(trimmed); ok && len(line)-len(trimmed) < 4 {
+			switch {
+			case fence == "":
+				fence = f
+			case strings.HasPrefix(f, fence) && strings.TrimSpace(strings.TrimLeft(trimmed, f[:1])) == "":
+				fence = ""
+			}
+			continue
+		}
+		if fence != "" || len(line)-len(trimmed) >= 4 {
+			continue
+		}
+		level := len(trimmed) - len(strings.TrimLeft(trimmed, "#"))
+		if level < 1 || level > 6 || (len(trimmed) > level && trimmed[level] != ' ') {
+			continue
+		}
+		text := strings.TrimSpace(trimmed[level:])
+		text = strings.TrimSpace(strings.TrimRight(text, "#")) // closing sequence
+		var b strings.Builder
+		for _, r := range strings.ToLower(text) {
+			switch {
+			case unicode.IsLetter(r) || unicode.IsDigit(r) || r == '-' || r == '_':
+				b.WriteRune(r)
+			case r == ' ':
+				b.WriteRune('-')
+			}
+		}
+		a := b.String()
+		if n := seen[a]; n > 0 {
+			seen[a]++
+			a = a + "-" + strconv.Itoa(n)
+		} else {
+			seen[a] = 1
+		}
+		anchors[a] = true
+	}
+	return anchors
+}
+
+// fenceOf reports whether line opens or closes a fenced code block, and
+// its fence (three or more backticks or tildes).
+func fenceOf(line string) (string, bool) {
+	for _, c := range []string{"`", "~"} {
+		n := len(line) - len(strings.TrimLeft(line, c))
+		if n >= 3 {
+			return line[:n], true
+		}
+	}
+	return "", false
 }
 
 // moduleRoot is the directory of the go.mod above the working directory.

@@ -22,3 +22,27 @@ func TestPinnedImage(t *testing.T) {
 		}
 	}
 }
+
+func TestMarkdownAnchors(t *testing.T) {
+	doc := "# Runbooks\n" +
+		"## M1AuthzDown\n" +
+		"### Rollback: image, schema, policy\n" +
+		"## `m1 store restore` — from a backup\n" +
+		"```sh\n# not a heading\n```\n" +
+		"    # indented code, not a heading\n" +
+		"#not a heading either\n" +
+		"## Verify\n" +
+		"## Verify\n" +
+		"## Redis data loss ##\n"
+	got := MarkdownAnchors(doc)
+	for _, want := range []string{"runbooks", "m1authzdown", "rollback-image-schema-policy", "m1-store-restore--from-a-backup", "verify", "verify-1", "redis-data-loss"} {
+		if !got[want] {
+			t.Errorf("MarkdownAnchors: no %q in %v", want, got)
+		}
+	}
+	for _, bad := range []string{"not-a-heading", "indented-code-not-a-heading", "not-a-heading-either"} {
+		if got[bad] {
+			t.Errorf("MarkdownAnchors: %q is not a heading", bad)
+		}
+	}
+}

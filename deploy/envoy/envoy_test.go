@@ -7,10 +7,12 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	grpclogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -90,6 +92,7 @@ func checkExtAuthz(t *testing.T, name string, b *bootstrapv3.Bootstrap) {
 					if i := hcmFilterIndex(&hcm, hf.GetName()); i != 0 {
 						t.Errorf("%s: ext_authz is filter %d; it must run first", name, i)
 					}
+					checkAccessLog(t, name, &hcm, ea.GetGrpcService().GetEnvoyGrpc().GetClusterName())
 				}
 			}
 		}
@@ -106,4 +109,30 @@ func hcmFilterIndex(hcm *hcmv3.HttpConnectionManager, name string) int {
 		}
 	}
 	return -1
+}
+
+// checkAccessLog requires the tool route's access log to go to m1-authz
+// (DESIGN §6): an http_grpc logger, v3, on the ext_authz cluster, logging
+// the x-m1-decision-id request header beside the filter's metadata.
+func checkAccessLog(t *testing.T, name string, hcm *hcmv3.HttpConnectionManager, authzCluster string) {
+	t.Helper()
+	for _, al := range hcm.GetAccessLog() {
+		var g grpclogv3.HttpGrpcAccessLogConfig
+		if al.GetTypedConfig().UnmarshalTo(&g) != nil {
+			continue
+		}
+		cc := g.GetCommonConfig()
+		switch {
+		case cc.GetGrpcService().GetEnvoyGrpc().GetClusterName() != authzCluster:
+			t.Errorf("%s: http_grpc access log goes to cluster %q, want m1-authz's %q", name, cc.GetGrpcService().GetEnvoyGrpc().GetClusterName(), authzCluster)
+		case cc.GetTransportApiVersion() != corev3.ApiVersion_V3:
+			t.Errorf("%s: access log transport_api_version = %v, want V3", name, cc.GetTransportApiVersion())
+		case !slices.Contains(g.GetAdditionalRequestHeadersToLog(), "x-m1-decision-id"):
+			t.Errorf("%s: access log must log the x-m1-decision-id request header", name)
+		case al.GetFilter() != nil:
+			t.Errorf("%s: the access log to m1-authz must not be filtered: every outcome counts", name)
+		}
+		return
+	}
+	t.Errorf("%s: no http_grpc access log to m1-authz on the tool route (tool outcomes, DESIGN §6)", name)
 }

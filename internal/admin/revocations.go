@@ -2,30 +2,100 @@ package admin
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"github.com/m1-agent/m1/internal/deny"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/m1-agent/m1/internal/state"
+	"github.com/m1-agent/m1/internal/store"
 )
 
 // RevocationStore is what the revocation API needs of the state store. An
-// error wrapping state.ErrUnavailable means the shared store could not be
-// written; the revocation still applies in this process (503).
+// error wrapping state.ErrUnavailable and state.ErrNotStored means the
+// durable store could not be written and nothing changed (503); one
+// wrapping state.ErrUnavailable alone means Redis could not be written: the
+// revocation is stored and applies in this process (503).
 type RevocationStore interface {
 	Revoke(ctx context.Context, r state.Revocation) error
 	LiftSub(ctx context.Context, sub string) (bool, error)
 	List(ctx context.Context) ([]state.Revocation, error)
 }
 
+// Auditor records audit events off the request path (the audit recorder).
+type Auditor interface {
+	Record(store.Event)
+}
+
+// Audit event fields of revocations (kind store.KindRevocation).
+const (
+	ActionRevoke = "revoke" // the event's decision: a revocation
+	ActionLift   = "lift"   // the event's decision: a subject's revocation lifted
+)
+
 // RevocationsAPI serves DESIGN §7's revocation endpoints (mount it behind
 // RequireToken). DefaultJTITTL is how long a jti revocation without "until"
-// lasts: the longest token lifetime plus twice the clock skew.
+// lasts: the longest token lifetime plus twice the clock skew. With Audit
+// set, every revocation and lift that reaches the store is recorded as a
+// revocation audit event: who (the admin caller), what, until, and the
+// outcome.
 type RevocationsAPI struct {
 	Store         RevocationStore
 	DefaultJTITTL time.Duration
 	Now           func() time.Time
+	Audit         Auditor // nil: not audited
+}
+
+// Caller names the admin caller of r for the audit trail and the stored
+// revocation: "admin:" and the first 12 hex digits of the SHA-256 of its
+// bearer token (the admin API has one token; rotating it changes the
+// name). The token itself is never recorded.
+func Caller(r *http.Request) string {
+	if scheme, cred, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "bearer") {
+		sum := sha256.Sum256([]byte(strings.TrimSpace(cred)))
+		return "admin:" + hex.EncodeToString(sum[:6])
+	}
+	return "admin"
+}
+
+// audit records one revocation event.
+func (a *RevocationsAPI) audit(r *http.Request, action string, rev state.Revocation, status int, err error) {
+	if a.Audit == nil {
+		return
+	}
+	what := "sub " + rev.Sub
+	if rev.JTI != "" {
+		what = "jti " + rev.JTI
+	}
+	until := "until lifted"
+	if !rev.Until.IsZero() {
+		until = "until " + rev.Until.UTC().Format(time.RFC3339)
+	}
+	detail := action + " " + what
+	if action == ActionRevoke {
+		detail += " " + until
+	}
+	detail += " (from " + r.RemoteAddr + ")"
+	reason := "ok"
+	if err != nil {
+		reason, detail = deny.StateUnavailable, detail+": "+err.Error()
+	}
+	args, _ := json.Marshal(rev)
+	a.Audit.Record(store.Event{
+		Time:      a.Now(),
+		Kind:      store.KindRevocation,
+		Principal: Caller(r),
+		TokenJTI:  rev.JTI,
+		Args:      args,
+		Decision:  action,
+		Reason:    reason,
+		Detail:    detail,
+		Status:    status,
+	})
 }
 
 // Routes returns the ServeMux patterns and handlers of the API.
@@ -90,21 +160,28 @@ func (a *RevocationsAPI) post(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
+	rev.By = Caller(r)
 	if err := a.Store.Revoke(r.Context(), rev); err != nil {
-		if errors.Is(err, state.ErrUnavailable) {
-			WriteError(w, http.StatusServiceUnavailable, "state_unavailable", "revocation applies in this process only: "+err.Error())
-			return
+		switch {
+		case errors.Is(err, state.ErrNotStored):
+			a.audit(r, ActionRevoke, rev, http.StatusServiceUnavailable, err)
+			WriteError(w, http.StatusServiceUnavailable, deny.StateUnavailable, "revocation not stored; nothing changed: "+err.Error())
+		case errors.Is(err, state.ErrUnavailable):
+			a.audit(r, ActionRevoke, rev, http.StatusServiceUnavailable, err)
+			WriteError(w, http.StatusServiceUnavailable, deny.StateUnavailable, "revocation stored and in force in this process, not shared with the other sidecars yet: "+err.Error())
+		default:
+			WriteError(w, http.StatusInternalServerError, deny.InternalError, err.Error())
 		}
-		WriteError(w, http.StatusInternalServerError, "internal_error", err.Error())
 		return
 	}
+	a.audit(r, ActionRevoke, rev, http.StatusCreated, nil)
 	writeJSON(w, http.StatusCreated, rev)
 }
 
 func (a *RevocationsAPI) list(w http.ResponseWriter, r *http.Request) {
 	list, err := a.Store.List(r.Context())
 	if err != nil {
-		WriteError(w, http.StatusServiceUnavailable, "state_unavailable", err.Error())
+		WriteError(w, http.StatusServiceUnavailable, deny.StateUnavailable, err.Error())
 		return
 	}
 	if list == nil {
@@ -116,14 +193,20 @@ func (a *RevocationsAPI) list(w http.ResponseWriter, r *http.Request) {
 func (a *RevocationsAPI) lift(w http.ResponseWriter, r *http.Request) {
 	sub := r.PathValue("sub")
 	lifted, err := a.Store.LiftSub(r.Context(), sub)
+	rev := state.Revocation{Sub: sub}
 	switch {
+	case errors.Is(err, state.ErrNotStored):
+		a.audit(r, ActionLift, rev, http.StatusServiceUnavailable, err)
+		WriteError(w, http.StatusServiceUnavailable, deny.StateUnavailable, "lift not stored; nothing changed: "+err.Error())
 	case errors.Is(err, state.ErrUnavailable):
-		WriteError(w, http.StatusServiceUnavailable, "state_unavailable", err.Error())
+		a.audit(r, ActionLift, rev, http.StatusServiceUnavailable, err)
+		WriteError(w, http.StatusServiceUnavailable, deny.StateUnavailable, "lift stored and applied in this process, not shared with the other sidecars yet (retry): "+err.Error())
 	case err != nil:
-		WriteError(w, http.StatusInternalServerError, "internal_error", err.Error())
+		WriteError(w, http.StatusInternalServerError, deny.InternalError, err.Error())
 	case !lifted:
 		WriteError(w, http.StatusNotFound, "not_found", "no revocation in force for sub "+sub)
 	default:
+		a.audit(r, ActionLift, rev, http.StatusNoContent, nil)
 		w.WriteHeader(http.StatusNoContent)
 	}
 }

@@ -3,6 +3,7 @@ package admin
 import (
 	"errors"
 	"fmt"
+	"github.com/m1-agent/m1/internal/deny"
 	"log"
 	"net/http"
 	"strconv"
@@ -106,9 +107,6 @@ func SecurityHeaders(next http.Handler) http.Handler {
 	})
 }
 
-// CodeBodyTooLarge is the error code of a 413.
-const CodeBodyTooLarge = "body_too_large"
-
 // limitBody answers 413 to a request whose Content-Length exceeds max,
 // without reading its body, and caps the body of every other request at
 // max bytes (http.MaxBytesReader).
@@ -140,7 +138,7 @@ func BodyTooLarge(w http.ResponseWriter, err error) bool {
 // writeBodyTooLarge answers 413 without reading the rest of the body.
 func writeBodyTooLarge(w http.ResponseWriter, max int64) {
 	RefuseBody(w)
-	WriteError(w, http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "request body larger than "+strconv.FormatInt(max, 10)+" bytes")
+	WriteError(w, http.StatusRequestEntityTooLarge, deny.BodyTooLarge, "request body larger than "+strconv.FormatInt(max, 10)+" bytes")
 }
 
 // BodyGrace is how long the unread rest of a refused request body may take

@@ -2,6 +2,7 @@ package approval
 
 import (
 	"context"
+	"github.com/m1-agent/m1/internal/testenv"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,18 +11,6 @@ import (
 
 	"go.uber.org/zap/zaptest"
 )
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // startWatcher runs w.Start until the test ends and fails the test if Start
 // returns an error.
@@ -38,7 +27,7 @@ func startWatcher(t *testing.T, w *Watcher) {
 	})
 	// Start loads once before it watches; once LoadedAt is set the
 	// directory is being watched.
-	eventually(t, "the initial load", func() bool { return !w.Status().LoadedAt.IsZero() })
+	testenv.Eventually(t, 10*time.Second, "the initial load", func() bool { return !w.Status().LoadedAt.IsZero() })
 }
 
 func TestWatcher(t *testing.T) {
@@ -66,7 +55,7 @@ func TestWatcher(t *testing.T) {
 
 	t.Run("atomic replace", func(t *testing.T) {
 		writeFileAtomic(t, path, jwksOf(edB))
-		eventually(t, "kid ed2 to verify", func() bool { return verifies(v, tokB) })
+		testenv.Eventually(t, 10*time.Second, "kid ed2 to verify", func() bool { return verifies(v, tokB) })
 		if verifies(v, tokA) {
 			t.Errorf("Verify(removed kid ed) = ok after reload, want token_invalid")
 		}
@@ -77,7 +66,7 @@ func TestWatcher(t *testing.T) {
 
 	t.Run("garbage keeps the old keys", func(t *testing.T) {
 		writeFileAtomic(t, path, []byte(`{"keys": [garbage`))
-		eventually(t, "Status().LastError", func() bool { return w.Status().LastError != "" })
+		testenv.Eventually(t, 10*time.Second, "Status().LastError", func() bool { return w.Status().LastError != "" })
 		if !verifies(v, tokB) {
 			t.Errorf("Verify(kid ed2) after a bad file = invalid, want ok (old keys kept)")
 		}
@@ -143,7 +132,7 @@ func TestWatcherConfigMap(t *testing.T) {
 
 	tok := mint(t, k.ed2, approvalClaims())
 	version("..2026_03_01_12_05_00.2", jwksOf(k.ed2))
-	eventually(t, "kid ed2 to verify after the ..data swap", func() bool { _, err := v.Verify(tok); return err == nil })
+	testenv.Eventually(t, 10*time.Second, "kid ed2 to verify after the ..data swap", func() bool { _, err := v.Verify(tok); return err == nil })
 	if v.Keys().HasSecret() {
 		t.Errorf("keys have a secret, want none (the watcher has none)")
 	}

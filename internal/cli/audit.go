@@ -15,20 +15,26 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/m1-agent/m1/internal/checkpoint"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/internal/store/backend"
 )
 
 const auditUsage = `Usage:
-  m1 audit verify [--db URL] [--writer W] [--json]
-  m1 audit export [--db URL] --since T [--until T] [--run ID] [--agent A] [--format jsonl|csv] [--limit N]
-  m1 audit prune  [--db URL] [--older-than AGE] [--kind TARGET]...
+  m1 audit verify     [--db URL] [--writer W] [--checkpoints DIR --checkpoint-keys JWKS] [--json]
+  m1 audit export     [--db URL] --since T [--until T] [--run ID] [--agent A] [--format jsonl|csv|calls] [--limit N]
+  m1 audit checkpoint [--db URL] --out DIR|URL --key KEY.jwk [--writer W]
+  m1 audit prune      [--db URL] [--older-than AGE] [--kind TARGET]...
 
 Commands:
-  verify  walk the hash chains and name the first edited, inserted or deleted
-          event (exit 0 intact, 1 broken, 2 error)
-  export  stream events to stdout as JSON lines or CSV, in time order
-  prune   delete what is past retention (default: the retention policy)
+  verify      walk the hash chains and name the first edited, inserted or
+              deleted event, and with --checkpoints a chain cut short
+              (exit 0 intact, 1 broken, 2 error)
+  export      stream events to stdout as JSON lines or CSV, in time order, or
+              each call's decision and outcome side by side
+  checkpoint  sign each chain's head and write it where it is never
+              overwritten
+  prune       delete what is past retention (default: the retention policy)
 
 The store is --db URL or $M1_DATABASE_URL (postgres://…, sqlite:///path, or
 a path ending .db); without either, the SQLite file m1.db under --data-dir
@@ -46,6 +52,8 @@ func runAudit(ctx context.Context, c *cmdIO, args []string) int {
 		return runAuditVerify(ctx, c, args[1:])
 	case "export":
 		return runAuditExport(ctx, c, args[1:])
+	case "checkpoint":
+		return runAuditCheckpoint(ctx, c, args[1:])
 	case "prune":
 		return runAuditPrune(ctx, c, args[1:])
 	case "-h", "-help", "--help", "help":
@@ -158,9 +166,15 @@ const auditVerifyDescription = `Walk every writer's hash chain (or --writer's) a
 and id, and whether it was edited, inserted or deleted. A chain whose head
 was pruned is verified from its checkpoint.
 
-Verify cannot see events deleted from the tail of a chain, nor a chain
-rewritten whole by someone who can recompute every hash: export the trail
-regularly to write-once storage (see docs/AUDIT.md).
+With --checkpoints DIR (signed chain heads that m1 audit checkpoint or
+m1-authz wrote, verified with --checkpoint-keys, the checkpoint key's public
+JWKS) verify also reports a chain that ends before a head it was signed to
+hold (its newest events were deleted: "cut short", with the missing seqs),
+a chain whose event at a signed head has another hash (rewritten), a
+signed chain the store no longer has, and a checkpoint file that does not
+verify. Without checkpoints, events deleted from the tail of a chain, or a
+chain rewritten whole by someone who can recompute every hash, cannot be
+seen (docs/AUDIT.md).
 
 Exit status: 0 every chain intact, 1 a chain is broken, 2 error.`
 
@@ -180,6 +194,9 @@ type chainReport struct {
 	LastSeq  int64        `json:"last_seq"`
 	LastHash string       `json:"last_hash"`
 	Break    *breakReport `json:"break,omitempty"`
+	// Signed is what the signed checkpoints (--checkpoints) say of the
+	// chain; absent without any for it.
+	Signed *signedReport `json:"signed,omitempty"`
 }
 
 type breakReport struct {
@@ -190,12 +207,27 @@ type breakReport struct {
 }
 
 func runAuditVerify(ctx context.Context, c *cmdIO, args []string) int {
-	fs := newFlagSet("audit verify", "m1 audit verify [--db URL] [--writer W] [--json]", auditVerifyDescription, auditEnv())
+	env := auditEnv()
+	env["checkpoint-keys"] = "M1_AUDIT_CHECKPOINT_KEYS"
+	fs := newFlagSet("audit verify", "m1 audit verify [--db URL] [--writer W] [--checkpoints DIR --checkpoint-keys JWKS] [--json]", auditVerifyDescription, env)
 	sf := addStoreFlags(fs)
 	writer := fs.String("writer", "", "verify only this `writer`'s chain")
 	asJSON := fs.Bool("json", false, "print one JSON object: each chain's result and the totals")
+	cpDir := fs.String("checkpoints", "", "also check the chains against the signed checkpoints in this `DIR`")
+	cpKeys := fs.String("checkpoint-keys", "", "the JWKS (or JWK) `file` of the checkpoint signing key's public half")
 	if code, ok := parse(fs, c, args, 0, 0); !ok {
 		return code
+	}
+	var (
+		signed  map[string][]checkpoint.SignedHead
+		nSigned int
+		badCps  map[string]error
+	)
+	if *cpDir != "" {
+		var err error
+		if signed, nSigned, badCps, err = loadCheckpoints(*cpDir, *cpKeys); err != nil {
+			return fail(c, "audit verify", err)
+		}
 	}
 	st, err := sf.open(ctx)
 	if err != nil {
@@ -204,7 +236,9 @@ func runAuditVerify(ctx context.Context, c *cmdIO, args []string) int {
 	defer st.Close()
 
 	var writers []string
+	stored := map[string]bool{}
 	if err := st.Chains(ctx, func(w string) error {
+		stored[w] = true
 		if *writer == "" || w == *writer {
 			writers = append(writers, w)
 		}
@@ -212,16 +246,28 @@ func runAuditVerify(ctx context.Context, c *cmdIO, args []string) int {
 	}); err != nil {
 		return fail(c, "audit verify", err)
 	}
-	if *writer != "" && len(writers) == 0 {
+	if *writer != "" && len(writers) == 0 && len(signed[*writer]) == 0 {
 		return fail(c, "audit verify", fmt.Errorf("no chain %q in the store", *writer))
 	}
+	// Chains the checkpoints hold and the store does not: deleted whole.
+	for w := range signed {
+		if !stored[w] && (*writer == "" || w == *writer) {
+			writers = append(writers, w)
+		}
+	}
+	slices.Sort(writers)
 
 	var reports []chainReport
 	var intact, broken int
 	var events int64
 	var verr error
 	for _, w := range writers {
-		r, err := verifyChain(ctx, st, w)
+		var r chainReport
+		if stored[w] {
+			r, err = verifyChain(ctx, st, w, signed[w])
+		} else {
+			r, err = missingChain(w, signed[w]), nil
+		}
 		if err != nil {
 			verr = err
 			break
@@ -236,25 +282,16 @@ func runAuditVerify(ctx context.Context, c *cmdIO, args []string) int {
 			reports = append(reports, r)
 			continue
 		}
-		if r.OK {
-			fmt.Fprintf(c.stdout, "ok      %s  %d events", w, r.Events)
-			switch {
-			case r.Checkpoint > 0 && r.Events == 0:
-				fmt.Fprintf(c.stdout, " (pruned through seq %d)", r.Checkpoint)
-			case r.Checkpoint > 0:
-				fmt.Fprintf(c.stdout, " (seq %d to %d; pruned through seq %d)", r.Checkpoint+1, r.LastSeq, r.Checkpoint)
-			}
-			fmt.Fprintln(c.stdout)
-			continue
-		}
-		b := r.Break
-		switch {
-		case b.Kind == store.Deleted && b.ID == 0: // the whole chain
-			fmt.Fprintf(c.stdout, "BROKEN  %s  seq %d deleted: %s\n", w, b.Seq, b.Reason)
-		case b.Kind == store.Deleted:
-			fmt.Fprintf(c.stdout, "BROKEN  %s  seq %d deleted (the next event found is id %d): %s\n", w, b.Seq, b.ID, b.Reason)
-		default:
-			fmt.Fprintf(c.stdout, "BROKEN  %s  seq %d (id %d) %s: %s\n", w, b.Seq, b.ID, b.Kind, b.Reason)
+		printChainReport(c, r)
+	}
+	var badNames []string
+	for name := range badCps {
+		badNames = append(badNames, name)
+	}
+	slices.Sort(badNames)
+	if !*asJSON {
+		for _, name := range badNames {
+			fmt.Fprintf(c.stdout, "BROKEN  checkpoint %s: %v\n", name, badCps[name])
 		}
 	}
 	switch {
@@ -265,10 +302,20 @@ func runAuditVerify(ctx context.Context, c *cmdIO, args []string) int {
 			Intact int           `json:"intact"`
 			Broken int           `json:"broken"`
 			Events int64         `json:"events"`
-			Error  string        `json:"error,omitempty"` // verification stopped
-		}{OK: broken == 0 && verr == nil, Chains: reports, Intact: intact, Broken: broken, Events: events}
+			// Checkpoints counts the signed checkpoints verified;
+			// BadCheckpoints names those that did not verify, and why.
+			Checkpoints    int               `json:"checkpoints,omitempty"`
+			BadCheckpoints map[string]string `json:"bad_checkpoints,omitempty"`
+			Error          string            `json:"error,omitempty"` // verification stopped
+		}{OK: broken == 0 && len(badCps) == 0 && verr == nil, Chains: reports, Intact: intact, Broken: broken, Events: events, Checkpoints: nSigned}
 		if out.Chains == nil {
 			out.Chains = []chainReport{}
+		}
+		for _, name := range badNames {
+			if out.BadCheckpoints == nil {
+				out.BadCheckpoints = map[string]string{}
+			}
+			out.BadCheckpoints[name] = badCps[name].Error()
 		}
 		if verr != nil {
 			out.Error = verr.Error()
@@ -278,11 +325,14 @@ func runAuditVerify(ctx context.Context, c *cmdIO, args []string) int {
 			return fail(c, "audit verify", err)
 		}
 		fmt.Fprintf(c.stdout, "%s\n", b)
+	case verr == nil && *cpDir != "":
+		fmt.Fprintf(c.stdout, "%d chains: %d intact, %d broken; %d events verified; %d signed checkpoints, %d bad\n",
+			intact+broken, intact, broken, events, nSigned, len(badCps))
 	case verr == nil:
 		fmt.Fprintf(c.stdout, "%d chains: %d intact, %d broken; %d events verified\n", intact+broken, intact, broken, events)
 	}
 	switch {
-	case broken > 0:
+	case broken > 0 || len(badCps) > 0:
 		if verr != nil {
 			fmt.Fprintf(c.stderr, "m1 audit verify: stopped: %v\n", verr)
 		}
@@ -293,18 +343,69 @@ func runAuditVerify(ctx context.Context, c *cmdIO, args []string) int {
 	return exitOK
 }
 
-// verifyChain streams one chain through a store.Verifier. err is for a
-// chain that could not be read; a break is in the report.
-func verifyChain(ctx context.Context, st store.Store, writer string) (chainReport, error) {
+// printChainReport writes one chain's lines of verify's text output.
+func printChainReport(c *cmdIO, r chainReport) {
+	w := r.Writer
+	if r.OK {
+		fmt.Fprintf(c.stdout, "ok      %s  %d events", w, r.Events)
+		switch {
+		case r.Checkpoint > 0 && r.Events == 0:
+			fmt.Fprintf(c.stdout, " (pruned through seq %d)", r.Checkpoint)
+		case r.Checkpoint > 0:
+			fmt.Fprintf(c.stdout, " (seq %d to %d; pruned through seq %d)", r.Checkpoint+1, r.LastSeq, r.Checkpoint)
+		}
+		if r.Signed != nil {
+			fmt.Fprintf(c.stdout, " (holds its signed head, seq %d)", r.Signed.Seq)
+		}
+		fmt.Fprintln(c.stdout)
+		return
+	}
+	if b := r.Break; b != nil {
+		switch {
+		case b.Kind == store.Deleted && b.ID == 0: // the whole chain
+			fmt.Fprintf(c.stdout, "BROKEN  %s  seq %d deleted: %s\n", w, b.Seq, b.Reason)
+		case b.Kind == store.Deleted:
+			fmt.Fprintf(c.stdout, "BROKEN  %s  seq %d deleted (the next event found is id %d): %s\n", w, b.Seq, b.ID, b.Reason)
+		default:
+			fmt.Fprintf(c.stdout, "BROKEN  %s  seq %d (id %d) %s: %s\n", w, b.Seq, b.ID, b.Kind, b.Reason)
+		}
+	}
+	switch s := r.Signed; {
+	case s == nil || s.Finding == "":
+	case s.Finding == findingCutShort:
+		fmt.Fprintf(c.stdout, "BROKEN  %s  cut short: seq %d to %d missing: %s\n", w, s.FirstMissing, s.LastMissing, s.Reason)
+	case s.Finding == findingMissing:
+		fmt.Fprintf(c.stdout, "BROKEN  %s  chain missing: seq %d to %d deleted: %s\n", w, s.FirstMissing, s.LastMissing, s.Reason)
+	default:
+		fmt.Fprintf(c.stdout, "BROKEN  %s  %s: %s\n", w, s.Finding, s.Reason)
+	}
+}
+
+// verifyChain streams one chain through a store.Verifier and compares it
+// with its signed heads (none: signed is empty). err is for a chain that
+// could not be read; a break is in the report.
+func verifyChain(ctx context.Context, st store.Store, writer string, signed []checkpoint.SignedHead) (chainReport, error) {
 	r := chainReport{Writer: writer}
 	var v store.Verifier
 	streamed := false
+	hs := newHeads(signed)
+	broken := false
 	err := st.Chain(ctx, writer, func(e store.Event) error {
 		if !streamed && e.Kind == store.KindCheckpoint && e.ID == 0 {
 			r.Checkpoint = e.Seq
 		}
 		streamed = true
-		return v.Add(e)
+		hs.see(e)
+		if broken {
+			return nil
+		}
+		if err := v.Add(e); err != nil {
+			broken = true
+			if len(signed) == 0 {
+				return err // nothing more to learn from the rest
+			}
+		}
+		return nil
 	})
 	if err == nil {
 		err = v.Close()
@@ -325,6 +426,9 @@ func verifyChain(ctx context.Context, st store.Store, writer string) (chainRepor
 	}
 	r.Events = v.Verified()
 	r.LastSeq, r.LastHash = v.Last()
+	if r.Signed = hs.report(streamed); r.Signed != nil && r.Signed.Finding != "" {
+		r.OK = false
+	}
 	return r, nil
 }
 
@@ -339,6 +443,11 @@ year is 365 days). --since is inclusive, --until exclusive.
   csv    a header row, then one row per event: every field, times in RFC
          3339 UTC with microseconds, args as its JSON text (empty: none),
          args_truncated (true: args left out for their size) last
+  calls  one row per decision, side by side with what came of it: the
+         tool's outcome from Envoy's access log (succeeded or failed, the
+         tool's status, its time; "none" for an allowed tool call without
+         one) and the orchestrator's dispatch result. Held in memory: use
+         with --run (m1 audit export --run RUN --since 7d --format calls)
 
 Every exported event carries writer, seq, prev_hash and hash, so the
 export can be re-verified without the store (docs/AUDIT.md).
@@ -368,14 +477,14 @@ func csvRecord(e store.Event) []string {
 
 func runAuditExport(ctx context.Context, c *cmdIO, args []string) int {
 	fs := newFlagSet("audit export",
-		"m1 audit export [--db URL] --since T [--until T] [--run ID] [--agent A] [--format jsonl|csv] [--limit N]",
+		"m1 audit export [--db URL] --since T [--until T] [--run ID] [--agent A] [--format jsonl|csv|calls] [--limit N]",
 		auditExportDescription, auditEnv())
 	sf := addStoreFlags(fs)
 	since := fs.String("since", "", "export events at or after `T` (required)")
 	until := fs.String("until", "now", "export events before `T`")
 	runID := fs.String("run", "", "only the events of this orchestrator run `id`")
 	agent := fs.String("agent", "", "only the events of this `agent` (the principal)")
-	format := fs.String("format", "jsonl", "output `format`: jsonl or csv")
+	format := fs.String("format", "jsonl", "output `format`: jsonl, csv, or calls (decision and outcome side by side)")
 	limit := fs.Int("limit", 0, "at most `N` events (0: no limit)")
 	if code, ok := parse(fs, c, args, 0, 0); !ok {
 		return code
@@ -390,8 +499,8 @@ func runAuditExport(ctx context.Context, c *cmdIO, args []string) int {
 	switch {
 	case *since == "":
 		return usageErr("--since is required (an RFC 3339 time, or an age such as 24h or 7d)")
-	case *format != "jsonl" && *format != "csv":
-		return usageErr("--format %q: want jsonl or csv", *format)
+	case *format != "jsonl" && *format != "csv" && *format != "calls":
+		return usageErr("--format %q: want jsonl, csv or calls", *format)
 	case *limit < 0:
 		return usageErr("--limit must not be negative")
 	}
@@ -414,6 +523,10 @@ func runAuditExport(ctx context.Context, c *cmdIO, args []string) int {
 	var write func(store.Event) error
 	var flush func() error
 	switch *format {
+	case "calls":
+		v := newCallsView()
+		write = v.add
+		flush = func() error { return v.print(c.stdout) }
 	case "csv":
 		w := csv.NewWriter(c.stdout) // buffered
 		if err := w.Write(csvHeader); err != nil {

@@ -174,6 +174,7 @@ func testAudit(t *testing.T, newDB func(*testing.T) auditDB) {
 	t.Run("verify", func(t *testing.T) { testAuditVerify(t, newDB) })
 	t.Run("export", func(t *testing.T) { testAuditExport(t, newDB) })
 	t.Run("prune", func(t *testing.T) { testAuditPrune(t, newDB) })
+	t.Run("checkpoint", func(t *testing.T) { testAuditCheckpoint(t, newDB) })
 	t.Run("store from the environment", func(t *testing.T) {
 		d := newDB(t)
 		d.add(t, "w-env", auditEvents("env", spaced(time.Now(), time.Minute, 3)))

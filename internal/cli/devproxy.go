@@ -24,7 +24,9 @@ m1-authz's header changes (the approval token and client-sent x-m1-* headers
 removed, x-m1-decision-id set), its whole body, and the answer streamed back
 (server-sent events included). A denied request gets m1-authz's status and
 JSON body; when m1-authz cannot answer, --status-on-error with
-{"error":"authz_unavailable"} (failure_mode_allow: false). See
+{"error":"authz_unavailable"} (failure_mode_allow: false). After each
+request, the access-log entry Envoy would send goes to m1-authz's
+AccessLogService at --authz, so that it records the tool's outcome. See
 docs/DEV-PROXY.md.
 
 Runs until interrupted (SIGINT, SIGTERM). Exit status: 0 after an
@@ -41,6 +43,7 @@ func runDevProxy(ctx context.Context, c *cmdIO, args []string) int {
 	packAsBytes := fs.Bool("pack-as-bytes", d.PackAsBytes, "send the body in raw_body, as deploy/envoy does (with_request_body.pack_as_bytes)")
 	timeout := fs.Duration("timeout", d.Timeout, "deadline of each Check (grpc_service.timeout)")
 	statusOnError := fs.Int("status-on-error", d.StatusOnError, "HTTP `status` when m1-authz cannot answer (status_on_error; deploy/envoy uses 503)")
+	accessLog := fs.Bool("access-log", d.AccessLog, "send each request's access-log entry to m1-authz's AccessLogService at --authz, as deploy/envoy's http_grpc access log does (tool outcomes)")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info (one line per request), warn, error")
 	if code, ok := parse(fs, c, args, 0, 0); !ok {
 		return code
@@ -65,6 +68,7 @@ func runDevProxy(ctx context.Context, c *cmdIO, args []string) int {
 		PackAsBytes:     *packAsBytes,
 		Timeout:         *timeout,
 		StatusOnError:   *statusOnError,
+		AccessLog:       *accessLog,
 		Logger:          logger,
 	}
 	p, err := devproxy.New(o)

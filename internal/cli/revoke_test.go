@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/m1-agent/m1/internal/sidecar"
+	"github.com/m1-agent/m1/internal/testenv"
 )
 
 const (
@@ -37,7 +38,7 @@ func startTokenSidecar(t *testing.T, jwks, secret string) tokenSidecar {
 	opts := sidecar.DefaultOptions()
 	opts.GRPCAddr, opts.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
 	opts.AdminToken = e2eAdminToken
-	opts.DataDir = t.TempDir()
+	opts.DataDir = testenv.DataDir(t) // a store that has been running: tokens issued now are past its epoch
 	opts.JWKSFile, opts.JWTSecret, opts.Audience = jwks, secret, e2eAudience
 	opts.Logger = zap.NewNop()
 	reg := prometheus.NewRegistry()

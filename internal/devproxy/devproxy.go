@@ -22,6 +22,13 @@
 //     false): StatusOnError (403, Envoy's default status_on_error) with the
 //     JSON body {"error":"authz_unavailable","reason":…}, logged.
 //
+// After each request the proxy sends the access-log entry Envoy's http_grpc
+// access log of deploy/envoy would send to m1-authz's AccessLogService on
+// the same address (AccessLog): the ext_authz dynamic metadata with the
+// decision id, the x-m1-decision-id request header, the response code, the
+// duration and the upstream failure flags, so that m1-authz records the
+// tool's outcome.
+//
 // A body over MaxRequestBytes is cut to that size and sent with
 // x-envoy-auth-partial-body: true when AllowPartial (allow_partial_message)
 // is set — m1-authz denies that body_too_large on the MCP and tool paths;
@@ -107,6 +114,9 @@ type Options struct {
 	// StatusOnError is the status the client gets when Check fails
 	// (status_on_error).
 	StatusOnError int
+	// AccessLog sends each request's access-log entry to m1-authz's
+	// AccessLogService at AuthzAddr, as deploy/envoy's access log does.
+	AccessLog bool
 	// Logger receives the start warning, one line per request, and errors.
 	Logger *zap.Logger
 }
@@ -114,7 +124,8 @@ type Options struct {
 // DefaultOptions returns the defaults: listen on 127.0.0.1:10000, m1-authz
 // at 127.0.0.1:9191, 1 MiB bodies, partial bodies checked (m1-authz denies
 // them), body as a string, 1 s per check (Envoy's deploy config says 0.5 s;
-// a development sidecar gets more room), 403 on a failed check.
+// a development sidecar gets more room), 403 on a failed check, access-log
+// entries sent.
 func DefaultOptions() Options {
 	return Options{
 		Listen:          "127.0.0.1:10000",
@@ -123,6 +134,7 @@ func DefaultOptions() Options {
 		AllowPartial:    true,
 		Timeout:         time.Second,
 		StatusOnError:   http.StatusForbidden,
+		AccessLog:       true,
 	}
 }
 
@@ -163,6 +175,7 @@ type Proxy struct {
 	conn      *grpc.ClientConn
 	authz     authv3.AuthorizationClient
 	transport *http.Transport
+	accessLog *accessLogger // nil without Options.AccessLog
 
 	mu      sync.Mutex
 	srv     *http.Server
@@ -185,14 +198,18 @@ func New(opts Options) (*Proxy, error) {
 	}
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.DisableCompression = true // pass Accept-Encoding and bodies through untouched
-	return &Proxy{
+	p := &Proxy{
 		opts:      opts,
 		upstream:  u,
 		logger:    cmp.Or(opts.Logger, zap.NewNop()),
 		conn:      conn,
 		authz:     authv3.NewAuthorizationClient(conn),
 		transport: t,
-	}, nil
+	}
+	if opts.AccessLog {
+		p.accessLog = newAccessLogger(conn, p.logger)
+	}
+	return p, nil
 }
 
 // Start logs the development-only warning, listens on Options.Listen and
@@ -255,6 +272,9 @@ func (p *Proxy) Stop(ctx context.Context) error {
 		}
 	}
 	p.transport.CloseIdleConnections()
+	if p.accessLog != nil {
+		p.accessLog.Close(ctx) // the entries of the requests served
+	}
 	if err := p.conn.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("devproxy: close gRPC connection: %w", err))
 	}
@@ -263,9 +283,17 @@ func (p *Proxy) Stop(ctx context.Context) error {
 
 // ServeHTTP checks one request with m1-authz and forwards it, or answers
 // the deny or the error.
-func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (p *Proxy) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	log := p.logger.With(zap.String(fieldMethod, r.Method), zap.String(fieldPath, r.URL.Path))
+	w := &statusWriter{ResponseWriter: rw}
+	x := &exchange{start: start}
+	if v, ok := r.Header[http.CanonicalHeaderKey(headerDecisionID)]; ok && len(v) > 0 {
+		x.idHeader = &v[0] // a client's own; an allow overwrites it
+	}
+	if p.accessLog != nil {
+		defer func() { p.accessLog.Log(x.entry(r, w)) }()
+	}
 
 	body, partial, err := readBody(r.Body, p.opts.MaxRequestBytes)
 	if err != nil {
@@ -278,6 +306,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		w.WriteHeader(http.StatusRequestEntityTooLarge)
 		_, _ = io.WriteString(w, "Payload Too Large")
+		x.details = "request_payload_too_large"
 		log.Info("request", zap.String(fieldDecision, "too_large"), zap.Int(fieldStatus, http.StatusRequestEntityTooLarge),
 			zap.Duration(fieldDuration, time.Since(start)))
 		return
@@ -307,12 +336,18 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case err != nil && r.Context().Err() != nil:
 		log.Info("client went away during the check", zap.Error(err))
 	case err != nil:
+		x.details = "ext_authz_error"
 		reason := fmt.Sprintf("m1-authz at %s: %s: %s", p.opts.AuthzAddr, status.Code(err), status.Convert(err).Message())
 		log.Warn("check failed; denying (failure_mode_allow: false)", zap.String(fieldReason, reason))
 		writeJSON(w, p.opts.StatusOnError, errorBody{Error: CodeAuthzUnavailable, Reason: reason})
 	case resp.GetStatus().GetCode() == int32(codes.OK):
-		skipped := p.forward(w, r, body, hdrs, resp.GetOkResponse())
-		fields := []zap.Field{zap.String(fieldDecision, "allow"), zap.String(fieldDecisionID, decisionID(resp.GetOkResponse().GetHeaders())),
+		id := decisionID(resp.GetOkResponse().GetHeaders())
+		x.metadata, x.routed, x.idHeader, x.details = resp.GetDynamicMetadata(), true, &id, "via_upstream"
+		skipped, upErr := p.forward(w, r, body, hdrs, resp.GetOkResponse())
+		if upErr {
+			x.upFailed, x.details = true, "upstream_reset_before_response_started"
+		}
+		fields := []zap.Field{zap.String(fieldDecision, "allow"), zap.String(fieldDecisionID, id),
 			zap.Duration(fieldDuration, time.Since(start))}
 		if len(skipped) > 0 {
 			fields = append(fields, zap.Strings(fieldSkipped, skipped))
@@ -320,12 +355,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		log.Info("request", fields...)
 	case resp.GetErrorResponse() != nil:
 		e := resp.GetErrorResponse()
+		x.details = "ext_authz_error"
 		code := cmp.Or(int(e.GetStatus().GetCode()), p.opts.StatusOnError)
 		p.localReply(w, code, e)
 		log.Warn("request", zap.String(fieldDecision, "error"), zap.Int(fieldStatus, code),
 			zap.String(fieldReason, resp.GetStatus().GetMessage()), zap.Duration(fieldDuration, time.Since(start)))
 	default:
 		d := resp.GetDeniedResponse()
+		x.metadata, x.denied, x.details = resp.GetDynamicMetadata(), true, "ext_authz_denied"
 		code := cmp.Or(int(d.GetStatus().GetCode()), http.StatusForbidden)
 		p.localReply(w, code, d)
 		log.Info("request", zap.String(fieldDecision, "deny"), zap.Int(fieldStatus, code),
@@ -355,7 +392,8 @@ func readBody(body io.Reader, limit int64) (b []byte, partial bool, err error) {
 // forward sends the request upstream with the ok_response applied and
 // streams the answer back. body is what was read of the request body
 // (longer than the limit when partial); the rest is still in r.Body.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, checked map[string]string, ok *authv3.OkHttpResponse) (skipped []string) {
+// upstreamErr reports that the upstream could not be reached.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, checked map[string]string, ok *authv3.OkHttpResponse) (skipped []string, upstreamErr bool) {
 	in := r.Clone(r.Context())
 	in.Body = struct {
 		io.Reader
@@ -389,12 +427,13 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, che
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			upstreamErr = true
 			p.logger.Warn("upstream", zap.String(fieldUpstream, p.upstream.String()), zap.Error(err))
 			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: CodeUpstreamUnavailable, Reason: err.Error()})
 		},
 	}
 	rp.ServeHTTP(w, in)
-	return skipped
+	return skipped, upstreamErr
 }
 
 // localReply writes a denied_response (or error_response) as Envoy's local

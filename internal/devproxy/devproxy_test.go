@@ -26,6 +26,7 @@ import (
 	"github.com/m1-agent/m1/internal/demotool"
 	"github.com/m1-agent/m1/internal/devproxy"
 	"github.com/m1-agent/m1/internal/sidecar"
+	"github.com/m1-agent/m1/internal/testenv"
 	"github.com/m1-agent/m1/toolcall"
 )
 
@@ -36,6 +37,7 @@ const audience = "tools.local"
 type authzServer struct {
 	addr string
 	key  *approval.SigningKey
+	reg  *prometheus.Registry // its metrics
 }
 
 func startAuthz(t *testing.T) *authzServer { return startAuthzWith(t, "") }
@@ -60,7 +62,7 @@ func startAuthzWith(t *testing.T, policyDir string) *authzServer {
 	reg := prometheus.NewRegistry()
 	o.GRPCAddr, o.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
 	o.Logger, o.Registerer, o.Gatherer = zap.NewNop(), reg, reg
-	o.DataDir = t.TempDir()
+	o.DataDir = testenv.DataDir(t) // a store that has been running: tokens issued now are past its epoch
 	o.JWKSFile, o.Audience = jwksFile, audience
 	o.PolicyDir = policyDir
 	ctx := context.Background()
@@ -76,7 +78,7 @@ func startAuthzWith(t *testing.T, policyDir string) *authzServer {
 		defer cancel()
 		_ = s.Stop(ctx)
 	})
-	return &authzServer{addr: s.Addr().String(), key: key}
+	return &authzServer{addr: s.Addr().String(), key: key, reg: reg}
 }
 
 // mint signs an approval of one call of tool with args (a JSON object).

@@ -4,8 +4,9 @@
 // A limit of N per minute is a token bucket that holds N and refills at N a
 // minute (GCRA): N calls at once, then one every 60/N seconds. Local keeps
 // the buckets in this process (golang.org/x/time/rate, bounded in number);
-// Redis shares them between sidecars (github.com/go-redis/redis_rate, one
-// Lua script per limit) and falls back to Local while Redis is unreachable:
+// Redis shares them between sidecars (one Lua script checks both buckets and
+// takes from both only when both allow, as Local does under the principal's
+// lock) and falls back to Local while Redis is unreachable:
 // a rate limit is a brake, not an approval, so an outage loosens it to one
 // process's count rather than stopping every call.
 package ratelimit
@@ -43,7 +44,8 @@ type Result struct {
 	// RetryAfter is how long until the next call would be allowed (when
 	// not Allowed).
 	RetryAfter time.Duration
-	// Limit names the limit that refused: "minute" or "hour".
+	// Limit names the limit that refused: "minute" or "hour" (the one
+	// with the longer wait when both refuse).
 	Limit string
 }
 
@@ -99,14 +101,22 @@ func (l *Local) Allow(_ context.Context, key string) Result {
 		lim  *rate.Limiter
 		name string
 	}{{p.minute, "minute"}, {p.hour, "hour"}}
+	var refused Result
 	for _, b := range buckets {
 		if b.lim == nil {
 			continue
 		}
 		if tokens := b.lim.TokensAt(now); tokens < 1 {
-			wait := time.Duration((1 - tokens) / float64(b.lim.Limit()) * float64(time.Second))
-			return Result{RetryAfter: max(wait, time.Nanosecond), Limit: b.name}
+			// When both refuse, the longer wait: a retry after it is
+			// allowed by both.
+			wait := max(time.Duration((1-tokens)/float64(b.lim.Limit())*float64(time.Second)), time.Nanosecond)
+			if wait > refused.RetryAfter {
+				refused = Result{RetryAfter: wait, Limit: b.name}
+			}
 		}
+	}
+	if refused.RetryAfter > 0 {
+		return refused
 	}
 	for _, b := range buckets {
 		if b.lim != nil {

@@ -3,7 +3,6 @@ package ratelimit_test
 import (
 	"context"
 	"net"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,99 +10,18 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/m1-agent/m1/internal/ratelimit"
+	"github.com/m1-agent/m1/internal/ratelimit/ratelimittest"
 	"github.com/m1-agent/m1/internal/testenv"
 )
 
-type limiter interface {
-	Allow(ctx context.Context, key string) ratelimit.Result
-}
-
-// run is the suite both limiters pass.
-func run(t *testing.T, newLimiter func(t *testing.T, l ratelimit.Limits) limiter) {
-	ctx := context.Background()
-	t.Run("per minute", func(t *testing.T) {
-		l := newLimiter(t, ratelimit.Limits{PerMinute: 3})
-		for i, want := range []bool{true, true, true, false, false} {
-			r := l.Allow(ctx, "agent-a")
-			if r.Allowed != want {
-				t.Fatalf("Allow #%d = %+v, want allowed %v", i+1, r, want)
-			}
-			// 3 a minute refill one every 20 s.
-			if !want && (r.Limit != "minute" || r.RetryAfter <= 0 || r.RetryAfter > 20*time.Second) {
-				t.Fatalf("Allow #%d refused %+v, want the minute limit with a retry within 20s", i+1, r)
-			}
-		}
-		if r := l.Allow(ctx, "agent-b"); !r.Allowed {
-			t.Fatalf("Allow(another principal) = %+v, want allowed: buckets are per principal", r)
-		}
-	})
-	t.Run("per hour", func(t *testing.T) {
-		l := newLimiter(t, ratelimit.Limits{PerMinute: 10, PerHour: 2})
-		for i, want := range []bool{true, true, false} {
-			if r := l.Allow(ctx, "agent-h"); r.Allowed != want || !want && r.Limit != "hour" {
-				t.Fatalf("Allow #%d = %+v, want allowed %v (hour limit)", i+1, r, want)
-			}
-		}
-	})
-	t.Run("no limits", func(t *testing.T) {
-		l := newLimiter(t, ratelimit.Limits{})
-		for i := range 100 {
-			if r := l.Allow(ctx, "agent-n"); !r.Allowed {
-				t.Fatalf("Allow #%d without limits = %+v", i+1, r)
-			}
-		}
-	})
-	t.Run("concurrent calls allow exactly the limit", func(t *testing.T) {
-		l := newLimiter(t, ratelimit.Limits{PerMinute: 25})
-		var mu sync.Mutex
-		allowed := 0
-		var wg sync.WaitGroup
-		for range 100 {
-			wg.Go(func() {
-				if l.Allow(ctx, "agent-c").Allowed {
-					mu.Lock()
-					allowed++
-					mu.Unlock()
-				}
-			})
-		}
-		wg.Wait()
-		if allowed != 25 {
-			t.Fatalf("100 concurrent calls, limit 25 a minute: %d allowed", allowed)
-		}
-	})
-}
-
 func TestLocal(t *testing.T) {
-	run(t, func(t *testing.T, l ratelimit.Limits) limiter {
-		lim, err := ratelimit.NewLocal(l, nil)
+	ratelimittest.Run(t, func(t *testing.T, l ratelimit.Limits, now func() time.Time) ratelimittest.Limiter {
+		lim, err := ratelimit.NewLocal(l, now)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return lim
 	})
-}
-
-func TestLocalRefills(t *testing.T) {
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	lim, err := ratelimit.NewLocal(ratelimit.Limits{PerMinute: 3}, func() time.Time { return now })
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	for range 3 {
-		lim.Allow(ctx, "a")
-	}
-	if r := lim.Allow(ctx, "a"); r.Allowed || r.RetryAfter != 20*time.Second {
-		t.Fatalf("Allow(4th) = %+v, want refused, retry after 20s", r)
-	}
-	now = now.Add(20 * time.Second)
-	if r := lim.Allow(ctx, "a"); !r.Allowed {
-		t.Fatalf("Allow(20s later) = %+v, want allowed (one refilled)", r)
-	}
-	if r := lim.Allow(ctx, "a"); r.Allowed {
-		t.Fatalf("Allow(again) = %+v, want refused", r)
-	}
 }
 
 func TestNegativeLimits(t *testing.T) {
@@ -128,13 +46,39 @@ func newRedis(t *testing.T, srv *testenv.Redis, l ratelimit.Limits) (*ratelimit.
 
 func TestRedis(t *testing.T) {
 	srv := testenv.StartRedis(t, testenv.RedisOptions{})
-	run(t, func(t *testing.T, l ratelimit.Limits) limiter {
+	ratelimittest.Run(t, func(t *testing.T, l ratelimit.Limits, now func() time.Time) ratelimittest.Limiter {
 		lim, client := newRedis(t, srv, l)
 		if err := client.FlushAll(context.Background()).Err(); err != nil {
 			t.Fatal(err)
 		}
+		lim.SetClock(now)
 		return lim
 	})
+}
+
+// On a Redis Cluster a principal's two buckets share a node (a hash tag),
+// so that one script takes from both.
+func TestRedisCluster(t *testing.T) {
+	c := testenv.StartRedisCluster(t, 3)
+	client := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs(), MaxRetries: 2})
+	t.Cleanup(func() { client.Close() })
+	l := ratelimit.Limits{PerMinute: 2, PerHour: 10}
+	local, _ := ratelimit.NewLocal(l, nil)
+	lim, err := ratelimit.NewRedis(client, l, local, 2*time.Second, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, p := range []string{"agent-1", "", "a}b", "{x}"} {
+		for i, want := range []bool{true, true, false} {
+			if r := lim.Allow(ctx, p); r.Allowed != want {
+				t.Fatalf("principal %q call %d = %+v, want allowed %v", p, i+1, r, want)
+			}
+		}
+		if n, err := client.Exists(ctx, "m1:rl:{p:"+p+"}:minute", "m1:rl:{p:"+p+"}:hour").Result(); err != nil || n != 2 {
+			t.Fatalf("principal %q: %d bucket keys in the cluster, %v; want 2 (not counted locally)", p, n, err)
+		}
+	}
 }
 
 // Two sidecars on one Redis share the buckets; with Redis down, each
@@ -151,63 +95,13 @@ func TestRedisSharedAndFallback(t *testing.T) {
 	if r := a.Allow(ctx, "p"); r.Allowed {
 		t.Fatalf("third call across two sidecars = %+v, want refused: the bucket is shared", r)
 	}
-	if n, err := client.Exists(ctx, "rate:"+ratelimit.KeyPrefix+"minute:p").Result(); err != nil || n != 1 {
-		t.Fatalf("key rate:%sminute:p exists = %d, %v; want 1", ratelimit.KeyPrefix, n, err)
+	if n, err := client.Exists(ctx, ratelimit.KeyPrefix+"{p:p}:minute").Result(); err != nil || n != 1 {
+		t.Fatalf("key %s{p:p}:minute exists = %d, %v; want 1", ratelimit.KeyPrefix, n, err)
 	}
 	srv.Stop(t)
 	for i, want := range []bool{true, true, false} {
 		if r := b.Allow(ctx, "p"); r.Allowed != want {
 			t.Fatalf("Redis down, call #%d = %+v, want allowed %v (counted in this process)", i+1, r, want)
-		}
-	}
-}
-
-// Refused calls take nothing: many of them at once, past the limit, do not
-// put the bucket in debt (they once did, locking a principal out for most
-// of an hour), and a call the hour refuses takes no minute token.
-func TestLocalRefusalsTakeNothing(t *testing.T) {
-	var mu sync.Mutex
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	lim, err := ratelimit.NewLocal(ratelimit.Limits{PerMinute: 60}, clock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	for range 60 {
-		lim.Allow(ctx, "a")
-	}
-	var wg sync.WaitGroup
-	for range 32 {
-		wg.Go(func() {
-			for range 500 {
-				if lim.Allow(ctx, "a").Allowed {
-					t.Error("a call was allowed from an empty bucket")
-				}
-			}
-		})
-	}
-	wg.Wait()
-	advance(5 * time.Second) // 60 a minute: five more
-	for i := range 5 {
-		if r := lim.Allow(ctx, "a"); !r.Allowed {
-			t.Fatalf("call %d after 5s of refill = %+v, want allowed", i+1, r)
-		}
-	}
-
-	both, _ := ratelimit.NewLocal(ratelimit.Limits{PerMinute: 2, PerHour: 3}, clock)
-	for range 3 {
-		both.Allow(ctx, "b")
-		advance(time.Minute)
-	}
-	if r := both.Allow(ctx, "b"); r.Allowed || r.Limit != "hour" {
-		t.Fatalf("4th call in the hour = %+v, want refused by the hour limit", r)
-	}
-	advance(20 * time.Minute) // one hour token back; the minute bucket must be full
-	for i, want := range []bool{true, false} {
-		if r := both.Allow(ctx, "b"); r.Allowed != want {
-			t.Fatalf("call %d after the hour refilled one = %+v, want allowed %v", i+1, r, want)
 		}
 	}
 }

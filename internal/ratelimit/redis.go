@@ -2,34 +2,56 @@ package ratelimit
 
 import (
 	"context"
+	_ "embed"
+	"fmt"
+	"strconv"
 	"sync/atomic"
 	"time"
 
-	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
-// KeyPrefix starts every key Redis keeps, after redis_rate's own "rate:":
-// rate:m1:rl:<minute|hour>:<principal>.
+// KeyPrefix starts every key Redis keeps: m1:rl:{p:<principal>}:minute and
+// m1:rl:{p:<principal>}:hour. The braces are a Redis Cluster hash tag, so
+// that a principal's two buckets live on one node and one script can take
+// from both; "p:" keeps the tag non-empty for the empty principal.
 const KeyPrefix = "m1:rl:"
+
+// keys returns the Redis keys of principal's minute and hour buckets.
+func keys(principal string) []string {
+	tag := KeyPrefix + "{p:" + principal + "}:"
+	return []string{tag + "minute", tag + "hour"}
+}
+
+// gcraScript checks both GCRA buckets of a principal and takes from both
+// only when both allow, in one atomic step (see gcra.lua).
+//
+//go:embed gcra.lua
+var gcraSource string
+
+var gcraScript = redis.NewScript(gcraSource)
 
 // Redis shares the buckets between sidecars through Redis. It is safe for
 // concurrent use.
 type Redis struct {
 	limits   Limits
-	lim      *redis_rate.Limiter
+	client   redis.UniversalClient
 	fallback *Local
 	timeout  time.Duration
 	up       func() bool
 	log      *zap.Logger
 	down     atomic.Bool
+	now      func() time.Time // nil: Redis's own clock (TIME)
 }
 
 // NewRedis returns a Redis limiter on client. Each call to Redis is bounded
 // by timeout; while Redis fails, or while up (the connection prober; nil =
 // always try) says it is down, fallback counts instead, so that a hung
 // Redis does not add its timeout to every call.
+//
+// The buckets are timed by Redis's clock (TIME, inside the script), which
+// every sidecar shares; SetClock replaces it (tests).
 func NewRedis(client redis.UniversalClient, limits Limits, fallback *Local, timeout time.Duration, up func() bool, log *zap.Logger) (*Redis, error) {
 	if err := limits.validate(); err != nil {
 		return nil, err
@@ -40,37 +62,60 @@ func NewRedis(client redis.UniversalClient, limits Limits, fallback *Local, time
 	if up == nil {
 		up = func() bool { return true }
 	}
-	return &Redis{limits: limits, lim: redis_rate.NewLimiter(client), fallback: fallback, timeout: timeout, up: up, log: log}, nil
+	return &Redis{limits: limits, client: client, fallback: fallback, timeout: timeout, up: up, log: log}, nil
 }
 
-// Allow counts one call of key.
+// SetClock makes the script time the buckets by now instead of Redis's
+// clock. Call it before the first Allow; nil restores Redis's clock.
+func (r *Redis) SetClock(now func() time.Time) { r.now = now }
+
+// Allow counts one call of key: both buckets are checked and taken from in
+// one script, so a call that either limit refuses takes from neither.
 func (r *Redis) Allow(ctx context.Context, key string) Result {
+	if !r.limits.Enabled() {
+		return Result{Allowed: true}
+	}
 	if !r.up() {
 		return r.fallback.Allow(ctx, key)
 	}
-	for _, l := range []struct {
-		name  string
-		n     int
-		limit func(int) redis_rate.Limit
-	}{{"minute", r.limits.PerMinute, redis_rate.PerMinute}, {"hour", r.limits.PerHour, redis_rate.PerHour}} {
-		if l.n <= 0 {
-			continue
+	now := ""
+	if r.now != nil {
+		now = strconv.FormatInt(r.now().UnixMicro(), 10)
+	}
+	cctx, cancel := context.WithTimeout(ctx, r.timeout)
+	res, err := gcraScript.Run(cctx, r.client, keys(key), r.limits.PerMinute, r.limits.PerHour, now).Slice()
+	cancel()
+	var out Result
+	if err == nil {
+		out, err = parseScriptResult(res)
+	}
+	if err != nil {
+		if !r.down.Swap(true) {
+			r.log.Warn("rate limits: Redis unreachable; counting in this process until it answers", zap.Error(err))
 		}
-		cctx, cancel := context.WithTimeout(ctx, r.timeout)
-		res, err := r.lim.Allow(cctx, KeyPrefix+l.name+":"+key, l.limit(l.n))
-		cancel()
-		if err != nil {
-			if !r.down.Swap(true) {
-				r.log.Warn("rate limits: Redis unreachable; counting in this process until it answers", zap.Error(err))
-			}
-			return r.fallback.Allow(ctx, key)
-		}
-		if r.down.Swap(false) {
-			r.log.Info("rate limits: Redis answers again; counting shared")
-		}
-		if res.Allowed == 0 {
-			return Result{RetryAfter: res.RetryAfter, Limit: l.name}
+		return r.fallback.Allow(ctx, key)
+	}
+	if r.down.Swap(false) {
+		r.log.Info("rate limits: Redis answers again; counting shared")
+	}
+	return out
+}
+
+// parseScriptResult reads the script's answer: {1} when allowed, else
+// {0, retry-after in microseconds, "minute"|"hour"}.
+func parseScriptResult(res []any) (Result, error) {
+	if len(res) == 1 {
+		if n, ok := res[0].(int64); ok && n == 1 {
+			return Result{Allowed: true}, nil
 		}
 	}
-	return Result{Allowed: true}
+	if len(res) == 3 {
+		n, ok1 := res[0].(int64)
+		us, ok2 := res[1].(int64)
+		name, ok3 := res[2].(string)
+		if ok1 && ok2 && ok3 && n == 0 && (name == "minute" || name == "hour") {
+			return Result{RetryAfter: max(time.Duration(us)*time.Microsecond, time.Microsecond), Limit: name}, nil
+		}
+	}
+	return Result{}, fmt.Errorf("ratelimit: unexpected script answer %v", res)
 }

@@ -60,18 +60,6 @@ func open(t *testing.T, o Options, reg prometheus.Registerer, onChange ...func(b
 	return c
 }
 
-// waitFor polls cond until it holds or 15s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestSingleNodeHealth(t *testing.T) {
 	srv := testenv.StartRedis(t, testenv.RedisOptions{})
 	reg := prometheus.NewRegistry()
@@ -90,7 +78,7 @@ func TestSingleNodeHealth(t *testing.T) {
 		}
 	}
 
-	waitFor(t, "m1_redis_connected = 1", func() bool { return gauge() == 1 && c.Connected() })
+	testenv.Eventually(t, 15*time.Second, "m1_redis_connected = 1", func() bool { return gauge() == 1 && c.Connected() })
 	expectState(true)
 	if c.RTT() <= 0 {
 		t.Errorf("RTT() = %v after a successful probe, want > 0", c.RTT())
@@ -104,11 +92,11 @@ func TestSingleNodeHealth(t *testing.T) {
 	}
 
 	srv.Stop(t)
-	waitFor(t, "m1_redis_connected = 0", func() bool { return gauge() == 0 && !c.Connected() })
+	testenv.Eventually(t, 15*time.Second, "m1_redis_connected = 0", func() bool { return gauge() == 0 && !c.Connected() })
 	expectState(false)
 
 	srv.Start(t)
-	waitFor(t, "m1_redis_connected = 1 again", func() bool { return gauge() == 1 && c.Connected() })
+	testenv.Eventually(t, 15*time.Second, "m1_redis_connected = 1 again", func() bool { return gauge() == 1 && c.Connected() })
 	expectState(true)
 	if err := c.Client().Set(ctx, "k", "v2", time.Minute).Err(); err != nil {
 		t.Fatalf("SET after restart: %v", err)
@@ -139,7 +127,7 @@ func TestNewWhileDown(t *testing.T) {
 		t.Fatalf("Connected() = %v, RTT() = %v with the server down; want false, 0", c.Connected(), c.RTT())
 	}
 	srv.Start(t)
-	waitFor(t, "connected", c.Connected)
+	testenv.Eventually(t, 15*time.Second, "connected", c.Connected)
 }
 
 // TestCommandTimeout: with the server down or hung, a command fails
@@ -162,7 +150,7 @@ func TestCommandTimeout(t *testing.T) {
 		blocker := redis.NewClient(&redis.Options{Addr: srv.Addr, ReadTimeout: 5 * time.Second})
 		defer blocker.Close()
 		go blocker.Do(context.Background(), "DEBUG", "SLEEP", "2")
-		waitFor(t, "server busy", func() bool { return testenv.Ping(srv.Addr) != nil })
+		testenv.Eventually(t, 15*time.Second, "server busy", func() bool { return testenv.Ping(srv.Addr) != nil })
 		start := time.Now()
 		err := c.Client().Get(ctx, "k").Err()
 		took := time.Since(start)
@@ -182,7 +170,7 @@ func TestCommandTimeout(t *testing.T) {
 		if took := time.Since(start); err == nil || took > time.Second {
 			t.Errorf("GET with a 30ms deadline on a hung server = %v after %v, want an error within ~30ms", err, took)
 		}
-		waitFor(t, "server awake", func() bool { return testenv.Ping(srv.Addr) == nil })
+		testenv.Eventually(t, 15*time.Second, "server awake", func() bool { return testenv.Ping(srv.Addr) == nil })
 	})
 
 	t.Run("stopped server", func(t *testing.T) {
@@ -271,7 +259,7 @@ func TestCluster(t *testing.T) {
 	if holding < 2 {
 		t.Errorf("keys landed on %d node(s), want them spread over several", holding)
 	}
-	waitFor(t, "cluster connected", c.Connected)
+	testenv.Eventually(t, 15*time.Second, "cluster connected", c.Connected)
 }
 
 // TestSentinel runs a master and a Sentinel (redis-server --sentinel) that
@@ -294,7 +282,7 @@ func TestSentinel(t *testing.T) {
 	if v, err := direct.Get(ctx, "via-sentinel").Result(); err != nil || v != "yes" {
 		t.Fatalf("GET on the master, db 3 = %q, %v; want yes", v, err)
 	}
-	waitFor(t, "connected through the Sentinel", c.Connected)
+	testenv.Eventually(t, 15*time.Second, "connected through the Sentinel", c.Connected)
 }
 
 // startSentinel starts redis-server --sentinel monitoring master and

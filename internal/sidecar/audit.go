@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -16,39 +15,28 @@ import (
 	"github.com/m1-agent/m1/internal/store/backend"
 )
 
-// setupAudit opens the audit store (SQLite under DataDir by default,
-// PostgreSQL with M1_DATABASE_URL) and the recorder. A database that is
-// down at start is not fatal: events spool under DataDir until it answers.
-func (s *Server) setupAudit(ctx context.Context) error {
+// setupAudit builds the recorder on the store setupStore prepared and
+// checkStore opened. A database that is down at start is not fatal: events
+// spool under DataDir until it answers.
+func (s *Server) setupAudit(_ context.Context) error {
 	o := s.opts
 	if !o.Audit {
 		return nil
 	}
-	if _, _, err := backend.Parse(o.DatabaseURL, o.DataDir); err != nil {
-		return fmt.Errorf("M1_DATABASE_URL: %w", err)
-	}
-	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
-		return fmt.Errorf("M1_DATA_DIR: %w", err)
-	}
-	s.auditSink = audit.NewLazySink(func(ctx context.Context) (store.Store, error) {
-		return backend.Open(ctx, o.DatabaseURL, o.DataDir)
-	})
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	pingErr := s.auditSink.Ping(pctx)
+	pingErr := s.storePingErr
 	if pingErr != nil {
 		s.log.Warn("audit store unreachable at start; decisions spool locally until it answers", zap.Error(pingErr))
 	}
+	s.auditWriter = store.WriterID("m1-authz", o.Now())
 	rec, err := audit.New(audit.Options{
-		Writer:       store.WriterID("m1-authz", o.Now()),
-		Sink:         s.auditSink,
+		Writer:       s.auditWriter,
+		Sink:         s.storeSink,
 		SpoolPath:    filepath.Join(o.DataDir, "audit-spool.jsonl"),
 		MaxArgsBytes: o.AuditMaxArgs,
 		Logger:       s.log.Named("audit"),
 		Registerer:   o.Registerer,
 	})
 	if err != nil {
-		_ = s.auditSink.Close()
 		return err
 	}
 	if pingErr != nil {
@@ -61,10 +49,10 @@ func (s *Server) setupAudit(ctx context.Context) error {
 // records returns the store the audit trail writes to as store.Records:
 // the runs and LLM costs m1-orchestrator records there, for the dashboard.
 func (s *Server) records(ctx context.Context) (store.Records, error) {
-	if s.auditSink == nil {
+	if s.audit == nil {
 		return nil, errors.New("audit is off (M1_AUDIT=false): runs and costs are read from the audit store")
 	}
-	st, err := s.auditSink.Store(ctx)
+	st, err := s.storeSink.Store(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("audit store unreachable: %w", err)
 	}
@@ -75,17 +63,32 @@ func (s *Server) records(ctx context.Context) (store.Records, error) {
 	return rec, nil
 }
 
+// databaseCheck reports the store: whether the security state was loaded
+// from it, and the audit trail's queue and spool.
 func (s *Server) databaseCheck() admin.Check {
-	if s.audit == nil {
-		return admin.Check{Status: admin.StatusDisabled, Detail: "audit off (M1_AUDIT=false)"}
-	}
 	kind, _, _ := backend.Parse(s.opts.DatabaseURL, s.opts.DataDir)
+	c := admin.Check{Status: admin.StatusOK, Info: map[string]any{"backend": kind, "state": "loaded"}}
+	if !s.stateLoaded() {
+		c.Status, c.Info["state"] = admin.StatusDegraded, "not loaded"
+		c.Detail = "store unreachable: the security state is not loaded, approvals and grants are denied (state_unavailable) until it answers"
+	}
+	if s.audit == nil {
+		c.Info["audit"] = "off"
+		if c.Detail == "" {
+			c.Detail = "audit off (M1_AUDIT=false); the store keeps the security state"
+		} else {
+			c.Detail += "; audit off (M1_AUDIT=false)"
+		}
+		return c
+	}
 	st := s.audit.Stats()
-	c := admin.Check{Status: admin.StatusOK, Info: map[string]any{
-		"backend": kind, "queue_depth": st.QueueDepth, "spool_events": st.SpoolEvents, "spool_bytes": st.SpoolBytes, "written": st.Written,
-	}}
+	c.Info["queue_depth"], c.Info["spool_events"], c.Info["spool_bytes"], c.Info["written"] = st.QueueDepth, st.SpoolEvents, st.SpoolBytes, st.Written
 	if st.LastError != "" || st.SpoolEvents > 0 {
-		c.Status, c.Detail = admin.StatusDegraded, "audit store unreachable; decisions spool locally: "+st.LastError
+		msg := "audit store unreachable; decisions spool locally: " + st.LastError
+		if c.Detail != "" {
+			msg = c.Detail + "; " + msg
+		}
+		c.Status, c.Detail = admin.StatusDegraded, msg
 	}
 	return c
 }
@@ -99,7 +102,7 @@ func (s *Server) pruneLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			st, err := s.auditSink.Store(ctx)
+			st, err := s.storeSink.Store(ctx)
 			if err != nil {
 				s.log.Warn("audit prune skipped: store unreachable", zap.Error(err))
 				continue

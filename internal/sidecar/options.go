@@ -48,7 +48,7 @@ type Options struct {
 	RateLimitMinute       int           // tool calls per principal per minute; 0 = no limit
 	RateLimitHour         int           // tool calls per principal per hour; 0 = no limit
 	DrainTimeout          time.Duration // how long Stop waits for in-flight checks
-	DataDir               string        // directory for local state (SQLite store, spool)
+	DataDir               string        // directory for local state (SQLite store: security state and audit; spool)
 	LogLevel              string        // read by main to build Logger
 
 	// Approval tokens (DESIGN §4).
@@ -59,7 +59,8 @@ type Options struct {
 	ClockSkew       time.Duration // leeway on exp, nbf and iat
 	TrustedIssuers  string        // comma-separated iss allow-list; empty = any
 
-	// Shared state in Redis (DESIGN §7); empty RedisURL keeps everything in-process.
+	// Shared state in Redis (DESIGN §7); with an empty RedisURL the state is
+	// kept in the store (DataDir or DatabaseURL).
 	RedisURL              string
 	RedisPassword         string
 	RedisDB               int
@@ -76,8 +77,15 @@ type Options struct {
 	// Audit trail.
 	Audit        bool          // record every decision
 	AuditMaxArgs int           // largest arguments an audit event keeps; beyond, the hash alone, marked truncated
-	DatabaseURL  string        // "" = SQLite file under DataDir; postgres://… for PostgreSQL
+	DatabaseURL  string        // the store: "" = SQLite file under DataDir; postgres://… for PostgreSQL
 	PruneEvery   time.Duration // apply store.DefaultRetention this often; 0 = never
+
+	// Signed checkpoints of this process's audit chain (DESIGN §9): off
+	// unless CheckpointOut is set.
+	CheckpointOut     string        // a directory (write-once storage) or an http(s):// PUT base URL
+	CheckpointKeyFile string        // the Ed25519 private JWK that signs them
+	CheckpointToken   string        // bearer token for an HTTP target
+	CheckpointEvery   time.Duration // how often; the last one is written at Stop
 
 	// Approvals held at the gateway (DESIGN §10), and the principal header.
 	Approvals ApprovalsOptions
@@ -126,6 +134,7 @@ func DefaultOptions() Options {
 		PruneEvery:            time.Hour,
 		AdminHTTP:             admin.DefaultLimits(),
 		CacheL2TTL:            10 * time.Minute,
+		CheckpointEvery:       15 * time.Minute,
 		Approvals:             ApprovalsOptions{Timeout: defaultApprovalsTimeout},
 		Version:               buildinfo.Version(),
 		Now:                   time.Now,
@@ -171,7 +180,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.IntVar(&o.TokenTTLMinutes, "approval-token-ttl-minutes", o.TokenTTLMinutes, "longest approval token lifetime (exp - iat) accepted, in minutes")
 	fs.DurationVar(&o.ClockSkew, "clock-skew", o.ClockSkew, "leeway on token exp, nbf and iat")
 	fs.StringVar(&o.TrustedIssuers, "trusted-issuers", o.TrustedIssuers, "comma-separated allow-list of token issuers (empty = any)")
-	fs.StringVar(&o.RedisURL, "redis-url", o.RedisURL, "Redis for shared state (empty = in-process only); see docs/REDIS.md for the URL forms")
+	fs.StringVar(&o.RedisURL, "redis-url", o.RedisURL, "Redis for shared state (empty = single use, grant counts and revocations kept in the store); see docs/REDIS.md for the URL forms")
 	fs.StringVar(&o.RedisPassword, "redis-password", o.RedisPassword, "Redis password (overrides the URL's)")
 	fs.IntVar(&o.RedisDB, "redis-db", o.RedisDB, "Redis database number (-1 = from the URL)")
 	fs.BoolVar(&o.RedisTLS, "redis-tls", o.RedisTLS, "connect to Redis with TLS (implied by rediss://)")
@@ -186,7 +195,11 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.BoolVar(&o.Audit, "audit", o.Audit, "record every decision in the audit store")
 	fs.IntVar(&o.AuditMaxArgs, "audit-max-args-bytes", o.AuditMaxArgs, "largest tool arguments an audit event keeps (allowed calls of non-sensitive tools only); larger ones keep their args_sha256 alone, marked args_truncated")
 	fs.DurationVar(&o.PruneEvery, "audit-prune-interval", o.PruneEvery, "apply the retention policy (decisions, runs, tool calls: 2 years; revoked tokens: 30 days) this often; 0 = never")
-	fs.StringVar(&o.DatabaseURL, "database-url", o.DatabaseURL, "audit store: empty = SQLite file m1.db under --data-dir; postgres://… for PostgreSQL")
+	fs.StringVar(&o.DatabaseURL, "database-url", o.DatabaseURL, "the store (security state and audit trail): empty = SQLite file m1.db under --data-dir; postgres://… for PostgreSQL")
+	fs.StringVar(&o.CheckpointOut, "audit-checkpoint-out", o.CheckpointOut, "write signed checkpoints of this process's audit chain to this directory (write-once storage) or http(s):// PUT URL (empty = off)")
+	fs.StringVar(&o.CheckpointKeyFile, "audit-checkpoint-key-file", o.CheckpointKeyFile, "the Ed25519 private JWK that signs audit checkpoints (required with --audit-checkpoint-out)")
+	fs.StringVar(&o.CheckpointToken, "audit-checkpoint-token", o.CheckpointToken, "bearer token for an http(s):// checkpoint target")
+	fs.DurationVar(&o.CheckpointEvery, "audit-checkpoint-interval", o.CheckpointEvery, "how often to write an audit checkpoint (and once more at shutdown); at least 1m")
 	env := map[string]string{
 		"grpc-addr":                  "M1_GRPC_ADDR",
 		"admin-addr":                 "M1_ADMIN_ADDR",
@@ -240,6 +253,10 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 		"audit-max-args-bytes":       "M1_AUDIT_MAX_ARGS_BYTES",
 		"audit-prune-interval":       "M1_AUDIT_PRUNE_INTERVAL",
 		"database-url":               "M1_DATABASE_URL",
+		"audit-checkpoint-out":       "M1_AUDIT_CHECKPOINT_OUT",
+		"audit-checkpoint-key-file":  "M1_AUDIT_CHECKPOINT_KEY_FILE",
+		"audit-checkpoint-token":     "M1_AUDIT_CHECKPOINT_TOKEN",
+		"audit-checkpoint-interval":  "M1_AUDIT_CHECKPOINT_INTERVAL",
 	}
 	o.bindApprovalFlags(fs, env)
 	return env
@@ -301,6 +318,12 @@ func (o *Options) validate() error {
 		return fmt.Errorf("AuditMaxArgs (M1_AUDIT_MAX_ARGS_BYTES) must be positive, got %d", o.AuditMaxArgs)
 	case o.PruneEvery < 0 || (o.PruneEvery > 0 && o.PruneEvery < time.Minute):
 		return fmt.Errorf("PruneEvery (M1_AUDIT_PRUNE_INTERVAL) must be 0 or at least 1m")
+	case o.CheckpointOut != "" && o.CheckpointKeyFile == "":
+		return fmt.Errorf("CheckpointKeyFile (M1_AUDIT_CHECKPOINT_KEY_FILE) is required with M1_AUDIT_CHECKPOINT_OUT")
+	case o.CheckpointOut != "" && !o.Audit:
+		return fmt.Errorf("CheckpointOut (M1_AUDIT_CHECKPOINT_OUT) needs the audit trail on (M1_AUDIT)")
+	case o.CheckpointOut != "" && o.CheckpointEvery < time.Minute:
+		return fmt.Errorf("CheckpointEvery (M1_AUDIT_CHECKPOINT_INTERVAL) must be at least 1m")
 	case o.Logger == nil || o.Registerer == nil || o.Gatherer == nil || o.Now == nil:
 		return fmt.Errorf("Logger, Registerer, Gatherer and Now are required")
 	}

@@ -82,6 +82,11 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"recv below body", func(o *Options) { o.GRPCMaxRecvBytes = 10 }, "M1_GRPC_MAX_RECV_BYTES"},
 		{"zero body", func(o *Options) { o.MaxBodyBytes = 0 }, "M1_MAX_BODY_BYTES"},
 		{"prefix without slash", func(o *Options) { o.ToolsPathPrefix = "/tools" }, "M1_TOOLS_PATH_PREFIX"},
+		{"checkpoints without a key", func(o *Options) { o.CheckpointOut = "/tmp/cp" }, "M1_AUDIT_CHECKPOINT_KEY_FILE"},
+		{"checkpoints too often", func(o *Options) {
+			o.CheckpointOut, o.CheckpointKeyFile, o.CheckpointEvery = "/tmp/cp", "k.jwk", time.Second
+		}, "M1_AUDIT_CHECKPOINT_INTERVAL"},
+		{"checkpoints without audit", func(o *Options) { o.CheckpointOut, o.CheckpointKeyFile, o.Audit = "/tmp/cp", "k.jwk", false }, "M1_AUDIT"},
 		{"zero audit args", func(o *Options) { o.AuditMaxArgs = 0 }, "M1_AUDIT_MAX_ARGS_BYTES"},
 		{"prune too often", func(o *Options) { o.PruneEvery = time.Second }, "M1_AUDIT_PRUNE_INTERVAL"},
 	}

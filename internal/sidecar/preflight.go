@@ -228,13 +228,14 @@ func preflightIssuers(o Options) PreflightCheck {
 	return okCheck(name, detail)
 }
 
-// preflightStore opens the audit store as m1-authz does at start (creating
-// the data directory and the SQLite file when missing) and applies its
-// migrations.
+// preflightStore opens the store as m1-authz does at start (creating the
+// data directory and the SQLite file when missing) and applies its
+// migrations. It keeps the security state even with the audit off.
 func preflightStore(ctx context.Context, o Options, timeout time.Duration) PreflightCheck {
 	const name = "audit store"
+	prefix := ""
 	if !o.Audit {
-		return okCheck(name, "audit off (M1_AUDIT=false): no store")
+		prefix = "audit off (M1_AUDIT=false); the store keeps the security state: "
 	}
 	kind, target, err := backend.Parse(o.DatabaseURL, o.DataDir)
 	if err != nil {
@@ -259,14 +260,14 @@ func preflightStore(ctx context.Context, o Options, timeout time.Duration) Prefl
 	if err := st.Close(); err != nil {
 		return failCheck(name, fmt.Errorf("close %s: %w", what, err))
 	}
-	return okCheck(name, what+": opened, migrations applied")
+	return okCheck(name, prefix+what+": opened, migrations applied")
 }
 
 // preflightRedis PINGs Redis through the client m1-authz would build.
 func preflightRedis(ctx context.Context, o Options, timeout time.Duration) PreflightCheck {
 	const name = "redis"
 	if o.RedisURL == "" {
-		return okCheck(name, "REDIS_URL not set: state is in-process (one sidecar alone)")
+		return okCheck(name, "REDIS_URL not set: single use, grant counts and revocations are kept in the store (one sidecar alone, or sidecars sharing PostgreSQL)")
 	}
 	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
 	conn, err := redisconn.New(redisconn.Options{

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/m1-agent/m1/internal/deny"
 	"net/http"
 	"time"
 
@@ -24,16 +25,12 @@ const maxStateWait = 300 * time.Millisecond
 
 // stateStore is what the sidecar needs of its state backend.
 type stateStore interface {
-	Consume(ctx context.Context, jti string, exp time.Time) (bool, error)
-	CountUse(ctx context.Context, jti string, max int, exp time.Time) (bool, error)
-	Revoked(ctx context.Context, jti, sub string) (bool, error)
+	authz.UseStore
+	authz.RevocationChecker
 	admin.RevocationStore
 }
 
-var (
-	_ stateStore = (*state.Memory)(nil)
-	_ stateStore = (*redisstate.Store)(nil)
-)
+var _ stateStore = (*state.Memory)(nil)
 
 // setupRedis builds the shared-state pieces when REDIS_URL is set: the
 // connection, the state store (single use, grant counts, revocations,
@@ -73,7 +70,6 @@ func (s *Server) setupRedis() error {
 		conn.Close()
 		return fmt.Errorf("redis state: %w", err)
 	}
-	s.store = s.shared
 	if o.CacheSize > 0 && o.CacheL2Mode != "off" {
 		s.l2 = rediscache.New(conn.Client(), rediscache.Options{
 			TTL:        o.CacheL2TTL,
@@ -172,7 +168,7 @@ func (s *Server) closeRedis() {
 
 func (s *Server) redisCheck() admin.Check {
 	if s.redis == nil {
-		return admin.Check{Status: admin.StatusDisabled, Detail: "REDIS_URL not set: state is in-process"}
+		return admin.Check{Status: admin.StatusDisabled, Detail: "REDIS_URL not set: single use, grant counts and revocations are kept in the store (M1_DATA_DIR or M1_DATABASE_URL)"}
 	}
 	info := map[string]any{"rtt": s.redis.RTT().String(), "replay_fallback": s.opts.ReplayFallback, "epoch": s.shared.Epoch()}
 	if s.redis.Connected() {
@@ -194,7 +190,7 @@ func (s *Server) flushCache(w http.ResponseWriter, r *http.Request) {
 	doc := map[string]any{"flushed": true, "published": false}
 	if s.shared != nil {
 		if err := s.shared.PublishInvalidate(r.Context(), redisstate.Event{Type: redisstate.EventFlush}); err != nil {
-			admin.WriteError(w, http.StatusServiceUnavailable, "state_unavailable", "flushed here; not published to other sidecars: "+err.Error())
+			admin.WriteError(w, http.StatusServiceUnavailable, deny.StateUnavailable, "flushed here; not published to other sidecars: "+err.Error())
 			return
 		}
 		doc["published"] = true

@@ -68,24 +68,13 @@ func startPair(t testing.TB, withRedis bool, mod func(*Options)) *sharedPair {
 		return p
 	}
 	// Both adopted the epoch: tokens issued from now on are valid.
-	waitUntil(t, "both sidecars adopt the epoch", func() bool {
+	testenv.Eventually(t, 15*time.Second, "both sidecars adopt the epoch", func() bool {
 		return !p.a.shared.Epoch().IsZero() && p.a.shared.Epoch().Equal(p.b.shared.Epoch())
 	})
 	for time.Now().Before(p.a.shared.Epoch()) {
 		time.Sleep(20 * time.Millisecond) // tokens must be issued at or after the epoch
 	}
 	return p
-}
-
-func waitUntil(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func checkClient(t testing.TB, s *Server) authv3.AuthorizationClient {
@@ -158,7 +147,7 @@ func TestRevocationReachesTheOtherSidecar(t *testing.T) {
 		t.Fatal(err)
 	}
 	cb := checkClient(t, p.b)
-	waitUntil(t, "sidecar B denies the token revoked at A", func() bool {
+	testenv.Eventually(t, 15*time.Second, "sidecar B denies the token revoked at A", func() bool {
 		resp, err := cb.Check(context.Background(), writeCall(tok))
 		return err == nil && resp.GetStatus().GetMessage() == "token_revoked"
 	})
@@ -183,13 +172,13 @@ func TestRedisDownFailsClosedThenRecovers(t *testing.T) {
 	if resp, _ := ca.Check(ctx, read); resp.GetStatus().GetCode() != 0 {
 		t.Fatalf("read_file with Redis down = %v, want allow", resp.GetStatus())
 	}
-	waitUntil(t, "health reports redis degraded", func() bool {
+	testenv.Eventually(t, 15*time.Second, "health reports redis degraded", func() bool {
 		return strings.Contains(p.a.healthReport().Checks["redis"].Status, "degraded") && p.a.healthReport().Ready
 	})
 	p.redis.Start(t)
-	waitUntil(t, "redis connected again", p.a.redis.Connected)
+	testenv.Eventually(t, 15*time.Second, "redis connected again", p.a.redis.Connected)
 	// Redis came back empty: a token minted after the new epoch is allowed.
-	waitUntil(t, "a fresh approval is allowed after recovery", func() bool {
+	testenv.Eventually(t, 15*time.Second, "a fresh approval is allowed after recovery", func() bool {
 		resp, err := ca.Check(ctx, writeCall(p.mintFor(t, `{"path":"/tmp/shared"}`)))
 		return err == nil && resp.GetStatus().GetCode() == 0
 	})
@@ -204,7 +193,7 @@ func TestRedisRestartedEmptyDoesNotAllowReplay(t *testing.T) {
 		t.Fatalf("first use = %v, want allow", resp.GetStatus())
 	}
 	p.redis.Restart(t) // no persistence: every consumed jti is forgotten
-	waitUntil(t, "redis connected again", p.a.redis.Connected)
+	testenv.Eventually(t, 15*time.Second, "redis connected again", p.a.redis.Connected)
 	resp, err := ca.Check(ctx, writeCall(tok))
 	if err != nil || resp.GetStatus().GetCode() == 0 {
 		t.Fatalf("replay after Redis lost its data = allow; want deny")
@@ -264,7 +253,7 @@ func TestCacheFlushReachesTheOtherSidecar(t *testing.T) {
 		t.Fatalf("POST /api/m1/cache/flush = %v, %v", resp, err)
 	}
 	resp.Body.Close()
-	waitUntil(t, "B's L1 is flushed by A's flush", func() bool { return p.b.cache.Len() == 0 })
+	testenv.Eventually(t, 15*time.Second, "B's L1 is flushed by A's flush", func() bool { return p.b.cache.Len() == 0 })
 }
 
 // RATE_LIMIT_REQUESTS_PER_MINUTE across two sidecars on one Redis: the

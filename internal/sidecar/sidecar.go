@@ -1,6 +1,7 @@
-// Package sidecar wires m1-authz: the ext_authz gRPC server (with gRPC
-// health and reflection) and the admin HTTP server around the authz
-// decision pipeline. Tests embed it in-process: New, Start, Addr, Stop.
+// Package sidecar wires m1-authz: the ext_authz gRPC server and Envoy's
+// AccessLogService (tool outcomes), with gRPC health and reflection, and
+// the admin HTTP server around the authz decision pipeline. Tests embed it
+// in-process: New, Start, Addr, Stop.
 package sidecar
 
 import (
@@ -18,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -33,10 +35,11 @@ import (
 	"github.com/m1-agent/m1/internal/cache"
 	"github.com/m1-agent/m1/internal/cache/rediscache"
 	"github.com/m1-agent/m1/internal/metrics"
+	"github.com/m1-agent/m1/internal/outcome"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/redisconn"
-	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/internal/state/redisstate"
+	"github.com/m1-agent/m1/internal/state/storestate"
 	"github.com/m1-agent/m1/policies"
 	"github.com/m1-agent/m1/toolcall"
 )
@@ -60,15 +63,23 @@ type Server struct {
 
 	tokenGenerated bool
 	stopKeys       context.CancelFunc
-	store          stateStore      // in-process, or Redis-backed
+	storeSink      *audit.LazySink         // the store: security state and audit trail
+	storePingErr   error                   // the store's answer at New (checkStore)
+	store          stateStore              // durable (storestate), or Redis-backed with durable revocations
+	epoch          authz.Epoch             // the state epoch of store
+	durable        *storestate.Store       // nil with REDIS_URL
+	revs           *storestate.Revocations // with REDIS_URL: revocations kept in the store too
+	stopState      context.CancelFunc
 	redis          *redisconn.Conn // nil without REDIS_URL
 	shared         *redisstate.Store
 	l2             *rediscache.Cache
 	tiered         *cache.Tiered
 	stopRedis      context.CancelFunc
 	stopPrune      context.CancelFunc
-	audit          *audit.Recorder // nil when M1_AUDIT=false
-	auditSink      *audit.LazySink
+	audit          *audit.Recorder   // nil when M1_AUDIT=false
+	outcomes       *outcome.Server   // tool outcomes from Envoy's access log
+	auditWriter    string            // this process's audit chain
+	checkpoints    *checkpointer     // nil without M1_AUDIT_CHECKPOINT_OUT
 	keys           *approval.Watcher // nil without a JWKS file
 	verifier       *approval.Verifier
 	policy         *policySources
@@ -93,14 +104,31 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	}
 	s := &Server{opts: opts, log: opts.Logger, done: make(chan struct{})}
 	s.policy = &policySources{metrics: pm, heard: map[string]bool{}}
-	s.store = state.NewMemory(state.MemoryOptions{Now: opts.Now})
 	if err := s.setupKeys(); err != nil {
+		return nil, err
+	}
+	if err := s.setupStore(); err != nil {
+		return nil, err
+	}
+	if err := s.checkStore(ctx); err != nil {
 		return nil, err
 	}
 	if err := s.setupRedis(); err != nil {
 		return nil, err
 	}
+	if err := s.setupState(); err != nil {
+		s.closeRedis()
+		return nil, err
+	}
 	if err := s.setupAudit(ctx); err != nil {
+		s.closeRedis()
+		_ = s.storeSink.Close()
+		return nil, err
+	}
+	if err := s.setupOutcomes(); err != nil {
+		return nil, err
+	}
+	if err := s.setupCheckpoints(); err != nil {
 		return nil, err
 	}
 	ao := authz.Options{
@@ -132,11 +160,10 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 			ao.Cache = s.tiered
 		}
 	}
-	if s.shared != nil {
-		ao.Epoch = s.shared
-	}
+	ao.Epoch = s.epoch
+	ao.Audit = decisions{outcomes: s.outcomes}
 	if s.audit != nil {
-		ao.Audit = s.audit
+		ao.Audit = decisions{outcomes: s.outcomes, audit: s.audit}
 	}
 	if s.verifier != nil {
 		ao.Tokens = s.verifier
@@ -156,6 +183,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 
 	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(opts.GRPCMaxRecvBytes))
 	authv3.RegisterAuthorizationServer(s.grpc, s.authz)
+	accesslogv3.RegisterAccessLogServiceServer(s.grpc, s.outcomes)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -265,20 +293,27 @@ func (s *Server) Start(ctx context.Context) error {
 			return fmt.Errorf("watch M1_JWKS_FILE: %w", err)
 		}
 	}
+	s.outcomes.Start()
 	if s.audit != nil {
 		s.audit.Start(ctx)
+		if s.checkpoints != nil {
+			s.checkpoints.start(ctx)
+		}
 		if s.opts.PruneEvery > 0 {
 			pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 			s.stopPrune = cancel
 			go s.pruneLoop(pctx)
 		}
 	}
+	s.startState(ctx) // before Redis: its first reload writes restored revocations back to an empty Redis
 	if err := s.startRedis(ctx); err != nil {
 		s.grpcLis.Close()
 		s.adminLis.Close()
 		return err
 	}
 	s.setServing(s.authz.Policy() != nil)
+	// Outcomes do not depend on the policy: the access log is served from the start.
+	s.health.SetServingStatus(accesslogv3.AccessLogService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	go func() {
 		if err := s.grpc.Serve(s.grpcLis); err != nil {
 			s.log.Error("gRPC server stopped", zap.Error(err))
@@ -344,6 +379,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		// The admin port keeps answering /health (draining) until gRPC
 		// has drained.
 		var err error
+		s.outcomes.StopStreams() // Envoy's access-log streams never end by themselves
 		stopped := make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(stopped) }()
 		select {
@@ -355,12 +391,21 @@ func (s *Server) Stop(ctx context.Context) error {
 		if s.stopPrune != nil {
 			s.stopPrune()
 		}
+		if s.stopState != nil {
+			s.stopState()
+		}
+		if e := s.outcomes.Close(ctx); e != nil && err == nil { // before the recorder closes
+			err = e
+		}
 		if s.audit != nil { // in-flight checks are done: flush their events
 			if e := s.audit.Close(ctx); e != nil && err == nil {
 				err = e
 			}
-			_ = s.auditSink.Close()
+			if s.checkpoints != nil { // the chain's last events, flushed
+				s.checkpoints.close(ctx)
+			}
 		}
+		_ = s.storeSink.Close()
 		if s.started.Load() {
 			if e := s.admin.Shutdown(ctx); e != nil && err == nil {
 				err = fmt.Errorf("shut down admin: %w", e)
@@ -453,6 +498,9 @@ func (s *Server) adminHandler() http.Handler {
 		Store:         s.store,
 		DefaultJTITTL: time.Duration(s.opts.TokenTTLMinutes)*time.Minute + 2*s.opts.ClockSkew,
 		Now:           s.opts.Now,
+	}
+	if s.audit != nil {
+		revocations.Audit = s.audit
 	}
 	dashboard := &admin.DashboardAPI{Gatherer: s.opts.Gatherer, Records: s.records, Now: s.opts.Now}
 	routes := revocations.Routes()

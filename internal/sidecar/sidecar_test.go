@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/m1-agent/m1/internal/testenv"
 )
 
 func testOptions(t testing.TB) Options {
@@ -25,7 +27,7 @@ func testOptions(t testing.TB) Options {
 	reg := prometheus.NewRegistry()
 	o.GRPCAddr, o.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
 	o.Logger, o.Registerer, o.Gatherer = zap.NewNop(), reg, reg
-	o.DataDir = t.TempDir()
+	o.DataDir = testenv.DataDir(t) // a store that has been running: tokens issued now are past its epoch
 	return o
 }
 
@@ -184,8 +186,8 @@ func TestHealthReportsEachSwitch(t *testing.T) {
 		{"cache on", func(*Options) {}, "policy", "on", `"decision_cache":true`},
 		{"cache size 0", func(o *Options) { o.CacheSize = 0 }, "policy", "off", `"decision_cache":false`},
 		{"policy not cacheable", func(o *Options) { o.PolicyDir = uncacheable }, "policy", "off", `"cacheable":false`},
-		{"audit off", func(o *Options) { o.Audit = false }, "database", "disabled", ""},
-		{"audit on", func(*Options) {}, "database", "ok", ""},
+		{"audit off", func(o *Options) { o.Audit = false }, "database", "audit:off", ""},
+		{"audit on", func(*Options) {}, "database", "audit:on", ""},
 		{"no redis", func(*Options) {}, "redis", "disabled", ""},
 		{"no keys", func(*Options) {}, "keys", "disabled", ""},
 	}
@@ -208,6 +210,12 @@ func TestHealthReportsEachSwitch(t *testing.T) {
 			}
 			c := doc.Checks[tt.check]
 			got := c.Status
+			if tt.check == "database" { // the store stays open for the security state
+				got = "audit:on"
+				if c.Info["audit"] == "off" {
+					got = "audit:off"
+				}
+			}
 			if tt.check == "policy" {
 				got, _ = c.Info["decision_cache"].(string)
 				if got == "off" && c.Detail == "" {

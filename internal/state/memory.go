@@ -1,7 +1,11 @@
 // Package state holds the sidecar's security state: single-use approval ids,
-// grant use counters and revocations. Memory keeps it in the process; the
-// Redis backend (internal/state/redis) shares it across sidecars behind the
-// same methods.
+// grant use counters and revocations, and the errors the decision path acts
+// on. Memory keeps it in the process; state/redisstate shares it across
+// sidecars through Redis, and state/storestate keeps it in M1's store
+// (SQLite or PostgreSQL) so that it survives a restart. All of them record
+// a use through one method, Use, whose implementation also does the
+// data-loss fencing of DESIGN §7 when its backend can lose data: the
+// decision path never chooses whether a use is fenced.
 package state
 
 import (
@@ -27,12 +31,52 @@ var ErrStateReset = errors.New("shared state was reset; tokens issued before the
 // than forget a consumed approval.
 var ErrFull = errors.New("state: use store full of unexpired entries")
 
+// ErrNotStored is wrapped, beside ErrUnavailable, by the error of a
+// revocation or lift that could not be written to the durable store:
+// nothing was changed, in this process or elsewhere.
+var ErrNotStored = errors.New("not stored; nothing changed")
+
+// Use is one use of an approval or a grant (DESIGN §4, check 11) presented
+// to a state store: it counts if fewer than MaxUses were counted for JTI
+// before Exp.
+type Use struct {
+	// JTI is the token's jti.
+	JTI string
+	// IssuedAt is the token's iat. A store whose backend can lose data
+	// refuses, atomically with the use, a token issued before its epoch
+	// (an error wrapping ErrStateReset): the token may have been used
+	// before the loss. Required.
+	IssuedAt time.Time
+	// Exp is how long the record is kept: the token's exp plus the clock
+	// skew, after which it can no longer verify. Required.
+	Exp time.Time
+	// MaxUses is the use limit: 1 for a single-use approval, a grant's
+	// max_uses for a grant.
+	MaxUses int
+}
+
+// Validate checks that u can be recorded.
+func (u Use) Validate() error {
+	switch {
+	case u.JTI == "":
+		return errors.New("state: use without a jti")
+	case u.IssuedAt.IsZero() || u.Exp.IsZero():
+		return errors.New("state: use without IssuedAt or Exp")
+	case u.MaxUses < 1:
+		return fmt.Errorf("state: use of %q with MaxUses %d < 1", u.JTI, u.MaxUses)
+	}
+	return nil
+}
+
 // Revocation revokes one token (JTI) or every token of one subject (Sub).
 // Exactly one of JTI and Sub is set. A zero Until never expires.
 type Revocation struct {
 	JTI   string    `json:"jti,omitempty"`
 	Sub   string    `json:"sub,omitempty"`
 	Until time.Time `json:"until,omitzero"`
+	// By is who revoked (the admin caller), kept in the durable store's
+	// revoked_tokens.created_by; it is not part of the API's JSON.
+	By string `json:"-"`
 }
 
 // Validate checks that exactly one of JTI and Sub is set.
@@ -52,7 +96,10 @@ type MemoryOptions struct {
 	Now        func() time.Time // default time.Now
 }
 
-// Memory is the in-process state store. It is safe for concurrent use.
+// Memory is the in-process state store. It is safe for concurrent use. It
+// fences nothing (Epoch is zero): it loses its state only with the process,
+// and a process that starts again with an empty Memory must not be trusted
+// with single use (the sidecar uses state/storestate without Redis).
 type Memory struct {
 	now func() time.Time
 	max int
@@ -85,18 +132,18 @@ func NewMemory(o MemoryOptions) *Memory {
 	}
 }
 
-// Consume records the single use of jti until exp. It reports false when
-// jti was already consumed and has not expired.
-func (m *Memory) Consume(_ context.Context, jti string, exp time.Time) (bool, error) {
-	ok, err := m.add(jti, 1, exp)
-	return ok, err
+// Use counts one use of u.JTI if fewer than u.MaxUses were counted before
+// it expired, and reports whether it did. It fails with ErrFull when the
+// store holds MaxEntries unexpired entries and u.JTI is not one of them.
+func (m *Memory) Use(_ context.Context, u Use) (bool, error) {
+	if err := u.Validate(); err != nil {
+		return false, err
+	}
+	return m.add(u.JTI, u.MaxUses, u.Exp)
 }
 
-// CountUse counts one use of the grant jti, if fewer than max were counted
-// before exp; it reports false when the grant is exhausted.
-func (m *Memory) CountUse(_ context.Context, jti string, max int, exp time.Time) (bool, error) {
-	return m.add(jti, max, exp)
-}
+// Epoch is zero: an in-process store has no epoch to fence.
+func (m *Memory) Epoch() time.Time { return time.Time{} }
 
 func (m *Memory) add(jti string, max int, exp time.Time) (bool, error) {
 	now := m.now()
@@ -149,6 +196,14 @@ func (m *Memory) Revoke(_ context.Context, r Revocation) error {
 		m.subs[r.Sub] = r.Until
 	}
 	return nil
+}
+
+// Restore applies revocations read from a durable store, as Revoke does;
+// invalid ones are skipped.
+func (m *Memory) Restore(rs []Revocation) {
+	for _, r := range rs {
+		_ = m.Revoke(context.Background(), r)
+	}
 }
 
 // LiftSub removes a subject's revocation; it reports whether one was in force.

@@ -11,8 +11,10 @@ import (
 )
 
 func TestMemory(t *testing.T) {
-	statetest.Run(t, func(t *testing.T, c *statetest.Clock) statetest.Store {
-		return state.NewMemory(state.MemoryOptions{Now: c.Now})
+	statetest.Run(t, statetest.Backend{
+		New: func(t *testing.T, c *statetest.Clock) statetest.Store {
+			return state.NewMemory(state.MemoryOptions{Now: c.Now})
+		},
 	})
 }
 
@@ -20,16 +22,18 @@ func TestMemoryFailsClosedWhenFull(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
 	m := state.NewMemory(state.MemoryOptions{MaxEntries: 3, Now: func() time.Time { return now }})
-	exp := now.Add(time.Minute)
+	use := func(jti string) state.Use {
+		return state.Use{JTI: jti, IssuedAt: now, Exp: now.Add(time.Minute), MaxUses: 1}
+	}
 	for _, j := range []string{"a", "b", "c"} {
-		if ok, err := m.Consume(ctx, j, exp); !ok || err != nil {
-			t.Fatalf("Consume(%s) = %v, %v", j, ok, err)
+		if ok, err := m.Use(ctx, use(j)); !ok || err != nil {
+			t.Fatalf("Use(%s) = %v, %v", j, ok, err)
 		}
 	}
-	if ok, err := m.Consume(ctx, "d", exp); ok || !errors.Is(err, state.ErrFull) {
-		t.Fatalf("Consume(d) on a full store = %v, %v; want false, ErrFull", ok, err)
+	if ok, err := m.Use(ctx, use("d")); ok || !errors.Is(err, state.ErrFull) {
+		t.Fatalf("Use(d) on a full store = %v, %v; want false, ErrFull", ok, err)
 	}
-	if ok, err := m.Consume(ctx, "a", exp); ok || err != nil {
-		t.Fatalf("Consume(a) again on a full store = %v, %v; want false, nil (replay)", ok, err)
+	if ok, err := m.Use(ctx, use("a")); ok || err != nil {
+		t.Fatalf("Use(a) again on a full store = %v, %v; want false, nil (replay)", ok, err)
 	}
 }

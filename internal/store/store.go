@@ -1,8 +1,9 @@
 // Package store is M1's durable record: the audit trail of every decision
 // (and, later, of proposals, approvals and results), agent runs, tool calls,
-// proposals and revoked tokens. It declares the domain types, the Store
-// interface the backends implement (store/sqlite, the embedded default, and
-// store/postgres, shared at scale), and the hash chaining that makes the
+// proposals, revoked tokens and the sidecar's security state (State). It
+// declares the domain types, the Store interface the backends implement
+// (store/sqlite, the embedded default, and store/postgres, shared at
+// scale), and the hash chaining that makes the
 // audit trail tamper-evident: each writer process numbers its events and
 // links each one to the hash of the one before (Chainer), and VerifyChain
 // names the first edited, inserted or deleted event. store/backend opens the
@@ -24,6 +25,16 @@ import (
 const (
 	// KindDecision is one authorization decision, allow or deny.
 	KindDecision = "decision"
+	// KindRevocation is a revocation or lift made through m1-authz's admin
+	// API: Principal is who (the admin caller), Decision "revoke" or
+	// "lift", Args the revocation ({"jti"} or {"sub"}, and "until"),
+	// TokenJTI the revoked jti, Reason "ok" or state_unavailable, Status
+	// the HTTP status answered.
+	KindRevocation = "revocation"
+	// KindResult is what came of an allowed call: m1-orchestrator's
+	// dispatch, or m1-authz's record of Envoy's access-log entry (linked
+	// by DecisionID; Decision is succeeded or failed).
+	KindResult = "result"
 	// KindCheckpoint marks where a pruned chain now starts. It is never
 	// stored as an event: Chain emits one, first, for a chain whose head was
 	// pruned, carrying the Seq and Hash of the last pruned event (and no ID

@@ -192,8 +192,9 @@ func (c *Cluster) Addrs() []string {
 }
 
 // StartRedisCluster starts n (≥ 3) cluster-enabled redis-servers and joins
-// them with redis-cli --cluster create (no replicas), waiting until the
-// cluster reports ok.
+// them with redis-cli --cluster create (no replicas), waiting until every
+// node reports the cluster ok (one node saying so is not enough: another
+// may still answer CLUSTERDOWN).
 func StartRedisCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
 	cli := RequireBinary(t, "redis-cli", redisHint)
@@ -209,14 +210,17 @@ func StartRedisCluster(t testing.TB, n int) *Cluster {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
 	deadline := time.Now().Add(20 * time.Second)
-	for {
-		out, _ := exec.Command(cli, "-h", "127.0.0.1", "-p", strconv.Itoa(c.Nodes[0].Port), "cluster", "info").Output()
-		if strings.Contains(string(out), "cluster_state:ok") {
-			return c
+	for _, node := range c.Nodes {
+		for {
+			out, _ := exec.Command(cli, "-h", "127.0.0.1", "-p", strconv.Itoa(node.Port), "cluster", "info").Output()
+			if strings.Contains(string(out), "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("cluster not ok at %s after 20s: %s", node.Addr, out)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cluster not ok after 20s: %s", out)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
+	return c
 }

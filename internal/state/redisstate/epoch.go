@@ -25,8 +25,9 @@ return tonumber(ARGV[1])
 `)
 
 // syncEpoch reads the epoch from Redis, setting a new one if it is missing
-// or went backwards, and adopts it. It returns the adopted epoch.
-func (s *Store) syncEpoch(ctx context.Context) (int64, error) {
+// or went backwards, and adopts it. It returns the adopted epoch and
+// whether this call set it (Redis had lost its data, or never had any).
+func (s *Store) syncEpoch(ctx context.Context) (epoch int64, set bool, err error) {
 	s.epochMu.Lock()
 	defer s.epochMu.Unlock()
 	prev := s.epoch.Load()
@@ -35,10 +36,14 @@ func (s *Store) syncEpoch(ctx context.Context) (int64, error) {
 		return epochScript.Run(ctx, s.client, []string{s.epochKey}, candidate, prev).Int64()
 	})
 	if err != nil {
-		return prev, &unavailable{"sync epoch", err}
+		return prev, false, &unavailable{"sync epoch", err}
+	}
+	set = e == candidate
+	if set {
+		s.setEpoch.Store(true)
 	}
 	if e == prev {
-		return e, nil
+		return e, set, nil
 	}
 	s.epoch.Store(e)
 	if prev == 0 {
@@ -47,5 +52,5 @@ func (s *Store) syncEpoch(ctx context.Context) (int64, error) {
 		s.log.Warn("shared state epoch changed (Redis lost its data?): tokens issued before the new epoch are refused",
 			zap.Time(fieldEpoch, time.Unix(e, 0)), zap.Time(fieldPrevious, time.Unix(prev, 0)))
 	}
-	return e, nil
+	return e, set, nil
 }

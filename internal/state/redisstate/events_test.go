@@ -23,7 +23,7 @@ func pair(t *testing.T, addrA, addrB string) (a, b *redisstate.Store, prefix str
 	start(t, a)
 	start(t, b)
 	warm := state.Revocation{JTI: "warm-up", Until: time.Now().Add(time.Hour)}
-	eventually(t, "warm-up revocation reaches b", func() bool {
+	testenv.Eventually(t, 10*time.Second, "warm-up revocation reaches b", func() bool {
 		_ = a.Revoke(context.Background(), warm)
 		return revoked(t, b, warm.JTI, "")
 	})
@@ -63,7 +63,7 @@ func TestRevocationPropagation(t *testing.T) {
 	if lifted, err := a.LiftSub(ctx, "agent-9"); err != nil || !lifted {
 		t.Fatalf("LiftSub(agent-9) = %v, %v; want true", lifted, err)
 	}
-	eventually(t, "lift reaches b", func() bool { return !revoked(t, b, "", "agent-9") })
+	testenv.Eventually(t, 10*time.Second, "lift reaches b", func() bool { return !revoked(t, b, "", "agent-9") })
 }
 
 func TestResubscribeReloads(t *testing.T) {
@@ -74,8 +74,8 @@ func TestResubscribeReloads(t *testing.T) {
 		a, b, _ := pair(t, r.Addr, r.Addr)
 		r.Restart(t)
 		rev := state.Revocation{JTI: "after-restart", Until: time.Now().Add(time.Hour)}
-		eventually(t, "Revoke at a succeeds after the restart", func() bool { return a.Revoke(ctx, rev) == nil })
-		eventually(t, "b sees a revocation made after the restart", func() bool { return revoked(t, b, rev.JTI, "") })
+		testenv.Eventually(t, 10*time.Second, "Revoke at a succeeds after the restart", func() bool { return a.Revoke(ctx, rev) == nil })
+		testenv.Eventually(t, 10*time.Second, "b sees a revocation made after the restart", func() bool { return revoked(t, b, rev.JTI, "") })
 	})
 
 	t.Run("written while b was disconnected", func(t *testing.T) {
@@ -94,7 +94,7 @@ func TestResubscribeReloads(t *testing.T) {
 			t.Fatal("b saw a revocation while disconnected")
 		}
 		px.set(modePass)
-		eventually(t, "b sees the revocations written while it was disconnected", func() bool {
+		testenv.Eventually(t, 10*time.Second, "b sees the revocations written while it was disconnected", func() bool {
 			return revoked(t, b, "missed", "") && revoked(t, b, "", "missed-agent")
 		})
 	})
@@ -118,7 +118,7 @@ func TestInvalidateEvents(t *testing.T) {
 	}
 	for _, want := range []redisstate.Event{{Type: redisstate.EventBundle, Revision: "rev-2"}, {Type: redisstate.EventFlush}} {
 		var ev redisstate.Event
-		eventually(t, "b receives "+want.Type, func() bool {
+		testenv.Eventually(t, 10*time.Second, "b receives "+want.Type, func() bool {
 			if err := stores["a"].PublishInvalidate(ctx, want); err != nil {
 				t.Fatalf("PublishInvalidate: %v", err)
 			}

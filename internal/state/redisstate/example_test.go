@@ -7,6 +7,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/internal/state/redisstate"
 )
 
@@ -31,9 +32,9 @@ func Example() {
 	}
 	go func() { _ = store.Start(ctx) }()
 
-	// On the decision path (after the policy allowed the call):
-	exp := time.Now().Add(5 * time.Minute)
-	iat := time.Now()
-	first, err := store.ConsumeIssued(ctx, "jti-123", iat, exp)
+	// On the decision path (after the policy allowed the call), with the
+	// token's claims:
+	iat, exp := time.Now(), time.Now().Add(5*time.Minute)
+	first, err := store.Use(ctx, state.Use{JTI: "jti-123", IssuedAt: iat, Exp: exp, MaxUses: 1})
 	_, _ = first, err // err wrapping ErrStateReset → state_reset; other errors → state_unavailable
 }

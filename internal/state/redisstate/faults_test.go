@@ -41,7 +41,7 @@ func TestFailClosed(t *testing.T) {
 			s := newStore(t, newClient(t, px.Addr(), tt.ctxTimeouts), redisstate.Options{Prefix: uniquePrefix(), Timeout: testTimeout})
 			start(t, s)
 			exp := time.Now().Add(time.Minute)
-			if ok, err := s.Consume(ctx, "before", exp); !ok || err != nil {
+			if ok, err := consume(ctx, s, "before", exp); !ok || err != nil {
 				t.Fatalf("Consume while up = %v, %v", ok, err)
 			}
 			if tt.stall {
@@ -53,9 +53,9 @@ func TestFailClosed(t *testing.T) {
 				name string
 				f    func() (bool, error)
 			}{
-				{"Consume", func() (bool, error) { return s.Consume(ctx, "during", exp) }},
-				{"CountUse", func() (bool, error) { return s.CountUse(ctx, "grant", 3, exp) }},
-				{"ConsumeIssued", func() (bool, error) { return s.ConsumeIssued(ctx, "during2", issuedNow(), exp) }},
+				{"Consume", func() (bool, error) { return consume(ctx, s, "during", exp) }},
+				{"CountUse", func() (bool, error) { return count(ctx, s, "grant", 3, exp) }},
+				{"ConsumeIssued", func() (bool, error) { return consumeIssued(ctx, s, "during2", issuedNow(), exp) }},
 			} {
 				t0 := time.Now()
 				ok, err := use.f()
@@ -77,11 +77,11 @@ func TestFailClosed(t *testing.T) {
 			} else {
 				r.Start(t)
 			}
-			eventually(t, "Consume works again after Redis is back", func() bool {
-				ok, err := s.Consume(ctx, "after", exp)
+			testenv.Eventually(t, 10*time.Second, "Consume works again after Redis is back", func() bool {
+				ok, err := consume(ctx, s, "after", exp)
 				return ok && err == nil
 			})
-			if ok, err := s.Consume(ctx, "before", exp); ok || err != nil {
+			if ok, err := consume(ctx, s, "before", exp); ok || err != nil {
 				t.Errorf("Consume(before) after recovery = %v, %v; want false (data kept)", ok, err)
 			}
 		})
@@ -107,13 +107,13 @@ func TestFallbackLocal(t *testing.T) {
 		want    bool
 		wantErr error
 	}{
-		{"Consume(j)", func() (bool, error) { return a.Consume(ctx, "j", exp) }, true, nil},
-		{"Consume(j) again", func() (bool, error) { return a.Consume(ctx, "j", exp) }, false, nil},
-		{"CountUse(g) 1/2", func() (bool, error) { return a.CountUse(ctx, "g", 2, exp) }, true, nil},
-		{"CountUse(g) 2/2", func() (bool, error) { return a.CountUse(ctx, "g", 2, exp) }, true, nil},
-		{"CountUse(g) 3/2", func() (bool, error) { return a.CountUse(ctx, "g", 2, exp) }, false, nil},
+		{"Consume(j)", func() (bool, error) { return consume(ctx, a, "j", exp) }, true, nil},
+		{"Consume(j) again", func() (bool, error) { return consume(ctx, a, "j", exp) }, false, nil},
+		{"CountUse(g) 1/2", func() (bool, error) { return count(ctx, a, "g", 2, exp) }, true, nil},
+		{"CountUse(g) 2/2", func() (bool, error) { return count(ctx, a, "g", 2, exp) }, true, nil},
+		{"CountUse(g) 3/2", func() (bool, error) { return count(ctx, a, "g", 2, exp) }, false, nil},
 		{"ConsumeIssued(issued before the epoch)", func() (bool, error) {
-			return a.ConsumeIssued(ctx, "old", a.Epoch().Add(-time.Hour), exp)
+			return consumeIssued(ctx, a, "old", a.Epoch().Add(-time.Hour), exp)
 		}, false, redisstate.ErrStateReset},
 	} {
 		t0 := time.Now()
@@ -128,32 +128,32 @@ func TestFallbackLocal(t *testing.T) {
 
 	r.Start(t)
 	probes := 0
-	eventually(t, "a uses Redis again", func() bool {
+	testenv.Eventually(t, 10*time.Second, "a uses Redis again", func() bool {
 		probes++
 		probe := "probe-" + strconv.Itoa(probes)
-		if ok, err := other.Consume(ctx, probe, exp); err != nil || !ok {
+		if ok, err := consume(ctx, other, probe, exp); err != nil || !ok {
 			return false
 		}
-		ok, err := a.Consume(ctx, probe, exp)
+		ok, err := consume(ctx, a, probe, exp)
 		return err == nil && !ok // answered by Redis, not the local fallback
 	})
 	for _, tt := range []struct {
 		name string
 		f    func() (bool, error)
 	}{
-		{"a: Consume(j)", func() (bool, error) { return a.Consume(ctx, "j", exp) }},
-		{"a: CountUse(g)", func() (bool, error) { return a.CountUse(ctx, "g", 2, exp) }},
+		{"a: Consume(j)", func() (bool, error) { return consume(ctx, a, "j", exp) }},
+		{"a: CountUse(g)", func() (bool, error) { return count(ctx, a, "g", 2, exp) }},
 	} {
 		if ok, err := tt.f(); ok || err != nil {
 			t.Errorf("%s after recovery = %v, %v; want false (used during the outage)", tt.name, ok, err)
 		}
 	}
 	// The local uses reach Redis, so the other sidecar refuses them too.
-	eventually(t, "uses counted during the outage reach Redis", func() bool {
-		ok, err := other.Consume(ctx, "j", exp)
+	testenv.Eventually(t, 10*time.Second, "uses counted during the outage reach Redis", func() bool {
+		ok, err := consume(ctx, other, "j", exp)
 		return err == nil && !ok
 	})
-	if ok, err := other.CountUse(ctx, "g", 2, exp); ok || err != nil {
+	if ok, err := count(ctx, other, "g", 2, exp); ok || err != nil {
 		t.Errorf("other: CountUse(g) after recovery = %v, %v; want false", ok, err)
 	}
 }
@@ -168,7 +168,7 @@ func TestRevokeWhileDown(t *testing.T) {
 	if err := a.Revoke(ctx, state.Revocation{Sub: "to-lift"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "b sees to-lift", func() bool { return revoked(t, b, "", "to-lift") })
+	testenv.Eventually(t, 10*time.Second, "b sees to-lift", func() bool { return revoked(t, b, "", "to-lift") })
 
 	r.Stop(t)
 	rev := state.Revocation{JTI: "while-down", Until: time.Now().Add(time.Hour)}
@@ -190,14 +190,14 @@ func TestRevokeWhileDown(t *testing.T) {
 	}
 
 	r.Start(t)
-	eventually(t, "the revocation made while down reaches Redis and b", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the revocation made while down reaches Redis and b", func() bool {
 		return listHas(a, rev) && revoked(t, b, rev.JTI, "")
 	})
 	// The lift was not stored: Redis still holds the revocation, and b's
 	// reload restores it (fail safe; the operator retries the lift).
-	eventually(t, "b's reload restores to-lift", func() bool { return revoked(t, b, "", "to-lift") })
+	testenv.Eventually(t, 10*time.Second, "b's reload restores to-lift", func() bool { return revoked(t, b, "", "to-lift") })
 	if lifted, err := b.LiftSub(ctx, "to-lift"); !lifted || err != nil {
 		t.Fatalf("LiftSub after recovery = %v, %v; want true", lifted, err)
 	}
-	eventually(t, "the lift reaches a", func() bool { return !revoked(t, a, "", "to-lift") })
+	testenv.Eventually(t, 10*time.Second, "the lift reaches a", func() bool { return !revoked(t, a, "", "to-lift") })
 }

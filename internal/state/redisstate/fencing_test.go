@@ -24,7 +24,7 @@ func TestFencingRestartEmpty(t *testing.T) {
 		s := newStore(t, newClient(t, r.Addr, true), redisstate.Options{Prefix: uniquePrefix()})
 		iat := issuedNow()
 		exp := iat.Add(5 * time.Minute)
-		if ok, err := s.Consume(ctx, "j1", exp); !ok || err != nil {
+		if ok, err := consume(ctx, s, "j1", exp); !ok || err != nil {
 			t.Fatalf("Consume(j1) = %v, %v; want true", ok, err)
 		}
 		before := s.Epoch()
@@ -33,8 +33,8 @@ func TestFencingRestartEmpty(t *testing.T) {
 			ok  bool
 			err error
 		)
-		eventually(t, "Consume(j1) after the restart answers", func() bool {
-			ok, err = s.Consume(ctx, "j1", exp)
+		testenv.Eventually(t, 10*time.Second, "Consume(j1) after the restart answers", func() bool {
+			ok, err = consume(ctx, s, "j1", exp)
 			return ok || !errors.Is(err, redisstate.ErrUnavailable) || errors.Is(err, redisstate.ErrStateReset)
 		})
 		if ok || !errors.Is(err, redisstate.ErrStateReset) {
@@ -44,10 +44,10 @@ func TestFencingRestartEmpty(t *testing.T) {
 		if !iat.Before(s.Epoch()) || !s.Epoch().After(before) {
 			t.Fatalf("Epoch() = %v (was %v); want after the token's iat %v", s.Epoch(), before, iat)
 		}
-		if ok, err := s.Consume(ctx, "j2", exp); !ok || err != nil {
+		if ok, err := consume(ctx, s, "j2", exp); !ok || err != nil {
 			t.Fatalf("Consume(j2) after the reset = %v, %v; want true", ok, err)
 		}
-		if ok, err := s.Consume(ctx, "j2", exp); ok || err != nil {
+		if ok, err := consume(ctx, s, "j2", exp); ok || err != nil {
 			t.Fatalf("second Consume(j2) after the reset = %v, %v; want false", ok, err)
 		}
 	})
@@ -60,7 +60,7 @@ func TestFencingRestartEmpty(t *testing.T) {
 		a, b, _ := pair(t, r.Addr, r.Addr)
 		iat := a.Epoch() // minted at first contact: the earliest iat the fence lets through
 		exp := iat.Add(5 * time.Minute)
-		if ok, err := a.ConsumeIssued(ctx, "j1", iat, exp); !ok || err != nil {
+		if ok, err := consumeIssued(ctx, a, "j1", iat, exp); !ok || err != nil {
 			t.Fatalf("ConsumeIssued(j1) = %v, %v; want true", ok, err)
 		}
 		r.Restart(t)
@@ -69,8 +69,8 @@ func TestFencingRestartEmpty(t *testing.T) {
 				ok  bool
 				err error
 			)
-			eventually(t, "ConsumeIssued(j1) after the restart answers", func() bool {
-				ok, err = s.ConsumeIssued(ctx, "j1", iat, exp)
+			testenv.Eventually(t, 10*time.Second, "ConsumeIssued(j1) after the restart answers", func() bool {
+				ok, err = consumeIssued(ctx, s, "j1", iat, exp)
 				return ok || !errors.Is(err, redisstate.ErrUnavailable) || errors.Is(err, redisstate.ErrStateReset)
 			})
 			if ok || !errors.Is(err, redisstate.ErrStateReset) {
@@ -81,10 +81,10 @@ func TestFencingRestartEmpty(t *testing.T) {
 			t.Fatalf("epochs a %v, b %v; want equal and after iat %v", a.Epoch(), b.Epoch(), iat)
 		}
 		fresh := a.Epoch() // a token minted after the reset
-		if ok, err := b.ConsumeIssued(ctx, "j3", fresh, fresh.Add(5*time.Minute)); !ok || err != nil {
+		if ok, err := consumeIssued(ctx, b, "j3", fresh, fresh.Add(5*time.Minute)); !ok || err != nil {
 			t.Fatalf("ConsumeIssued(j3 minted after the reset) = %v, %v; want true", ok, err)
 		}
-		if ok, err := a.ConsumeIssued(ctx, "j3", fresh, fresh.Add(5*time.Minute)); ok || err != nil {
+		if ok, err := consumeIssued(ctx, a, "j3", fresh, fresh.Add(5*time.Minute)); ok || err != nil {
 			t.Fatalf("replayed ConsumeIssued(j3) at the other sidecar = %v, %v; want false", ok, err)
 		}
 	})
@@ -93,7 +93,7 @@ func TestFencingRestartEmpty(t *testing.T) {
 		r := testenv.StartRedis(t, testenv.RedisOptions{})
 		s := newStore(t, newClient(t, r.Addr, true), redisstate.Options{Prefix: uniquePrefix()})
 		exp := time.Now().Add(5 * time.Minute)
-		if ok, err := s.CountUse(ctx, "g1", 1, exp); !ok || err != nil {
+		if ok, err := count(ctx, s, "g1", 1, exp); !ok || err != nil {
 			t.Fatalf("CountUse(g1) = %v, %v; want true", ok, err)
 		}
 		r.Restart(t)
@@ -101,8 +101,8 @@ func TestFencingRestartEmpty(t *testing.T) {
 			ok  bool
 			err error
 		)
-		eventually(t, "CountUse(g1) after the restart answers", func() bool {
-			ok, err = s.CountUse(ctx, "g1", 1, exp)
+		testenv.Eventually(t, 10*time.Second, "CountUse(g1) after the restart answers", func() bool {
+			ok, err = count(ctx, s, "g1", 1, exp)
 			return ok || !errors.Is(err, redisstate.ErrUnavailable) || errors.Is(err, redisstate.ErrStateReset)
 		})
 		if ok || !errors.Is(err, redisstate.ErrStateReset) {
@@ -138,7 +138,7 @@ func TestEpochValue(t *testing.T) {
 				raw.Set(ctx, prefix+"epoch", tt.stored, 0)
 			}
 			t0 := time.Now()
-			if ok, err := s.Consume(ctx, "j", t0.Add(time.Minute)); ok || !errors.Is(err, redisstate.ErrStateReset) {
+			if ok, err := consume(ctx, s, "j", t0.Add(time.Minute)); ok || !errors.Is(err, redisstate.ErrStateReset) {
 				t.Fatalf("Consume after the epoch changed = %v, %v; want false, ErrStateReset", ok, err)
 			}
 			// The new epoch is the next whole second after now+margin, and
@@ -167,9 +167,9 @@ func TestRevocationsSurviveReset(t *testing.T) {
 	if err := a.Revoke(ctx, sub); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "b sees the sub revocation", func() bool { return revoked(t, b, "", sub.Sub) })
+	testenv.Eventually(t, 10*time.Second, "b sees the sub revocation", func() bool { return revoked(t, b, "", sub.Sub) })
 	r.Restart(t)
-	eventually(t, "the revocation is back in Redis after the reset", func() bool { return listHas(a, sub) })
+	testenv.Eventually(t, 10*time.Second, "the revocation is back in Redis after the reset", func() bool { return listHas(a, sub) })
 	if !revoked(t, a, "", sub.Sub) || !revoked(t, b, "", sub.Sub) {
 		t.Fatalf("revocation lost locally after the reset: a %v, b %v", revoked(t, a, "", sub.Sub), revoked(t, b, "", sub.Sub))
 	}

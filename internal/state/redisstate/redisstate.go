@@ -32,15 +32,15 @@
 // or adopts the one another process set, and the use fails with
 // ErrStateReset. The decision path refuses tokens issued before Epoch()
 // (state_reset), so a token used before the loss can never be used again;
-// at most one token lifetime of approvals is lost. ConsumeIssued and
-// CountUseIssued also compare the token's iat with the epoch inside the
-// script, which closes the window between the decision path reading Epoch()
-// and the use being recorded (a reset adopted in between would otherwise
-// let a token issued before it be recorded as a first use).
+// at most one token lifetime of approvals is lost. Use also compares the
+// token's iat with the epoch inside the script, which closes the window
+// between the decision path reading Epoch() and the use being recorded (a
+// reset adopted in between would otherwise let a token issued before it be
+// recorded as a first use). The fencing is Use's own: no caller can turn
+// it off.
 //
-// A process that has not yet read the epoch (Epoch() is zero) cannot have
-// compared a token with it: Consume and CountUse then read it and fail
-// once with ErrUnavailable. Call Resync before serving.
+// A process that has not yet read the epoch (Epoch() is zero) reads it on
+// its first use. Call Resync before serving.
 //
 // Residual risks, which the operator's Redis settings must cover: a Redis
 // that loses only part of its data keeps its epoch key and is not detected
@@ -198,7 +198,8 @@ const (
 )
 
 // Store is the Redis state store. It satisfies the decision path's UseStore,
-// RevocationChecker and Epoch interfaces and the revocation API's store.
+// RevocationChecker and Epoch interfaces and the revocation API's store
+// (state/storestate makes its revocations durable).
 // Its methods are safe for concurrent use.
 type Store struct {
 	client   redis.UniversalClient
@@ -210,8 +211,9 @@ type Store struct {
 
 	epochKey, revKey, usePrefix string
 
-	epoch   atomic.Int64 // adopted epoch, unix seconds; 0 before first contact
-	epochMu sync.Mutex   // serialises epoch syncs so the adopted value only moves forward
+	epoch    atomic.Int64 // adopted epoch, unix seconds; 0 before first contact
+	epochMu  sync.Mutex   // serialises epoch syncs so the adopted value only moves forward
+	setEpoch atomic.Bool  // this process set a new epoch since the last reload
 
 	revs     revocationSet
 	reloadMu sync.Mutex // one reload at a time

@@ -81,37 +81,98 @@ func start(t testing.TB, s *redisstate.Store) {
 	})
 }
 
-// eventually polls cond every few milliseconds until it holds or 10s pass.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after 10s: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
+// iatOf is the iat of a token the store accepts: its epoch (the earliest
+// iat the fence lets through), or now before the first contact.
+func iatOf(s *redisstate.Store) time.Time {
+	if e := s.Epoch(); !e.IsZero() {
+		return e
+	}
+	return issuedNow()
+}
+
+// consume, count and consumeIssued present one use as the decision path
+// does: an approval or a grant's use, of a token issued at iatOf(s) or at
+// iat.
+func consume(ctx context.Context, s *redisstate.Store, jti string, exp time.Time) (bool, error) {
+	return s.Use(ctx, state.Use{JTI: jti, IssuedAt: iatOf(s), Exp: exp, MaxUses: 1})
+}
+
+func count(ctx context.Context, s *redisstate.Store, jti string, max int, exp time.Time) (bool, error) {
+	return s.Use(ctx, state.Use{JTI: jti, IssuedAt: iatOf(s), Exp: exp, MaxUses: max})
+}
+
+func consumeIssued(ctx context.Context, s *redisstate.Store, jti string, iat, exp time.Time) (bool, error) {
+	return s.Use(ctx, state.Use{JTI: jti, IssuedAt: iat, Exp: exp, MaxUses: 1})
+}
+
+// conformance is the statetest backend of stores on client: each new store
+// has its own prefix; Reopen starts another store on the same prefix, as a
+// restarted sidecar; Lose deletes every key of the prefix, as a Redis
+// restarted without persistence.
+func conformance(client redis.UniversalClient) statetest.Backend {
+	var mu sync.Mutex
+	prefixOf := map[statetest.Store]string{}
+	open := func(t *testing.T, prefix string, now func() time.Time) statetest.Store {
+		s := newStore(t, client, redisstate.Options{Prefix: prefix, Now: now})
+		start(t, s)
+		mu.Lock()
+		prefixOf[s] = prefix
+		mu.Unlock()
+		return s
+	}
+	prefix := func(s statetest.Store) string {
+		mu.Lock()
+		defer mu.Unlock()
+		return prefixOf[s]
+	}
+	return statetest.Backend{
+		New: func(t *testing.T, clock *statetest.Clock) statetest.Store {
+			return open(t, uniquePrefix(), clock.Now)
+		},
+		Reopen: func(t *testing.T, s statetest.Store) statetest.Store {
+			return open(t, prefix(s), time.Now)
+		},
+		Lose: func(t *testing.T, s statetest.Store) {
+			// One DEL of every key of the prefix (they share a slot): the
+			// loss is atomic, as a restart or FLUSHALL is.
+			ctx := context.Background()
+			p := prefix(s)
+			keys := []string{p + "epoch", p + "revocations"}
+			scan := func(ctx context.Context, c *redis.Client) error {
+				iter := c.Scan(ctx, 0, p+"use:*", 0).Iterator()
+				for iter.Next(ctx) {
+					mu.Lock()
+					keys = append(keys, iter.Val())
+					mu.Unlock()
+				}
+				return iter.Err()
+			}
+			var err error
+			if cc, ok := client.(*redis.ClusterClient); ok {
+				err = cc.ForEachMaster(ctx, scan)
+			} else {
+				err = scan(ctx, client.(*redis.Client))
+			}
+			if err == nil {
+				err = client.Del(ctx, keys...).Err()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		},
 	}
 }
 
 func TestConformance(t *testing.T) {
 	r := testenv.StartRedis(t, testenv.RedisOptions{})
-	c := newClient(t, r.Addr, true)
-	statetest.Run(t, func(t *testing.T, clock *statetest.Clock) statetest.Store {
-		s := newStore(t, c, redisstate.Options{Prefix: uniquePrefix(), Now: clock.Now})
-		start(t, s)
-		return s
-	})
+	statetest.Run(t, conformance(newClient(t, r.Addr, true)))
 }
 
 func TestConformanceCluster(t *testing.T) {
 	cl := testenv.StartRedisCluster(t, 3)
 	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs(), ContextTimeoutEnabled: true})
 	t.Cleanup(func() { _ = c.Close() })
-	statetest.Run(t, func(t *testing.T, clock *statetest.Clock) statetest.Store {
-		s := newStore(t, c, redisstate.Options{Prefix: uniquePrefix(), Now: clock.Now})
-		start(t, s)
-		return s
-	})
+	statetest.Run(t, conformance(c))
 }
 
 // Two sidecars, each with its own connection pool, share one Redis: one
@@ -126,8 +187,8 @@ func TestTwoStoresShareUses(t *testing.T) {
 		tries int
 		want  int32
 	}{
-		{"approval once", func(s *redisstate.Store) (bool, error) { return s.Consume(ctx, "hot", exp) }, 24, 1},
-		{"grant max 5", func(s *redisstate.Store) (bool, error) { return s.CountUse(ctx, "grant", 5, exp) }, 24, 5},
+		{"approval once", func(s *redisstate.Store) (bool, error) { return consume(ctx, s, "hot", exp) }, 24, 1},
+		{"grant max 5", func(s *redisstate.Store) (bool, error) { return count(ctx, s, "grant", 5, exp) }, 24, 5},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			prefix := uniquePrefix()
@@ -188,9 +249,10 @@ func TestNewValidates(t *testing.T) {
 	}
 }
 
-// A use before the first contact cannot be checked against the epoch by the
-// decision path: Consume answers ErrUnavailable (retry) once, and
-// ConsumeIssued, which checks iat itself, works at once.
+// The first use of a process that has not read the epoch yet reads it and
+// compares the token with it at once: on a Redis with no epoch it sets one
+// (ahead of the clock), so a token issued before is refused; a second
+// process adopts the stored epoch on its first use.
 func TestFirstContact(t *testing.T) {
 	r := testenv.StartRedis(t, testenv.RedisOptions{})
 	c := newClient(t, r.Addr, true)
@@ -209,20 +271,21 @@ func TestFirstContact(t *testing.T) {
 	if !s.Epoch().IsZero() {
 		t.Fatalf("Epoch() before contact = %v, want zero", s.Epoch())
 	}
-	ok, err := s.Consume(ctx, "j1", exp)
-	if ok || !errors.Is(err, redisstate.ErrUnavailable) || errors.Is(err, redisstate.ErrStateReset) {
-		t.Fatalf("Consume before contact = %v, %v; want false, ErrUnavailable", ok, err)
+	iat := issuedNow()
+	ok, err := consumeIssued(ctx, s, "j1", iat, exp)
+	if ok || !errors.Is(err, redisstate.ErrStateReset) {
+		t.Fatalf("first use, on a Redis without an epoch, of a token issued before = %v, %v; want false, ErrStateReset", ok, err)
 	}
-	if s.Epoch().IsZero() {
-		t.Fatalf("Epoch() after contact is zero")
+	if !s.Epoch().After(iat) {
+		t.Fatalf("Epoch() after contact = %v, want after the token's iat %v", s.Epoch(), iat)
 	}
-	if ok, err := s.Consume(ctx, "j1", exp); !ok || err != nil {
-		t.Fatalf("Consume after contact = %v, %v; want true", ok, err)
+	if ok, err := consumeIssued(ctx, s, "j1", s.Epoch(), exp); !ok || err != nil {
+		t.Fatalf("use of a token issued at the epoch = %v, %v; want true", ok, err)
 	}
 
 	s2 := newFresh()
-	if ok, err := s2.ConsumeIssued(ctx, "j2", s.Epoch(), exp); !ok || err != nil {
-		t.Fatalf("ConsumeIssued before contact = %v, %v; want true", ok, err)
+	if ok, err := consumeIssued(ctx, s2, "j2", s.Epoch(), exp); !ok || err != nil {
+		t.Fatalf("use before contact of a second store = %v, %v; want true", ok, err)
 	}
 	if !s2.Epoch().Equal(s.Epoch()) {
 		t.Fatalf("second store adopted %v, want the stored epoch %v", s2.Epoch(), s.Epoch())

@@ -3,6 +3,7 @@ package redisstate
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -341,6 +342,21 @@ func (s *Store) LiftSub(ctx context.Context, sub string) (bool, error) {
 	return local || n == 1, nil
 }
 
+// Restore applies, in this process only, revocations read from the durable
+// store at start (before Resync). The first reload replaces them with
+// Redis's set, which is the authority while its epoch holds; when that
+// reload (or any later one) finds a new epoch, every revocation in force
+// here, these included, is written back to Redis.
+func (s *Store) Restore(rs []state.Revocation) {
+	now := s.nowMs()
+	for _, r := range rs {
+		if r.Validate() != nil {
+			continue
+		}
+		s.revs.apply(Event{Type: EventRevoke, JTI: r.JTI, Sub: r.Sub, Until: untilMs(r.Until)}, now)
+	}
+}
+
 // Revoked reports whether the token jti or the subject sub is revoked,
 // from this process's copy of the revocations (no round trip). It never
 // returns an error: while Redis is unreachable the last-known set answers.
@@ -388,20 +404,68 @@ func (s *Store) List(ctx context.Context) ([]state.Revocation, error) {
 	return out, nil
 }
 
+// reloadScript is revocationsScript for a reload, atomically with the
+// epoch: KEYS[1] is the revocation hash, KEYS[2] the epoch key; ARGV[1] now
+// in unix ms, ARGV[2] the channel, ARGV[3] the adopted epoch; then groups
+// of four as for revocationsScript. It returns {"epoch"} without writing
+// anything when the epoch key is not the adopted epoch (Redis lost its data
+// since the epoch was read), else "ok" followed by the hash's fields and
+// values.
+var reloadScript = redis.NewScript(pruneLua + `
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return {'epoch'}
+end
+for i = 4, #ARGV, 4 do
+  local written = 1
+  if ARGV[i] == 'set' then
+    redis.call('HSET', KEYS[1], ARGV[i+1], ARGV[i+2])
+  else
+    written = redis.call('HSETNX', KEYS[1], ARGV[i+1], ARGV[i+2])
+  end
+  if written == 1 then
+    redis.call('PUBLISH', ARGV[2], ARGV[i+3])
+  end
+end
+local kept = prune(KEYS[1], tonumber(ARGV[1]))
+table.insert(kept, 1, 'ok')
+return kept
+`)
+
 // reload syncs the epoch, stores the revocations that only this process
 // holds (those Redis failed to store; after a reset, all of them, since
-// Redis lost its copy), and replaces the set with Redis's.
+// Redis lost its copy), and replaces the set with Redis's. The snapshot is
+// taken atomically with a check of the epoch, so that a loss between the
+// two is seen as a reset, never as an empty set to adopt.
 func (s *Store) reload(ctx context.Context) error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
-	epoch, err := s.syncEpoch(ctx)
-	if err != nil {
-		return err
+	for attempt := 0; ; attempt++ {
+		done, err := s.reloadOnce(ctx)
+		if done || err != nil {
+			return err
+		}
+		if attempt == 2 {
+			return &unavailable{"reload revocations", errors.New("the epoch changed during every attempt")}
+		}
 	}
-	reset := s.loaded != 0 && epoch != s.loaded
+}
+
+// reloadOnce is one reload attempt; done is false when the epoch changed
+// before the snapshot (nothing was written or replaced). reloadMu is held.
+func (s *Store) reloadOnce(ctx context.Context) (done bool, err error) {
+	epoch, _, err := s.syncEpoch(ctx)
+	if err != nil {
+		return false, err
+	}
+	// A new epoch that this process found (Redis lost its data since the
+	// last reload, or before this process's first contact) means Redis lost
+	// the revocations too: write back every one in force here, those
+	// restored from the durable store included.
+	set := s.setEpoch.Swap(false)
+	reset := set || (s.loaded != 0 && epoch != s.loaded)
 	now := s.nowMs()
 	pending, current := s.revs.begin(reset, now)
-	args := []any{now, s.opts.Channel, "1"}
+	args := []any{now, s.opts.Channel, epoch}
 	for f, u := range current {
 		if _, ok := pending[f]; !ok {
 			args = append(args, "nx", f, u, s.payload(eventOf(f, u)))
@@ -410,13 +474,24 @@ func (s *Store) reload(ctx context.Context) error {
 	for f, u := range pending {
 		args = append(args, "set", f, u, s.payload(eventOf(f, u)))
 	}
-	snapshot, err := call(ctx, s, func(ctx context.Context) ([]string, error) {
-		return revocationsScript.Run(ctx, s.client, []string{s.revKey}, args...).StringSlice()
+	res, err := call(ctx, s, func(ctx context.Context) ([]string, error) {
+		return reloadScript.Run(ctx, s.client, []string{s.revKey, s.epochKey}, args...).StringSlice()
 	})
 	if err != nil {
 		s.revs.abort()
-		return &unavailable{"reload revocations", err}
+		if set {
+			s.setEpoch.Store(true) // still to be written back
+		}
+		return false, &unavailable{"reload revocations", err}
 	}
+	if len(res) == 0 || res[0] != "ok" {
+		s.revs.abort()
+		if set {
+			s.setEpoch.Store(true)
+		}
+		return false, nil
+	}
+	snapshot := res[1:]
 	n := s.revs.finish(snapshot, pending, s.nowMs())
 	s.loaded = epoch
 	fields := []zap.Field{zap.Int(fieldCount, n), zap.Time(fieldEpoch, time.Unix(epoch, 0))}
@@ -425,7 +500,7 @@ func (s *Store) reload(ctx context.Context) error {
 	} else {
 		s.log.Debug("revocations reloaded", fields...)
 	}
-	return nil
+	return true, nil
 }
 
 // eventOf is the revoke event of a hash field.

@@ -7,11 +7,12 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/m1-agent/m1/internal/state"
 )
 
 // useScript records one use. KEYS[1] is the epoch key, KEYS[2] the use key;
-// ARGV[1] the adopted epoch, ARGV[2] the token's iat in unix seconds (0 when
-// unknown), ARGV[3] the use limit, ARGV[4] the expiry in unix ms, ARGV[5]
+// ARGV[1] the adopted epoch, ARGV[2] the token's iat in unix seconds, ARGV[3] the use limit, ARGV[4] the expiry in unix ms, ARGV[5]
 // "once" for an approval. It returns 1 (recorded), 0 (used up), -1 (the
 // epoch is missing or not the adopted one: nothing recorded) or -2 (the
 // token was issued before the epoch).
@@ -59,10 +60,6 @@ end
 return 1
 `)
 
-// errFirstContact answers a use made before this process knew the epoch:
-// the decision path could not compare the token's iat with it.
-var errFirstContact = fmt.Errorf("%w: the shared-state epoch was not known yet; retry", ErrUnavailable)
-
 // pendingUse is a use counted in the local fallback that Redis has not seen.
 type pendingUse struct {
 	n    int
@@ -70,32 +67,21 @@ type pendingUse struct {
 	exp  time.Time
 }
 
-// Consume records the single use of the approval jti until exp and reports
-// whether this was the first. It fails with an error wrapping ErrStateReset
-// when it finds the shared state reset (see the package documentation), and
-// with one wrapping ErrUnavailable when Redis is unreachable (unless
-// FallbackLocal). It returns within Options.Timeout.
-func (s *Store) Consume(ctx context.Context, jti string, exp time.Time) (bool, error) {
-	return s.use(ctx, jti, time.Time{}, 1, exp, true)
-}
-
-// CountUse counts one use of the grant jti if fewer than max were counted,
-// expiring at exp; it reports false when the grant is used up. Errors as
-// for Consume.
-func (s *Store) CountUse(ctx context.Context, jti string, max int, exp time.Time) (bool, error) {
-	return s.use(ctx, jti, time.Time{}, max, exp, false)
-}
-
-// ConsumeIssued is Consume for a token issued at iat: the script also
-// refuses (ErrStateReset) a token issued before the epoch, atomically with
-// the use, and a use that finds a new epoch is retried once against it.
-func (s *Store) ConsumeIssued(ctx context.Context, jti string, iat, exp time.Time) (bool, error) {
-	return s.use(ctx, jti, iat, 1, exp, true)
-}
-
-// CountUseIssued is CountUse for a grant issued at iat, like ConsumeIssued.
-func (s *Store) CountUseIssued(ctx context.Context, jti string, iat time.Time, max int, exp time.Time) (bool, error) {
-	return s.use(ctx, jti, iat, max, exp, false)
+// Use records one use of u.JTI (DESIGN §4, check 11) and reports whether
+// it counted: an approval (MaxUses 1) once, a grant up to MaxUses times,
+// each record expiring at u.Exp. The script that records it also checks,
+// in the same atomic step, that the shared-state epoch is the one this
+// process adopted and that the token was not issued before it (see the
+// package documentation): a use that finds the state reset, or a token
+// issued before the epoch, fails with an error wrapping ErrStateReset.
+// When Redis is unreachable the error wraps ErrUnavailable, unless
+// FallbackLocal counts the use in this process. It returns within
+// Options.Timeout.
+func (s *Store) Use(ctx context.Context, u state.Use) (bool, error) {
+	if err := u.Validate(); err != nil {
+		return false, err
+	}
+	return s.use(ctx, u.JTI, u.IssuedAt, u.MaxUses, u.Exp, u.MaxUses == 1)
 }
 
 func (s *Store) use(ctx context.Context, jti string, iat time.Time, limit int, exp time.Time, once bool) (bool, error) {
@@ -131,18 +117,12 @@ func (s *Store) useShared(ctx context.Context, jti string, iat time.Time, limit 
 	epoch := s.epoch.Load()
 	if epoch == 0 {
 		var err error
-		if epoch, err = s.syncEpoch(ctx); err != nil {
+		if epoch, _, err = s.syncEpoch(ctx); err != nil {
 			return false, err
 		}
 		s.kickReload()
-		if iat.IsZero() {
-			return false, errFirstContact
-		}
 	}
-	var iatArg int64
-	if !iat.IsZero() {
-		iatArg = iat.Unix()
-	}
+	iatArg := iat.Unix()
 	mode := "count"
 	if once {
 		mode = "once"
@@ -165,11 +145,11 @@ func (s *Store) useShared(ctx context.Context, jti string, iat time.Time, limit 
 				iat.UTC().Format(time.RFC3339), time.Unix(epoch, 0).UTC().Format(time.RFC3339))
 		}
 		prev := epoch
-		if epoch, err = s.syncEpoch(ctx); err != nil {
+		if epoch, _, err = s.syncEpoch(ctx); err != nil {
 			return false, err
 		}
 		s.kickReload() // the revocations may be gone too: re-seed them
-		if iat.IsZero() || attempt > 0 {
+		if attempt > 0 {
 			return false, fmt.Errorf("%w: epoch %s, was %s", ErrStateReset,
 				time.Unix(epoch, 0).UTC().Format(time.RFC3339), time.Unix(prev, 0).UTC().Format(time.RFC3339))
 		}
@@ -213,7 +193,7 @@ func (s *Store) pushUse(ctx context.Context, jti string, p pendingUse) error {
 			if res == 1 {
 				break
 			}
-			if _, err := s.syncEpoch(ctx); err != nil {
+			if _, _, err := s.syncEpoch(ctx); err != nil {
 				return err
 			}
 			if attempt > 0 {
@@ -234,11 +214,11 @@ func (s *Store) pushUse(ctx context.Context, jti string, p pendingUse) error {
 
 // useLocal counts the use in the in-process fallback.
 func (s *Store) useLocal(jti string, iat time.Time, limit int, exp time.Time, once bool) (bool, error) {
-	if e := s.epoch.Load(); e != 0 && !iat.IsZero() && iat.Unix() < e {
+	if e := s.epoch.Load(); e != 0 && iat.Unix() < e {
 		return false, fmt.Errorf("%w: token issued at %s, epoch %s", ErrStateReset,
 			iat.UTC().Format(time.RFC3339), time.Unix(e, 0).UTC().Format(time.RFC3339))
 	}
-	ok, err := s.fallback.CountUse(context.Background(), jti, limit, exp)
+	ok, err := s.fallback.Use(context.Background(), state.Use{JTI: jti, IssuedAt: iat, Exp: exp, MaxUses: limit})
 	if ok {
 		s.pmu.Lock()
 		p := s.pending[jti]

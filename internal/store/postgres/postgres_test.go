@@ -67,6 +67,7 @@ func TestConformance(t *testing.T) {
 	}
 	storetest.Run(t, b)
 	storetest.RunRecords(t, b)
+	storetest.RunState(t, b)
 }
 
 func TestSchema(t *testing.T) {
@@ -85,7 +86,7 @@ func TestSchema(t *testing.T) {
 	}
 	defer c.Close(ctx)
 	var n int
-	for _, v := range []int{1, 2} {
+	for _, v := range []int{1, 2, 3} {
 		if err := c.QueryRow(ctx, `SELECT count(*) FROM schema_migrations WHERE version = $1`, v).Scan(&n); err != nil || n != 1 {
 			t.Fatalf("schema_migrations rows for version %d = %d, %v; want 1", v, n, err)
 		}
@@ -94,7 +95,7 @@ func TestSchema(t *testing.T) {
 		"audit_events_time", "audit_events_run", "audit_events_principal", "audit_events_decision",
 		"agent_runs_agent", "agent_runs_created", "tool_calls_run", "tool_calls_agent", "tool_calls_created",
 		"proposals_run", "proposals_agent", "proposals_created", "revoked_tokens_expires",
-		"llm_calls_run", "llm_calls_agent", "llm_calls_created",
+		"llm_calls_run", "llm_calls_agent", "llm_calls_created", "token_uses_expires",
 	} {
 		if err := c.QueryRow(ctx, `SELECT count(*) FROM pg_indexes WHERE indexname = $1`, idx).Scan(&n); err != nil || n != 1 {
 			t.Errorf("index %s: %d, %v", idx, n, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,6 +70,7 @@ func TestConformance(t *testing.T) {
 	}
 	storetest.Run(t, b)
 	storetest.RunRecords(t, b)
+	storetest.RunState(t, b)
 }
 
 func TestSchema(t *testing.T) {
@@ -81,7 +83,7 @@ func TestSchema(t *testing.T) {
 	}
 	defer db.Close()
 	var n int
-	for _, v := range []int{1, 2} {
+	for _, v := range []int{1, 2, 3} {
 		if err := db.QueryRow(`SELECT count(*) FROM schema_migrations WHERE version = ?`, v).Scan(&n); err != nil || n != 1 {
 			t.Fatalf("schema_migrations rows for version %d = %d, %v; want 1", v, n, err)
 		}
@@ -94,7 +96,7 @@ func TestSchema(t *testing.T) {
 		"audit_events_time", "audit_events_run", "audit_events_principal", "audit_events_decision",
 		"agent_runs_agent", "agent_runs_created", "tool_calls_run", "tool_calls_agent", "tool_calls_created",
 		"proposals_run", "proposals_agent", "proposals_created", "revoked_tokens_expires",
-		"llm_calls_run", "llm_calls_agent", "llm_calls_created",
+		"llm_calls_run", "llm_calls_agent", "llm_calls_created", "token_uses_expires",
 	} {
 		if err := db.QueryRow(`SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?`, idx).Scan(&n); err != nil || n != 1 {
 			t.Errorf("index %s: %d, %v", idx, n, err)
@@ -134,7 +136,8 @@ func TestMain(m *testing.M) {
 const childBatches, childBatchSize = 40, 10
 
 // child appends childBatches batches to a file as writer: spec is
-// "<path>|<writer>".
+// "<path>|<writer>". Writer "hold" only holds the file open until stdin
+// closes.
 func child(spec string) int {
 	path, writer, _ := strings.Cut(spec, "|")
 	ctx := context.Background()
@@ -144,6 +147,11 @@ func child(spec string) int {
 		return 1
 	}
 	defer s.Close()
+	if writer == "hold" {
+		fmt.Println("open")
+		io.Copy(io.Discard, os.Stdin)
+		return 0
+	}
 	c := store.NewChainer(writer)
 	for i := range childBatches {
 		ev := make([]store.Event, childBatchSize)

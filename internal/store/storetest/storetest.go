@@ -4,7 +4,8 @@
 // tampered with through raw SQL), retention pruning, concurrent appenders,
 // and migrations applied twice. RunRecords is the suite of store.Records:
 // runs, proposals (compare-and-set updates and expiry under concurrency),
-// tool calls, LLM calls and their costs.
+// tool calls, LLM calls and their costs. RunState is the suite of
+// store.State: the state epoch, use counting and revocations.
 package storetest
 
 import (

@@ -2,6 +2,7 @@ package dirsource_test
 
 import (
 	"context"
+	"github.com/m1-agent/m1/internal/testenv"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -57,7 +58,7 @@ func TestWatch(t *testing.T) {
 		}
 	})
 	// The watch is set up asynchronously: write until it reports.
-	waitFor(t, "a change in the root", func() bool {
+	testenv.Eventually(t, 10*time.Second, "a change in the root", func() bool {
 		_ = os.WriteFile(filepath.Join(dir, "authz.rego"), []byte(sourcetest.Policy+"\n# edit\n"), 0o644)
 		return changes.Load() > 0
 	})
@@ -66,21 +67,10 @@ func TestWatch(t *testing.T) {
 	if err := os.MkdirAll(sub, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a change in a new subdirectory", func() bool {
+	testenv.Eventually(t, 10*time.Second, "a change in a new subdirectory", func() bool {
 		_ = os.WriteFile(filepath.Join(sub, "data.json"), []byte(`{"x": 1}`), 0o644)
 		return changes.Load() > n
 	})
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 func TestOptions(t *testing.T) {

@@ -1,0 +1,360 @@
+package storestate_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/m1-agent/m1/authz"
+	"github.com/m1-agent/m1/internal/admin"
+	"github.com/m1-agent/m1/internal/state"
+	"github.com/m1-agent/m1/internal/state/statetest"
+	"github.com/m1-agent/m1/internal/state/storestate"
+	"github.com/m1-agent/m1/internal/store"
+	"github.com/m1-agent/m1/internal/store/postgres"
+	"github.com/m1-agent/m1/internal/store/sqlite"
+	"github.com/m1-agent/m1/internal/testenv"
+)
+
+// The store is what the decision path and the revocation API consume.
+var (
+	_ authz.UseStore          = (*storestate.Store)(nil)
+	_ authz.RevocationChecker = (*storestate.Store)(nil)
+	_ authz.Epoch             = (*storestate.Store)(nil)
+	_ admin.RevocationStore   = (*storestate.Store)(nil)
+	_ statetest.Store         = (*storestate.Store)(nil)
+)
+
+// database is one backend database the tests open stores on, as separate
+// processes would.
+type database interface {
+	open(t *testing.T) store.State
+	exec(t *testing.T, sql string)
+}
+
+type sqliteDB struct{ path string }
+
+func newSQLite(t *testing.T) *sqliteDB { return &sqliteDB{filepath.Join(t.TempDir(), "m1.db")} }
+
+func (d *sqliteDB) open(t *testing.T) store.State {
+	t.Helper()
+	s, err := sqlite.Open(context.Background(), d.path, sqlite.DefaultOptions())
+	if err != nil {
+		t.Fatalf("open sqlite: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func (d *sqliteDB) exec(t *testing.T, q string) {
+	t.Helper()
+	db, err := sql.Open("sqlite", d.path+"?_busy_timeout=10000") // a connection of its own
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(q); err != nil {
+		t.Fatalf("exec %q: %v", q, err)
+	}
+}
+
+type postgresDB struct{ dsn string }
+
+func (d *postgresDB) open(t *testing.T) store.State {
+	t.Helper()
+	s, err := postgres.Open(context.Background(), d.dsn, postgres.DefaultOptions())
+	if err != nil {
+		t.Fatalf("open postgres: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func (d *postgresDB) exec(t *testing.T, q string) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, d.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if _, err := c.Exec(ctx, q); err != nil {
+		t.Fatalf("exec %q: %v", q, err)
+	}
+}
+
+// newStore returns a loaded store on db.
+func newStore(t *testing.T, db store.State, o storestate.Options) *storestate.Store {
+	t.Helper()
+	s, err := storestate.New(db, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Load(context.Background()); err != nil {
+		t.Fatalf("Load = %v", err)
+	}
+	return s
+}
+
+// conformance runs statetest on stores of the databases newDB returns: a
+// restart is a new store on the same database; a loss empties its state
+// tables.
+func conformance(t *testing.T, newDB func(t *testing.T) database) {
+	var mu sync.Mutex
+	dbOf := map[statetest.Store]database{}
+	open := func(t *testing.T, d database, now func() time.Time) statetest.Store {
+		s := newStore(t, d.open(t), storestate.Options{Now: now})
+		mu.Lock()
+		dbOf[s] = d
+		mu.Unlock()
+		return s
+	}
+	db := func(s statetest.Store) database {
+		mu.Lock()
+		defer mu.Unlock()
+		return dbOf[s]
+	}
+	statetest.Run(t, statetest.Backend{
+		New: func(t *testing.T, clock *statetest.Clock) statetest.Store {
+			return open(t, newDB(t), clock.Now)
+		},
+		Reopen: func(t *testing.T, s statetest.Store) statetest.Store {
+			return open(t, db(s), time.Now)
+		},
+		Lose: func(t *testing.T, s statetest.Store) {
+			for _, q := range []string{`DELETE FROM state_epoch`, `DELETE FROM token_uses`, `DELETE FROM revoked_tokens`} {
+				db(s).exec(t, q)
+			}
+		},
+	})
+}
+
+func TestConformanceSQLite(t *testing.T) {
+	conformance(t, func(t *testing.T) database { return newSQLite(t) })
+}
+
+func TestConformancePostgres(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	conformance(t, func(t *testing.T) database { return &postgresDB{pg.NewDatabase(t)} })
+}
+
+// A new store starts a new epoch, as an empty Redis does: tokens issued
+// before its creation plus the clock skew are refused; a restarted
+// process keeps the epoch.
+func TestNewStoreFences(t *testing.T) {
+	ctx := context.Background()
+	d := newSQLite(t)
+	t0 := time.Now()
+	s := newStore(t, d.open(t), storestate.Options{EpochMargin: 30 * time.Second})
+	e := s.Epoch()
+	if e.Before(t0.Add(30*time.Second)) || e.After(time.Now().Add(31*time.Second)) {
+		t.Fatalf("Epoch() of a new store = %v, want the next whole second after now + 30s (%v)", e, t0.Add(30*time.Second))
+	}
+	for _, tc := range []struct {
+		name string
+		iat  time.Time
+		ok   bool
+		err  error
+	}{
+		{"issued before the store existed", t0.Add(-time.Minute), false, state.ErrStateReset},
+		{"issued now, within the clock skew", t0, false, state.ErrStateReset},
+		{"issued at the epoch", e, true, nil},
+	} {
+		ok, err := s.Use(ctx, state.Use{JTI: tc.name, IssuedAt: tc.iat, Exp: t0.Add(5 * time.Minute), MaxUses: 1})
+		if ok != tc.ok || !errors.Is(err, tc.err) || (tc.err == nil && err != nil) {
+			t.Errorf("Use(%s) = %v, %v; want %v, %v", tc.name, ok, err, tc.ok, tc.err)
+		}
+	}
+	if r := newStore(t, d.open(t), storestate.Options{EpochMargin: 30 * time.Second}); !r.Epoch().Equal(e) {
+		t.Fatalf("Epoch() after a restart = %v, want %v", r.Epoch(), e)
+	}
+}
+
+// A store that cannot record fails closed: uses are state_unavailable, and
+// a revocation or lift it cannot store changes nothing.
+func TestStoreDownFailsClosed(t *testing.T) {
+	ctx := context.Background()
+	d := newSQLite(t)
+	db := d.open(t)
+	s := newStore(t, db, storestate.Options{})
+	iat := s.Epoch()
+	if err := s.Revoke(ctx, state.Revocation{Sub: "kept"}); err != nil {
+		t.Fatal(err)
+	}
+	db.(*sqlite.Store).Close()
+	if ok, err := s.Use(ctx, state.Use{JTI: "j", IssuedAt: iat, Exp: iat.Add(time.Minute), MaxUses: 1}); ok || !errors.Is(err, state.ErrUnavailable) {
+		t.Errorf("Use with the store closed = %v, %v; want false, ErrUnavailable", ok, err)
+	}
+	err := s.Revoke(ctx, state.Revocation{Sub: "agent-9"})
+	if !errors.Is(err, state.ErrUnavailable) || !errors.Is(err, state.ErrNotStored) {
+		t.Errorf("Revoke with the store closed = %v, want ErrUnavailable and ErrNotStored", err)
+	}
+	if r, _ := s.Revoked(ctx, "", "agent-9"); r {
+		t.Error("a revocation the store refused is in force")
+	}
+	if lifted, err := s.LiftSub(ctx, "kept"); lifted || !errors.Is(err, state.ErrNotStored) {
+		t.Errorf("LiftSub with the store closed = %v, %v; want false, ErrNotStored", lifted, err)
+	}
+	if r, _ := s.Revoked(ctx, "", "kept"); !r {
+		t.Error("a lift the store refused was applied")
+	}
+}
+
+// Before Load succeeds nothing is answered from an empty state.
+func TestNotLoadedFailsClosed(t *testing.T) {
+	ctx := context.Background()
+	db := newSQLite(t).open(t)
+	s, err := storestate.New(db, storestate.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if ok, err := s.Use(ctx, state.Use{JTI: "j", IssuedAt: now, Exp: now.Add(time.Minute), MaxUses: 1}); ok || !errors.Is(err, state.ErrUnavailable) {
+		t.Errorf("Use before Load = %v, %v; want false, ErrUnavailable", ok, err)
+	}
+	if _, err := s.Revoked(ctx, "j", "agent"); !errors.Is(err, state.ErrUnavailable) {
+		t.Errorf("Revoked before Load = %v, want ErrUnavailable", err)
+	}
+}
+
+// gatedDB holds each RecordUses until the test lets it go, and counts the
+// uses of each call.
+type gatedDB struct {
+	store.State
+	entered chan int // the batch size of each call, as it starts
+	release chan struct{}
+	calls   atomic.Int32
+}
+
+func (g *gatedDB) RecordUses(ctx context.Context, epoch, now time.Time, uses []store.Use) ([]bool, error) {
+	g.calls.Add(1)
+	g.entered <- len(uses)
+	<-g.release
+	return g.State.RecordUses(ctx, epoch, now, uses)
+}
+
+// Uses that arrive while a commit is in flight share the next commit, and
+// no use is answered before its commit returned.
+func TestGroupCommit(t *testing.T) {
+	ctx := context.Background()
+	g := &gatedDB{State: newSQLite(t).open(t), entered: make(chan int, 16), release: make(chan struct{})}
+	s := newStore(t, g, storestate.Options{Timeout: time.Minute})
+	iat := s.Epoch()
+	use := func(jti string) state.Use {
+		return state.Use{JTI: jti, IssuedAt: iat, Exp: iat.Add(time.Minute), MaxUses: 1}
+	}
+	var answered atomic.Int32
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if ok, err := s.Use(ctx, use("first")); !ok || err != nil {
+			t.Errorf("Use(first) = %v, %v", ok, err)
+		}
+		answered.Add(1)
+	})
+	if n := <-g.entered; n != 1 {
+		t.Fatalf("first commit has %d uses, want 1", n)
+	}
+	// The first commit is held: the next 20 uses queue behind it.
+	for i := range 20 {
+		wg.Go(func() {
+			if ok, err := s.Use(ctx, use("u"+string(rune('a'+i)))); !ok || err != nil {
+				t.Errorf("Use = %v, %v", ok, err)
+			}
+			answered.Add(1)
+		})
+	}
+	testenv.Eventually(t, 10*time.Second, "the 20 uses to queue", func() bool { return s.Queued() == 20 })
+	if answered.Load() != 0 {
+		t.Fatalf("%d uses answered before their commit", answered.Load())
+	}
+	g.release <- struct{}{}
+	if n := <-g.entered; n != 20 {
+		t.Fatalf("second commit has %d uses, want the 20 that arrived during the first", n)
+	}
+	if answered.Load() > 1 {
+		t.Fatalf("%d uses answered before the second commit returned", answered.Load())
+	}
+	g.release <- struct{}{}
+	wg.Wait()
+	if c := g.calls.Load(); c != 2 {
+		t.Fatalf("%d commits for 21 uses, want 2", c)
+	}
+}
+
+// Two sidecars sharing one PostgreSQL count a grant's uses together, and
+// a sidecar started later knows the revocations taken before.
+func TestSharedPostgres(t *testing.T) {
+	ctx := context.Background()
+	pg := testenv.StartPostgres(t)
+	d := &postgresDB{pg.NewDatabase(t)}
+	a := newStore(t, d.open(t), storestate.Options{})
+	b := newStore(t, d.open(t), storestate.Options{})
+	if !a.Epoch().Equal(b.Epoch()) {
+		t.Fatalf("epochs %v and %v, want one", a.Epoch(), b.Epoch())
+	}
+	iat := a.Epoch()
+	grant := state.Use{JTI: "g", IssuedAt: iat, Exp: iat.Add(time.Minute), MaxUses: 5}
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 16 {
+		s := []*storestate.Store{a, b}[i%2]
+		wg.Go(func() {
+			if ok, err := s.Use(ctx, grant); err == nil && ok {
+				wins.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if wins.Load() != 5 {
+		t.Fatalf("16 uses of a 5-use grant at two sidecars: %d counted, want 5", wins.Load())
+	}
+	if err := a.Revoke(ctx, state.Revocation{Sub: "rogue", By: "admin:ab12"}); err != nil {
+		t.Fatal(err)
+	}
+	c := newStore(t, d.open(t), storestate.Options{})
+	if r, err := c.Revoked(ctx, "", "rogue"); !r || err != nil {
+		t.Fatalf("Revoked(rogue) at a sidecar started later = %v, %v; want true", r, err)
+	}
+}
+
+// LiftSub answers whether a revocation was in force: with an in-process
+// set, a row another sidecar sharing the database stored counts; with a
+// shared set (Redis), the set is the authority and a row of this store that
+// was lifted elsewhere does not. The row is deleted either way.
+func TestLiftSubAuthority(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		new  func(store.State, storestate.RevocationSet) *storestate.Revocations
+		want bool
+	}{
+		{"in-process set", func(db store.State, set storestate.RevocationSet) *storestate.Revocations {
+			return storestate.NewRevocations(db, set, storestate.Options{})
+		}, true},
+		{"shared set", func(db store.State, set storestate.RevocationSet) *storestate.Revocations {
+			return storestate.NewSharedRevocations(db, set, storestate.Options{})
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db := newSQLite(t).open(t)
+			if err := db.PutRevocation(ctx, store.Revocation{Sub: "agent-7", CreatedAt: time.Now()}); err != nil {
+				t.Fatal(err)
+			}
+			r := tc.new(db, state.NewMemory(state.MemoryOptions{})) // the set does not hold it
+			if lifted, err := r.LiftSub(ctx, "agent-7"); lifted != tc.want || err != nil {
+				t.Errorf("LiftSub = %v, %v; want %v", lifted, err, tc.want)
+			}
+			n := 0
+			if err := db.Revocations(ctx, time.Now(), func(store.Revocation) error { n++; return nil }); err != nil || n != 0 {
+				t.Errorf("rows after LiftSub = %d, %v; want 0", n, err)
+			}
+		})
+	}
+}
