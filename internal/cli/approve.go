@@ -46,6 +46,12 @@ Three ways to run it:
                                stderr. A risk other than read also needs
                                --yes.
 
+A proposal a sidecar filed for an MCP client's call (DESIGN §10) shows
+where it came from instead of a run: the sidecar and pod, the principal
+(the approval's sub), the decision that filed it; by id too, before it is
+signed. Approved, it is not dispatched: the orchestrator holds the
+approval until the client retries the same call, which then runs once.
+
 Before signing, the arguments are checked as the sidecar will check them
 and hashed here; a proposal whose args_sha256 is not the hash of its
 arguments is refused (nothing is signed): the operator signs what was
@@ -384,6 +390,14 @@ func (a *approver) byID(ctx context.Context, ids []string) {
 			a.failed(fmt.Errorf("get proposal %s: %w", id, err))
 			continue
 		}
+		if p.Origin == store.OriginSidecar {
+			// Shown before it is signed: where it came from, beside the
+			// exact arguments the approval binds.
+			risk, _ := a.riskOf(p)
+			r := review{p: p, risk: risk}
+			r.canon, r.err = canonicalArgs(p)
+			r.print(a.c.stdout, a.now())
+		}
 		d, err := a.approve(ctx, p, a.sign.actor)
 		a.report(true, "approved", id, d, err)
 	}
@@ -434,6 +448,10 @@ func printDecided(w io.Writer, verb string, d orchestrator.Decided) {
 	tc := d.ToolCall
 	if p.Reason != "" && (tc == nil || tc.Error != p.Reason) {
 		fmt.Fprintf(w, "  reason: %s\n", escapeTerminal(p.Reason))
+	}
+	if p.Origin == store.OriginSidecar && p.Status == store.ProposalApproved {
+		fmt.Fprintf(w, "  held for the MCP client's retry of the same call (principal %s), which runs it once; until %s\n",
+			escapeTerminal(p.Agent), p.ExpiresAt.UTC().Format(time.RFC3339))
 	}
 	if tc == nil {
 		return

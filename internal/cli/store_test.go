@@ -133,7 +133,8 @@ func testStoreStatus(t *testing.T, dsn string, create func(*testing.T), exec fun
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != exitOK {
 		t.Fatalf("status --json: %v\n%s", err, r)
 	}
-	if !rep.Compatible || rep.Schema.Store != bin || rep.Bytes <= 0 || len(rep.Chains) != 3 || len(rep.Migrations) != bin {
+	if !rep.Compatible || rep.Schema.Store != bin || rep.Bytes <= 0 || len(rep.Chains) != 3 ||
+		len(rep.Migrations) == 0 || rep.Migrations[len(rep.Migrations)-1].Version != bin { // versions may have gaps
 		t.Fatalf("status --json = %+v", rep)
 	}
 	c := rep.Chains[0]
@@ -147,7 +148,7 @@ func testStoreStatus(t *testing.T, dsn string, create func(*testing.T), exec fun
 	for _, tr := range rep.Tables {
 		rows[tr.Name] = tr.Rows
 	}
-	if rows["audit_events"] != 8 || rows["audit_chains"] != 3 || rows["schema_migrations"] != int64(bin) {
+	if rows["audit_events"] != 8 || rows["audit_chains"] != 3 || rows["schema_migrations"] != int64(len(rep.Migrations)) {
 		t.Errorf("table rows = %v", rows)
 	}
 

@@ -40,7 +40,7 @@ import (
 
 // Planner kinds of Options.Planner.
 const (
-	PlannerAuto     = "auto"     // claude when ANTHROPIC_API_KEY is set, else scripted with M1_PLAN_FILE
+	PlannerAuto     = "auto"     // claude when ANTHROPIC_API_KEY is set, else scripted with M1_PLAN_FILE, else none
 	PlannerClaude   = "claude"   // Claude through the Messages API
 	PlannerScripted = "scripted" // a YAML plan (M1_PLAN_FILE)
 )
@@ -88,6 +88,9 @@ type Options struct {
 	// when the files change.
 	TLSCertFile string
 	TLSKeyFile  string
+
+	// Gateway configures the approvals held for sidecars (DESIGN §10).
+	Gateway GatewayOptions
 
 	// HTTP bounds every connection of the HTTP server (DESIGN §7). Not
 	// flags: the defaults suit every deployment; tests shorten them.
@@ -182,6 +185,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	str(&o.LogLevel, "log-level", "LOG_LEVEL", "log level: debug, info, warn, error")
 	str(&o.TLSCertFile, "tls-cert-file", "M1_TLS_CERT_FILE", "PEM certificate (chain) the HTTP port serves HTTPS with; reloaded when the file changes (empty = plaintext)")
 	str(&o.TLSKeyFile, "tls-key-file", "M1_TLS_KEY_FILE", "PEM private key of --tls-cert-file")
+	o.bindGatewayFlags(fs, env)
 	return env
 }
 
@@ -197,6 +201,8 @@ func (o *Options) validate() error {
 		return errors.New("CostAlertUSD (COST_ALERT_THRESHOLD) must not be negative")
 	case o.RunBudgetUSD < 0:
 		return errors.New("RunBudgetUSD (M1_RUN_BUDGET_USD) must not be negative")
+	case o.Gateway.MaxPending < 0 || o.Gateway.PerMinute < 0:
+		return errors.New("Gateway.MaxPending (M1_APPROVALS_MAX_PENDING) and Gateway.PerMinute (M1_APPROVALS_PER_MINUTE) must not be negative")
 	case o.JWKSFile == "":
 		return errors.New("JWKSFile (--jwks-file, M1_JWKS_FILE) is required: the orchestrator verifies every approval against the operators' public keys before it records it, so that its admin token alone cannot approve anything")
 	case o.Audience == "":
@@ -343,18 +349,37 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		ProposalTTL: o.ProposalTTL, DispatchTimeout: o.DispatchTimeout, ClockSkew: approval.Leeway(o.ClockSkew),
 		ApprovalHeader: o.ApprovalHeader, MCPPath: o.MCPPath, ToolsPathPrefix: o.ToolsPathPrefix,
 		Verifier: verifier, HTTPClient: o.HTTPClient, Metrics: m, Logger: o.Logger, Now: o.Now, Version: o.Version,
+		GatewayLimits: o.Gateway.limits(),
 	})
 	if err != nil {
 		s.st.Close()
 		return nil, err
 	}
+	if err := o.Registerer.Register(orchestrator.NewPendingCollector(records, reg, o.Now, o.Logger.Named("metrics"))); err != nil {
+		s.st.Close()
+		return nil, err
+	}
+	// The fleet's dashboard: the page, its documents from the shared store
+	// and this process's metrics, and the proposals page that a pending
+	// call's client links to (DESIGN §10).
+	dashboard := &admin.DashboardAPI{Gatherer: o.Gatherer, Now: o.Now,
+		Records: func(context.Context) (store.Records, error) { return records, nil }}
+	routes := dashboard.Routes()
+	routes["/v1/"] = s.svc.Handler()
 	handler := admin.NewHandler(admin.Options{
 		Token:    s.opts.AdminToken,
 		Gatherer: o.Gatherer,
 		Health:   s.health,
-		Routes:   map[string]http.Handler{"/v1/": s.svc.Handler()},
+		Routes:   routes,
+		API: map[string]func() any{
+			"health": func() any { return s.health() },
+			"policy": registryPolicy(reg),
+		},
 	})
-	s.http = admin.NewServer(handler, o.HTTP, zap.NewStdLog(o.Logger.Named("http")))
+	mux := http.NewServeMux()
+	mux.Handle("/", handler)
+	s.gatewayRoutes(mux, handler)
+	s.http = admin.NewServer(mux, o.HTTP, zap.NewStdLog(o.Logger.Named("http")))
 	if s.tls != nil {
 		s.http.TLSConfig = s.tls.Config("h2", "http/1.1")
 	}
@@ -379,7 +404,7 @@ func buildPlanner(o Options) (orchestrator.Planner, string, error) {
 		case o.PlanFile != "":
 			kind = PlannerScripted
 		default:
-			return nil, "", errors.New("no planner: set ANTHROPIC_API_KEY for Claude, or M1_PLAN_FILE for a scripted plan")
+			return nil, plannerNone, nil // approvals only (DESIGN §10)
 		}
 	}
 	switch kind {
@@ -409,6 +434,11 @@ func buildPlanner(o Options) (orchestrator.Planner, string, error) {
 	}
 	return nil, "", fmt.Errorf("Planner (M1_PLANNER) %q: want auto, claude or scripted", o.Planner)
 }
+
+// plannerNone is the planner kind of an orchestrator without one: it
+// serves approvals, the dashboard and the rest of its API, and POST
+// /v1/runs answers 503 no_planner.
+const plannerNone = "none"
 
 // Start listens and serves until Stop.
 func (s *Server) Start(ctx context.Context) error {
@@ -518,6 +548,10 @@ func (s *Server) health() admin.Report {
 	}
 	rep.Checks["database"] = db
 	rep.Checks["planner"] = admin.Check{Status: admin.StatusOK, Info: map[string]any{"kind": s.planner}}
+	if s.planner == plannerNone {
+		rep.Checks["planner"] = admin.Check{Status: admin.StatusDisabled, Info: map[string]any{"kind": s.planner},
+			Detail: "no planner (ANTHROPIC_API_KEY or M1_PLAN_FILE): approvals only; POST /v1/runs answers 503 no_planner"}
+	}
 	ks := s.keys.Status()
 	keys := admin.Check{Status: admin.StatusOK, Info: map[string]any{"path": ks.Path, "kids": ks.KIDs}}
 	if ks.LastError != "" {

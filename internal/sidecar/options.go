@@ -94,6 +94,9 @@ type Options struct {
 	CheckpointToken   string        // bearer token for an HTTP target
 	CheckpointEvery   time.Duration // how often; the last one is written at Stop
 
+	// Approvals held at the gateway (DESIGN §10), and the principal header.
+	Approvals ApprovalsOptions
+
 	// AdminHTTP bounds every connection of the admin HTTP server (DESIGN
 	// §7). Not flags: the defaults suit every deployment; tests shorten them.
 	AdminHTTP admin.Limits
@@ -139,6 +142,7 @@ func DefaultOptions() Options {
 		AdminHTTP:             admin.DefaultLimits(),
 		CacheL2TTL:            10 * time.Minute,
 		CheckpointEvery:       15 * time.Minute,
+		Approvals:             ApprovalsOptions{Timeout: defaultApprovalsTimeout},
 		Version:               buildinfo.Version(),
 		Now:                   time.Now,
 	}
@@ -206,7 +210,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.StringVar(&o.TLSCertFile, "tls-cert-file", o.TLSCertFile, "PEM certificate (chain) both listeners serve TLS with; reloaded when the file changes (empty = plaintext)")
 	fs.StringVar(&o.TLSKeyFile, "tls-key-file", o.TLSKeyFile, "PEM private key of --tls-cert-file")
 	fs.StringVar(&o.TLSClientCAFile, "tls-client-ca-file", o.TLSClientCAFile, "PEM CA bundle: gRPC requires client certificates it signed (mTLS); the peer's SPIFFE ID is the principal when no token or source principal names one")
-	return map[string]string{
+	env := map[string]string{
 		"grpc-addr":                  "M1_GRPC_ADDR",
 		"admin-addr":                 "M1_ADMIN_ADDR",
 		"admin-token":                "M1_ADMIN_TOKEN",
@@ -267,6 +271,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 		"tls-key-file":               "M1_TLS_KEY_FILE",
 		"tls-client-ca-file":         "M1_TLS_CLIENT_CA_FILE",
 	}
+	o.bindApprovalFlags(fs, env)
+	return env
 }
 
 // validate fails fast, naming the bad field.
@@ -337,6 +343,9 @@ func (o *Options) validate() error {
 		return fmt.Errorf("TLSClientCAFile (M1_TLS_CLIENT_CA_FILE) needs M1_TLS_CERT_FILE and M1_TLS_KEY_FILE: mutual TLS is TLS first")
 	case o.Logger == nil || o.Registerer == nil || o.Gatherer == nil || o.Now == nil:
 		return fmt.Errorf("Logger, Registerer, Gatherer and Now are required")
+	}
+	if err := o.validateApprovals(); err != nil {
+		return err
 	}
 	if err := o.AdminHTTP.Validate(); err != nil {
 		return fmt.Errorf("AdminHTTP: %w", err)

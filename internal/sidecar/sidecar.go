@@ -179,6 +179,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if ao.RateLimit, err = s.rateLimiter(); err != nil {
 		return nil, err
 	}
+	if ao.PrincipalHeader, ao.Gateway, err = opts.approvalsOptions(); err != nil {
+		return nil, err
+	}
 	if s.authz, err = authz.New(ao, nil); err != nil {
 		return nil, err
 	}
