@@ -318,7 +318,34 @@ func (h *PromHistory) History(ctx context.Context, tab string, span time.Duratio
 	for i := range doc.Panels {
 		slices.SortFunc(doc.Panels[i].Series, func(a, b HistorySeries) int { return strings.Compare(a.Label, b.Label) })
 	}
+	trimLeading(&doc)
 	return doc, nil
+}
+
+// trimLeading drops the times before the first value of any series (a
+// fleet younger than the range), keeping one step before it.
+func trimLeading(doc *HistoryDocument) {
+	first := len(doc.Times)
+	for _, p := range doc.Panels {
+		for _, s := range p.Series {
+			for i, v := range s.Values {
+				if v != nil {
+					first = min(first, i)
+					break
+				}
+			}
+		}
+	}
+	first = max(0, min(first, len(doc.Times)-1)-1)
+	if first == 0 {
+		return
+	}
+	doc.Times = doc.Times[first:]
+	for i := range doc.Panels {
+		for j := range doc.Panels[i].Series {
+			doc.Panels[i].Series[j].Values = doc.Panels[i].Series[j].Values[first:]
+		}
+	}
 }
 
 // promDuration formats d as a PromQL duration (whole seconds).

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -525,6 +526,11 @@ func (s *Server) health() admin.Report {
 		keys.Status, keys.Detail = admin.StatusDegraded, "M1_JWKS_FILE did not load; the previous keys stay in use: "+ks.LastError
 	}
 	rep.Checks["keys"] = keys
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	rep.Checks["memory"] = admin.Check{Status: admin.StatusOK, Info: map[string]any{
+		"heap_alloc_bytes": ms.HeapAlloc, "sys_bytes": ms.Sys, "goroutines": runtime.NumGoroutine(),
+	}}
 	rep.Status = admin.StatusOK
 	for _, c := range rep.Checks {
 		if c.Status == admin.StatusFailing {

@@ -97,6 +97,9 @@
   function fmtBound(b) {
     return b.le_seconds === null ? 'longer' : '≤ ' + fmtSeconds(b.le_seconds);
   }
+  // shortRev shortens a bundle revision for a table cell (the whole one is
+  // its title).
+  const shortRev = (r) => (r ? (r.startsWith('sha256:') ? 'sha256:' + r.slice(7, 19) : r) : '–');
   // statusClass gives a CSS class for a known status word, else none.
   const statusClass = (s) => (typeof s === 'string' && /^[a-z_]+$/.test(s) ? 'st-' + s : '');
 
@@ -321,9 +324,10 @@
       if (!keys.length || typeof uPlot === 'undefined') return;
       const xs = days.map((d) => Date.parse(d.day + 'T00:00:00Z') / 1000);
       const own = keys.map((k) => days.map((d) => value(d, k)));
+      const nz = (v) => (v > 0 ? v : null); // no bar at all for a day without cost
       // Stacked: series i is the sum of keys i..n-1, drawn first, so each
       // later (smaller) one covers its lower part.
-      const stacked = own.map((_, i) => days.map((_, j) => own.slice(i).reduce((s, row) => s + row[j], 0)));
+      const stacked = own.map((_, i) => days.map((_, j) => nz(own.slice(i).reduce((s, row) => s + row[j], 0))));
       const data = [xs, ...stacked];
       const key = keys.join('\u0000');
       if (plot && key === labels) { plot.setData(data); return; }
@@ -372,7 +376,7 @@
       msg.textContent = (f.prometheus.error ? 'Some queries failed: ' + f.prometheus.error + ' · ' : '') +
         f.pods.length + ' M1 processes scraped by Prometheus at ' + f.prometheus.url + ' (hover a column for its PromQL).';
       t.fill(f.pods.map((p) => [p.instance, p.service, p.version, { text: p.up === null ? '?' : p.up ? 'up' : 'down', class: p.up === false ? 'st-failed' : 'st-ok' },
-        { text: p.revision || '–', class: 'mono' }, p.service === 'm1-authz' ? fmtRate(p.checks_per_second) : '',
+        { text: shortRev(p.revision), title: p.revision, class: 'mono' }, p.service === 'm1-authz' ? fmtRate(p.checks_per_second) : '',
         p.service === 'm1-authz' ? fmtPct(p.deny_rate) : '', p.service === 'm1-authz' ? fmtSeconds(p.p99_seconds) : '',
         p.service === 'm1-authz' ? fmtPct(p.cache_hit_rate) : '']), 'Prometheus scrapes no M1 process yet');
     };
@@ -383,7 +387,7 @@
     const fleet = ctx.meta.scope === 'fleet' ? fleetPanel() : null;
     const tiles = el('section', { class: 'tiles' },
       tile('Active runs', 'ops-active'), tile('Run success rate (24 h)', 'ops-success', 'ops-success-detail'),
-      tile('Pending proposals', 'ops-pending', 'ops-pending-detail'), tile('Checks', 'ops-checks', 'ops-checks-detail'));
+      tile('Pending proposals', 'ops-pending', 'ops-pending-detail'), tile(ctx.meta.scope === 'fleet' ? 'Checks, fleet' : 'Checks', 'ops-checks', 'ops-checks-detail'));
     const charts = historyCharts();
     const duration = bars('duration');
     const byStatus = bars('status');
@@ -427,10 +431,15 @@
         setText('ops-success-detail', errorText(o));
       }
       const m = d.metrics;
-      if (m && !m.error) {
+      if (fleet) {
+        const pods = d.fleet && !d.fleet.error ? d.fleet.pods.filter((p) => p.service === 'm1-authz') : [];
+        const rate = pods.reduce((s, p) => s + (p.checks_per_second || 0), 0);
+        const denied = pods.reduce((s, p) => s + (p.checks_per_second || 0) * (p.deny_rate || 0), 0);
+        setText('ops-checks', pods.length ? fmtRate(rate) + '/s' : '–');
+        setText('ops-checks-detail', pods.length ? fmtPct(rate ? denied / rate : null) + ' denied · ' + pods.length + ' sidecars' : 'needs Prometheus (M1_PROMETHEUS_URL)');
+      } else if (m && !m.error) {
         setText('ops-checks', fmtInt(m.checks.total));
-        setText('ops-checks-detail', fmtInt(m.checks.allow) + ' allowed · ' + fmtInt(m.checks.deny) + ' denied' +
-          (ctx.meta.scope === 'fleet' ? ' (this process)' : ' since start'));
+        setText('ops-checks-detail', fmtInt(m.checks.allow) + ' allowed · ' + fmtInt(m.checks.deny) + ' denied since start');
       }
       const r = d.runs;
       if (r && !r.error) {
@@ -515,7 +524,7 @@
         pod ? panel('Token verifications (since start)', {}, tokens) : null,
         pod ? panel('Revocations in force', { id: 'revocations' }, revocations) : null),
       panel('Grant candidates: the same agent, tool and arguments approved again and again', { wide: true, id: 'grants' }, grants),
-      pod ? panel('Tool registry', { wide: true }, tools) : null);
+      ...(pod ? [panel('Tool registry', { wide: true }, tools)] : []));
     return (d) => {
       charts.update(d.history);
       const a = d.approvals;
@@ -536,7 +545,7 @@
       }
       const p = d.policy;
       if (pod && p && !p.error) {
-        setText('pol-revision', p.revision ? p.revision.replace(/^sha256:/, '').slice(0, 12) : '–');
+        setText('pol-revision', shortRev(p.revision));
         $('pol-revision').title = p.revision || '';
         setText('pol-revision-detail', 'decision cache ' + (p.decision_cache ? 'on' : 'off') + ' · ' + fmtInt(p.revocations) + ' revocations');
         const t = p.tools || {};
@@ -545,7 +554,7 @@
       } else if (!pod && p && !p.error) {
         setText('pol-revision', p.prometheus.configured ? fmtInt(p.revisions.length) : '–');
         setText('pol-revision-detail', !p.prometheus.configured ? 'Prometheus not configured (M1_PROMETHEUS_URL)' : p.consistent ? 'every sidecar decides with the same bundle' : 'the sidecars disagree: a rollout in progress or stuck');
-        revs.fill(p.revisions.map((r) => [{ text: r.revision || '–', class: 'mono' }, r.pods.join(', ')]), p.prometheus.configured ? 'no sidecar scraped' : 'Prometheus not configured');
+        revs.fill(p.revisions.map((r) => [{ text: shortRev(r.revision), title: r.revision, class: 'mono' }, r.pods.join(', ')]), p.prometheus.configured ? 'no sidecar scraped' : 'Prometheus not configured');
       }
       const m = d.metrics;
       if (pod && m && !m.error) {
@@ -631,7 +640,7 @@
   const routes = {
     operations: {
       tab: 'operations', label: 'Operations', mount: operationsView,
-      load: (p, ctx) => loadDocs(['operations', 'runs', 'metrics'].concat(ctx.meta.scope === 'fleet' ? ['fleet'] : []), 'operations'),
+      load: (p, ctx) => loadDocs(['operations', 'runs'].concat(ctx.meta.scope === 'fleet' ? ['fleet'] : ['metrics']), 'operations'),
     },
     cache: {
       tab: 'cache', label: 'Cache', mount: cacheView,
