@@ -19,7 +19,7 @@ func TestAnalyzeApprovals(t *testing.T) {
 	doc := AnalyzeApprovals(t0.Add(-time.Hour), []store.ProposalDecision{
 		d("a", "read", "h1", store.ProposalExecuted, "alice", 500*time.Millisecond),
 		d("a", "read", "h1", store.ProposalApproved, "alice", time.Second),
-		d("a", "read", "h1", store.ProposalFailed, "bob", 30*time.Second), // approved, then the dispatch failed
+		d("a", "read", "h1", store.ProposalFailed, "bob", 30*time.Second),  // approved, then the dispatch failed
 		d("a", "read", "h2", store.ProposalApproved, "bob", 2*time.Second), // other arguments; 2 s is not under 2 s
 		d("b", "read", "h1", store.ProposalApproved, "auto-risk:read", 0),  // no person decided
 		d("b", "write", "h3", store.ProposalRejected, "", time.Minute),
