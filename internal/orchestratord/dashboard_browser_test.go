@@ -107,6 +107,9 @@ func TestFleetDashboardInChromium(t *testing.T) {
 	prom.WaitFor(t, `count(up == 1)`, 3, 30*time.Second)
 	prom.WaitFor(t, `count(sum by (instance) (rate(m1_policy_checks_total[1m])) > 0)`, 2, 30*time.Second)
 
+	if os.Getenv("M1_SCREENSHOTS") != "" {
+		time.Sleep(15 * time.Second) // charts worth a picture
+	}
 	base := "http://" + orchAddr + "/"
 	start := time.Now()
 	b.Navigate(t, base+"?token="+o.AdminToken)
@@ -114,6 +117,8 @@ func TestFleetDashboardInChromium(t *testing.T) {
 	t.Logf("page load: %s to the load event (navigation timing %s ms), first render at %s ms after navigation start",
 		time.Since(start).Round(time.Millisecond), b.Eval(t, `String(Math.round(performance.getEntriesByType('navigation')[0].loadEventEnd))`),
 		b.Eval(t, `document.body.dataset.firstRenderMs`))
+	// A fleet younger than the default hour: the last 15 minutes.
+	b.Do(t, "pick 15 minutes of history", chromedp.Evaluate[chromedp.Void](`(() => { const r = document.getElementById('range'); r.value = '15m'; r.dispatchEvent(new Event('change')); })()`))
 	if got := b.Eval(t, `document.getElementById('scope').textContent + ' ' + document.getElementById('service').textContent`); got != "fleet m1-orchestrator" {
 		t.Errorf("scope and service = %q, want fleet m1-orchestrator", got)
 	}

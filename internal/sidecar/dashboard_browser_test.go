@@ -49,6 +49,9 @@ func TestDashboardInChromium(t *testing.T) {
 	check(t, c, writeCall(""), code.Code_PERMISSION_DENIED) // write_file needs an approval
 	traffic(t, c)
 
+	if os.Getenv("M1_SCREENSHOTS") != "" {
+		time.Sleep(15 * time.Second) // charts worth a picture
+	}
 	base := "http://" + s.AdminAddr().String() + "/"
 	start := time.Now()
 	b.Navigate(t, base+"?token="+s.AdminToken())

@@ -37,6 +37,7 @@ import (
 	"github.com/m1-agent/m1/internal/outcome"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/redisconn"
+	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/internal/state/redisstate"
 	"github.com/m1-agent/m1/internal/state/storestate"
 	"github.com/m1-agent/m1/policies"
@@ -534,7 +535,7 @@ func (s *Server) adminHandler() http.Handler {
 				defer cancel()
 				if revs, err := s.store.List(ctx); err == nil {
 					doc["revocations"] = len(revs)
-					doc["revocations_list"] = revs[:min(len(revs), maxRevocationsShown)]
+					doc["revocations_list"] = append([]state.Revocation{}, revs[:min(len(revs), maxRevocationsShown)]...)
 				} else {
 					doc["revocations_error"] = err.Error()
 				}
