@@ -9,7 +9,7 @@ LDFLAGS   := -s -w -X github.com/m1-agent/m1/internal/buildinfo.version=$(VERSIO
 FUZZTIME  ?= 30s
 BENCHTIME ?= 2s
 
-.PHONY: help build run test test-deps test-go test-rego lint bench fuzz demo release release-check clean
+.PHONY: help build run test test-deps test-go test-rego lint bench fuzz demo release release-check screenshots clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -72,6 +72,9 @@ fuzz: ## run every fuzz target of the module, each for FUZZTIME (default 30s)
 	    echo "== $$dir $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./$$dir/; \
 	  done; \
 	done
+
+screenshots: ## regenerate docs/img/dashboard-*.png: the dashboard's browser tests, in headless Chromium, with M1_SCREENSHOTS set
+	M1_SCREENSHOTS=$(CURDIR)/docs/img $(GO) test -count=1 -p 1 -run '^(TestDashboardInChromium|TestFleetDashboardInChromium)$$' ./internal/sidecar/ ./internal/orchestratord/
 
 clean: ## remove build output (bin/, dist/)
 	rm -rf $(BIN) dist

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -42,20 +43,31 @@ type Report struct {
 
 // Options configure the handler.
 type Options struct {
-	Token    string                  // bearer token for everything but health and metrics; required
-	Gatherer prometheus.Gatherer     // for /metrics
-	Health   func() Report           // called per request
-	API      map[string]func() any   // JSON documents under /api/m1/dashboard/{name}
-	Routes   map[string]http.Handler // further authenticated routes, by ServeMux pattern
+	Token    string                // bearer token for everything but health and metrics; required
+	Gatherer prometheus.Gatherer   // for /metrics
+	Health   func() Report         // called per request
+	API      map[string]func() any // JSON documents under /api/m1/dashboard/{name}
+	// Documents are further documents under /api/m1/dashboard/{name},
+	// ones that read the request or can fail. With API they make the
+	// snapshot at /api/m1/dashboard, and the Aliases serve them too.
+	Documents map[string]Document
+	Routes    map[string]http.Handler // further authenticated routes, by ServeMux pattern
 	// AllowedOrigins are the browser origins allowed to call the API under
 	// /api/ cross-origin (CORS; see ParseOrigins); none = same origin only.
 	AllowedOrigins []string
+	// Now is the clock of the session cookie's expiry; nil: time.Now.
+	Now func() time.Time
 }
 
 // NewHandler returns the admin HTTP handler: the dashboard page at / and
 // its assets under /assets/ (static, no data), health and metrics open, the
-// rest behind o.Token.
+// rest behind o.Token; the dashboard documents are also read with the
+// session cookie the page gets when it presents the token (see sessions).
 func NewHandler(o Options) http.Handler {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	sess := newSessions(o.Token, o.Now)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
 		rep := o.Health()
@@ -87,14 +99,32 @@ func NewHandler(o Options) http.Handler {
 	mux.HandleFunc("GET /assets/{name}", serveAsset)
 	// The page is open, as its assets are: it holds no data (the API it
 	// calls needs the token), and a link to a proposal (DESIGN §10) opens
-	// in a new tab that has no token yet; the page asks for it.
-	mux.HandleFunc("GET /{$}", servePage)
+	// in a new tab that has no token yet; the page asks for it. Presented
+	// with the token, it also starts a session.
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		if HasToken(r, o.Token) {
+			sess.issue(w, r)
+		}
+		servePage(w, r)
+	})
 
 	api := http.NewServeMux()
-	for name, fn := range o.API {
-		api.HandleFunc("GET /api/m1/dashboard/"+name, func(w http.ResponseWriter, r *http.Request) {
-			writeJSON(w, http.StatusOK, fn())
-		})
+	api.HandleFunc("POST /api/m1/dashboard/session", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"expires_at": sess.issue(w, r).UTC()})
+	})
+	api.HandleFunc("DELETE /api/m1/dashboard/session", func(w http.ResponseWriter, r *http.Request) {
+		sess.clear(w, r)
+		w.WriteHeader(http.StatusNoContent)
+	})
+	docs := documents(o)
+	api.HandleFunc("GET /api/m1/dashboard", snapshot(docs))
+	for name, doc := range docs {
+		api.HandleFunc("GET /api/m1/dashboard/"+name, serveDocument(doc))
+	}
+	for alias, name := range Aliases {
+		if doc, ok := docs[name]; ok {
+			api.HandleFunc("GET /api/m1/dashboard/"+alias, serveDocument(doc))
+		}
 	}
 	for pattern, h := range o.Routes {
 		api.Handle(pattern, h)
@@ -102,7 +132,7 @@ func NewHandler(o Options) http.Handler {
 	api.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, "not_found", "no such admin endpoint")
 	})
-	mux.Handle("/", RequireToken(o.Token, api))
+	mux.Handle("/", sess.requireAuth(o.Token, api))
 	return cors(o.AllowedOrigins, mux)
 }
 

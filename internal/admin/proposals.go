@@ -61,17 +61,16 @@ func (a *DashboardAPI) view(p store.Proposal, now time.Time) ProposalView {
 	return v
 }
 
-func (a *DashboardAPI) pending(w http.ResponseWriter, r *http.Request) {
+func (a *DashboardAPI) pending(r *http.Request) (any, error) {
 	ctx, cancel := context.WithTimeout(r.Context(), recordsTimeout)
 	defer cancel()
-	rec, ok := a.records(ctx, w)
-	if !ok {
-		return
+	rec, err := a.records(ctx)
+	if err != nil {
+		return nil, err
 	}
 	ps, err := rec.Proposals(ctx, store.ProposalFilter{Status: store.ProposalPending})
 	if err != nil {
-		WriteError(w, http.StatusServiceUnavailable, "store_unavailable", "list proposals: "+err.Error())
-		return
+		return nil, storeUnavailable("list proposals: ", err)
 	}
 	now := a.Now()
 	doc := PendingDocument{Pending: []ProposalView{}, Total: len(ps)}
@@ -84,29 +83,29 @@ func (a *DashboardAPI) pending(w http.ResponseWriter, r *http.Request) {
 			doc.Pending = append(doc.Pending, v)
 		}
 	}
-	writeJSON(w, http.StatusOK, doc)
+	return doc, nil
 }
 
-func (a *DashboardAPI) proposal(w http.ResponseWriter, r *http.Request) {
+// proposal is the document of one proposal, by the {id} of its path: it
+// is left out of the snapshot, which has no id.
+func (a *DashboardAPI) proposal(r *http.Request) (any, error) {
+	notFound := &DocError{http.StatusNotFound, "not_found", "no such proposal"}
 	id := r.PathValue("id")
 	if !toolcall.ValidName(id) {
-		WriteError(w, http.StatusNotFound, "not_found", "no such proposal")
-		return
+		return nil, notFound
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), recordsTimeout)
 	defer cancel()
-	rec, ok := a.records(ctx, w)
-	if !ok {
-		return
+	rec, err := a.records(ctx)
+	if err != nil {
+		return nil, err
 	}
 	p, err := rec.Proposal(ctx, id)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		WriteError(w, http.StatusNotFound, "not_found", "no such proposal")
-		return
+		return nil, notFound
 	case err != nil:
-		WriteError(w, http.StatusServiceUnavailable, "store_unavailable", "get proposal: "+err.Error())
-		return
+		return nil, storeUnavailable("get proposal: ", err)
 	}
-	writeJSON(w, http.StatusOK, a.view(p, a.Now()))
+	return a.view(p, a.Now()), nil
 }

@@ -8,6 +8,7 @@ package cache
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/maypok86/otter/v2"
@@ -34,19 +35,22 @@ type MemoryOptions struct {
 // Memory is a bounded, expiring in-process decision cache (otter: S3-FIFO
 // eviction, lock-free reads). It is safe for concurrent use.
 type Memory struct {
-	c *otter.Cache[Key, *policy.Decision]
+	c         *otter.Cache[Key, *policy.Decision]
+	evictions *evictions
 }
 
 // NewMemory returns an empty cache; it fails when the options are out of range.
 func NewMemory(o MemoryOptions) (*Memory, error) {
+	ev := &evictions{}
 	c, err := otter.New(&otter.Options[Key, *policy.Decision]{
 		MaximumSize:      o.MaxEntries,
 		ExpiryCalculator: otter.ExpiryWriting[Key, *policy.Decision](o.TTL),
+		StatsRecorder:    ev,
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &Memory{c: c}, nil
+	return &Memory{c: c, evictions: ev}, nil
 }
 
 // Get returns the cached decision for k. The decision is shared: callers
@@ -70,3 +74,18 @@ func (*Memory) ObserveEval(time.Duration) {}
 
 // Len is the number of entries, for the dashboard.
 func (m *Memory) Len() int { return m.c.EstimatedSize() }
+
+// Evictions is how many entries the cache evicted since it was made (for
+// its size, or expired), as otter counts them; purges are not evictions.
+func (m *Memory) Evictions() uint64 { return m.evictions.n.Load() }
+
+// evictions is an otter stats recorder that counts evictions only: the
+// hits and misses are M1's metrics already, and the decision path pays
+// nothing more than an empty call for them.
+type evictions struct{ n atomic.Uint64 }
+
+func (*evictions) RecordHits(int)                  {}
+func (*evictions) RecordMisses(int)                {}
+func (e *evictions) RecordEviction(uint32)         { e.n.Add(1) }
+func (*evictions) RecordLoadSuccess(time.Duration) {}
+func (*evictions) RecordLoadFailure(time.Duration) {}

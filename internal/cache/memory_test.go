@@ -37,3 +37,28 @@ func TestMemoryPurgeEmpties(t *testing.T) {
 		t.Errorf("Get after Purge = %+v, want a miss", d)
 	}
 }
+
+// TestMemoryCountsEvictions: entries pushed out for the size are counted;
+// a purge is not an eviction.
+func TestMemoryCountsEvictions(t *testing.T) {
+	m, err := cache.NewMemory(cache.MemoryOptions{MaxEntries: 10, TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		m.Set(cachetest.Key(string(rune('a'+i%26))+string(rune(i))), &policy.Decision{Allowed: true})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for m.Evictions() == 0 && time.Now().Before(deadline) {
+		m.Get(context.Background(), cachetest.Key("poll")) // otter evicts as it maintains
+		time.Sleep(time.Millisecond)
+	}
+	if m.Evictions() == 0 {
+		t.Fatalf("Evictions() = 0 after 200 entries in a cache of 10, want some")
+	}
+	before := m.Evictions()
+	m.Purge()
+	if got := m.Evictions(); got != before {
+		t.Errorf("Evictions() = %d after Purge, want %d (a purge is not an eviction)", got, before)
+	}
+}

@@ -124,7 +124,7 @@ func TestProposalPageInChromium(t *testing.T) {
 	}
 	wait("the page asks for the token", `!document.getElementById('login').hidden`)
 	eval(`document.getElementById('token-input').value = 'admin-secret'; setTimeout(() => document.getElementById('token-save').click(), 0); ''`)
-	wait("the proposal is shown", `document.getElementById('pv-id').textContent === '`+a.ProposalID+`' && document.getElementById('pv-args').textContent !== ''`)
+	wait("the proposal is shown", `(document.getElementById('pv-id') || {}).textContent === '`+a.ProposalID+`' && !!(document.getElementById('pv-args') || {}).textContent`)
 
 	for id, want := range map[string]string{
 		"pv-principal": evil,
@@ -153,7 +153,7 @@ func TestProposalPageInChromium(t *testing.T) {
 	if err := chromedp.Do(bctx, chromedp.Navigate(base+"#/")); err != nil {
 		t.Fatal(err)
 	}
-	wait("the pending list", `document.getElementById('pending-total').textContent === '1'`)
+	wait("the pending list", `(document.getElementById('pending-total') || {}).textContent === '1'`)
 	if got := eval(`document.querySelector('#pending a').getAttribute('href')`); got != "#/proposals/"+a.ProposalID {
 		t.Errorf("pending link = %q, want #/proposals/%s", got, a.ProposalID)
 	}

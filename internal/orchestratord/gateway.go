@@ -55,15 +55,23 @@ func (s *Server) gatewayRoutes(mux *http.ServeMux, adminHandler http.Handler) {
 	mux.Handle("POST "+gateway.PathClaims, either)
 }
 
-// registryPolicy is the dashboard's policy document on the orchestrator:
-// the tool registry it holds (the sidecars evaluate the policy).
-func registryPolicy(reg orchestrator.Registry) func() any {
-	return func() any {
+// withRegistry adds the tool registry the orchestrator holds to the
+// fleet's policy document (the sidecars evaluate the policy itself).
+func withRegistry(policy admin.Document, reg orchestrator.Registry) admin.Document {
+	return func(r *http.Request) (any, error) {
+		v, err := policy(r)
+		if err != nil {
+			return nil, err
+		}
+		doc, ok := v.(map[string]any)
+		if !ok {
+			return v, nil
+		}
 		tools := map[string]any{}
 		for name, spec := range reg {
 			tools[name] = map[string]any{"risk": spec.Risk, "requires_approval": spec.RequiresApproval == nil || *spec.RequiresApproval}
 		}
-		return map[string]any{"revision": "(the sidecars evaluate the policy)", "decision_cache": false,
-			"cache_off_reason": "not on the orchestrator", "tools": tools}
+		doc["tools"] = tools
+		return doc, nil
 	}
 }

@@ -12,10 +12,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -91,6 +93,14 @@ type Options struct {
 
 	// Gateway configures the approvals held for sidecars (DESIGN §10).
 	Gateway GatewayOptions
+
+	// PrometheusURL is the Prometheus server whose HTTP API gives the fleet
+	// dashboard its mesh-wide series (M1_PROMETHEUS_URL); "" = none: the
+	// dashboard says so and shows the store and this process.
+	PrometheusURL string
+	// DashboardStep is how often the dashboard samples this process for
+	// its history without Prometheus; 0: every 5 seconds. Not a flag.
+	DashboardStep time.Duration
 
 	// HTTP bounds every connection of the HTTP server (DESIGN §7). Not
 	// flags: the defaults suit every deployment; tests shorten them.
@@ -186,6 +196,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	str(&o.TLSCertFile, "tls-cert-file", "M1_TLS_CERT_FILE", "PEM certificate (chain) the HTTP port serves HTTPS with; reloaded when the file changes (empty = plaintext)")
 	str(&o.TLSKeyFile, "tls-key-file", "M1_TLS_KEY_FILE", "PEM private key of --tls-cert-file")
 	o.bindGatewayFlags(fs, env)
+	str(&o.PrometheusURL, "prometheus-url", "M1_PROMETHEUS_URL", "Prometheus server (http(s)://host:port) the fleet dashboard reads mesh-wide series from (empty = none)")
 	return env
 }
 
@@ -223,6 +234,11 @@ func (o *Options) validate() error {
 	if _, _, err := backend.Parse(o.DatabaseURL, o.DataDir); err != nil {
 		return fmt.Errorf("M1_DATABASE_URL: %w", err)
 	}
+	if o.PrometheusURL != "" {
+		if _, err := admin.ParsePrometheusURL(o.PrometheusURL); err != nil {
+			return fmt.Errorf("PrometheusURL (M1_PROMETHEUS_URL): %w", err)
+		}
+	}
 	if o.HTTP.WriteTimeout == 0 {
 		o.HTTP.WriteTimeout = o.DispatchTimeout + 30*time.Second
 	}
@@ -248,6 +264,8 @@ type Server struct {
 	started  atomic.Bool
 	stopOnce sync.Once
 	stopErr  error
+	ring     *admin.Ring // the dashboard's history without Prometheus
+	stopRing context.CancelFunc
 }
 
 // New opens the store, builds the planner and the service.
@@ -359,27 +377,12 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		s.st.Close()
 		return nil, err
 	}
-	// The fleet's dashboard: the page, its documents from the shared store
-	// and this process's metrics, and the proposals page that a pending
-	// call's client links to (DESIGN §10).
-	dashboard := &admin.DashboardAPI{Gatherer: o.Gatherer, Now: o.Now,
-		Records: func(context.Context) (store.Records, error) { return records, nil }}
-	routes := dashboard.Routes()
-	routes["/v1/"] = s.svc.Handler()
-	handler := admin.NewHandler(admin.Options{
-		Token:    s.opts.AdminToken,
-		Gatherer: o.Gatherer,
-		Health:   s.health,
-		Routes:   routes,
-		API: map[string]func() any{
-			"health": func() any { return s.health() },
-			"policy": registryPolicy(reg),
-		},
-	})
-	mux := http.NewServeMux()
-	mux.Handle("/", handler)
-	s.gatewayRoutes(mux, handler)
-	s.http = admin.NewServer(mux, o.HTTP, zap.NewStdLog(o.Logger.Named("http")))
+	handler, err := s.adminHandler(records, reg)
+	if err != nil {
+		s.st.Close()
+		return nil, err
+	}
+	s.http = admin.NewServer(handler, o.HTTP, zap.NewStdLog(o.Logger.Named("http")))
 	if s.tls != nil {
 		s.http.TLSConfig = s.tls.Config("h2", "http/1.1")
 	}
@@ -470,6 +473,11 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}()
 	s.started.Store(true)
+	if s.ring != nil {
+		rctx, stopRing := context.WithCancel(context.WithoutCancel(ctx))
+		s.stopRing = stopRing
+		go s.ring.Run(rctx)
+	}
 	s.log.Info("m1-orchestrator started", zap.String("addr", lis.Addr().String()), zap.String("planner", s.planner), zap.String("version", s.opts.Version), zap.Bool("tls", s.tls != nil))
 	return nil
 }
@@ -501,6 +509,9 @@ func (s *Server) Stop(ctx context.Context) error {
 		}
 		if s.stopKeys != nil {
 			s.stopKeys()
+		}
+		if s.stopRing != nil {
+			s.stopRing()
 		}
 		// The audit queue gets its own time: what the dispatches recorded
 		// must reach the store (or the spool).
@@ -559,6 +570,11 @@ func (s *Server) health() admin.Report {
 	}
 	rep.Checks["keys"] = keys
 	rep.Checks["tls"] = s.tlsCheck()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	rep.Checks["memory"] = admin.Check{Status: admin.StatusOK, Info: map[string]any{
+		"heap_alloc_bytes": ms.HeapAlloc, "sys_bytes": ms.Sys, "goroutines": runtime.NumGoroutine(),
+	}}
 	rep.Status = admin.StatusOK
 	for _, c := range rep.Checks {
 		if c.Status == admin.StatusFailing {
@@ -584,4 +600,65 @@ func (s *Server) tlsCheck() admin.Check {
 		c.Status, c.Detail = admin.StatusDegraded, p
 	}
 	return c
+}
+
+// adminHandler serves the /v1 API, the sidecars' gateway endpoints and the
+// dashboard in fleet scope: runs, proposals, approvals and cost from the
+// shared store, and the mesh-wide
+// series from Prometheus when PrometheusURL is set (else this process's
+// own, sampled in memory).
+func (s *Server) adminHandler(records store.Records, reg orchestrator.Registry) (http.Handler, error) {
+	o := s.opts
+	var prom *admin.Prometheus
+	if o.PrometheusURL != "" {
+		var err error
+		if prom, err = admin.NewPrometheus(o.PrometheusURL, nil); err != nil {
+			return nil, fmt.Errorf("M1_PROMETHEUS_URL: %w", err)
+		}
+	}
+	fleet := &admin.Fleet{Prom: prom, Now: o.Now}
+	dashboard := &admin.DashboardAPI{Gatherer: o.Gatherer, Now: o.Now, Prometheus: prom,
+		Records: func(context.Context) (store.Records, error) { return records, nil }}
+	docs := dashboard.Documents()
+	maps.Copy(docs, fleet.Documents())
+	docs["policy"] = withRegistry(docs["policy"], reg)
+	var history admin.History
+	detail := ""
+	if prom != nil {
+		history = &admin.PromHistory{Prom: prom, Now: o.Now}
+		detail = "Prometheus at " + prom.String()
+	} else {
+		s.ring = admin.NewRing(admin.RingOptions{Gatherer: o.Gatherer, Extra: s.dashboardExtras, Step: o.DashboardStep, Now: o.Now})
+		history, detail = s.ring, s.ring.Detail()
+	}
+	docs["history"] = admin.HistoryDoc(history)
+	handler := admin.NewHandler(admin.Options{
+		Token:     s.opts.AdminToken,
+		Gatherer:  o.Gatherer,
+		Health:    s.health,
+		Routes:    map[string]http.Handler{"/v1/": s.svc.Handler()},
+		Documents: docs,
+		Now:       o.Now,
+		API: map[string]func() any{
+			"health": func() any { return s.health() },
+			"meta": func() any {
+				return admin.Meta{Scope: admin.ScopeFleet, Service: "m1-orchestrator", Version: o.Version, History: detail, Prometheus: fleet.Status()}
+			},
+		},
+	})
+	mux := http.NewServeMux()
+	mux.Handle("/", handler)
+	s.gatewayRoutes(mux, handler)
+	return mux, nil
+}
+
+// dashboardExtras are the values of the dashboard's history that are not
+// metrics: the audit spool and the store's latency.
+func (s *Server) dashboardExtras(ctx context.Context) map[string]float64 {
+	out := map[string]float64{admin.ExtraAuditSpoolEvents: float64(s.rec.Stats().SpoolEvents)}
+	start := time.Now()
+	if err := s.st.Ping(ctx); err == nil {
+		out[admin.ExtraStorePingSeconds] = time.Since(start).Seconds()
+	}
+	return out
 }

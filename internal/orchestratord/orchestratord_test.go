@@ -88,6 +88,7 @@ func TestOptionsRefused(t *testing.T) {
 		{"negative budget", func(o *Options) { o.RunBudgetUSD = -1 }, "M1_RUN_BUDGET_USD"},
 		{"bad registry", func(o *Options) { o.PolicyDir = t.TempDir() }, "registry"},
 		{"bad endpoint", func(o *Options) { o.ToolEndpoint = "ftp://x" }, "endpoint"},
+		{"bad prometheus url", func(o *Options) { o.PrometheusURL = "prometheus:9090" }, "M1_PROMETHEUS_URL"},
 	}
 	for _, tc := range cases {
 		o := base()

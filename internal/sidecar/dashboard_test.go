@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -340,4 +341,80 @@ func deref[T any](p *T) any {
 		return nil
 	}
 	return *p
+}
+
+// The operations, costs and approvals documents sum up what the store
+// holds, at the sidecar's clock.
+func TestDashboardOperationsCostsApprovals(t *testing.T) {
+	o := testOptions(t)
+	now := time.Date(2026, 3, 11, 12, 0, 0, 0, time.UTC) // 10.5 days into March
+	o.Now = func() time.Time { return now }
+	s := startServer(t, o)
+	rec := openRecords(t, o.DataDir)
+	ctx := context.Background()
+	seedRun(t, rec, "run-feb", "agent-a", "last month", time.Date(2026, 2, 27, 9, 0, 0, 0, time.UTC), 100)
+	seedRun(t, rec, "run-1", "agent-a", "first", now.Add(-3*time.Hour), 1, 2)
+	seedRun(t, rec, "run-2", "agent-b", "second", now.Add(-2*time.Hour), 4)
+	seedRun(t, rec, "run-3", "agent-b", "third", now.Add(-time.Hour))
+	for id, status := range map[string]string{"run-1": store.RunCompleted, "run-2": store.RunFailed} {
+		r, err := rec.Run(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Status, r.FinishedAt, r.UpdatedAt = status, r.CreatedAt.Add(90*time.Second), r.CreatedAt.Add(90*time.Second)
+		if err := rec.UpdateRun(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ps []store.Proposal
+	for i, risk := range []string{"write", "write", "execute", "read"} {
+		ps = append(ps, store.Proposal{ID: fmt.Sprintf("p-%d", i), RunID: "run-3", Agent: "agent-b", Step: 1, Tool: "write_file",
+			Args: json.RawMessage(`{"path":"/tmp/x"}`), ArgsSHA256: strings.Repeat("0", 64), Risk: risk, Status: store.ProposalPending,
+			CreatedAt: now.Add(-time.Duration(i+1) * 10 * time.Minute), UpdatedAt: now})
+	}
+	if err := rec.CreateProposals(ctx, ps); err != nil {
+		t.Fatal(err)
+	}
+	decided := now.Add(-30*time.Minute + time.Second)
+	if _, err := rec.UpdateProposal(ctx, "p-2", store.ProposalPending, store.ProposalUpdate{Status: store.ProposalApproved, Approver: "alice", DecidedAt: decided, UpdatedAt: decided}); err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + s.AdminAddr().String() + "/api/m1/dashboard/"
+
+	var ops admin.OperationsDocument
+	if code := getJSON(t, base+"operations", s.AdminToken(), &ops); code != 200 {
+		t.Fatalf("GET operations = %d", code)
+	}
+	if ops.ActiveRuns != 2 || ops.Runs.Total != 3 || ops.Runs.ByStatus["completed"] != 1 || deref(ops.Runs.SuccessRate) != 0.5 ||
+		ops.Runs.Duration.Count != 2 || deref(ops.Runs.Duration.MaxSeconds) != 90.0 {
+		t.Errorf("operations runs = active %d %+v, want 2 active (run-feb and run-3), 3 runs in 24 h, success 1 of 2 ended, two of 90 s", ops.ActiveRuns, ops.Runs)
+	}
+	if p := ops.Pending; p.Total != 3 || p.ByRisk["write"] != 2 || p.ByRisk["read"] != 1 || p.Oldest[0].ID != "p-3" || p.Oldest[0].AgeSeconds != 2400 {
+		t.Errorf("pending = %+v, want 3 (p-2 approved), 2 write 1 read, p-3 oldest at 40 min", p)
+	}
+
+	var costs admin.CostsDocument
+	if code := getJSON(t, base+"costs", s.AdminToken(), &costs); code != 200 {
+		t.Fatalf("GET costs = %d", code)
+	}
+	p := costs.Projection
+	if p.Month != "2026-03" || p.MonthToDateUSD != 7 || p.DaysElapsed != 10.5 || p.DaysInMonth != 31 || math.Abs(p.ProjectedUSD-7/10.5*31) > 1e-9 || p.Method == "" {
+		t.Errorf("projection = %+v, want $7 in 10.5 of 31 days, linear", p)
+	}
+	if len(costs.Days) != 30 || costs.Days[29].Day != "2026-03-11" || costs.Days[29].CostUSD != 7 || costs.Days[29].ByAgent["agent-b"] != 4 ||
+		costs.Days[25].Day != "2026-03-07" || costs.Days[17].Day != "2026-02-27" || costs.Days[17].ByModel["claude-test"] != 100 {
+		t.Errorf("days = %+v, want 30 days to 11 March, $7 today (agent-b $4), $100 on 27 February", costs.Days)
+	}
+	if r := costs.TokensPerSuccessfulRun; r.Runs != 1 || deref(r.MeanTokens) != 2200.0 || deref(r.MeanUSD) != 3.0 {
+		t.Errorf("tokens per successful run = %+v, want run-1's 2200 tokens and $3", r)
+	}
+
+	var ap admin.ApprovalsDocument
+	if code := getJSON(t, base+"approvals?days=1", s.AdminToken(), &ap); code != 200 || ap.Approved != 1 || ap.ByOperator[0].Operator != "alice" || ap.RubberStamp.Count != 1 {
+		t.Errorf("GET approvals = %d %+v, want alice's one approval, under 2 s", code, ap)
+	}
+	var e struct{ Error string }
+	if code := getJSON(t, base+"approvals?days=91", s.AdminToken(), &e); code != 400 || e.Error != "bad_request" {
+		t.Errorf("GET approvals?days=91 = %d %+v, want 400 bad_request", code, e)
+	}
 }

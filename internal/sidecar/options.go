@@ -100,6 +100,10 @@ type Options struct {
 	// AdminHTTP bounds every connection of the admin HTTP server (DESIGN
 	// §7). Not flags: the defaults suit every deployment; tests shorten them.
 	AdminHTTP admin.Limits
+	// DashboardStep is how often the dashboard samples this process for
+	// its history (an hour of samples is kept); 0: every 5 seconds. Not a
+	// flag; tests shorten it.
+	DashboardStep time.Duration
 
 	Version    string // on /health and m1_build_info; default buildinfo.Version()
 	Logger     *zap.Logger

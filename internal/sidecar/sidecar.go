@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -39,6 +38,7 @@ import (
 	"github.com/m1-agent/m1/internal/outcome"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/redisconn"
+	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/internal/state/redisstate"
 	"github.com/m1-agent/m1/internal/state/storestate"
 	"github.com/m1-agent/m1/policies"
@@ -85,6 +85,8 @@ type Server struct {
 	verifier       *approval.Verifier
 	policy         *policySources
 	tls            *certs.Reloader // nil without M1_TLS_CERT_FILE
+	ring           *admin.Ring     // the dashboard's history of this process
+	stopRing       context.CancelFunc
 }
 
 // New loads and prepares the policy bundle and builds the servers. A broken
@@ -336,6 +338,9 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}()
 	s.started.Store(true)
+	rctx, stopRing := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopRing = stopRing
+	go s.ring.Run(rctx)
 	s.startPolicy(ctx)
 	rev := ""
 	if e := s.authz.Policy(); e != nil {
@@ -387,6 +392,9 @@ func (s *Server) Stop(ctx context.Context) error {
 			s.stopKeys()
 		}
 		s.stopPolicy()
+		if s.stopRing != nil {
+			s.stopRing()
+		}
 		defer s.closeRedis()
 		// The admin port keeps answering /health (draining) until gRPC
 		// has drained.
@@ -515,18 +523,25 @@ func (s *Server) adminHandler() http.Handler {
 	if s.audit != nil {
 		revocations.Audit = s.audit
 	}
+	s.ring = admin.NewRing(admin.RingOptions{Gatherer: s.opts.Gatherer, Extra: s.dashboardExtras, Step: s.opts.DashboardStep, Now: s.opts.Now})
 	dashboard := &admin.DashboardAPI{Gatherer: s.opts.Gatherer, Records: s.records, Now: s.opts.Now}
+	docs := dashboard.Documents()
+	docs["history"] = admin.HistoryDoc(s.ring)
 	routes := revocations.Routes()
-	maps.Copy(routes, dashboard.Routes())
 	routes["POST /api/m1/cache/flush"] = http.HandlerFunc(s.flushCache)
 	origins, _ := admin.ParseOrigins(s.opts.AllowedOrigins) // checked by validate
 	return admin.NewHandler(admin.Options{
 		Routes:         routes,
+		Documents:      docs,
 		Token:          s.opts.AdminToken,
 		Gatherer:       s.opts.Gatherer,
 		Health:         s.healthReport,
 		AllowedOrigins: origins,
+		Now:            s.opts.Now,
 		API: map[string]func() any{
+			"meta": func() any {
+				return admin.Meta{Scope: admin.ScopePod, Service: "m1-authz", Version: s.opts.Version, History: s.ring.Detail()}
+			},
 			"health": func() any { return s.healthReport() },
 			"policy": func() any {
 				e := s.authz.Policy()
@@ -535,13 +550,24 @@ func (s *Server) adminHandler() http.Handler {
 				}
 				cacheable, _ := e.Cacheable()
 				on, why := s.authz.Caching()
-				return map[string]any{"revision": e.Revision(), "cacheable": cacheable, "decision_cache": on, "cache_off_reason": why, "needs": e.Needs(), "tools": e.Tools()}
+				doc := map[string]any{"revision": e.Revision(), "cacheable": cacheable, "decision_cache": on, "cache_off_reason": why, "needs": e.Needs(), "tools": e.Tools()}
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				if revs, err := s.store.List(ctx); err == nil {
+					doc["revocations"] = len(revs)
+					doc["revocations_list"] = append([]state.Revocation{}, revs[:min(len(revs), maxRevocationsShown)]...)
+				} else {
+					doc["revocations_error"] = err.Error()
+				}
+				return doc
 			},
 			"cache": func() any {
+				on, why := s.authz.Caching()
 				if s.cache == nil {
-					return map[string]any{"enabled": false}
+					return map[string]any{"enabled": false, "decision_cache": on, "cache_off_reason": why}
 				}
-				doc := map[string]any{"enabled": true, "l1_entries": s.cache.Len(), "l1_max_entries": s.opts.CacheSize, "ttl": s.opts.CacheTTL.String()}
+				doc := map[string]any{"enabled": true, "decision_cache": on, "cache_off_reason": why,
+					"l1_entries": s.cache.Len(), "l1_max_entries": s.opts.CacheSize, "l1_evictions": s.cache.Evictions(), "ttl": s.opts.CacheTTL.String()}
 				if s.tiered != nil {
 					doc["tiered"] = s.tiered.Stats()
 				}
@@ -549,4 +575,30 @@ func (s *Server) adminHandler() http.Handler {
 			},
 		},
 	})
+}
+
+// maxRevocationsShown bounds the revocations the policy document lists.
+const maxRevocationsShown = 20
+
+// dashboardExtras are the values of the dashboard's history that are not
+// metrics: the L1 cache, the audit spool, the store's and Redis' latency.
+func (s *Server) dashboardExtras(ctx context.Context) map[string]float64 {
+	out := map[string]float64{}
+	if s.cache != nil {
+		out[admin.ExtraCacheEntries] = float64(s.cache.Len())
+		out[admin.ExtraCacheEvictions] = float64(s.cache.Evictions())
+	}
+	if s.audit != nil {
+		out[admin.ExtraAuditSpoolEvents] = float64(s.audit.Stats().SpoolEvents)
+	}
+	if s.storeSink != nil {
+		start := time.Now()
+		if err := s.storeSink.Ping(ctx); err == nil {
+			out[admin.ExtraStorePingSeconds] = time.Since(start).Seconds()
+		}
+	}
+	if s.redis != nil && s.redis.Connected() {
+		out[admin.ExtraRedisRTTSeconds] = s.redis.RTT().Seconds()
+	}
+	return out
 }

@@ -35,6 +35,7 @@ func RunRecords(t *testing.T, b Backend) {
 	t.Run("records: concurrent llm calls add up", func(t *testing.T) { testLLMCallsRace(t, b) })
 	t.Run("records: costs by agent and model", func(t *testing.T) { testCosts(t, b) })
 	t.Run("records: pruning runs takes their records along", func(t *testing.T) { testPruneRecords(t, b) })
+	t.Run("insights: proposal decisions and daily costs", func(t *testing.T) { testInsights(t, b) })
 	runGateway(t, b)
 }
 

@@ -1,0 +1,5 @@
+//go:build !unix
+
+package admin
+
+func cpuSeconds() (float64, bool) { return 0, false }
