@@ -1,11 +1,3 @@
-// Package authz is M1's decision pipeline: an Envoy ext_authz v3
-// Authorization service that parses the call, evaluates the Rego policy
-// (through a decision cache when the policy allows it) and answers allow or
-// deny in the wire shapes of DESIGN §6.
-//
-// Every decision is a CheckResponse: the service never answers a Check with
-// a gRPC error, and any failure on the decision path is a deny with a stable
-// reason code.
 package authz
 
 import (

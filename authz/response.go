@@ -16,7 +16,7 @@ import (
 	"github.com/m1-agent/m1/toolcall"
 )
 
-// toolcall.Headers M1 sets on an allowed request.
+// Headers M1 sets on an allowed request.
 const (
 	HeaderDecisionID = "x-m1-decision-id"
 	HeaderPrincipal  = "x-m1-principal"
