@@ -49,16 +49,17 @@ import (
 //	                                  as the text tells the reader to
 //	<!-- doc: needs redis -->         a new redis-server on 127.0.0.1:6379 (with
 //	                                  an aclfile), REDIS_URL exported
-//	<!-- doc: needs postgres -->      a new PostgreSQL database, its superuser's
-//	                                  URL exported as M1_DATABASE_URL
+//	<!-- doc: needs postgres -->      a new PostgreSQL server: PGHOST and PGPORT
+//	                                  exported, and PG_ADMIN_URL, its superuser's URL
 //	<!-- doc: needs m1-authz -->      m1-authz running on its default ports
 //	                                  (M1_ADMIN_TOKEN exported, ./data an hour old)
 //	<!-- doc: skip REASON -->         not run here (Kubernetes, Docker, a
 //	                                  production host, a benchmark …)
 //	<!-- doc: illustrative -->        not commands: output, pseudo-code
-//	<!-- doc: sqlite3 FILE -->        (a sql block) run with sqlite3 -bail FILE
-//	<!-- doc: psql -->                (a sql block) run with psql against
-//	                                  M1_DATABASE_URL (implies needs postgres)
+//	<!-- doc: sqlite3 FILE psql CONN -->
+//	                                  (a sql block) run with sqlite3 -readonly
+//	                                  FILE, and/or psql CONN (a shell word:
+//	                                  "$READER_URL"; implies needs postgres)
 //
 // Words combine (`<!-- doc: background needs redis wait=… -->`). In a
 // runnable block, `# => TEXT` lines right under a command are its
@@ -104,12 +105,14 @@ type docBlock struct {
 
 // docNote is a block's annotation.
 type docNote struct {
-	mode   string // run, background, skip, illustrative, sqlite3, psql
+	mode   string // run, background, skip, illustrative, sql
 	reason string // skip, illustrative
 	needs  []string
 	wait   string // background
 	stop   bool
-	db     string // sqlite3
+	sqlite string // sql: the database file for sqlite3
+	psql   string // sql: the connection for psql, a shell word
+	set    bool   // written in the document (else the default)
 }
 
 var (
@@ -160,7 +163,7 @@ func parseDocBlocks(doc string) ([]docBlock, error) {
 
 // parseDocNote parses the words of a <!-- doc: … --> comment.
 func parseDocNote(s string) (docNote, error) {
-	n := docNote{mode: "run"}
+	n := docNote{mode: "run", set: true}
 	words := strings.Fields(s)
 	if len(words) == 0 {
 		return n, errors.New("empty doc annotation")
@@ -176,15 +179,18 @@ func parseDocNote(s string) (docNote, error) {
 				return n, errors.New("doc: skip needs a reason")
 			}
 			i = len(words)
-		case w == "sqlite3":
+		case w == "sqlite3" || w == "psql":
 			if i+1 == len(words) {
-				return n, errors.New("doc: sqlite3 needs the database file")
+				return n, fmt.Errorf("doc: %s needs the database (a file, a connection)", w)
 			}
-			n.mode, n.db = w, words[i+1]
+			n.mode = "sql"
+			if w == "sqlite3" {
+				n.sqlite = words[i+1]
+			} else {
+				n.psql = words[i+1]
+				n.needs = append(n.needs, "postgres")
+			}
 			i++
-		case w == "psql":
-			n.mode = w
-			n.needs = append(n.needs, "postgres")
 		case w == "needs":
 			if i+1 == len(words) || !slices.Contains([]string{"redis", "postgres", "m1-authz"}, words[i+1]) {
 				return n, errors.New("doc: needs takes redis, postgres or m1-authz")
@@ -207,14 +213,16 @@ func (b docBlock) check() error {
 	switch {
 	case b.note.mode == "skip" || b.note.mode == "illustrative":
 		return nil
+	case !isShell(b.lang) && !b.note.set:
+		return nil // output, configuration, Go, Rego …: not run
 	case b.lang == "sql":
-		if b.note.mode != "sqlite3" && b.note.mode != "psql" {
-			return fmt.Errorf("a sql block runs only as doc: sqlite3 FILE or doc: psql")
+		if b.note.mode != "sql" {
+			return fmt.Errorf("a sql block runs only with doc: sqlite3 FILE or doc: psql CONN")
 		}
 	case !isShell(b.lang):
 		return fmt.Errorf("a %q block cannot be run (doc: %s)", b.lang, b.note.mode)
-	case b.note.mode == "sqlite3" || b.note.mode == "psql":
-		return fmt.Errorf("doc: %s is for sql blocks", b.note.mode)
+	case b.note.mode == "sql":
+		return errors.New("doc: sqlite3 and psql are for sql blocks")
 	case b.note.mode == "background" && b.note.wait == "" && len(docWants(b.lines)) == 0:
 		return errors.New("doc: background needs wait= or # => lines to know the server is ready")
 	}
@@ -226,7 +234,7 @@ func (b docBlock) runs() bool {
 	if b.note.mode == "skip" || b.note.mode == "illustrative" {
 		return false
 	}
-	return isShell(b.lang) || b.lang == "sql"
+	return isShell(b.lang) || b.lang == "sql" && b.note.mode == "sql"
 }
 
 // docCommand is one complete command of a block (several lines when it
@@ -432,10 +440,14 @@ func runDocFile(t *testing.T, path string) {
 		switch p.b.note.mode {
 		case "background":
 			s.background(where, p.b)
-		case "sqlite3":
-			s.run(where, fmt.Sprintf("sqlite3 -bail %s <<'__DOC_SQL__'\n%s\n__DOC_SQL__", shellQuote(p.b.note.db), strings.Join(p.b.lines, "\n")), nil)
-		case "psql":
-			s.run(where, fmt.Sprintf("psql -X -q -v ON_ERROR_STOP=1 \"$M1_DATABASE_URL\" <<'__DOC_SQL__'\n%s\n__DOC_SQL__", strings.Join(p.b.lines, "\n")), nil)
+		case "sql":
+			sql := strings.Join(p.b.lines, "\n")
+			if p.b.note.sqlite != "" {
+				s.run(where+" (sqlite3)", fmt.Sprintf("sqlite3 -readonly -bail %s <<'__DOC_SQL__'\n%s\n__DOC_SQL__", p.b.note.sqlite, sql), nil)
+			}
+			if p.b.note.psql != "" {
+				s.run(where+" (psql)", fmt.Sprintf("psql -X -q -v ON_ERROR_STOP=1 %s <<'__DOC_SQL__'\n%s\n__DOC_SQL__", p.b.note.psql, sql), nil)
+			}
 		default:
 			for _, c := range p.cmds {
 				s.run(fmt.Sprintf("%s:%d", rel, c.line), c.text, c.want)
@@ -709,10 +721,13 @@ func (s *docSession) need(what, where string) {
 		s.run(where+" (needs redis)", "export REDIS_URL="+r.URL(), nil)
 	case "postgres":
 		pg := testenv.StartPostgres(t)
-		s.run(where+" (needs postgres)", "export M1_DATABASE_URL="+shellQuote(pg.NewDatabase(t)), nil)
+		s.run(where+" (needs postgres)", fmt.Sprintf("export PGHOST=127.0.0.1 PGPORT=%d PG_ADMIN_URL=%s", pg.Port, shellQuote(pg.DSN())), nil)
 	case "m1-authz":
 		var b [24]byte
 		_, _ = rand.Read(b[:])
+		if err := os.MkdirAll(filepath.Join(s.dir, "data"), 0o700); err != nil {
+			t.Fatal(err)
+		}
 		testenv.SeedDataDir(t, filepath.Join(s.dir, "data"))
 		s.run(where+" (needs m1-authz)", `export M1_ADMIN_TOKEN="${M1_ADMIN_TOKEN:-`+hex.EncodeToString(b[:])+`}"`, nil)
 		s.background(where+" (needs m1-authz)", docBlock{lines: []string{"m1-authz"}, note: docNote{mode: "background", wait: "127.0.0.1:9192"}})

@@ -33,7 +33,7 @@ func TestDocParse(t *testing.T) {
 		"   ```sh",
 		"   kubectl get pods",
 		"   ```",
-		"<!-- doc: sqlite3 data/m1.db -->",
+		"<!-- doc: sqlite3 data/m1.db psql \"$READER_URL\" -->",
 		"```sql",
 		"SELECT 1;",
 		"```",
@@ -55,7 +55,7 @@ func TestDocParse(t *testing.T) {
 	if skip.note.mode != "skip" || skip.note.reason != "Kubernetes: no cluster here" || skip.lines[0] != "kubectl get pods" || skip.runs() {
 		t.Errorf("skipped block: %+v", skip)
 	}
-	if sql.note.mode != "sqlite3" || sql.note.db != "data/m1.db" || !sql.runs() || sql.check() != nil {
+	if sql.note.mode != "sql" || sql.note.sqlite != "data/m1.db" || sql.note.psql != `"$READER_URL"` || !slices.Equal(sql.note.needs, []string{"postgres"}) || !sql.runs() || sql.check() != nil {
 		t.Errorf("sql block: %+v (check: %v)", sql, sql.check())
 	}
 	if js.runs() {
