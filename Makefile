@@ -23,14 +23,16 @@ run: build ## start m1-authz on embedded defaults (gRPC :9191, admin :9192)
 test: test-deps test-go test-rego ## go test -race plus the Rego tests of the default bundle
 
 # Install the servers the tests start (redis-server, PostgreSQL), the
-# headless browser of the dashboard test (chromium) and promtool (Debian's
-# prometheus package, for deploy/compose) when missing and we can;
+# headless browser of the dashboard test (chromium), promtool (Debian's
+# prometheus package, for deploy/compose) and the docs' tools (curl, jq,
+# sqlite3, openssl: TestDocs) when missing and we can;
 # without them those tests skip loudly (and fail under CI=1).
 test-deps:
 	@need=""; command -v redis-server >/dev/null || need="$$need redis-server"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
 	command -v chromium >/dev/null || need="$$need chromium"; \
 	command -v promtool >/dev/null || need="$$need prometheus"; \
+	for tool in curl jq sqlite3 openssl; do command -v $$tool >/dev/null || need="$$need $$tool"; done; \
 	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$need for the tests"; \

@@ -38,6 +38,10 @@ wait_http() { # url
   for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
   echo "not answering: $1 (see $work/*.log)" >&2; exit 1
 }
+wait_port() { # host:port: something listens there (the dev proxy and the tool have no health URL)
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null && return 0; sleep 0.1; done
+  echo "not listening: $1 (see $work/*.log)" >&2; exit 1
+}
 api() { # method path [json]
   curl -fsS -X "$1" -H "Authorization: Bearer $M1_ADMIN_TOKEN" -H 'Content-Type: application/json' \
     ${3:+--data "$3"} "http://$ORCH$2"
@@ -53,14 +57,20 @@ mkdir -p "$work/workspace" && printf 'old notes\n' >"$work/workspace/notes.txt"
 say "2. Start the tool pod (demo tool, m1-authz, dev proxy) and the orchestrator"
 "$BIN/m1-demo-tool" --listen "$TOOL" --dir "$work/workspace" >"$work/tool.log" 2>&1 & pids+=($!)
 "$BIN/m1-authz" --grpc-addr "$AUTHZ_GRPC" --admin-addr "$AUTHZ_ADMIN" --data-dir "$work/data" \
-  --jwks-file "$work/keys/jwks.json" --audience "$AUD" >"$work/m1-authz.log" 2>&1 & pids+=($!)
+  --jwks-file "$work/keys/jwks.json" --audience "$AUD" --clock-skew 2s >"$work/m1-authz.log" 2>&1 & pids+=($!)
 wait_http "http://$AUTHZ_ADMIN/health"
+# A new data directory refuses the approvals issued before its state epoch,
+# the clock skew after its creation (DESIGN §7); on one host's loopback 2s
+# of skew is plenty. The sidecar logs when it accepts approvals.
+for _ in $(seq 1 100); do grep -q 'accepting approvals issued since the state epoch' "$work/m1-authz.log" && break; sleep 0.1; done
 "$BIN/m1" dev-proxy --listen "$PROXY" --authz "$AUTHZ_GRPC" --upstream "http://$TOOL" >"$work/dev-proxy.log" 2>&1 & pids+=($!)
 # The orchestrator verifies every approval with the sidecars' public JWKS
 # before it records it, and does not start without one.
 "$BIN/m1-orchestrator" --addr "$ORCH" --data-dir "$work/data" --plan-file testdata/plans/demo.yaml \
   --tool-endpoint "http://$PROXY" --jwks-file "$work/keys/jwks.json" --audience "$AUD" >"$work/m1-orchestrator.log" 2>&1 & pids+=($!)
 wait_http "http://$ORCH/health"
+wait_port "$TOOL"
+wait_port "$PROXY"
 echo "m1-authz gRPC $AUTHZ_GRPC, admin $AUTHZ_ADMIN; dev proxy $PROXY -> demo tool $TOOL; orchestrator $ORCH"
 
 export M1_ORCHESTRATOR_URL=http://$ORCH M1_SIGNING_KEY=$work/keys/operator-1.jwk M1_AUDIENCE=$AUD USER=${USER:-operator}

@@ -77,6 +77,8 @@ type Server struct {
 	tiered         *cache.Tiered
 	stopRedis      context.CancelFunc
 	stopPrune      context.CancelFunc
+	stopEpoch      context.CancelFunc
+	epochDone      chan struct{}     // closed when watchEpoch returns
 	audit          *audit.Recorder   // nil when M1_AUDIT=false
 	outcomes       *outcome.Server   // tool outcomes from Envoy's access log
 	auditWriter    string            // this process's audit chain
@@ -324,6 +326,9 @@ func (s *Server) Start(ctx context.Context) error {
 		s.adminLis.Close()
 		return err
 	}
+	ectx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopEpoch, s.epochDone = cancel, make(chan struct{})
+	go func() { defer close(s.epochDone); s.watchEpoch(ectx) }()
 	s.setServing(s.authz.Policy() != nil)
 	// Outcomes do not depend on the policy: the access log is served from the start.
 	s.health.SetServingStatus(accesslogv3.AccessLogService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
@@ -413,6 +418,10 @@ func (s *Server) Stop(ctx context.Context) error {
 		}
 		if s.stopState != nil {
 			s.stopState()
+		}
+		if s.stopEpoch != nil {
+			s.stopEpoch()
+			<-s.epochDone
 		}
 		if e := s.outcomes.Close(ctx); e != nil && err == nil { // before the recorder closes
 			err = e

@@ -46,9 +46,13 @@ func (s *Store) syncEpoch(ctx context.Context) (epoch int64, set bool, err error
 		return e, set, nil
 	}
 	s.epoch.Store(e)
-	if prev == 0 {
+	switch {
+	case prev == 0 && set:
+		s.log.Warn("new shared state epoch (a new Redis, or one that lost its data): tokens issued before it are refused (state_reset)",
+			zap.Time(fieldEpoch, time.Unix(e, 0)))
+	case prev == 0:
 		s.log.Info("shared state epoch adopted", zap.Time(fieldEpoch, time.Unix(e, 0)))
-	} else {
+	default:
 		s.log.Warn("shared state epoch changed (Redis lost its data?): tokens issued before the new epoch are refused",
 			zap.Time(fieldEpoch, time.Unix(e, 0)), zap.Time(fieldPrevious, time.Unix(prev, 0)))
 	}
