@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
-	"github.com/m1-agent/m1/internal/deny"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/cache"
+	"github.com/m1-agent/m1/internal/deny"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/ratelimit"

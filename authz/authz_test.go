@@ -3,7 +3,6 @@ package authz
 import (
 	"context"
 	"encoding/json"
-	"github.com/m1-agent/m1/internal/deny"
 	"slices"
 	"strings"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/code"
 
 	"github.com/m1-agent/m1/internal/cache"
+	"github.com/m1-agent/m1/internal/deny"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/state"

@@ -3,8 +3,6 @@ package authz
 import (
 	"context"
 	"errors"
-	"github.com/m1-agent/m1/internal/deny"
-	"github.com/m1-agent/m1/toolcall"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -14,9 +12,11 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/m1-agent/m1/internal/approval"
+	"github.com/m1-agent/m1/internal/deny"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/store"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // KindShadowDiff is the audit event of a decision the shadow policy would

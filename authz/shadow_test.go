@@ -2,7 +2,6 @@ package authz
 
 import (
 	"context"
-	"github.com/m1-agent/m1/internal/deny"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/m1-agent/m1/internal/deny"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/store"

@@ -3,11 +3,11 @@ package authz
 import (
 	"context"
 	"errors"
-	"github.com/m1-agent/m1/internal/deny"
 	"strings"
 	"time"
 
 	"github.com/m1-agent/m1/internal/approval"
+	"github.com/m1-agent/m1/internal/deny"
 	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/toolcall"
 )

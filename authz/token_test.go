@@ -2,7 +2,6 @@ package authz
 
 import (
 	"context"
-	"github.com/m1-agent/m1/internal/deny"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/m1-agent/m1/internal/approval"
+	"github.com/m1-agent/m1/internal/deny"
 	"github.com/m1-agent/m1/internal/ratelimit"
 	"github.com/m1-agent/m1/internal/state"
 )

@@ -3,11 +3,12 @@ package orchestrator
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/m1-agent/m1/toolcall"
 	"io/fs"
 	"net/url"
 	"slices"
 	"strings"
+
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // Dispatch protocols of a registry entry.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/m1-agent/m1/internal/testenv"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +20,7 @@ import (
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/internal/store/sqlite"
+	"github.com/m1-agent/m1/internal/testenv"
 	"github.com/m1-agent/m1/orchestrator"
 	"github.com/m1-agent/m1/toolcall"
 )

@@ -3,7 +3,6 @@ package test
 import (
 	"bufio"
 	"context"
-	"github.com/m1-agent/m1/internal/testenv"
 	"net"
 	"net/http"
 	"os"
@@ -19,6 +18,7 @@ import (
 	"github.com/creack/pty"
 
 	"github.com/m1-agent/m1/internal/store"
+	"github.com/m1-agent/m1/internal/testenv"
 	"github.com/m1-agent/m1/orchestrator"
 )
 

@@ -3,7 +3,6 @@ package test
 import (
 	"context"
 	"fmt"
-	"github.com/m1-agent/m1/internal/testenv"
 	"net/http"
 	"os"
 	"os/exec"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/m1-agent/m1/internal/store"
+	"github.com/m1-agent/m1/internal/testenv"
 )
 
 // TestToolOutcomes closes DESIGN §2's loop end to end: calls through the

@@ -2,9 +2,10 @@ package toolcall
 
 import (
 	"fmt"
-	"github.com/m1-agent/m1/internal/deny"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/m1-agent/m1/internal/deny"
 )
 
 // ArgsSHA256 validates args as the arguments of a call of tool exactly as

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"github.com/m1-agent/m1/internal/deny"
 	"io"
 	"mime"
 	"net/url"
@@ -18,6 +17,8 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/m1-agent/m1/internal/deny"
 )
 
 // Kinds of request, as seen by the policy in input.m1.kind.

@@ -6,11 +6,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"github.com/m1-agent/m1/internal/deny"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/m1-agent/m1/internal/deny"
 	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/internal/store"
 )

@@ -3,11 +3,12 @@ package admin
 import (
 	"errors"
 	"fmt"
-	"github.com/m1-agent/m1/internal/deny"
 	"log"
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/m1-agent/m1/internal/deny"
 )
 
 // Limits bound every connection of an M1 HTTP server (DESIGN §7: the admin

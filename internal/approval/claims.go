@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"github.com/m1-agent/m1/toolcall"
 	"math"
 	"slices"
 	"strings"
@@ -12,6 +11,8 @@ import (
 
 	json "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // Claims are a verified token's claims.

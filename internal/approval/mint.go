@@ -11,7 +11,6 @@ import (
 	stdjson "encoding/json"
 	"errors"
 	"fmt"
-	"github.com/m1-agent/m1/internal/deny"
 	"os"
 	"slices"
 	"strings"
@@ -20,6 +19,8 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	json "github.com/go-json-experiment/json"
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/m1-agent/m1/internal/deny"
 )
 
 // SigningKey is an operator's key for minting tokens: an asymmetric private

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"github.com/m1-agent/m1/internal/deny"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -14,6 +13,8 @@ import (
 	json "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/maypok86/otter/v2"
+
+	"github.com/m1-agent/m1/internal/deny"
 )
 
 // Defaults for [VerifierOptions].

@@ -6,11 +6,12 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"github.com/m1-agent/m1/internal/deny"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/m1-agent/m1/internal/deny"
 )
 
 var sentinelFor = map[string]error{

@@ -2,7 +2,6 @@ package approval
 
 import (
 	"context"
-	"github.com/m1-agent/m1/internal/testenv"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/zap/zaptest"
+
+	"github.com/m1-agent/m1/internal/testenv"
 )
 
 // startWatcher runs w.Start until the test ends and fails the test if Start

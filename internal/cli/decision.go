@@ -3,7 +3,6 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/m1-agent/m1/internal/deny"
 	"io"
 	"maps"
 	"slices"
@@ -15,6 +14,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/code"
 
 	"github.com/m1-agent/m1/authz"
+	"github.com/m1-agent/m1/internal/deny"
 	"github.com/m1-agent/m1/internal/policy"
 )
 

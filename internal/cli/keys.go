@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/m1-agent/m1/toolcall"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/m1-agent/m1/internal/approval"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 const keysUsage = `Usage:

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"github.com/m1-agent/m1/internal/deny"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/m1-agent/m1/internal/deny"
 	"github.com/m1-agent/m1/internal/sidecar"
 	"github.com/m1-agent/m1/internal/testenv"
 )

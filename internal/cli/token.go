@@ -8,13 +8,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/m1-agent/m1/internal/deny"
 	"io"
 	"math"
 	"strings"
 	"time"
 
 	"github.com/m1-agent/m1/internal/approval"
+	"github.com/m1-agent/m1/internal/deny"
 	"github.com/m1-agent/m1/toolcall"
 )
 

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"encoding/json"
-	"github.com/m1-agent/m1/internal/deny"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +12,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
 	"github.com/m1-agent/m1/internal/approval"
+	"github.com/m1-agent/m1/internal/deny"
 	"github.com/m1-agent/m1/toolcall"
 )
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"github.com/m1-agent/m1/internal/deny"
 	"io"
 	"net/http"
 	"os"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/config"
+	"github.com/m1-agent/m1/internal/deny"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/orchestrator"
 )

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/m1-agent/m1/internal/deny"
 	"net/http"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/admin"
 	"github.com/m1-agent/m1/internal/cache/rediscache"
+	"github.com/m1-agent/m1/internal/deny"
 	"github.com/m1-agent/m1/internal/ratelimit"
 	"github.com/m1-agent/m1/internal/redisconn"
 	"github.com/m1-agent/m1/internal/state"

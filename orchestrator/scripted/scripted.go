@@ -48,7 +48,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/m1-agent/m1/toolcall"
 	"io"
 	"os"
 	"slices"
@@ -57,6 +56,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/m1-agent/m1/orchestrator"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // DefaultModel is the model usage is reported under when the plan names

@@ -60,7 +60,7 @@ func TestFailClosed(t *testing.T) {
 				t0 := time.Now()
 				ok, err := use.f()
 				took := time.Since(t0)
-				if ok || !errors.Is(err, redisstate.ErrUnavailable) || errors.Is(err, redisstate.ErrStateReset) {
+				if ok || !errors.Is(err, state.ErrUnavailable) || errors.Is(err, state.ErrStateReset) {
 					t.Errorf("%s while down = %v, %v; want false, ErrUnavailable", use.name, ok, err)
 				}
 				// A bound, not a speed goal: the deadline must hold.
@@ -114,7 +114,7 @@ func TestFallbackLocal(t *testing.T) {
 		{"CountUse(g) 3/2", func() (bool, error) { return count(ctx, a, "g", 2, exp) }, false, nil},
 		{"ConsumeIssued(issued before the epoch)", func() (bool, error) {
 			return consumeIssued(ctx, a, "old", a.Epoch().Add(-time.Hour), exp)
-		}, false, redisstate.ErrStateReset},
+		}, false, state.ErrStateReset},
 	} {
 		t0 := time.Now()
 		ok, err := tt.f()
@@ -172,17 +172,17 @@ func TestRevokeWhileDown(t *testing.T) {
 
 	r.Stop(t)
 	rev := state.Revocation{JTI: "while-down", Until: time.Now().Add(time.Hour)}
-	if err := a.Revoke(ctx, rev); !errors.Is(err, redisstate.ErrUnavailable) {
+	if err := a.Revoke(ctx, rev); !errors.Is(err, state.ErrUnavailable) {
 		t.Errorf("Revoke while down = %v, want ErrUnavailable", err)
 	}
 	if !revoked(t, a, rev.JTI, "") {
 		t.Errorf("Revoke while down did not apply locally")
 	}
-	if _, err := a.List(ctx); !errors.Is(err, redisstate.ErrUnavailable) {
+	if _, err := a.List(ctx); !errors.Is(err, state.ErrUnavailable) {
 		t.Errorf("List while down = %v, want ErrUnavailable", err)
 	}
 	lifted, err := b.LiftSub(ctx, "to-lift")
-	if !lifted || !errors.Is(err, redisstate.ErrUnavailable) {
+	if !lifted || !errors.Is(err, state.ErrUnavailable) {
 		t.Errorf("LiftSub while down = %v, %v; want true (locally), ErrUnavailable", lifted, err)
 	}
 	if revoked(t, b, "", "to-lift") {

@@ -35,9 +35,9 @@ func TestFencingRestartEmpty(t *testing.T) {
 		)
 		testenv.Eventually(t, 10*time.Second, "Consume(j1) after the restart answers", func() bool {
 			ok, err = consume(ctx, s, "j1", exp)
-			return ok || !errors.Is(err, redisstate.ErrUnavailable) || errors.Is(err, redisstate.ErrStateReset)
+			return ok || !errors.Is(err, state.ErrUnavailable) || errors.Is(err, state.ErrStateReset)
 		})
-		if ok || !errors.Is(err, redisstate.ErrStateReset) {
+		if ok || !errors.Is(err, state.ErrStateReset) {
 			t.Fatalf("Consume(j1) after an empty restart = %v, %v; want false, ErrStateReset", ok, err)
 		}
 		// The decision path refuses the token from now on (iat < epoch).
@@ -71,9 +71,9 @@ func TestFencingRestartEmpty(t *testing.T) {
 			)
 			testenv.Eventually(t, 10*time.Second, "ConsumeIssued(j1) after the restart answers", func() bool {
 				ok, err = consumeIssued(ctx, s, "j1", iat, exp)
-				return ok || !errors.Is(err, redisstate.ErrUnavailable) || errors.Is(err, redisstate.ErrStateReset)
+				return ok || !errors.Is(err, state.ErrUnavailable) || errors.Is(err, state.ErrStateReset)
 			})
-			if ok || !errors.Is(err, redisstate.ErrStateReset) {
+			if ok || !errors.Is(err, state.ErrStateReset) {
 				t.Fatalf("ConsumeIssued(j1) after an empty restart = %v, %v; want false, ErrStateReset", ok, err)
 			}
 		}
@@ -103,9 +103,9 @@ func TestFencingRestartEmpty(t *testing.T) {
 		)
 		testenv.Eventually(t, 10*time.Second, "CountUse(g1) after the restart answers", func() bool {
 			ok, err = count(ctx, s, "g1", 1, exp)
-			return ok || !errors.Is(err, redisstate.ErrUnavailable) || errors.Is(err, redisstate.ErrStateReset)
+			return ok || !errors.Is(err, state.ErrUnavailable) || errors.Is(err, state.ErrStateReset)
 		})
-		if ok || !errors.Is(err, redisstate.ErrStateReset) {
+		if ok || !errors.Is(err, state.ErrStateReset) {
 			t.Fatalf("CountUse(g1) after an empty restart = %v, %v; want false, ErrStateReset", ok, err)
 		}
 	})
@@ -138,7 +138,7 @@ func TestEpochValue(t *testing.T) {
 				raw.Set(ctx, prefix+"epoch", tt.stored, 0)
 			}
 			t0 := time.Now()
-			if ok, err := consume(ctx, s, "j", t0.Add(time.Minute)); ok || !errors.Is(err, redisstate.ErrStateReset) {
+			if ok, err := consume(ctx, s, "j", t0.Add(time.Minute)); ok || !errors.Is(err, state.ErrStateReset) {
 				t.Fatalf("Consume after the epoch changed = %v, %v; want false, ErrStateReset", ok, err)
 			}
 			// The new epoch is the next whole second after now+margin, and

@@ -74,20 +74,14 @@ import (
 	"github.com/m1-agent/m1/internal/state"
 )
 
-// ErrUnavailable is wrapped by every error that comes from Redis being
-// unreachable or failing a command. The decision path denies with
-// state_unavailable; the revocation API answers 503 (the revocation still
-// applies in this process).
-var ErrUnavailable = state.ErrUnavailable
-
-// ErrStateReset is wrapped by the error of a use that found the shared
-// state reset (a new epoch): the token was, or may have been, issued
-// before the new epoch, and the decision path denies with state_reset.
-var ErrStateReset = state.ErrStateReset
+// Errors: every error from Redis being unreachable or failing a command
+// wraps state.ErrUnavailable, and a use that found the shared state reset
+// (a new epoch) wraps state.ErrStateReset — the contract's errors, which
+// the decision pipeline acts on (state_unavailable, state_reset).
 
 // Fallback modes (M1_REPLAY_FALLBACK).
 const (
-	FallbackNone  = ""      // fail closed: uses fail with ErrUnavailable while Redis is unreachable
+	FallbackNone  = ""      // fail closed: uses fail with state.ErrUnavailable while Redis is unreachable
 	FallbackLocal = "local" // count uses in this process while Redis is unreachable
 )
 
@@ -322,9 +316,9 @@ type unavailable struct {
 }
 
 func (e *unavailable) Error() string {
-	return ErrUnavailable.Error() + ": " + e.op + ": " + e.err.Error()
+	return state.ErrUnavailable.Error() + ": " + e.op + ": " + e.err.Error()
 }
-func (e *unavailable) Unwrap() []error { return []error{ErrUnavailable, e.err} }
+func (e *unavailable) Unwrap() []error { return []error{state.ErrUnavailable, e.err} }
 
 // markDown records a failed command; the first after a success is logged.
 func (s *Store) markDown(err error) {

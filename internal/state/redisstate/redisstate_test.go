@@ -273,7 +273,7 @@ func TestFirstContact(t *testing.T) {
 	}
 	iat := issuedNow()
 	ok, err := consumeIssued(ctx, s, "j1", iat, exp)
-	if ok || !errors.Is(err, redisstate.ErrStateReset) {
+	if ok || !errors.Is(err, state.ErrStateReset) {
 		t.Fatalf("first use, on a Redis without an epoch, of a token issued before = %v, %v; want false, ErrStateReset", ok, err)
 	}
 	if !s.Epoch().After(iat) {

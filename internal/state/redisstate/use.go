@@ -141,7 +141,7 @@ func (s *Store) useShared(ctx context.Context, jti string, iat time.Time, limit 
 		case res == 0:
 			return false, nil
 		case res == -2:
-			return false, fmt.Errorf("%w: token issued at %s, epoch %s", ErrStateReset,
+			return false, fmt.Errorf("%w: token issued at %s, epoch %s", state.ErrStateReset,
 				iat.UTC().Format(time.RFC3339), time.Unix(epoch, 0).UTC().Format(time.RFC3339))
 		}
 		prev := epoch
@@ -150,7 +150,7 @@ func (s *Store) useShared(ctx context.Context, jti string, iat time.Time, limit 
 		}
 		s.kickReload() // the revocations may be gone too: re-seed them
 		if attempt > 0 {
-			return false, fmt.Errorf("%w: epoch %s, was %s", ErrStateReset,
+			return false, fmt.Errorf("%w: epoch %s, was %s", state.ErrStateReset,
 				time.Unix(epoch, 0).UTC().Format(time.RFC3339), time.Unix(prev, 0).UTC().Format(time.RFC3339))
 		}
 	}
@@ -197,7 +197,7 @@ func (s *Store) pushUse(ctx context.Context, jti string, p pendingUse) error {
 				return err
 			}
 			if attempt > 0 {
-				return fmt.Errorf("%w: while adding local uses", ErrStateReset)
+				return fmt.Errorf("%w: while adding local uses", state.ErrStateReset)
 			}
 		}
 	}
@@ -215,7 +215,7 @@ func (s *Store) pushUse(ctx context.Context, jti string, p pendingUse) error {
 // useLocal counts the use in the in-process fallback.
 func (s *Store) useLocal(jti string, iat time.Time, limit int, exp time.Time, once bool) (bool, error) {
 	if e := s.epoch.Load(); e != 0 && iat.Unix() < e {
-		return false, fmt.Errorf("%w: token issued at %s, epoch %s", ErrStateReset,
+		return false, fmt.Errorf("%w: token issued at %s, epoch %s", state.ErrStateReset,
 			iat.UTC().Format(time.RFC3339), time.Unix(e, 0).UTC().Format(time.RFC3339))
 	}
 	ok, err := s.fallback.Use(context.Background(), state.Use{JTI: jti, IssuedAt: iat, Exp: exp, MaxUses: limit})

@@ -2,7 +2,6 @@ package dirsource_test
 
 import (
 	"context"
-	"github.com/m1-agent/m1/internal/testenv"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -13,6 +12,7 @@ import (
 	"github.com/m1-agent/m1/internal/policy/source"
 	"github.com/m1-agent/m1/internal/policy/source/dirsource"
 	"github.com/m1-agent/m1/internal/policy/source/sourcetest"
+	"github.com/m1-agent/m1/internal/testenv"
 )
 
 type fixture struct{ dir string }
