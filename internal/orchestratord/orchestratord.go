@@ -25,6 +25,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/m1-agent/m1/internal/admin"
 	"github.com/m1-agent/m1/internal/approval"
@@ -262,10 +263,14 @@ type Server struct {
 	http     *http.Server
 	lis      net.Listener
 	started  atomic.Bool
-	stopOnce sync.Once
-	stopErr  error
-	ring     *admin.Ring // the dashboard's history without Prometheus
-	stopRing context.CancelFunc
+	// serving runs the HTTP server: a listener that stops by itself ends
+	// servingCtx with its error, and Serve stops the process with it.
+	serving    *errgroup.Group
+	servingCtx context.Context
+	stopOnce   sync.Once
+	stopErr    error
+	ring       *admin.Ring // the dashboard's history without Prometheus
+	stopRing   context.CancelFunc
 }
 
 // New opens the store, builds the planner and the service.
@@ -443,35 +448,45 @@ func buildPlanner(o Options) (orchestrator.Planner, string, error) {
 // /v1/runs answers 503 no_planner.
 const plannerNone = "none"
 
-// Start listens and serves until Stop.
-func (s *Server) Start(ctx context.Context) error {
+// Start listens and serves until Stop. A Start that fails leaves nothing
+// behind: what it started is stopped (the store closed), the listener
+// closed.
+func (s *Server) Start(ctx context.Context) (err error) {
 	var lc net.ListenConfig
 	lis, err := lc.Listen(ctx, "tcp", s.opts.Addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", s.opts.Addr, err)
 	}
 	s.lis = lis
+	defer func() {
+		if err != nil {
+			lis.Close()
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = s.Stop(sctx) // the start error matters more
+		}
+	}()
 	// The key watcher lives as long as the server: Stop cancels it.
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopKeys = cancel
 	if err := s.keys.Start(wctx); err != nil {
-		lis.Close()
 		return fmt.Errorf("watch M1_JWKS_FILE: %w", err)
 	}
 	s.rec.Start(ctx)
 	if err := s.svc.Start(ctx); err != nil {
-		lis.Close()
 		return err
 	}
-	go func() {
+	s.serving, s.servingCtx = errgroup.WithContext(context.WithoutCancel(ctx))
+	s.serving.Go(func() error {
 		serve := s.http.Serve
 		if s.tls != nil {
 			serve = func(l net.Listener) error { return s.http.ServeTLS(l, "", "") } // the certificate comes from TLSConfig
 		}
 		if err := serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Error("HTTP server stopped", zap.Error(err))
+			return fmt.Errorf("HTTP server on %s stopped: %w", lis.Addr(), err)
 		}
-	}()
+		return nil
+	})
 	s.started.Store(true)
 	if s.ring != nil {
 		rctx, stopRing := context.WithCancel(context.WithoutCancel(ctx))
@@ -529,20 +544,31 @@ func (s *Server) Stop(ctx context.Context) error {
 	return s.stopErr
 }
 
-// Run starts the server and stops it when ctx ends.
+// Run builds the server and serves until ctx ends (see Serve).
 func Run(ctx context.Context, o Options) error {
 	s, err := New(ctx, o)
 	if err != nil {
 		return err
 	}
+	return s.Serve(ctx)
+}
+
+// Serve starts the server and stops it when ctx ends, or when its HTTP
+// server stops by itself (a listener that fails): then it returns that
+// error, so that the process exits instead of running deaf.
+func (s *Server) Serve(ctx context.Context) error {
 	if err := s.Start(ctx); err != nil {
-		s.Stop(context.WithoutCancel(ctx)) //nolint:errcheck // the start error matters more
 		return err
 	}
-	<-ctx.Done()
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.DispatchTimeout+5*time.Second)
+	select {
+	case <-s.servingCtx.Done():
+		s.log.Error("the HTTP server stopped by itself: stopping", zap.Error(context.Cause(s.servingCtx)))
+	case <-ctx.Done():
+	}
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.DispatchTimeout+5*time.Second)
 	defer cancel()
-	return s.Stop(stopCtx)
+	stopErr := s.Stop(stopCtx)
+	return errors.Join(s.serving.Wait(), stopErr)
 }
 
 func (s *Server) health() admin.Report {

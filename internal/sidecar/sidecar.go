@@ -21,6 +21,7 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -58,9 +59,13 @@ type Server struct {
 	adminLis net.Listener
 	started  atomic.Bool
 	draining atomic.Bool
-	stopOnce sync.Once
-	stopErr  error
-	done     chan struct{}
+	// serving runs the two servers: a listener that stops by itself ends
+	// servingCtx with its error, and Serve stops the process with it.
+	serving    *errgroup.Group
+	servingCtx context.Context
+	stopOnce   sync.Once
+	stopErr    error
+	done       chan struct{}
 
 	tokenGenerated bool
 	stopKeys       context.CancelFunc
@@ -286,10 +291,11 @@ func randomToken() string {
 	return hex.EncodeToString(b[:])
 }
 
-// Start listens on both addresses and serves until Stop.
-func (s *Server) Start(ctx context.Context) error {
+// Start listens on both addresses and serves until Stop. A Start that
+// fails leaves nothing behind: what it started is stopped, its listeners
+// are closed.
+func (s *Server) Start(ctx context.Context) (err error) {
 	var lc net.ListenConfig
-	var err error
 	if s.grpcLis, err = lc.Listen(ctx, "tcp", s.opts.GRPCAddr); err != nil {
 		return fmt.Errorf("listen gRPC %s: %w", s.opts.GRPCAddr, err)
 	}
@@ -297,14 +303,20 @@ func (s *Server) Start(ctx context.Context) error {
 		s.grpcLis.Close()
 		return fmt.Errorf("listen admin %s: %w", s.opts.AdminAddr, err)
 	}
+	defer func() {
+		if err != nil {
+			s.grpcLis.Close()
+			s.adminLis.Close()
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = s.Stop(sctx) // the start error matters more
+		}
+	}()
 	if s.keys != nil {
 		// The watcher lives as long as the server: Stop cancels it.
 		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		s.stopKeys = cancel
 		if err := s.keys.Start(wctx); err != nil {
-			cancel()
-			s.grpcLis.Close()
-			s.adminLis.Close()
 			return fmt.Errorf("watch M1_JWKS_FILE: %w", err)
 		}
 	}
@@ -322,8 +334,6 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.startState(ctx) // before Redis: its first reload writes restored revocations back to an empty Redis
 	if err := s.startRedis(ctx); err != nil {
-		s.grpcLis.Close()
-		s.adminLis.Close()
 		return err
 	}
 	ectx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -332,16 +342,19 @@ func (s *Server) Start(ctx context.Context) error {
 	s.setServing(s.authz.Policy() != nil)
 	// Outcomes do not depend on the policy: the access log is served from the start.
 	s.health.SetServingStatus(accesslogv3.AccessLogService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	go func() {
-		if err := s.grpc.Serve(s.grpcLis); err != nil {
-			s.log.Error("gRPC server stopped", zap.Error(err))
+	s.serving, s.servingCtx = errgroup.WithContext(context.WithoutCancel(ctx))
+	s.serving.Go(func() error {
+		if err := s.grpc.Serve(s.grpcLis); err != nil { // nil after Stop
+			return fmt.Errorf("gRPC server on %s stopped: %w", s.grpcLis.Addr(), err)
 		}
-	}()
-	go func() {
+		return nil
+	})
+	s.serving.Go(func() error {
 		if err := s.serveAdmin(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Error("admin server stopped", zap.Error(err))
+			return fmt.Errorf("admin server on %s stopped: %w", s.adminLis.Addr(), err)
 		}
-	}()
+		return nil
+	})
 	s.started.Store(true)
 	rctx, stopRing := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopRing = stopRing
@@ -447,14 +460,22 @@ func (s *Server) Stop(ctx context.Context) error {
 	return s.stopErr
 }
 
-// Run starts the server and stops it when ctx ends, waiting at most
-// DrainTimeout for in-flight checks. Each value on reload (SIGHUP) re-reads
-// the JWKS file and asks the policy sources to load now.
+// Run builds the server and serves until ctx ends (see Serve).
 func Run(ctx context.Context, opts Options, reload <-chan os.Signal) error {
 	s, err := New(ctx, opts)
 	if err != nil {
 		return err
 	}
+	return s.Serve(ctx, reload)
+}
+
+// Serve starts the server and stops it when ctx ends, waiting at most
+// DrainTimeout for in-flight checks, or when one of its servers stops by
+// itself (a listener that fails): then it drains the other and returns
+// that server's error, so that the process exits instead of running
+// half-deaf. Each value on reload (SIGHUP) re-reads the JWKS file and asks
+// the policy sources to load now.
+func (s *Server) Serve(ctx context.Context, reload <-chan os.Signal) error {
 	if err := s.Start(ctx); err != nil {
 		return err
 	}
@@ -467,14 +488,18 @@ func Run(ctx context.Context, opts Options, reload <-chan os.Signal) error {
 			} else {
 				s.log.Info("approval keys reloaded")
 			}
+		case <-s.servingCtx.Done():
+			s.log.Error("a server stopped by itself: stopping", zap.Error(context.Cause(s.servingCtx)))
+			wait = false
 		case <-ctx.Done():
 			wait = false
 		}
 	}
-	s.log.Info("draining", zap.Duration("timeout", opts.DrainTimeout))
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opts.DrainTimeout)
+	s.log.Info("draining", zap.Duration("timeout", s.opts.DrainTimeout))
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.DrainTimeout)
 	defer cancel()
-	return s.Stop(stopCtx)
+	stopErr := s.Stop(stopCtx)
+	return errors.Join(s.serving.Wait(), stopErr)
 }
 
 func (s *Server) healthReport() admin.Report {
