@@ -20,12 +20,12 @@ import (
 )
 
 // RegisteredMetrics returns the m1_ names in the module's non-test Go source
-// that are passed as a metric's Name. It fails t when the scan finds none of
+// that are passed as a metric's Name (or held by a Metric… constant that is). It fails t when the scan finds none of
 // the names it must (the scan itself is then broken).
 func RegisteredMetrics(t testing.TB) map[string]bool {
 	t.Helper()
 	root := moduleRoot(t)
-	re := regexp.MustCompile(`Name:\s*"(m1_[a-z0-9_]+)"|^\s*"(m1_[a-z0-9_]+)",\s*$`)
+	re := regexp.MustCompile(`Name:\s*"(m1_[a-z0-9_]+)"|^\s*"(m1_[a-z0-9_]+)",\s*$|^\s*Metric\w*\s*=\s*"(m1_[a-z0-9_]+)"\s*$`)
 	known := map[string]bool{}
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -43,7 +43,7 @@ func RegisteredMetrics(t testing.TB) map[string]bool {
 		}
 		for _, line := range strings.Split(string(src), "\n") {
 			if m := re.FindStringSubmatch(line); m != nil {
-				known[m[1]+m[2]] = true
+				known[m[1]+m[2]+m[3]] = true
 			}
 		}
 		return nil
