@@ -344,7 +344,8 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	s.health.SetServingStatus(accesslogv3.AccessLogService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	s.serving, s.servingCtx = errgroup.WithContext(context.WithoutCancel(ctx))
 	s.serving.Go(func() error {
-		if err := s.grpc.Serve(s.grpcLis); err != nil { // nil after Stop
+		// nil after Stop; ErrServerStopped when Stop came first.
+		if err := s.grpc.Serve(s.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("gRPC server on %s stopped: %w", s.grpcLis.Addr(), err)
 		}
 		return nil
