@@ -27,7 +27,7 @@ const sidecarPrincipal = "spiffe://example.org/ns/agents/sa/ide"
 
 // gatewayFixture is an orchestrator without a planner, its API on a test
 // server, and a sidecar's client of it.
-func gatewayFixture(t *testing.T, mod func(*orchestrator.Config)) (*fixture, *gateway.Client, *orchestrator.Client) {
+func gatewayFixture(t *testing.T, mod func(*orchestrator.Options)) (*fixture, *gateway.Client, *orchestrator.Client) {
 	t.Helper()
 	f := newFixture(t, nil, mod)
 	srv := httptest.NewServer(f.svc.Handler())
@@ -213,8 +213,8 @@ func TestGatewayConcurrentClaimsHandOutOnce(t *testing.T) {
 }
 
 func TestGatewayLimitsPerPrincipal(t *testing.T) {
-	_, sc, _ := gatewayFixture(t, func(c *orchestrator.Config) {
-		c.GatewayLimits = orchestrator.GatewayLimits{MaxPending: 2, PerMinute: 3}
+	_, sc, _ := gatewayFixture(t, func(c *orchestrator.Options) {
+		c.GatewayLimits.MaxPending, c.GatewayLimits.PerMinute = 2, 3
 	})
 	ctx := context.Background()
 	file := func(principal, path string) error {
