@@ -282,7 +282,13 @@ func TestPendingCollector(t *testing.T) {
 	}
 	f.advance(30 * time.Second) // within the proposal TTL (a minute)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(orchestrator.NewPendingCollector(f.rec, orchestrator.Registry{"write_file": {Risk: "write"}, "read_file": {Risk: "read"}}, f.clock, nil))
+	po := orchestrator.DefaultPendingCollectorOptions()
+	po.Records, po.Registry, po.Now = f.rec, orchestrator.Registry{"write_file": {Risk: "write"}, "read_file": {Risk: "read"}}, f.clock
+	pc, err := orchestrator.NewPendingCollector(po)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.MustRegister(pc)
 	want := `
 # HELP m1_proposals_pending Proposals waiting for an operator's decision, by risk.
 # TYPE m1_proposals_pending gauge

@@ -378,7 +378,14 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		s.st.Close()
 		return nil, err
 	}
-	if err := o.Registerer.Register(orchestrator.NewPendingCollector(records, reg, o.Now, o.Logger.Named("metrics"))); err != nil {
+	po := orchestrator.DefaultPendingCollectorOptions()
+	po.Records, po.Registry, po.Now, po.Logger = records, reg, o.Now, o.Logger.Named("metrics")
+	pending, err := orchestrator.NewPendingCollector(po)
+	if err != nil {
+		s.st.Close()
+		return nil, err
+	}
+	if err := o.Registerer.Register(pending); err != nil {
 		s.st.Close()
 		return nil, err
 	}

@@ -170,7 +170,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 			if err != nil {
 				return nil, fmt.Errorf("M1_CACHE_L2_MODE: %w", err)
 			}
-			s.tiered = cache.NewTiered(s.cache, s.l2, mode, s.redis.RTT, s.redis.Connected)
+			if s.tiered, err = cache.NewTiered(cache.TieredOptions{L1: s.cache, L2: s.l2, Mode: mode, RTT: s.redis.RTT, Connected: s.redis.Connected}); err != nil {
+				return nil, fmt.Errorf("decision cache: %w", err)
+			}
 			ao.Cache = s.tiered
 		}
 	}
