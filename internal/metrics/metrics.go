@@ -1,6 +1,10 @@
-// Package metrics defines M1's Prometheus metrics with the names of the
-// design contract (DESIGN §8). Metrics are registered on an injected
-// registerer; nothing is global.
+// Package metrics defines the Prometheus metrics of the decision path
+// (Authz), of m1-orchestrator (Orchestrator) and m1_build_info, with the
+// names of the design contract (DESIGN §8). Metrics are registered on an
+// injected registerer; nothing is global. Other packages register the
+// metrics they own: outcome.NewMetrics (tool outcomes from Envoy's access
+// log), authz.NewShadowMetrics (shadow evaluation), the sidecar's bundle
+// load metrics, and those of audit, rediscache and redisconn.
 package metrics
 
 import (

@@ -109,7 +109,11 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if err := metrics.RegisterBuildInfo(opts.Registerer, opts.Version, buildinfo.Revision()); err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
-	pm, err := metrics.NewPolicy(opts.Registerer)
+	pm, err := newPolicyMetrics(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	sm, err := authz.NewShadowMetrics(opts.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
@@ -157,7 +161,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		ClockSkew:      opts.ClockSkew,
 		Logger:         opts.Logger,
 		Metrics:        m,
-		PolicyMetrics:  pm,
+		ShadowMetrics:  sm,
 		Now:            opts.Now,
 	}
 	if opts.CacheSize > 0 {
