@@ -68,11 +68,11 @@ type Options struct {
 	Tokens         TokenVerifier // nil: no keys; a presented token is token_invalid
 	Uses           UseStore      // required
 	Revocations    RevocationChecker
-	Epoch          Epoch           // nil: no data-loss fencing
-	PolicyMetrics  *metrics.Policy // shadow decisions; required with SetShadow
-	Audit          Auditor         // nil: decisions are not audited
-	RateLimit      RateLimiter     // nil: no rate limits
-	ClockSkew      time.Duration   // leeway of token times; used records outlive exp by it
+	Epoch          Epoch          // nil: no data-loss fencing
+	ShadowMetrics  *ShadowMetrics // shadow decisions; required with SetShadow
+	Audit          Auditor        // nil: decisions are not audited
+	RateLimit      RateLimiter    // nil: no rate limits
+	ClockSkew      time.Duration  // leeway of token times; used records outlive exp by it
 	Logger         *zap.Logger
 	Metrics        *metrics.Authz
 	Now            func() time.Time

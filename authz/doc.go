@@ -94,7 +94,7 @@
 // Now, Uses, Revocations, a lower-case ApprovalHeader, Parse.MCPPath and
 // Parse.MaxBodyBytes are required; Cache, Tokens, Epoch, Audit,
 // RateLimit, PrincipalHeader, PeerPrincipal and Gateway are optional, nil
-// or zero turning the feature off; PolicyMetrics is required for a shadow
+// or zero turning the feature off; ShadowMetrics is required for a shadow
 // policy. A nil engine denies every call policy_error until SetPolicy.
 // A Service is safe for concurrent use.
 package authz

@@ -38,10 +38,10 @@ type shadow struct {
 func (sh *shadow) init() { sh.slots = make(chan struct{}, 2*runtime.GOMAXPROCS(0)) }
 
 // SetShadow makes engine the shadow policy (nil: none). Requires
-// Options.PolicyMetrics.
+// Options.ShadowMetrics.
 func (s *Service) SetShadow(engine *policy.Engine) {
-	if engine != nil && s.opts.PolicyMetrics == nil {
-		s.opts.Logger.Error("shadow policy ignored: authz.Options.PolicyMetrics is nil")
+	if engine != nil && s.opts.ShadowMetrics == nil {
+		s.opts.Logger.Error("shadow policy ignored: authz.Options.ShadowMetrics is nil")
 		return
 	}
 	s.shadow.engine.Store(engine)
@@ -64,7 +64,7 @@ func (s *Service) shadowEval(req *authv3.CheckRequest, v *verdict) {
 	select {
 	case s.shadow.slots <- struct{}{}:
 	default:
-		s.opts.PolicyMetrics.ShadowSkipped.Inc()
+		s.opts.ShadowMetrics.Skipped.Inc()
 		return
 	}
 	// The goroutine gets its own copy of what it reads; the request is not
@@ -111,7 +111,7 @@ func (s *Service) runShadow(req *authv3.CheckRequest, sh *policy.Engine, sv *sha
 		reason = "policy_error: " + err.Error()
 	}
 	active, shadowed := label(sv.activeAllowed), label(allowed)
-	s.opts.PolicyMetrics.ShadowDecisions.WithLabelValues(active, shadowed).Inc()
+	s.opts.ShadowMetrics.Decisions.WithLabelValues(active, shadowed).Inc()
 	if active == shadowed || s.opts.Audit == nil {
 		return
 	}

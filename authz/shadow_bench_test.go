@@ -7,8 +7,6 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-
-	"github.com/m1-agent/m1/internal/metrics"
 )
 
 // BenchmarkShadow measures what a shadow policy adds to a check: the same
@@ -34,11 +32,11 @@ func BenchmarkShadow(b *testing.B) {
 	}{{"cache_hit", false, false}, {"cache_hit_shadowed", true, false}, {"cache_hit_each_shadowed", true, true}} {
 		b.Run(tt.name, func(b *testing.B) {
 			s := newService(b, defaultEngine(b), true)
-			pm, err := metrics.NewPolicy(s.reg)
+			pm, err := NewShadowMetrics(s.reg)
 			if err != nil {
 				b.Fatal(err)
 			}
-			s.opts.PolicyMetrics = pm
+			s.opts.ShadowMetrics = pm
 			if tt.shadow {
 				s.SetShadow(defaultEngine(b))
 			}
@@ -61,4 +59,4 @@ func BenchmarkShadow(b *testing.B) {
 	}
 }
 
-func testutilSkipped(pm *metrics.Policy) float64 { return testutil.ToFloat64(pm.ShadowSkipped) }
+func testutilSkipped(pm *ShadowMetrics) float64 { return testutil.ToFloat64(pm.Skipped) }

@@ -56,11 +56,11 @@ func auditedTestService(t testing.TB, e *policy.Engine, withCache bool) (testSer
 	s := newService(t, e, withCache)
 	ev := &events{}
 	s.opts.Audit = ev
-	pm, err := metrics.NewPolicy(s.reg)
+	pm, err := NewShadowMetrics(s.reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.opts.PolicyMetrics = pm
+	s.opts.ShadowMetrics = pm
 	return s, ev
 }
 
@@ -146,7 +146,7 @@ func TestShadow(t *testing.T) {
 		}
 	}
 	s.WaitShadow()
-	if got := testutil.ToFloat64(s.opts.PolicyMetrics.ShadowDecisions.WithLabelValues("allow", "deny")); got != 3 {
+	if got := testutil.ToFloat64(s.opts.ShadowMetrics.Decisions.WithLabelValues("allow", "deny")); got != 3 {
 		t.Errorf("m1_policy_shadow_decisions_total{active=allow,shadow=deny} = %v, want 3", got)
 	}
 	var diffs []store.Event
@@ -164,7 +164,7 @@ func TestShadow(t *testing.T) {
 	s.SetShadow(revEngine(t, "candidate-2", true))
 	check(t, s.Service, req)
 	s.WaitShadow()
-	if got := testutil.ToFloat64(s.opts.PolicyMetrics.ShadowDecisions.WithLabelValues("allow", "allow")); got != 1 {
+	if got := testutil.ToFloat64(s.opts.ShadowMetrics.Decisions.WithLabelValues("allow", "allow")); got != 1 {
 		t.Errorf("m1_policy_shadow_decisions_total{allow,allow} = %v, want 1", got)
 	}
 	n := 0

@@ -23,8 +23,8 @@ const (
 )
 
 // GatewayLimits bound the proposals sidecars file per principal, so that a
-// looping agent cannot flood the operators (DESIGN §10). Zero fields take
-// the defaults.
+// looping agent cannot flood the operators (DESIGN §10). Start from
+// DefaultGatewayLimits.
 type GatewayLimits struct {
 	// MaxPending is how many of a principal's sidecar proposals may wait
 	// for an operator at once (counted in the shared store); default 10.
@@ -36,17 +36,22 @@ type GatewayLimits struct {
 	RetryAfter time.Duration
 }
 
-func (l GatewayLimits) withDefaults() GatewayLimits {
-	if l.MaxPending <= 0 {
-		l.MaxPending = 10
+// DefaultGatewayLimits returns the defaults of GatewayLimits.
+func DefaultGatewayLimits() GatewayLimits {
+	return GatewayLimits{MaxPending: 10, PerMinute: 20, RetryAfter: 5 * time.Second}
+}
+
+// validate names the first field that is not positive.
+func (l GatewayLimits) validate() error {
+	switch {
+	case l.MaxPending < 1:
+		return errors.New("GatewayLimits.MaxPending must be at least 1")
+	case l.PerMinute < 1:
+		return errors.New("GatewayLimits.PerMinute must be at least 1")
+	case l.RetryAfter <= 0:
+		return errors.New("GatewayLimits.RetryAfter must be positive")
 	}
-	if l.PerMinute <= 0 {
-		l.PerMinute = 20
-	}
-	if l.RetryAfter <= 0 {
-		l.RetryAfter = 5 * time.Second
-	}
-	return l
+	return nil
 }
 
 // maxFileBytes bounds a filing: the call's arguments (a sidecar's
@@ -104,8 +109,8 @@ func (e *errLimited) Error() string { return e.reason }
 // *errLimited; a new proposal is audited.
 func (s *Service) File(ctx context.Context, r gateway.FileRequest) (gateway.Answer, error) {
 	now := s.now()
-	lim := s.cfg.GatewayLimits
-	pending, err := s.cfg.Records.Proposals(ctx, store.ProposalFilter{Origin: store.OriginSidecar, Agent: r.Principal, Status: store.ProposalPending})
+	lim := s.opts.GatewayLimits
+	pending, err := s.opts.Records.Proposals(ctx, store.ProposalFilter{Origin: store.OriginSidecar, Agent: r.Principal, Status: store.ProposalPending})
 	if err != nil {
 		return gateway.Answer{}, err
 	}
@@ -122,11 +127,11 @@ func (s *Service) File(ctx context.Context, r gateway.FileRequest) (gateway.Answ
 	}
 	p := store.Proposal{
 		ID: newID("prop"), Agent: r.Principal, Tool: r.Tool, Args: r.Args, ArgsSHA256: r.ArgsSHA256,
-		Risk: s.cfg.Registry[r.Tool].Risk, Status: store.ProposalPending, CreatedAt: now, UpdatedAt: now,
-		ExpiresAt: now.Add(s.cfg.ProposalTTL), Origin: store.OriginSidecar, Sidecar: r.Sidecar, Pod: r.Pod,
+		Risk: s.opts.Registry[r.Tool].Risk, Status: store.ProposalPending, CreatedAt: now, UpdatedAt: now,
+		ExpiresAt: now.Add(s.opts.ProposalTTL), Origin: store.OriginSidecar, Sidecar: r.Sidecar, Pod: r.Pod,
 		DecisionID: r.DecisionID,
 	}
-	p, created, err := s.cfg.Records.FileProposal(ctx, p)
+	p, created, err := s.opts.Records.FileProposal(ctx, p)
 	if err != nil {
 		return gateway.Answer{}, err
 	}
@@ -144,7 +149,7 @@ func (s *Service) File(ctx context.Context, r gateway.FileRequest) (gateway.Answ
 
 func (s *Service) pendingAnswer(p store.Proposal) gateway.Answer {
 	return gateway.Answer{Status: gateway.StatusPending, ProposalID: p.ID, ExpiresAt: p.ExpiresAt,
-		RetryAfter: int((s.cfg.GatewayLimits.RetryAfter + time.Second - 1) / time.Second)}
+		RetryAfter: int((s.opts.GatewayLimits.RetryAfter + time.Second - 1) / time.Second)}
 }
 
 // Claim hands out the call's held approval once, or says where the call
@@ -153,7 +158,7 @@ func (s *Service) pendingAnswer(p store.Proposal) gateway.Answer {
 // never filed, expired, or its approval claimed already).
 func (s *Service) Claim(ctx context.Context, r gateway.ClaimRequest) (gateway.Answer, error) {
 	now := s.now()
-	p, err := s.cfg.Records.ClaimApproval(ctx, r.Principal, r.Tool, r.ArgsSHA256, r.Sidecar, now)
+	p, err := s.opts.Records.ClaimApproval(ctx, r.Principal, r.Tool, r.ArgsSHA256, r.Sidecar, now)
 	switch {
 	case err == nil:
 		s.audit(store.Event{
@@ -165,7 +170,7 @@ func (s *Service) Claim(ctx context.Context, r gateway.ClaimRequest) (gateway.An
 	case !errors.Is(err, store.ErrNotFound):
 		return gateway.Answer{}, err
 	}
-	ps, err := s.cfg.Records.Proposals(ctx, store.ProposalFilter{Origin: store.OriginSidecar, Agent: r.Principal, Tool: r.Tool, ArgsSHA256: r.ArgsSHA256})
+	ps, err := s.opts.Records.Proposals(ctx, store.ProposalFilter{Origin: store.OriginSidecar, Agent: r.Principal, Tool: r.Tool, ArgsSHA256: r.ArgsSHA256})
 	if err != nil {
 		return gateway.Answer{}, err
 	}
@@ -175,7 +180,7 @@ func (s *Service) Claim(ctx context.Context, r gateway.ClaimRequest) (gateway.An
 	switch p := ps[len(ps)-1]; { // the newest proposal of the call decides
 	case p.Status == store.ProposalPending && p.ExpiresAt.After(now):
 		return s.pendingAnswer(p), nil
-	case p.Status == store.ProposalRejected && p.DecidedAt.Add(s.cfg.ProposalTTL).After(now):
+	case p.Status == store.ProposalRejected && p.DecidedAt.Add(s.opts.ProposalTTL).After(now):
 		return gateway.Answer{Status: gateway.StatusRejected, ProposalID: p.ID, Reason: clip(p.Reason, 4000)}, nil
 	}
 	return gateway.Answer{Status: gateway.StatusNone}, nil
@@ -185,13 +190,13 @@ func (s *Service) Claim(ctx context.Context, r gateway.ClaimRequest) (gateway.An
 // claim, until the token expires; nothing is dispatched.
 func (s *Service) hold(ctx context.Context, p store.Proposal, token, approver, jti string, exp time.Time) (Decided, error) {
 	now := s.now()
-	p, err := s.cfg.Records.UpdateProposal(ctx, p.ID, store.ProposalPending, store.ProposalUpdate{
+	p, err := s.opts.Records.UpdateProposal(ctx, p.ID, store.ProposalPending, store.ProposalUpdate{
 		Status: store.ProposalApproved, Approver: approver, ApprovalJTI: jti, DecidedAt: now, UpdatedAt: now,
 		HeldToken: token, ExpiresAt: exp,
 	})
 	if err != nil {
 		if errors.Is(err, store.ErrStatus) {
-			cur, _ := s.cfg.Records.Proposal(ctx, p.ID)
+			cur, _ := s.opts.Records.Proposal(ctx, p.ID)
 			return Decided{Proposal: cur}, fmt.Errorf("%w: it is %s", errNotPending, cur.Status)
 		}
 		return Decided{}, err

@@ -27,7 +27,7 @@ const sidecarPrincipal = "spiffe://example.org/ns/agents/sa/ide"
 
 // gatewayFixture is an orchestrator without a planner, its API on a test
 // server, and a sidecar's client of it.
-func gatewayFixture(t *testing.T, mod func(*orchestrator.Config)) (*fixture, *gateway.Client, *orchestrator.Client) {
+func gatewayFixture(t *testing.T, mod func(*orchestrator.Options)) (*fixture, *gateway.Client, *orchestrator.Client) {
 	t.Helper()
 	f := newFixture(t, nil, mod)
 	srv := httptest.NewServer(f.svc.Handler())
@@ -213,8 +213,8 @@ func TestGatewayConcurrentClaimsHandOutOnce(t *testing.T) {
 }
 
 func TestGatewayLimitsPerPrincipal(t *testing.T) {
-	_, sc, _ := gatewayFixture(t, func(c *orchestrator.Config) {
-		c.GatewayLimits = orchestrator.GatewayLimits{MaxPending: 2, PerMinute: 3}
+	_, sc, _ := gatewayFixture(t, func(c *orchestrator.Options) {
+		c.GatewayLimits.MaxPending, c.GatewayLimits.PerMinute = 2, 3
 	})
 	ctx := context.Background()
 	file := func(principal, path string) error {
@@ -282,7 +282,13 @@ func TestPendingCollector(t *testing.T) {
 	}
 	f.advance(30 * time.Second) // within the proposal TTL (a minute)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(orchestrator.NewPendingCollector(f.rec, orchestrator.Registry{"write_file": {Risk: "write"}, "read_file": {Risk: "read"}}, f.clock, nil))
+	po := orchestrator.DefaultPendingCollectorOptions()
+	po.Records, po.Registry, po.Now = f.rec, orchestrator.Registry{"write_file": {Risk: "write"}, "read_file": {Risk: "read"}}, f.clock
+	pc, err := orchestrator.NewPendingCollector(po)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.MustRegister(pc)
 	want := `
 # HELP m1_proposals_pending Proposals waiting for an operator's decision, by risk.
 # TYPE m1_proposals_pending gauge

@@ -79,7 +79,7 @@ func (s *Service) handleListRuns(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	runs, err := s.cfg.Records.Runs(r.Context(), store.RunFilter{Agent: q.Get("agent"), Status: q.Get("status"), Limit: limit})
+	runs, err := s.opts.Records.Runs(r.Context(), store.RunFilter{Agent: q.Get("agent"), Status: q.Get("status"), Limit: limit})
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -112,7 +112,7 @@ func (s *Service) handleListProposals(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	ps, err := s.cfg.Records.Proposals(r.Context(), store.ProposalFilter{Status: status, RunID: q.Get("run"), Agent: q.Get("agent"), Limit: limit})
+	ps, err := s.opts.Records.Proposals(r.Context(), store.ProposalFilter{Status: status, RunID: q.Get("run"), Agent: q.Get("agent"), Limit: limit})
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -121,7 +121,7 @@ func (s *Service) handleListProposals(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) handleGetProposal(w http.ResponseWriter, r *http.Request) {
-	p, err := s.cfg.Records.Proposal(r.Context(), r.PathValue("id"))
+	p, err := s.opts.Records.Proposal(r.Context(), r.PathValue("id"))
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -178,7 +178,7 @@ func (s *Service) handleCosts(w http.ResponseWriter, r *http.Request) {
 		}
 		since = t
 	}
-	rows, err := s.cfg.Records.Costs(r.Context(), since)
+	rows, err := s.opts.Records.Costs(r.Context(), since)
 	if err != nil {
 		s.storeError(w, err)
 		return

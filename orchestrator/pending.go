@@ -3,6 +3,7 @@ package orchestrator
 import (
 	"cmp"
 	"context"
+	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,34 +24,75 @@ const (
 // m1_proposals_pending_oldest_age_seconds{risk}, the age of the oldest.
 // Every risk of the tool registry is reported, 0 when none waits, so that
 // an alert on the age never meets a missing series. A store that does not
-// answer within Timeout reports nothing (an absent series; alert on
-// absent() too).
+// answer within the Timeout of its options reports nothing (an absent
+// series; alert on absent() too).
 type PendingCollector struct {
-	Records store.Records
-	Risks   []string // the registry's risks, reported even at 0
-	Now     func() time.Time
-	Timeout time.Duration // default 2s
-	Logger  *zap.Logger
+	records store.Records
+	risks   []string // the registry's risks, reported even at 0
+	now     func() time.Time
+	timeout time.Duration
+	log     *zap.Logger
 
 	count, age *prometheus.Desc
 }
 
-// NewPendingCollector returns a collector of records' pending proposals
-// for the risks of registry.
-func NewPendingCollector(records store.Records, registry Registry, now func() time.Time, log *zap.Logger) *PendingCollector {
+// PendingCollectorOptions configure NewPendingCollector. Start from
+// DefaultPendingCollectorOptions and set Records and Registry.
+type PendingCollectorOptions struct {
+	// Records holds the pending proposals. Required.
+	Records store.Records
+	// Registry is the tool registry, whose risks are reported even at 0.
+	// Required: at least one tool.
+	Registry Registry
+	// Now is the clock the ages are measured by; nil means time.Now.
+	Now func() time.Time
+	// Timeout bounds each scrape's query of Records; default 2s.
+	Timeout time.Duration
+	// Logger logs a failed query; nil logs nothing.
+	Logger *zap.Logger
+}
+
+// DefaultPendingCollectorOptions returns the defaults of the optional
+// fields; Records and Registry are left unset.
+func DefaultPendingCollectorOptions() PendingCollectorOptions {
+	return PendingCollectorOptions{Now: time.Now, Timeout: 2 * time.Second, Logger: zap.NewNop()}
+}
+
+// validate names the first field NewPendingCollector cannot run with.
+func (o *PendingCollectorOptions) validate() error {
+	switch {
+	case o.Records == nil:
+		return errors.New("orchestrator: PendingCollectorOptions.Records is required")
+	case len(o.Registry) == 0:
+		return errors.New("orchestrator: PendingCollectorOptions.Registry has no tools")
+	case o.Timeout <= 0:
+		return errors.New("orchestrator: PendingCollectorOptions.Timeout must be positive")
+	}
+	return nil
+}
+
+// NewPendingCollector returns a collector of o.Records' pending proposals
+// for the risks of o.Registry.
+func NewPendingCollector(o PendingCollectorOptions) (*PendingCollector, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
 	seen := map[string]bool{}
 	var risks []string
-	for _, spec := range registry {
+	for _, spec := range o.Registry {
 		if r := cmp.Or(spec.Risk, unknownRisk); !seen[r] {
 			seen[r] = true
 			risks = append(risks, r)
 		}
 	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	return &PendingCollector{
-		Records: records, Risks: risks, Now: now, Timeout: 2 * time.Second, Logger: cmp.Or(log, zap.NewNop()),
+		records: o.Records, risks: risks, now: o.Now, timeout: o.Timeout, log: cmp.Or(o.Logger, zap.NewNop()),
 		count: prometheus.NewDesc(MetricProposalsPending, "Proposals waiting for an operator's decision, by risk.", []string{"risk"}, nil),
 		age:   prometheus.NewDesc(MetricProposalsPendingAgeOldest, "Age of the oldest proposal waiting for an operator's decision, by risk (0 when none waits).", []string{"risk"}, nil),
-	}
+	}, nil
 }
 
 // unknownRisk labels a proposal whose tool has no risk in the registry.
@@ -64,16 +106,16 @@ func (c *PendingCollector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *PendingCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
-	ps, err := c.Records.Proposals(ctx, store.ProposalFilter{Status: store.ProposalPending})
+	ps, err := c.records.Proposals(ctx, store.ProposalFilter{Status: store.ProposalPending})
 	if err != nil {
-		c.Logger.Warn("count pending proposals for "+MetricProposalsPending, zap.Error(err))
+		c.log.Warn("count pending proposals for "+MetricProposalsPending, zap.Error(err))
 		return
 	}
-	now := c.Now()
+	now := c.now()
 	count, oldest := map[string]int{}, map[string]time.Time{}
-	for _, r := range c.Risks {
+	for _, r := range c.risks {
 		count[r] = 0
 	}
 	for _, p := range ps {

@@ -40,17 +40,17 @@ const (
 	KindRun       = "run"       // a run ended
 )
 
-// Config is what a Service needs; Records, Audit, Registry and Verifier
-// are required.
-type Config struct {
-	Records store.Records
-	Audit   Auditor
+// Options is what a Service needs. Start from DefaultOptions and set
+// Records, Audit, Registry and Verifier, which have no default.
+type Options struct {
+	Records store.Records // required
+	Audit   Auditor       // required
 	// Planner plans runs; nil runs the orchestrator without one (DESIGN
 	// §10): it serves approvals and the rest of its API, and StartRun
 	// fails with ErrNoPlanner.
 	Planner  Planner
-	Registry Registry
-	Prices   Prices
+	Registry Registry // required: at least one tool
+	Prices   Prices   // required; DefaultOptions has DefaultPrices
 
 	// CostTracking prices LLM usage (COST_TRACKING_ENABLED); when false,
 	// tokens are still counted and cost is 0.
@@ -61,18 +61,19 @@ type Config struct {
 	// BudgetUSD is the default per-run budget; planning stops once a run's
 	// cost reaches it. 0 means no budget.
 	BudgetUSD float64
-	// MaxSteps bounds the planning steps of one run; 0 means 20.
+	// MaxSteps bounds the planning steps of one run; default 20.
 	MaxSteps int
 
-	ProposalTTL     time.Duration // pending proposals expire after this; 0 means 15m
-	ExpireEvery     time.Duration // how often expired proposals are swept; 0 means 1s
-	DispatchTimeout time.Duration // per approved call; 0 means 30s
-	PlanTimeout     time.Duration // per planning step; 0 means 2m
+	ProposalTTL     time.Duration // pending proposals expire after this; default 15m
+	ExpireEvery     time.Duration // how often expired proposals are swept; default 1s
+	DispatchTimeout time.Duration // per approved call; default 30s
+	PlanTimeout     time.Duration // per planning step; default 2m
 
 	// ClockSkew is the sidecars' M1_CLOCK_SKEW: a sidecar that finds its
 	// shared state reset starts a new epoch at most this far ahead
 	// (DESIGN §7), so it is how long to wait before a new approval when a
-	// state_reset deny carries no retry-after. 0 means 30s; negative, none.
+	// state_reset deny carries no retry-after. Default
+	// approval.DefaultClockSkew (30s); 0 means none; negative is refused.
 	ClockSkew time.Duration
 
 	ApprovalHeader  string // default x-m1-approval-token
@@ -86,20 +87,80 @@ type Config struct {
 	// admin token, nobody may write an approval in an operator's name.
 	Verifier *approval.Verifier
 
-	HTTPClient *http.Client // for dispatch; nil means a client without timeout (DispatchTimeout applies)
-	Metrics    *metrics.Orchestrator
-	Logger     *zap.Logger
-	Now        func() time.Time
+	HTTPClient *http.Client          // for dispatch; nil means a client without timeout (DispatchTimeout applies)
+	Metrics    *metrics.Orchestrator // nil records none
+	Logger     *zap.Logger           // nil logs nothing
+	Now        func() time.Time      // nil means time.Now
 	Version    string
 
-	// GatewayLimits bound the proposals sidecars file per principal.
+	// GatewayLimits bound the proposals sidecars file per principal;
+	// default DefaultGatewayLimits.
 	GatewayLimits GatewayLimits
+}
+
+// DefaultOptions returns the defaults of every optional field; the
+// required ones (Records, Audit, Registry, Verifier) are left unset.
+func DefaultOptions() Options {
+	return Options{
+		Prices:          DefaultPrices(),
+		MaxSteps:        20,
+		ProposalTTL:     15 * time.Minute,
+		ExpireEvery:     time.Second,
+		DispatchTimeout: 30 * time.Second,
+		PlanTimeout:     2 * time.Minute,
+		ClockSkew:       approval.DefaultClockSkew,
+		ApprovalHeader:  "x-m1-approval-token",
+		MCPPath:         "/mcp",
+		ToolsPathPrefix: "/tools/",
+		Logger:          zap.NewNop(),
+		Now:             time.Now,
+		GatewayLimits:   DefaultGatewayLimits(),
+	}
+}
+
+// validate fails on the first field that New cannot run with, naming it.
+func (o *Options) validate() error {
+	switch {
+	case o.Records == nil:
+		return errors.New("Records is required")
+	case o.Audit == nil:
+		return errors.New("Audit is required")
+	case o.Verifier == nil:
+		return errors.New("Verifier is required: every approval is verified before it is recorded")
+	case len(o.Registry) == 0:
+		return errors.New("Registry has no tools")
+	case o.Prices == nil:
+		return errors.New("Prices is required (DefaultPrices)")
+	case o.BudgetUSD < 0:
+		return errors.New("BudgetUSD must not be negative")
+	case o.CostAlertUSD < 0:
+		return errors.New("CostAlertUSD must not be negative")
+	case o.MaxSteps < 1:
+		return errors.New("MaxSteps must be at least 1")
+	case o.ProposalTTL <= 0:
+		return errors.New("ProposalTTL must be positive")
+	case o.ExpireEvery <= 0:
+		return errors.New("ExpireEvery must be positive")
+	case o.DispatchTimeout <= 0:
+		return errors.New("DispatchTimeout must be positive")
+	case o.PlanTimeout <= 0:
+		return errors.New("PlanTimeout must be positive")
+	case o.ClockSkew < 0:
+		return errors.New("ClockSkew must not be negative")
+	case o.ApprovalHeader == "":
+		return errors.New("ApprovalHeader is empty")
+	case o.MCPPath == "":
+		return errors.New("MCPPath is empty")
+	case o.ToolsPathPrefix == "":
+		return errors.New("ToolsPathPrefix is empty")
+	}
+	return o.GatewayLimits.validate()
 }
 
 // Service is the orchestrator: its HTTP API, the planning loop, dispatch
 // and proposal expiry. It is safe for concurrent use.
 type Service struct {
-	cfg  Config
+	opts Options
 	log  *zap.Logger
 	disp dispatcher
 
@@ -144,72 +205,29 @@ type runLock struct {
 	refs int
 }
 
-// New checks cfg and returns a Service; Start begins background work.
-func New(cfg Config) (*Service, error) {
-	switch {
-	case cfg.Records == nil:
-		return nil, errors.New("orchestrator: Config.Records is required")
-	case cfg.Audit == nil:
-		return nil, errors.New("orchestrator: Config.Audit is required")
-	case cfg.Verifier == nil:
-		return nil, errors.New("orchestrator: Config.Verifier is required: every approval is verified before it is recorded")
-	case len(cfg.Registry) == 0:
-		return nil, errors.New("orchestrator: Config.Registry has no tools")
-	case cfg.BudgetUSD < 0 || cfg.CostAlertUSD < 0:
-		return nil, errors.New("orchestrator: budget and cost alert must not be negative")
+// New checks o and returns a Service; Start begins background work.
+func New(o Options) (*Service, error) {
+	if err := o.validate(); err != nil {
+		return nil, fmt.Errorf("orchestrator: %w", err)
 	}
-	if cfg.Prices == nil {
-		cfg.Prices = DefaultPrices()
+	if o.HTTPClient == nil {
+		o.HTTPClient = &http.Client{}
 	}
-	cfg.GatewayLimits = cfg.GatewayLimits.withDefaults()
-	if cfg.MaxSteps <= 0 {
-		cfg.MaxSteps = 20
-	}
-	if cfg.ProposalTTL <= 0 {
-		cfg.ProposalTTL = 15 * time.Minute
-	}
-	if cfg.ExpireEvery <= 0 {
-		cfg.ExpireEvery = time.Second
-	}
-	if cfg.DispatchTimeout <= 0 {
-		cfg.DispatchTimeout = 30 * time.Second
-	}
-	if cfg.PlanTimeout <= 0 {
-		cfg.PlanTimeout = 2 * time.Minute
-	}
-	switch {
-	case cfg.ClockSkew == 0:
-		cfg.ClockSkew = approval.DefaultClockSkew
-	case cfg.ClockSkew < 0:
-		cfg.ClockSkew = 0
-	}
-	if cfg.ApprovalHeader == "" {
-		cfg.ApprovalHeader = "x-m1-approval-token"
-	}
-	if cfg.MCPPath == "" {
-		cfg.MCPPath = "/mcp"
-	}
-	if cfg.ToolsPathPrefix == "" {
-		cfg.ToolsPathPrefix = "/tools/"
-	}
-	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{}
-	}
-	client := *cfg.HTTPClient // a copy: the caller's client keeps its own redirect policy
+	client := *o.HTTPClient // a copy: the caller's client keeps its own redirect policy
 	client.CheckRedirect = noRedirects
-	cfg.HTTPClient = &client
-	if cfg.Logger == nil {
-		cfg.Logger = zap.NewNop()
+	o.HTTPClient = &client
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	s := &Service{
-		cfg: cfg,
-		log: cfg.Logger,
+		opts: o,
+		log:  o.Logger,
 		disp: dispatcher{
-			client: cfg.HTTPClient, approvalHeader: cfg.ApprovalHeader,
-			mcpPath: cfg.MCPPath, toolsPathPrefix: cfg.ToolsPathPrefix, version: cfg.Version,
+			client: o.HTTPClient, approvalHeader: o.ApprovalHeader,
+			mcpPath: o.MCPPath, toolsPathPrefix: o.ToolsPathPrefix, version: o.Version,
 		},
 		runLocks:  map[string]*runLock{},
 		reapprove: map[string]time.Time{},
@@ -221,12 +239,12 @@ func New(cfg Config) (*Service, error) {
 // Start sweeps expired proposals every ExpireEvery and resumes the runs
 // that were running when the orchestrator last stopped.
 func (s *Service) Start(ctx context.Context) error {
-	runs, err := s.cfg.Records.Runs(ctx, store.RunFilter{Status: store.RunRunning})
+	runs, err := s.opts.Records.Runs(ctx, store.RunFilter{Status: store.RunRunning})
 	if err != nil {
 		return fmt.Errorf("list running runs: %w", err)
 	}
-	if s.cfg.Metrics != nil {
-		s.cfg.Metrics.RunsActive.Set(float64(len(runs)))
+	if s.opts.Metrics != nil {
+		s.opts.Metrics.RunsActive.Set(float64(len(runs)))
 	}
 	s.recoverDispatches(ctx)
 	for _, r := range runs {
@@ -237,7 +255,7 @@ func (s *Service) Start(ctx context.Context) error {
 	}
 	go func() {
 		defer s.wg.Done()
-		t := time.NewTicker(s.cfg.ExpireEvery)
+		t := time.NewTicker(s.opts.ExpireEvery)
 		defer t.Stop()
 		for {
 			select {
@@ -276,7 +294,7 @@ func (s *Service) Stop(ctx context.Context) error {
 // sidecar's audit trail to tell. Left approved, they would hold their run
 // forever. It runs at start and with every expiry sweep.
 func (s *Service) recoverDispatches(ctx context.Context) {
-	ps, err := s.cfg.Records.Proposals(ctx, store.ProposalFilter{Status: store.ProposalApproved})
+	ps, err := s.opts.Records.Proposals(ctx, store.ProposalFilter{Status: store.ProposalApproved})
 	if err != nil {
 		s.log.Warn("list approved proposals", zap.Error(err))
 		return
@@ -284,17 +302,17 @@ func (s *Service) recoverDispatches(ctx context.Context) {
 	now := s.now()
 	const why = "dispatch interrupted (the orchestrator stopped); see the sidecar's audit events for whether the tool ran"
 	for _, p := range ps {
-		if p.Origin == store.OriginSidecar || now.Sub(p.UpdatedAt) < 2*s.cfg.DispatchTimeout {
+		if p.Origin == store.OriginSidecar || now.Sub(p.UpdatedAt) < 2*s.opts.DispatchTimeout {
 			continue // a sidecar's approval is held, not dispatched
 		}
-		if _, err := s.cfg.Records.UpdateProposal(ctx, p.ID, store.ProposalApproved, store.ProposalUpdate{Status: store.ProposalFailed, Reason: why, UpdatedAt: now}); err != nil {
+		if _, err := s.opts.Records.UpdateProposal(ctx, p.ID, store.ProposalApproved, store.ProposalUpdate{Status: store.ProposalFailed, Reason: why, UpdatedAt: now}); err != nil {
 			continue // decided meanwhile, or the store is down: the next sweep sees it
 		}
-		if calls, err := s.cfg.Records.ToolCalls(ctx, p.RunID); err == nil {
+		if calls, err := s.opts.Records.ToolCalls(ctx, p.RunID); err == nil {
 			for _, c := range calls {
 				if c.ProposalID == p.ID && c.Status == store.CallRunning {
 					c.Status, c.Error, c.UpdatedAt = store.CallFailed, why, now
-					_ = s.cfg.Records.UpdateToolCall(ctx, c)
+					_ = s.opts.Records.UpdateToolCall(ctx, c)
 				}
 			}
 		}
@@ -308,7 +326,7 @@ func (s *Service) recoverDispatches(ctx context.Context) {
 // StartRun creates a run and plans its first step. A planner failure does
 // not fail the call: the run is returned with status failed and the error.
 func (s *Service) StartRun(ctx context.Context, req RunRequest) (RunDetail, error) {
-	if s.cfg.Planner == nil {
+	if s.opts.Planner == nil {
 		return RunDetail{}, ErrNoPlanner
 	}
 	if !s.track() {
@@ -318,17 +336,17 @@ func (s *Service) StartRun(ctx context.Context, req RunRequest) (RunDetail, erro
 	now := s.now()
 	budget := req.BudgetUSD
 	if budget == 0 {
-		budget = s.cfg.BudgetUSD
+		budget = s.opts.BudgetUSD
 	}
 	run := store.Run{
 		ID: newID("run"), Agent: req.Agent, Goal: req.Goal, Status: store.RunRunning,
 		BudgetUSD: budget, CreatedAt: now, UpdatedAt: now,
 	}
-	if err := s.cfg.Records.CreateRun(ctx, run); err != nil {
+	if err := s.opts.Records.CreateRun(ctx, run); err != nil {
 		return RunDetail{}, fmt.Errorf("create run: %w", err)
 	}
-	if s.cfg.Metrics != nil {
-		s.cfg.Metrics.RunsActive.Inc()
+	if s.opts.Metrics != nil {
+		s.opts.Metrics.RunsActive.Inc()
 	}
 	s.log.Info("run started", zap.String(fieldRunID, run.ID), zap.String(fieldAgent, run.Agent))
 	s.advance(run.ID) // cut short by Stop, the run is planned at the next start
@@ -336,15 +354,15 @@ func (s *Service) StartRun(ctx context.Context, req RunRequest) (RunDetail, erro
 }
 
 func (s *Service) detail(ctx context.Context, id string) (RunDetail, error) {
-	run, err := s.cfg.Records.Run(ctx, id)
+	run, err := s.opts.Records.Run(ctx, id)
 	if err != nil {
 		return RunDetail{}, err
 	}
-	ps, err := s.cfg.Records.Proposals(ctx, store.ProposalFilter{RunID: id})
+	ps, err := s.opts.Records.Proposals(ctx, store.ProposalFilter{RunID: id})
 	if err != nil {
 		return RunDetail{}, err
 	}
-	calls, err := s.cfg.Records.ToolCalls(ctx, id)
+	calls, err := s.opts.Records.ToolCalls(ctx, id)
 	if err != nil {
 		return RunDetail{}, err
 	}
@@ -360,7 +378,7 @@ func nonNil[T any](s []T) []T {
 
 // goAdvance plans the run's next step in the background.
 func (s *Service) goAdvance(runID string) {
-	if runID == "" || s.cfg.Planner == nil {
+	if runID == "" || s.opts.Planner == nil {
 		return // a proposal outside a run (a sidecar's), or no planner: nothing to plan
 	}
 	if !s.track() {
@@ -399,7 +417,7 @@ func (s *Service) advance(runID string) {
 	defer s.lockRun(runID)()
 	ctx := s.bg
 	log := s.log.With(zap.String(fieldRunID, runID))
-	run, err := s.cfg.Records.Run(ctx, runID)
+	run, err := s.opts.Records.Run(ctx, runID)
 	if err != nil {
 		log.Error("plan: load run", zap.Error(err))
 		return
@@ -407,7 +425,7 @@ func (s *Service) advance(runID string) {
 	if run.Status != store.RunRunning {
 		return
 	}
-	ps, err := s.cfg.Records.Proposals(ctx, store.ProposalFilter{RunID: runID})
+	ps, err := s.opts.Records.Proposals(ctx, store.ProposalFilter{RunID: runID})
 	if err != nil {
 		log.Error("plan: load proposals", zap.Error(err))
 		return
@@ -423,19 +441,19 @@ func (s *Service) advance(runID string) {
 		s.finish(ctx, run, store.RunOverBudget, fmt.Sprintf("cost $%.4f reached the run's budget $%.4f", run.Usage.CostUSD, run.BudgetUSD))
 		return
 	}
-	if lastStep >= s.cfg.MaxSteps {
-		s.finish(ctx, run, store.RunFailed, fmt.Sprintf("planner did not finish within %d steps", s.cfg.MaxSteps))
+	if lastStep >= s.opts.MaxSteps {
+		s.finish(ctx, run, store.RunFailed, fmt.Sprintf("planner did not finish within %d steps", s.opts.MaxSteps))
 		return
 	}
-	calls, err := s.cfg.Records.ToolCalls(ctx, runID)
+	calls, err := s.opts.Records.ToolCalls(ctx, runID)
 	if err != nil {
 		log.Error("plan: load tool calls", zap.Error(err))
 		return
 	}
-	sess := Session{RunID: run.ID, Agent: run.Agent, Goal: run.Goal, Tools: s.cfg.Registry.Tools(), History: history(ps, calls)}
+	sess := Session{RunID: run.ID, Agent: run.Agent, Goal: run.Goal, Tools: s.opts.Registry.Tools(), History: history(ps, calls)}
 
-	pctx, cancel := context.WithTimeout(ctx, s.cfg.PlanTimeout)
-	step, err := s.cfg.Planner.Next(pctx, sess)
+	pctx, cancel := context.WithTimeout(ctx, s.opts.PlanTimeout)
+	step, err := s.opts.Planner.Next(pctx, sess)
 	cancel()
 	used := step.LLM
 	var perr *PlannerError
@@ -481,7 +499,7 @@ func (s *Service) propose(ctx context.Context, run store.Run, stepNo int, step S
 		p := store.Proposal{
 			ID: newID("prop"), RunID: run.ID, Agent: run.Agent, Step: stepNo, CallID: c.ID,
 			Tool: c.Tool, Args: c.Args, Reasoning: c.Reasoning, Status: store.ProposalPending,
-			CreatedAt: at, UpdatedAt: at, ExpiresAt: at.Add(s.cfg.ProposalTTL),
+			CreatedAt: at, UpdatedAt: at, ExpiresAt: at.Add(s.opts.ProposalTTL),
 		}
 		if p.CallID == "" {
 			p.CallID = fmt.Sprintf("call_%d_%d", stepNo, i+1)
@@ -492,7 +510,7 @@ func (s *Service) propose(ctx context.Context, run store.Run, stepNo int, step S
 		if p.Reasoning == "" {
 			p.Reasoning = step.Text
 		}
-		spec, known := s.cfg.Registry[c.Tool]
+		spec, known := s.opts.Registry[c.Tool]
 		p.Risk = spec.Risk
 		sum, err := toolcall.ArgsSHA256(c.Tool, c.Args)
 		switch {
@@ -512,7 +530,7 @@ func (s *Service) propose(ctx context.Context, run store.Run, stepNo int, step S
 		}
 		ps = append(ps, p)
 	}
-	if err := s.cfg.Records.CreateProposals(ctx, ps); err != nil {
+	if err := s.opts.Records.CreateProposals(ctx, ps); err != nil {
 		s.finish(ctx, run, store.RunFailed, "store proposals: "+err.Error())
 		return
 	}
@@ -561,18 +579,18 @@ func history(ps []store.Proposal, calls []store.ToolCall) []StepRecord {
 // recordLLM stores one model call with its cost and updates the run,
 // metrics and the cost alert.
 func (s *Service) recordLLM(ctx context.Context, run store.Run, u LLMUsage) (store.Run, error) {
-	usage, known := s.cfg.Prices.Cost(u)
-	if !s.cfg.CostTracking {
+	usage, known := s.opts.Prices.Cost(u)
+	if !s.opts.CostTracking {
 		usage.CostUSD = 0
 	} else if !known {
 		s.log.Warn("no price for model; its cost counts as 0 (set M1_PRICES_FILE)", zap.String("model", u.Model))
 	}
 	call := store.LLMCall{ID: newID("llm"), RunID: run.ID, Agent: run.Agent, Model: u.Model, Usage: usage, CreatedAt: s.now()}
-	updated, err := s.cfg.Records.RecordLLMCall(ctx, call)
+	updated, err := s.opts.Records.RecordLLMCall(ctx, call)
 	if err != nil {
 		return run, err
 	}
-	if m := s.cfg.Metrics; m != nil {
+	if m := s.opts.Metrics; m != nil {
 		m.Cost.Add(usage.CostUSD)
 		for kind, n := range map[string]int64{"input": u.InputTokens, "output": u.OutputTokens, "cache_read": u.CacheReadTokens, "cache_write": u.CacheWriteTokens} {
 			if n > 0 {
@@ -582,18 +600,18 @@ func (s *Service) recordLLM(ctx context.Context, run store.Run, u LLMUsage) (sto
 	}
 	detail, _ := json.Marshal(map[string]any{"model": u.Model, "usage": usage, "run_cost_usd": updated.Usage.CostUSD})
 	s.audit(store.Event{Kind: KindLLMCall, Time: call.CreatedAt, Principal: run.Agent, RunID: run.ID, Detail: string(detail)})
-	alert := s.cfg.CostAlertUSD > 0 && !updated.OverAlert && updated.Usage.CostUSD >= s.cfg.CostAlertUSD
+	alert := s.opts.CostAlertUSD > 0 && !updated.OverAlert && updated.Usage.CostUSD >= s.opts.CostAlertUSD
 	if alert || updated.Model == "" {
 		updated.OverAlert = updated.OverAlert || alert
 		updated.Model = cmp.Or(updated.Model, u.Model) // the run's model is its first call's
 		updated.UpdatedAt = s.now()
-		if err := s.cfg.Records.UpdateRun(ctx, updated); err != nil {
+		if err := s.opts.Records.UpdateRun(ctx, updated); err != nil {
 			return updated, err
 		}
 	}
 	if alert {
 		s.log.Warn("run cost over COST_ALERT_THRESHOLD", zap.String(fieldRunID, run.ID), zap.String(fieldAgent, run.Agent),
-			zap.Float64("cost_usd", updated.Usage.CostUSD), zap.Float64("threshold_usd", s.cfg.CostAlertUSD))
+			zap.Float64("cost_usd", updated.Usage.CostUSD), zap.Float64("threshold_usd", s.opts.CostAlertUSD))
 	}
 	return updated, nil
 }
@@ -602,11 +620,11 @@ func (s *Service) recordLLM(ctx context.Context, run store.Run, u LLMUsage) (sto
 func (s *Service) finish(ctx context.Context, run store.Run, status, why string) {
 	now := s.now()
 	run.Status, run.Error, run.UpdatedAt, run.FinishedAt = status, why, now, now
-	if err := s.cfg.Records.UpdateRun(ctx, run); err != nil {
+	if err := s.opts.Records.UpdateRun(ctx, run); err != nil {
 		s.log.Error("end run", zap.String(fieldRunID, run.ID), zap.Error(err))
 		return
 	}
-	if m := s.cfg.Metrics; m != nil {
+	if m := s.opts.Metrics; m != nil {
 		m.Runs.WithLabelValues(status).Inc()
 		m.RunsActive.Dec()
 	}
@@ -622,7 +640,7 @@ func (s *Service) finish(ctx context.Context, run store.Run, status, why string)
 
 // expire auto-rejects pending proposals past their deadline.
 func (s *Service) expire(ctx context.Context) {
-	ps, err := s.cfg.Records.ExpireProposals(ctx, s.now())
+	ps, err := s.opts.Records.ExpireProposals(ctx, s.now())
 	if err != nil {
 		s.log.Warn("expire proposals", zap.Error(err))
 		return
@@ -666,7 +684,7 @@ func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error
 	}
 	defer s.wg.Done()
 	token = strings.TrimSpace(token) // sent on as a header value: no stray white space
-	p, err := s.cfg.Records.Proposal(ctx, id)
+	p, err := s.opts.Records.Proposal(ctx, id)
 	if err != nil {
 		return Decided{}, err
 	}
@@ -694,12 +712,12 @@ func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error
 	if p.Origin == store.OriginSidecar {
 		return s.hold(ctx, p, token, approver, claims.ID, claims.Expiry)
 	}
-	p, err = s.cfg.Records.UpdateProposal(ctx, id, store.ProposalPending, store.ProposalUpdate{
+	p, err = s.opts.Records.UpdateProposal(ctx, id, store.ProposalPending, store.ProposalUpdate{
 		Status: store.ProposalApproved, Approver: approver, ApprovalJTI: claims.ID, DecidedAt: now, UpdatedAt: now,
 	})
 	if err != nil {
 		if errors.Is(err, store.ErrStatus) {
-			cur, _ := s.cfg.Records.Proposal(ctx, id)
+			cur, _ := s.opts.Records.Proposal(ctx, id)
 			return Decided{Proposal: cur}, fmt.Errorf("%w: it is %s", errNotPending, cur.Status)
 		}
 		return Decided{}, err
@@ -730,25 +748,25 @@ func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error
 // run waits instead of failing. Only when the proposal would expire first
 // does it fail.
 func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) Decided {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.DispatchTimeout+10*time.Second) // the records' share
+	ctx, cancel := context.WithTimeout(ctx, s.opts.DispatchTimeout+10*time.Second) // the records' share
 	defer cancel()
-	spec := s.cfg.Registry[p.Tool]
+	spec := s.opts.Registry[p.Tool]
 	start := s.now()
 	call := store.ToolCall{
 		ID: newID("call"), RunID: p.RunID, Agent: p.Agent, Tool: p.Tool, Args: s.auditArgs(p.Tool, p.Args),
 		ArgsSHA256: p.ArgsSHA256, ProposalID: p.ID, Status: store.CallRunning, CreatedAt: start, UpdatedAt: start,
 	}
-	if err := s.cfg.Records.CreateToolCall(ctx, call); err != nil {
+	if err := s.opts.Records.CreateToolCall(ctx, call); err != nil {
 		s.log.Error("store tool call", zap.String(fieldProposalID, p.ID), zap.Error(err))
 	}
 	t0 := time.Now()
-	cctx, ccancel := context.WithTimeout(ctx, s.cfg.DispatchTimeout)
+	cctx, ccancel := context.WithTimeout(ctx, s.opts.DispatchTimeout)
 	o := s.disp.call(cctx, spec, p.Args, token)
 	ccancel()
 	took := time.Since(t0)
 	call.Status, call.HTTPStatus, call.DecisionID, call.Result, call.Error = o.status, o.httpStatus, o.decisionID, o.result, o.err
 	call.DurationUS, call.UpdatedAt = took.Microseconds(), s.now()
-	if err := s.cfg.Records.UpdateToolCall(ctx, call); err != nil {
+	if err := s.opts.Records.UpdateToolCall(ctx, call); err != nil {
 		s.log.Error("store tool call result", zap.String(fieldProposalID, p.ID), zap.Error(err))
 	}
 	final, reason := store.ProposalExecuted, o.err
@@ -756,7 +774,7 @@ func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) 
 	switch {
 	case o.status == store.CallSucceeded:
 	case o.status == store.CallDenied && o.code == deny.StateReset:
-		wait := s.cfg.ClockSkew
+		wait := s.opts.ClockSkew
 		if o.hasRetryAfter {
 			wait = o.retryAfter
 		}
@@ -773,7 +791,7 @@ func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) 
 	default:
 		final = store.ProposalFailed
 	}
-	updated, err := s.cfg.Records.UpdateProposal(ctx, p.ID, store.ProposalApproved, store.ProposalUpdate{Status: final, Reason: reason, UpdatedAt: call.UpdatedAt})
+	updated, err := s.opts.Records.UpdateProposal(ctx, p.ID, store.ProposalApproved, store.ProposalUpdate{Status: final, Reason: reason, UpdatedAt: call.UpdatedAt})
 	if err != nil {
 		if !reapprove.IsZero() {
 			s.forgetReapprove(p.ID)
@@ -783,7 +801,7 @@ func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) 
 	} else {
 		p = updated
 	}
-	if m := s.cfg.Metrics; m != nil {
+	if m := s.opts.Metrics; m != nil {
 		m.ToolExecutions.WithLabelValues(p.Tool, o.status).Inc()
 		m.ToolDuration.Observe(took.Seconds())
 		if o.status != store.CallSucceeded {
@@ -791,7 +809,7 @@ func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) 
 		}
 	}
 	runCost := 0.0
-	if run, err := s.cfg.Records.Run(ctx, p.RunID); err == nil {
+	if run, err := s.opts.Records.Run(ctx, p.RunID); err == nil {
 		runCost = run.Usage.CostUSD
 	}
 	details := map[string]any{"tool_call_id": call.ID, "error": o.err, "run_cost_usd": runCost}
@@ -834,13 +852,13 @@ func ceilSecond(t time.Time) time.Time {
 // Reject rejects a pending proposal.
 func (s *Service) Reject(ctx context.Context, id, reason string) (Decided, error) {
 	now := s.now()
-	p, err := s.cfg.Records.UpdateProposal(ctx, id, store.ProposalPending, store.ProposalUpdate{
+	p, err := s.opts.Records.UpdateProposal(ctx, id, store.ProposalPending, store.ProposalUpdate{
 		Status: store.ProposalRejected, Reason: reason, DecidedAt: now, UpdatedAt: now,
 	})
 	s.forgetReapprove(id)
 	if err != nil {
 		if errors.Is(err, store.ErrStatus) {
-			cur, _ := s.cfg.Records.Proposal(ctx, id)
+			cur, _ := s.opts.Records.Proposal(ctx, id)
 			return Decided{Proposal: cur}, fmt.Errorf("%w: it is %s", errNotPending, cur.Status)
 		}
 		return Decided{}, err
@@ -860,7 +878,7 @@ func (s *Service) Reject(ctx context.Context, id, reason string) (Decided, error
 // proposal's); and it names this proposal, its agent and (when it names
 // one) its run.
 func (s *Service) checkToken(p store.Proposal, token string) (*approval.Claims, error) {
-	claims, err := s.cfg.Verifier.Verify(token)
+	claims, err := s.opts.Verifier.Verify(token)
 	if err != nil {
 		return nil, tokenError(err)
 	}
@@ -894,7 +912,7 @@ func tokenError(err error) *TokenError {
 // auditArgs returns args for records unless the registry marks the tool
 // sensitive (or does not know it).
 func (s *Service) auditArgs(tool string, args json.RawMessage) json.RawMessage {
-	if spec, ok := s.cfg.Registry[tool]; ok && !spec.Sensitive {
+	if spec, ok := s.opts.Registry[tool]; ok && !spec.Sensitive {
 		return args
 	}
 	return nil
@@ -904,10 +922,10 @@ func (s *Service) audit(e store.Event) {
 	if e.Time.IsZero() {
 		e.Time = s.now()
 	}
-	s.cfg.Audit.Record(e)
+	s.opts.Audit.Record(e)
 }
 
-func (s *Service) now() time.Time { return s.cfg.Now().UTC() }
+func (s *Service) now() time.Time { return s.opts.Now().UTC() }
 
 // Log field names.
 const (

@@ -158,7 +158,7 @@ func (f *fixture) advance(d time.Duration) {
 	f.mu.Unlock()
 }
 
-func newFixture(t *testing.T, p orchestrator.Planner, mod func(*orchestrator.Config)) *fixture {
+func newFixture(t *testing.T, p orchestrator.Planner, mod func(*orchestrator.Options)) *fixture {
 	t.Helper()
 	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "m1.db"), sqlite.DefaultOptions())
 	if err != nil {
@@ -185,15 +185,14 @@ func newFixture(t *testing.T, p orchestrator.Planner, mod func(*orchestrator.Con
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := orchestrator.Config{
-		Records: f.rec, Audit: f.audit, Planner: p, Registry: reg, CostTracking: true,
-		ProposalTTL: time.Minute, ExpireEvery: 10 * time.Millisecond, Metrics: f.m, Now: f.clock,
-		Verifier: newVerifier(t, f.clock, key),
-	}
+	o := orchestrator.DefaultOptions()
+	o.Records, o.Audit, o.Planner, o.Registry, o.CostTracking = f.rec, f.audit, p, reg, true
+	o.ProposalTTL, o.ExpireEvery, o.Metrics, o.Now = time.Minute, 10*time.Millisecond, f.m, f.clock
+	o.Verifier = newVerifier(t, f.clock, key)
 	if mod != nil {
-		mod(&cfg)
+		mod(&o)
 	}
-	f.svc, err = orchestrator.New(cfg)
+	f.svc, err = orchestrator.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,9 +356,11 @@ func TestNewRefusesNoVerifier(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = orchestrator.New(orchestrator.Config{Records: nopRecords{}, Audit: &memAudit{}, Planner: &twoSteps{}, Registry: reg})
+	o := orchestrator.DefaultOptions()
+	o.Records, o.Audit, o.Planner, o.Registry = nopRecords{}, &memAudit{}, &twoSteps{}, reg
+	_, err = orchestrator.New(o)
 	if err == nil || !strings.Contains(err.Error(), "Verifier") {
-		t.Fatalf("New without a Verifier = %v, want an error naming Config.Verifier", err)
+		t.Fatalf("New without a Verifier = %v, want an error naming Options.Verifier", err)
 	}
 }
 
@@ -493,7 +494,7 @@ func TestBudgetStopsPlanning(t *testing.T) {
 			LLM:   []orchestrator.LLMUsage{{Model: "claude-opus-4-1", InputTokens: 10_000, OutputTokens: 1_000}}, // $0.225
 		}, nil
 	})
-	f := newFixture(t, pl, func(c *orchestrator.Config) { c.BudgetUSD, c.CostAlertUSD = 0.40, 0.30 })
+	f := newFixture(t, pl, func(c *orchestrator.Options) { c.BudgetUSD, c.CostAlertUSD = 0.40, 0.30 })
 	ctx := context.Background()
 	d, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "a1"})
 	if err != nil {
@@ -602,7 +603,7 @@ func TestDispatchNeverFollowsRedirects(t *testing.T) {
 }
 
 func TestDispatchTimeoutIsRecorded(t *testing.T) {
-	f := newFixture(t, &twoSteps{}, func(c *orchestrator.Config) { c.DispatchTimeout = 50 * time.Millisecond })
+	f := newFixture(t, &twoSteps{}, func(c *orchestrator.Options) { c.DispatchTimeout = 50 * time.Millisecond })
 	f.tool.delay = 300 * time.Millisecond
 	ctx := context.Background()
 	d, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "agent-7"})
@@ -629,7 +630,7 @@ func TestDispatchTimeoutIsRecorded(t *testing.T) {
 }
 
 func TestInterruptedDispatchIsFailed(t *testing.T) {
-	f := newFixture(t, &twoSteps{}, func(c *orchestrator.Config) { c.DispatchTimeout = time.Second })
+	f := newFixture(t, &twoSteps{}, func(c *orchestrator.Options) { c.DispatchTimeout = time.Second })
 	ctx := context.Background()
 	d, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "agent-7"})
 	if err != nil {

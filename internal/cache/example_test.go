@@ -41,7 +41,10 @@ func ExampleNewTiered() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	decisions := cache.NewTiered(l1, l2, mode, conn.RTT, conn.Connected)
+	decisions, err := cache.NewTiered(cache.TieredOptions{L1: l1, L2: l2, Mode: mode, RTT: conn.RTT, Connected: conn.Connected})
+	if err != nil {
+		log.Fatal(err)
+	}
 	decisions.SetRevision("bundle-revision")
 	_ = decisions // authz.Options{Cache: decisions, …}
 }

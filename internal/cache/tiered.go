@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -82,21 +83,48 @@ type Tiered struct {
 	eval      atomic.Int64 // EWMA of evaluation time in ns; 0 before the first
 }
 
-// NewTiered returns l1 in front of l2. rtt is the Redis round-trip average
-// and connected its health (redisconn.Conn's RTT and Connected); nil rtt
-// reads as 0 and nil connected as always connected. A nil l2 behaves as
-// ModeOff.
-func NewTiered(l1 *Memory, l2 L2, mode Mode, rtt func() time.Duration, connected func() bool) *Tiered {
-	if l2 == nil {
-		mode = ModeOff
+// TieredOptions configure NewTiered.
+type TieredOptions struct {
+	// L1 is the per-process tier, consulted first. Required.
+	L1 *Memory
+	// L2 is the shared tier; nil behaves as ModeOff.
+	L2 L2
+	// Mode says when an L1 miss consults L2; the zero value is ModeAuto.
+	Mode Mode
+	// RTT is the Redis round-trip average (redisconn.Conn.RTT), against
+	// which ModeAuto weighs the policy's evaluation time; nil reads as 0.
+	RTT func() time.Duration
+	// Connected is Redis's health (redisconn.Conn.Connected); nil means
+	// always connected.
+	Connected func() bool
+}
+
+// validate names the first field NewTiered cannot run with.
+func (o *TieredOptions) validate() error {
+	switch {
+	case o.L1 == nil:
+		return errors.New("cache: TieredOptions.L1 is required")
+	case o.Mode != ModeAuto && o.Mode != ModeAlways && o.Mode != ModeOff:
+		return fmt.Errorf("cache: TieredOptions.Mode %v is not a mode", o.Mode)
 	}
-	if rtt == nil {
-		rtt = func() time.Duration { return 0 }
+	return nil
+}
+
+// NewTiered returns o.L1 in front of o.L2.
+func NewTiered(o TieredOptions) (*Tiered, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
 	}
-	if connected == nil {
-		connected = func() bool { return true }
+	if o.L2 == nil {
+		o.Mode = ModeOff
 	}
-	return &Tiered{l1: l1, l2: l2, mode: mode, rtt: rtt, connected: connected}
+	if o.RTT == nil {
+		o.RTT = func() time.Duration { return 0 }
+	}
+	if o.Connected == nil {
+		o.Connected = func() bool { return true }
+	}
+	return &Tiered{l1: o.L1, l2: o.L2, mode: o.Mode, rtt: o.RTT, connected: o.Connected}, nil
 }
 
 // Get returns the decision for k and the tier that answered (TierL1 or

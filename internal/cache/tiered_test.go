@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -86,7 +87,7 @@ func TestTieredL2HitFillsL1(t *testing.T) {
 	k := cachetest.Key("k")
 	want := &policy.Decision{Allowed: true}
 	l2.Set(k, want)
-	tc := cache.NewTiered(newMemory(t), l2, cache.ModeAlways, nil, nil)
+	tc := newTiered(t, cache.TieredOptions{L1: newMemory(t), L2: l2, Mode: cache.ModeAlways})
 	ctx := context.Background()
 	if d, tier, ok := tc.Get(ctx, k); !ok || tier != cache.TierL2 || d != want {
 		t.Fatalf("first Get = %p, %q, %v; want the L2 decision from l2", d, tier, ok)
@@ -120,7 +121,7 @@ func TestTieredModes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			l2 := newFakeL2()
-			tc := cache.NewTiered(newMemory(t), l2, tt.mode, func() time.Duration { return rtt }, func() bool { return tt.connected })
+			tc := newTiered(t, cache.TieredOptions{L1: newMemory(t), L2: l2, Mode: tt.mode, RTT: func() time.Duration { return rtt }, Connected: func() bool { return tt.connected }})
 			for _, e := range tt.evals {
 				tc.ObserveEval(e)
 			}
@@ -142,7 +143,7 @@ func TestTieredModes(t *testing.T) {
 // TestTieredAutoFollowsAverage: the mode switches as the evaluation
 // average crosses the round trip, both ways.
 func TestTieredAutoFollowsAverage(t *testing.T) {
-	tc := cache.NewTiered(newMemory(t), newFakeL2(), cache.ModeAuto, func() time.Duration { return time.Millisecond }, nil)
+	tc := newTiered(t, cache.TieredOptions{L1: newMemory(t), L2: newFakeL2(), Mode: cache.ModeAuto, RTT: func() time.Duration { return time.Millisecond }})
 	for range 50 {
 		tc.ObserveEval(4 * time.Millisecond)
 	}
@@ -159,7 +160,7 @@ func TestTieredAutoFollowsAverage(t *testing.T) {
 
 func TestTieredPurgeAndRevision(t *testing.T) {
 	l2 := newFakeL2()
-	tc := cache.NewTiered(newMemory(t), l2, cache.ModeAuto, nil, nil)
+	tc := newTiered(t, cache.TieredOptions{L1: newMemory(t), L2: l2, Mode: cache.ModeAuto})
 	k := cachetest.Key("k")
 	tc.Set(k, &policy.Decision{Allowed: true})
 	tc.Purge()
@@ -174,7 +175,7 @@ func TestTieredPurgeAndRevision(t *testing.T) {
 		t.Errorf("L2 revision = %q, want rev-2", l2.rev)
 	}
 	// A nil L2 is L1 alone.
-	alone := cache.NewTiered(newMemory(t), nil, cache.ModeAlways, nil, nil)
+	alone := newTiered(t, cache.TieredOptions{L1: newMemory(t), Mode: cache.ModeAlways})
 	alone.Set(k, &policy.Decision{})
 	alone.Purge()
 	alone.SetRevision("x")
@@ -187,7 +188,7 @@ func TestTieredPurgeAndRevision(t *testing.T) {
 }
 
 func TestTieredStatsJSON(t *testing.T) {
-	tc := cache.NewTiered(newMemory(t), newFakeL2(), cache.ModeAlways, func() time.Duration { return 300 * time.Microsecond }, nil)
+	tc := newTiered(t, cache.TieredOptions{L1: newMemory(t), L2: newFakeL2(), Mode: cache.ModeAlways, RTT: func() time.Duration { return 300 * time.Microsecond }})
 	tc.ObserveEval(2 * time.Millisecond)
 	b, err := json.Marshal(tc.Stats())
 	if err != nil {
@@ -213,7 +214,7 @@ func TestTieredConformance(t *testing.T) {
 				ctx, cancel := context.WithCancel(context.Background())
 				t.Cleanup(cancel)
 				l2.Start(ctx)
-				tc := cache.NewTiered(newMemory(t), l2, mode, func() time.Duration { return 50 * time.Microsecond }, nil)
+				tc := newTiered(t, cache.TieredOptions{L1: newMemory(t), L2: l2, Mode: mode, RTT: func() time.Duration { return 50 * time.Microsecond }})
 				tc.ObserveEval(time.Millisecond) // auto: evaluation dearer than the round trip
 				return tc
 			})
@@ -232,7 +233,7 @@ func TestTieredSharesAcrossProcesses(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
 		l2.Start(ctx)
-		return cache.NewTiered(newMemory(t), l2, cache.ModeAlways, nil, nil)
+		return newTiered(t, cache.TieredOptions{L1: newMemory(t), L2: l2, Mode: cache.ModeAlways})
 	}
 	a, b := newSidecar(), newSidecar()
 	k := cachetest.Key("shared")
@@ -251,7 +252,7 @@ func TestTieredSharesAcrossProcesses(t *testing.T) {
 }
 
 func BenchmarkTieredGetL1Hit(b *testing.B) {
-	tc := cache.NewTiered(newMemory(b), newFakeL2(), cache.ModeAuto, nil, nil)
+	tc := newTiered(b, cache.TieredOptions{L1: newMemory(b), L2: newFakeL2(), Mode: cache.ModeAuto})
 	k := cachetest.Key("k")
 	tc.Set(k, &policy.Decision{Allowed: true})
 	ctx := context.Background()
@@ -260,5 +261,32 @@ func BenchmarkTieredGetL1Hit(b *testing.B) {
 		if _, _, ok := tc.Get(ctx, k); !ok {
 			b.Fatal("miss")
 		}
+	}
+}
+
+// newTiered returns cache.NewTiered(o), failing tb on an error.
+func newTiered(tb testing.TB, o cache.TieredOptions) *cache.Tiered {
+	tb.Helper()
+	tc, err := cache.NewTiered(o)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tc
+}
+
+func TestNewTieredNamesTheBadField(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		o    cache.TieredOptions
+		want string
+	}{
+		{"no L1", cache.TieredOptions{}, "L1"},
+		{"unknown mode", cache.TieredOptions{L1: newMemory(t), Mode: cache.Mode(7)}, "Mode"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := cache.NewTiered(tt.o); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("NewTiered(%s) = %v, want an error naming %s", tt.name, err, tt.want)
+			}
+		})
 	}
 }

@@ -97,9 +97,9 @@ func newResetLoop(t *testing.T, resets int, retryAfter string) *resetLoop {
 		}
 		return orchestrator.Step{Calls: []orchestrator.Call{{Tool: "write_file", Args: json.RawMessage(`{"path":"notes.txt","content":"hi"}`)}}}, nil
 	})
-	l.svc, err = orchestrator.New(orchestrator.Config{
-		Records: l.rec, Audit: nopAudit{}, Planner: planner, Registry: reg, Verifier: v, ProposalTTL: 15 * time.Minute,
-	})
+	o := orchestrator.DefaultOptions()
+	o.Records, o.Audit, o.Planner, o.Registry, o.Verifier, o.ProposalTTL = l.rec, nopAudit{}, planner, reg, v, 15*time.Minute
+	l.svc, err = orchestrator.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

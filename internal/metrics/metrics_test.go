@@ -54,24 +54,3 @@ func TestBuildInfo(t *testing.T) {
 		t.Error("RegisterBuildInfo twice on one registry: no error")
 	}
 }
-
-func TestOutcomesFamiliesAtStart(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	if _, err := NewOutcomes(reg); err != nil {
-		t.Fatal(err)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]bool{}
-	for _, mf := range mfs {
-		got[mf.GetName()] = true
-	}
-	for _, name := range []string{"m1_tool_execution_duration_seconds", "m1_access_log_entries_total",
-		"m1_access_log_entries_ignored_total", "m1_access_log_dropped_total", "m1_access_log_streams"} {
-		if !got[name] {
-			t.Errorf("Gather() at start lacks %s (has %v)", name, got)
-		}
-	}
-}

@@ -1,6 +1,7 @@
 package orchestratord
 
 import (
+	"cmp"
 	"flag"
 	"net/http"
 
@@ -32,8 +33,12 @@ func (o *Options) bindGatewayFlags(fs *flag.FlagSet, env map[string]string) {
 	env["approvals-per-minute"] = "M1_APPROVALS_PER_MINUTE"
 }
 
+// limits are orchestrator.DefaultGatewayLimits with g's non-zero fields.
 func (g GatewayOptions) limits() orchestrator.GatewayLimits {
-	return orchestrator.GatewayLimits{MaxPending: g.MaxPending, PerMinute: g.PerMinute}
+	l := orchestrator.DefaultGatewayLimits()
+	l.MaxPending = cmp.Or(g.MaxPending, l.MaxPending)
+	l.PerMinute = cmp.Or(g.PerMinute, l.PerMinute)
+	return l
 }
 
 // gatewayRoutes serves the sidecars' endpoints behind their own token,

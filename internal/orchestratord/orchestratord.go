@@ -366,19 +366,26 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		s.st.Close()
 		return nil, err
 	}
-	s.svc, err = orchestrator.New(orchestrator.Config{
-		Records: records, Audit: s.rec, Planner: planner, Registry: reg, Prices: prices,
-		CostTracking: o.CostTracking, CostAlertUSD: o.CostAlertUSD, BudgetUSD: o.RunBudgetUSD,
-		ProposalTTL: o.ProposalTTL, DispatchTimeout: o.DispatchTimeout, ClockSkew: approval.Leeway(o.ClockSkew),
-		ApprovalHeader: o.ApprovalHeader, MCPPath: o.MCPPath, ToolsPathPrefix: o.ToolsPathPrefix,
-		Verifier: verifier, HTTPClient: o.HTTPClient, Metrics: m, Logger: o.Logger, Now: o.Now, Version: o.Version,
-		GatewayLimits: o.Gateway.limits(),
-	})
+	so := orchestrator.DefaultOptions()
+	so.Records, so.Audit, so.Planner, so.Registry, so.Prices = records, s.rec, planner, reg, prices
+	so.CostTracking, so.CostAlertUSD, so.BudgetUSD = o.CostTracking, o.CostAlertUSD, o.RunBudgetUSD
+	so.ProposalTTL, so.DispatchTimeout, so.ClockSkew = o.ProposalTTL, o.DispatchTimeout, o.ClockSkew
+	so.ApprovalHeader, so.MCPPath, so.ToolsPathPrefix = o.ApprovalHeader, o.MCPPath, o.ToolsPathPrefix
+	so.Verifier, so.HTTPClient, so.Metrics, so.Logger, so.Now, so.Version = verifier, o.HTTPClient, m, o.Logger, o.Now, o.Version
+	so.GatewayLimits = o.Gateway.limits()
+	s.svc, err = orchestrator.New(so)
 	if err != nil {
 		s.st.Close()
 		return nil, err
 	}
-	if err := o.Registerer.Register(orchestrator.NewPendingCollector(records, reg, o.Now, o.Logger.Named("metrics"))); err != nil {
+	po := orchestrator.DefaultPendingCollectorOptions()
+	po.Records, po.Registry, po.Now, po.Logger = records, reg, o.Now, o.Logger.Named("metrics")
+	pending, err := orchestrator.NewPendingCollector(po)
+	if err != nil {
+		s.st.Close()
+		return nil, err
+	}
+	if err := o.Registerer.Register(pending); err != nil {
 		s.st.Close()
 		return nil, err
 	}

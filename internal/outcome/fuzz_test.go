@@ -8,7 +8,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/outcome"
 )
 
@@ -28,7 +27,7 @@ func FuzzEntry(f *testing.F) {
 		if proto.Unmarshal(data, &e) != nil {
 			return
 		}
-		m, _ := metrics.NewOutcomes(prometheus.NewRegistry())
+		m, _ := outcome.NewMetrics(prometheus.NewRegistry())
 		aud := &events{}
 		srv, err := outcome.New(outcome.Options{Metrics: m, Audit: aud})
 		if err != nil {

@@ -54,7 +54,7 @@ type Auditor interface {
 type Options struct {
 	// Audit receives a result event per trusted entry; nil: metrics only.
 	Audit   Auditor
-	Metrics *metrics.Outcomes // required
+	Metrics *Metrics // required (NewMetrics)
 	Logger  *zap.Logger
 	Now     func() time.Time
 	// QueueSize bounds the result events waiting for Audit; default 4096.
@@ -113,7 +113,7 @@ type call struct {
 type Server struct {
 	accesslogv3.UnimplementedAccessLogServiceServer
 	o       Options
-	m       *metrics.Outcomes
+	m       *Metrics
 	calls   *otter.Cache[string, *call]
 	others  *otter.Cache[string, string] // decision id → ignore reason
 	streams chan struct{}                // a token per open stream
@@ -260,4 +260,4 @@ func (s *Server) Close(ctx context.Context) error {
 const fieldDecisionID = "decision_id"
 
 // Metrics returns the metrics the server updates.
-func (s *Server) Metrics() *metrics.Outcomes { return s.m }
+func (s *Server) Metrics() *Metrics { return s.m }

@@ -23,7 +23,6 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/outcome"
 	"github.com/m1-agent/m1/internal/store"
 )
@@ -53,7 +52,7 @@ func (a *events) all() []store.Event {
 
 type fixture struct {
 	srv  *outcome.Server
-	m    *metrics.Outcomes
+	m    *outcome.Metrics
 	aud  *events
 	grpc *grpc.Server
 	conn *grpc.ClientConn
@@ -62,7 +61,7 @@ type fixture struct {
 func start(t *testing.T, o outcome.Options, aud *events) *fixture {
 	t.Helper()
 	if o.Metrics == nil {
-		m, err := metrics.NewOutcomes(prometheus.NewRegistry())
+		m, err := outcome.NewMetrics(prometheus.NewRegistry())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -399,7 +398,7 @@ func (panicky) Record(store.Event) { panic("store exploded") }
 // A panic while handling an entry or recording its event is a counted
 // failure; the stream and the writer go on.
 func TestPanicsAreCounted(t *testing.T) {
-	m, err := metrics.NewOutcomes(prometheus.NewRegistry())
+	m, err := outcome.NewMetrics(prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

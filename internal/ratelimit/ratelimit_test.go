@@ -3,6 +3,7 @@ package ratelimit_test
 import (
 	"context"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,7 +42,7 @@ func newRedis(t *testing.T, srv *testenv.Redis, l ratelimit.Limits) (*ratelimit.
 	// locally (from a full bucket), which the conformance cases would take
 	// for a shared count gone wrong; 800 scripts at once under the race
 	// detector on two busy cores took over 200 ms.
-	lim, err := ratelimit.NewRedis(client, l, local, 10*time.Second, nil, nil)
+	lim, err := ratelimit.NewRedis(ratelimit.RedisOptions{Client: client, Limits: l, Fallback: local, Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +69,7 @@ func TestRedisCluster(t *testing.T) {
 	t.Cleanup(func() { client.Close() })
 	l := ratelimit.Limits{PerMinute: 2, PerHour: 10}
 	local, _ := ratelimit.NewLocal(l, nil)
-	lim, err := ratelimit.NewRedis(client, l, local, 2*time.Second, nil, nil)
+	lim, err := ratelimit.NewRedis(ratelimit.RedisOptions{Client: client, Limits: l, Fallback: local, Timeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +124,7 @@ func TestRedisSkippedWhileDown(t *testing.T) {
 	l := ratelimit.Limits{PerMinute: 2}
 	local, _ := ratelimit.NewLocal(l, nil)
 	var up atomic.Bool
-	lim, err := ratelimit.NewRedis(client, l, local, time.Minute, up.Load, nil)
+	lim, err := ratelimit.NewRedis(ratelimit.RedisOptions{Client: client, Limits: l, Fallback: local, Timeout: time.Minute, Up: up.Load})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,5 +143,30 @@ func TestRedisSkippedWhileDown(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("call %d waited on a Redis known to be down", i+1)
 		}
+	}
+}
+
+func TestNewRedisNamesTheBadField(t *testing.T) {
+	l := ratelimit.Limits{PerMinute: 10}
+	local, err := ratelimit.NewLocal(l, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	t.Cleanup(func() { client.Close() })
+	for _, tt := range []struct {
+		name string
+		o    ratelimit.RedisOptions
+		want string
+	}{
+		{"no client", ratelimit.RedisOptions{Limits: l, Fallback: local, Timeout: time.Second}, "Client"},
+		{"no fallback", ratelimit.RedisOptions{Client: client, Limits: l, Timeout: time.Second}, "Fallback"},
+		{"no timeout", ratelimit.RedisOptions{Client: client, Limits: l, Fallback: local}, "Timeout"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := ratelimit.NewRedis(tt.o); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("NewRedis(%s) = %v, want an error naming %s", tt.name, err, tt.want)
+			}
+		})
 	}
 }

@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync/atomic"
@@ -45,24 +46,55 @@ type Redis struct {
 	now      func() time.Time // nil: Redis's own clock (TIME)
 }
 
-// NewRedis returns a Redis limiter on client. Each call to Redis is bounded
-// by timeout; while Redis fails, or while up (the connection prober; nil =
-// always try) says it is down, fallback counts instead, so that a hung
-// Redis does not add its timeout to every call.
+// RedisOptions configure NewRedis.
+type RedisOptions struct {
+	// Client is the Redis the buckets live in. Required.
+	Client redis.UniversalClient
+	// Limits are each principal's limits; they must pass Limits' checks.
+	Limits Limits
+	// Fallback counts calls in this process while Redis fails or Up says
+	// it is down, so that a hung Redis does not add Timeout to every call.
+	// Required.
+	Fallback *Local
+	// Timeout bounds each call to Redis. Required (positive).
+	Timeout time.Duration
+	// Up is the connection prober (redisconn.Conn.Connected); nil means
+	// always try Redis.
+	Up func() bool
+	// Logger logs Redis going down and coming back; nil logs nothing.
+	Logger *zap.Logger
+}
+
+// validate names the first field NewRedis cannot run with.
+func (o *RedisOptions) validate() error {
+	switch {
+	case o.Client == nil:
+		return errors.New("ratelimit: RedisOptions.Client is required")
+	case o.Fallback == nil:
+		return errors.New("ratelimit: RedisOptions.Fallback is required")
+	case o.Timeout <= 0:
+		return errors.New("ratelimit: RedisOptions.Timeout must be positive")
+	}
+	return o.Limits.validate()
+}
+
+// NewRedis returns a Redis limiter on o.Client. Each call to Redis is
+// bounded by o.Timeout; while Redis fails, or while o.Up says it is down,
+// o.Fallback counts instead.
 //
 // The buckets are timed by Redis's clock (TIME, inside the script), which
 // every sidecar shares; SetClock replaces it (tests).
-func NewRedis(client redis.UniversalClient, limits Limits, fallback *Local, timeout time.Duration, up func() bool, log *zap.Logger) (*Redis, error) {
-	if err := limits.validate(); err != nil {
+func NewRedis(o RedisOptions) (*Redis, error) {
+	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	if log == nil {
-		log = zap.NewNop()
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
 	}
-	if up == nil {
-		up = func() bool { return true }
+	if o.Up == nil {
+		o.Up = func() bool { return true }
 	}
-	return &Redis{limits: limits, client: client, fallback: fallback, timeout: timeout, up: up, log: log}, nil
+	return &Redis{limits: o.Limits, client: o.Client, fallback: o.Fallback, timeout: o.Timeout, up: o.Up, log: o.Logger}, nil
 }
 
 // SetClock makes the script time the buckets by now instead of Redis's

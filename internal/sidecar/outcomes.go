@@ -3,7 +3,6 @@ package sidecar
 import (
 	"fmt"
 
-	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/outcome"
 	"github.com/m1-agent/m1/internal/store"
 )
@@ -11,7 +10,7 @@ import (
 // setupOutcomes builds the AccessLogService that records tool outcomes
 // (DESIGN §6) into the audit trail (when on) and the metrics.
 func (s *Server) setupOutcomes() error {
-	m, err := metrics.NewOutcomes(s.opts.Registerer)
+	m, err := outcome.NewMetrics(s.opts.Registerer)
 	if err != nil {
 		return fmt.Errorf("register outcome metrics: %w", err)
 	}

@@ -8,10 +8,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/m1-agent/m1/internal/admin"
-	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/policy/source"
 	"github.com/m1-agent/m1/internal/policy/source/dirsource"
@@ -29,9 +29,39 @@ type followed struct {
 	dir      *dirsource.Source // set for a directory: watched
 }
 
+// policyMetrics are the metrics of policy distribution (DESIGN §5) the
+// sidecar records: bundle loads. m1_policy_bundle_info is the decision
+// path's (metrics.Authz.BundleInfo), and the shadow's are
+// authz.ShadowMetrics.
+type policyMetrics struct {
+	loadErrors  prometheus.Counter // m1_policy_bundle_load_errors_total
+	lastSuccess prometheus.Gauge   // m1_policy_bundle_last_success_timestamp_seconds
+}
+
+// newPolicyMetrics creates the bundle load metrics and registers them on
+// reg. It fails if any is already registered there.
+func newPolicyMetrics(reg prometheus.Registerer) (*policyMetrics, error) {
+	m := &policyMetrics{
+		loadErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "m1_policy_bundle_load_errors_total",
+			Help: "Policy bundle loads that failed (source unreachable, bad bundle, bad signature, failing Rego tests); the last good revision kept deciding.",
+		}),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "m1_policy_bundle_last_success_timestamp_seconds",
+			Help: "Unix time of the last load that left the source's bundle in force (a new revision activated, or the active one confirmed).",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.loadErrors, m.lastSuccess} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
 // policySources holds the sidecar's policy distribution.
 type policySources struct {
-	metrics *metrics.Policy
+	metrics *policyMetrics
 	active  *followed // nil: the embedded default bundle, never reloaded
 	shadow  *followed // nil: no shadow policy
 
@@ -108,13 +138,13 @@ func (s *Server) setupPolicy(ctx context.Context) error {
 			return err
 		}
 		s.activate(e)
-		pm.LastSuccess.Set(float64(o.Now().Unix()))
+		pm.lastSuccess.Set(float64(o.Now().Unix()))
 	} else {
 		if active.reloader, err = source.NewReloader(source.ReloaderOptions{
 			Name: "policy", Loader: loader, Policy: popts, RunTests: o.PolicyRunTests,
 			Interval: s.pollInterval(active.kind), Activate: s.activate,
-			Failed:    pm.LoadErrors.Inc,
-			Succeeded: func(_ string, at time.Time) { pm.LastSuccess.Set(float64(at.Unix())) },
+			Failed:    pm.loadErrors.Inc,
+			Succeeded: func(_ string, at time.Time) { pm.lastSuccess.Set(float64(at.Unix())) },
 			Logger:    s.log.Named("policy"), Now: o.Now,
 		}); err != nil {
 			return err

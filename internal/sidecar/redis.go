@@ -95,7 +95,10 @@ func (s *Server) rateLimiter() (authz.RateLimiter, error) {
 		return local, nil
 	}
 	ms := time.Duration(s.opts.RedisCommandTimeoutMS) * time.Millisecond
-	return ratelimit.NewRedis(s.redis.Client(), limits, local, min(ms, maxStateWait), s.redis.Connected, s.log.Named("ratelimit"))
+	return ratelimit.NewRedis(ratelimit.RedisOptions{
+		Client: s.redis.Client(), Limits: limits, Fallback: local, Timeout: min(ms, maxStateWait),
+		Up: s.redis.Connected, Logger: s.log.Named("ratelimit"),
+	})
 }
 
 // invalidate handles another sidecar's bundle change or cache flush.

@@ -109,7 +109,11 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if err := metrics.RegisterBuildInfo(opts.Registerer, opts.Version, buildinfo.Revision()); err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
-	pm, err := metrics.NewPolicy(opts.Registerer)
+	pm, err := newPolicyMetrics(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	sm, err := authz.NewShadowMetrics(opts.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
@@ -157,7 +161,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		ClockSkew:      opts.ClockSkew,
 		Logger:         opts.Logger,
 		Metrics:        m,
-		PolicyMetrics:  pm,
+		ShadowMetrics:  sm,
 		Now:            opts.Now,
 	}
 	if opts.CacheSize > 0 {
@@ -170,7 +174,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 			if err != nil {
 				return nil, fmt.Errorf("M1_CACHE_L2_MODE: %w", err)
 			}
-			s.tiered = cache.NewTiered(s.cache, s.l2, mode, s.redis.RTT, s.redis.Connected)
+			if s.tiered, err = cache.NewTiered(cache.TieredOptions{L1: s.cache, L2: s.l2, Mode: mode, RTT: s.redis.RTT, Connected: s.redis.Connected}); err != nil {
+				return nil, fmt.Errorf("decision cache: %w", err)
+			}
 			ao.Cache = s.tiered
 		}
 	}
