@@ -37,7 +37,7 @@ func startTLSSidecar(t *testing.T) tlsSidecar {
 	opts.GRPCAddr, opts.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
 	opts.AdminToken = e2eAdminToken
 	opts.DataDir = t.TempDir()
-	opts.TLSCertFile, opts.TLSKeyFile, opts.TLSClientCAFile = srv.CertFile, srv.KeyFile, ca.File
+	opts.TLS.CertFile, opts.TLS.KeyFile, opts.TLS.ClientCAFile = srv.CertFile, srv.KeyFile, ca.File
 	opts.Logger = zap.NewNop()
 	reg := prometheus.NewRegistry()
 	opts.Registerer, opts.Gatherer = reg, reg

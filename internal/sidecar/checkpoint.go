@@ -28,14 +28,14 @@ type checkpointer struct {
 // configuration fails at start.
 func (s *Server) setupCheckpoints() error {
 	o := s.opts
-	if o.CheckpointOut == "" {
+	if o.Checkpoint.Out == "" {
 		return nil
 	}
-	key, err := checkpoint.LoadKey(o.CheckpointKeyFile)
+	key, err := checkpoint.LoadKey(o.Checkpoint.KeyFile)
 	if err != nil {
 		return fmt.Errorf("M1_AUDIT_CHECKPOINT_KEY_FILE: %w", err)
 	}
-	tg, err := checkpoint.Open(o.CheckpointOut, o.CheckpointToken)
+	tg, err := checkpoint.Open(o.Checkpoint.Out, o.Checkpoint.Token)
 	if err != nil {
 		return fmt.Errorf("M1_AUDIT_CHECKPOINT_OUT: %w", err)
 	}
@@ -57,7 +57,7 @@ func (c *checkpointer) start(ctx context.Context) {
 	ctx, c.stop = context.WithCancel(context.WithoutCancel(ctx))
 	go func() {
 		defer close(c.done)
-		t := time.NewTicker(c.s.opts.CheckpointEvery)
+		t := time.NewTicker(c.s.opts.Checkpoint.Every)
 		defer t.Stop()
 		for {
 			select {

@@ -27,7 +27,7 @@ func TestEpochAcceptingApprovalsLogged(t *testing.T) {
 		{"new data directory", true, func(o *Options) { o.DataDir = t.TempDir() }},
 		{"data directory running for an hour", false, func(o *Options) { o.DataDir = testenv.DataDir(t) }},
 		{"new Redis", true, func(o *Options) {
-			o.RedisURL = testenv.StartRedis(t, testenv.RedisOptions{}).URL()
+			o.Redis.URL = testenv.StartRedis(t, testenv.RedisOptions{}).URL()
 		}},
 	}
 	for _, c := range cases {

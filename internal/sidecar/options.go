@@ -3,6 +3,7 @@ package sidecar
 import (
 	"flag"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/m1-agent/m1/internal/admin"
 	"github.com/m1-agent/m1/internal/audit"
 	"github.com/m1-agent/m1/internal/buildinfo"
+	"github.com/m1-agent/m1/internal/redisconn"
 )
 
 // Options configure m1-authz. Flags, env (M1_*) and the config file fill
@@ -51,12 +53,8 @@ type Options struct {
 	DataDir               string        // directory for local state (SQLite store: security state and audit; spool)
 	LogLevel              string        // read by main to build Logger
 
-	// TLS (DESIGN §8): both listeners serve TLS with TLSCertFile and
-	// TLSKeyFile (reloaded when they change); TLSClientCAFile makes gRPC
-	// mutual TLS, the peer's SPIFFE ID a principal.
-	TLSCertFile     string
-	TLSKeyFile      string
-	TLSClientCAFile string
+	// TLS of both listeners (DESIGN §8); off without a certificate.
+	TLS TLSOptions
 
 	// Approval tokens (DESIGN §4).
 	Audience        string        // this tool service's audience; required when keys are set
@@ -66,20 +64,13 @@ type Options struct {
 	ClockSkew       time.Duration // leeway on exp, nbf and iat
 	TrustedIssuers  string        // comma-separated iss allow-list; empty = any
 
-	// Shared state in Redis (DESIGN §7); with an empty RedisURL the state is
-	// kept in the store (DataDir or DatabaseURL).
-	RedisURL              string
-	RedisPassword         string
-	RedisDB               int
-	RedisTLS              bool
-	RedisMaxRetries       int
-	RedisRetryDelayMS     int
-	RedisRetryDelayMaxMS  int
-	RedisConnectTimeoutMS int
-	RedisCommandTimeoutMS int
-	ReplayFallback        string // "" fail closed, "local" in-process while Redis is down
-	CacheL2Mode           string // auto | always | off
-	CacheL2TTL            time.Duration
+	// Shared state in Redis (DESIGN §7); with an empty Redis.URL the state is
+	// kept in the store (DataDir or DatabaseURL). The REDIS_* settings are
+	// the connection's own options.
+	Redis          redisconn.Options
+	ReplayFallback string // "" fail closed, "local" in-process while Redis is down
+	CacheL2Mode    string // auto | always | off
+	CacheL2TTL     time.Duration
 
 	// Audit trail.
 	Audit        bool          // record every decision
@@ -88,11 +79,8 @@ type Options struct {
 	PruneEvery   time.Duration // apply store.DefaultRetention this often; 0 = never
 
 	// Signed checkpoints of this process's audit chain (DESIGN §9): off
-	// unless CheckpointOut is set.
-	CheckpointOut     string        // a directory (write-once storage) or an http(s):// PUT base URL
-	CheckpointKeyFile string        // the Ed25519 private JWK that signs them
-	CheckpointToken   string        // bearer token for an HTTP target
-	CheckpointEvery   time.Duration // how often; the last one is written at Stop
+	// unless Checkpoint.Out is set.
+	Checkpoint CheckpointOptions
 
 	// Approvals held at the gateway (DESIGN §10), and the principal header.
 	Approvals ApprovalsOptions
@@ -110,6 +98,44 @@ type Options struct {
 	Registerer prometheus.Registerer // also a Gatherer when it is a *prometheus.Registry
 	Gatherer   prometheus.Gatherer
 	Now        func() time.Time
+}
+
+// TLSOptions serve both listeners over TLS (DESIGN §8): CertFile and
+// KeyFile, reloaded when they change; ClientCAFile makes gRPC mutual TLS,
+// the verified peer's SPIFFE ID a principal.
+type TLSOptions struct {
+	CertFile     string // M1_TLS_CERT_FILE; "" = plaintext
+	KeyFile      string // M1_TLS_KEY_FILE
+	ClientCAFile string // M1_TLS_CLIENT_CA_FILE; "" = no client certificates asked
+}
+
+// CheckpointOptions write signed checkpoints of this process's audit chain
+// (DESIGN §9); off without Out.
+type CheckpointOptions struct {
+	Out     string        // a directory (write-once storage) or an http(s):// PUT base URL
+	KeyFile string        // the Ed25519 private JWK that signs them
+	Token   string        // bearer token for an HTTP target
+	Every   time.Duration // how often; the last one is written at Stop
+}
+
+// msFlag is a duration flag counted in milliseconds (the REDIS_*_MS
+// settings).
+type msFlag struct{ d *time.Duration }
+
+func (f msFlag) String() string {
+	if f.d == nil {
+		return "0"
+	}
+	return strconv.FormatInt(f.d.Milliseconds(), 10)
+}
+
+func (f msFlag) Set(v string) error {
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return fmt.Errorf("want a whole number of milliseconds: %w", err)
+	}
+	*f.d = time.Duration(n) * time.Millisecond
+	return nil
 }
 
 // DefaultOptions returns the embedded defaults of DESIGN §8.
@@ -133,22 +159,17 @@ func DefaultOptions() Options {
 		TokenTTLMinutes:    5,
 		ClockSkew:          30 * time.Second,
 
-		RedisDB:               -1,
-		RedisMaxRetries:       3,
-		RedisRetryDelayMS:     8,
-		RedisRetryDelayMaxMS:  512,
-		RedisConnectTimeoutMS: 500,
-		RedisCommandTimeoutMS: 200,
-		CacheL2Mode:           "auto",
-		Audit:                 true,
-		AuditMaxArgs:          audit.DefaultMaxArgsBytes,
-		PruneEvery:            time.Hour,
-		AdminHTTP:             admin.DefaultLimits(),
-		CacheL2TTL:            10 * time.Minute,
-		CheckpointEvery:       15 * time.Minute,
-		Approvals:             ApprovalsOptions{Timeout: defaultApprovalsTimeout},
-		Version:               buildinfo.Version(),
-		Now:                   time.Now,
+		Redis:        redisconn.DefaultOptions(),
+		CacheL2Mode:  "auto",
+		Audit:        true,
+		AuditMaxArgs: audit.DefaultMaxArgsBytes,
+		PruneEvery:   time.Hour,
+		AdminHTTP:    admin.DefaultLimits(),
+		CacheL2TTL:   10 * time.Minute,
+		Checkpoint:   CheckpointOptions{Every: 15 * time.Minute},
+		Approvals:    ApprovalsOptions{Timeout: defaultApprovalsTimeout},
+		Version:      buildinfo.Version(),
+		Now:          time.Now,
 	}
 }
 
@@ -191,15 +212,15 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.IntVar(&o.TokenTTLMinutes, "approval-token-ttl-minutes", o.TokenTTLMinutes, "longest approval token lifetime (exp - iat) accepted, in minutes")
 	fs.DurationVar(&o.ClockSkew, "clock-skew", o.ClockSkew, "leeway on token exp, nbf and iat")
 	fs.StringVar(&o.TrustedIssuers, "trusted-issuers", o.TrustedIssuers, "comma-separated allow-list of token issuers (empty = any)")
-	fs.StringVar(&o.RedisURL, "redis-url", o.RedisURL, "Redis for shared state (empty = single use, grant counts and revocations kept in the store); see docs/REDIS.md for the URL forms")
-	fs.StringVar(&o.RedisPassword, "redis-password", o.RedisPassword, "Redis password (overrides the URL's)")
-	fs.IntVar(&o.RedisDB, "redis-db", o.RedisDB, "Redis database number (-1 = from the URL)")
-	fs.BoolVar(&o.RedisTLS, "redis-tls", o.RedisTLS, "connect to Redis with TLS (implied by rediss://)")
-	fs.IntVar(&o.RedisMaxRetries, "redis-max-retries", o.RedisMaxRetries, "retries of a failed Redis command")
-	fs.IntVar(&o.RedisRetryDelayMS, "redis-retry-delay-ms", o.RedisRetryDelayMS, "first retry backoff, doubling per retry")
-	fs.IntVar(&o.RedisRetryDelayMaxMS, "redis-retry-delay-max-ms", o.RedisRetryDelayMaxMS, "longest retry backoff")
-	fs.IntVar(&o.RedisConnectTimeoutMS, "redis-connect-timeout-ms", o.RedisConnectTimeoutMS, "Redis dial timeout")
-	fs.IntVar(&o.RedisCommandTimeoutMS, "redis-command-timeout-ms", o.RedisCommandTimeoutMS, "Redis read/write timeout per command")
+	fs.StringVar(&o.Redis.URL, "redis-url", o.Redis.URL, "Redis for shared state (empty = single use, grant counts and revocations kept in the store); see docs/REDIS.md for the URL forms")
+	fs.StringVar(&o.Redis.Password, "redis-password", o.Redis.Password, "Redis password (overrides the URL's)")
+	fs.IntVar(&o.Redis.DB, "redis-db", o.Redis.DB, "Redis database number (-1 = from the URL)")
+	fs.BoolVar(&o.Redis.TLS, "redis-tls", o.Redis.TLS, "connect to Redis with TLS (implied by rediss://)")
+	fs.IntVar(&o.Redis.MaxRetries, "redis-max-retries", o.Redis.MaxRetries, "retries of a failed Redis command")
+	fs.Var(msFlag{&o.Redis.RetryDelay}, "redis-retry-delay-ms", "first retry backoff, doubling per retry")
+	fs.Var(msFlag{&o.Redis.RetryDelayMax}, "redis-retry-delay-max-ms", "longest retry backoff")
+	fs.Var(msFlag{&o.Redis.ConnectTimeout}, "redis-connect-timeout-ms", "Redis dial timeout")
+	fs.Var(msFlag{&o.Redis.CommandTimeout}, "redis-command-timeout-ms", "Redis read/write timeout per command")
 	fs.StringVar(&o.ReplayFallback, "replay-fallback", o.ReplayFallback, "while Redis is unreachable: empty = deny single-use and grant checks (state_unavailable); local = count them in this process")
 	fs.StringVar(&o.CacheL2Mode, "cache-l2-mode", o.CacheL2Mode, "Redis decision cache: auto (only when evaluation is slower than a Redis round trip), always, off")
 	fs.DurationVar(&o.CacheL2TTL, "cache-l2-ttl", o.CacheL2TTL, "Redis decision cache entry lifetime")
@@ -207,13 +228,13 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.IntVar(&o.AuditMaxArgs, "audit-max-args-bytes", o.AuditMaxArgs, "largest tool arguments an audit event keeps (allowed calls of non-sensitive tools only); larger ones keep their args_sha256 alone, marked args_truncated")
 	fs.DurationVar(&o.PruneEvery, "audit-prune-interval", o.PruneEvery, "apply the retention policy (decisions, runs, tool calls: 2 years; revoked tokens: 30 days) this often; 0 = never")
 	fs.StringVar(&o.DatabaseURL, "database-url", o.DatabaseURL, "the store (security state and audit trail): empty = SQLite file m1.db under --data-dir; postgres://… for PostgreSQL")
-	fs.StringVar(&o.CheckpointOut, "audit-checkpoint-out", o.CheckpointOut, "write signed checkpoints of this process's audit chain to this directory (write-once storage) or http(s):// PUT URL (empty = off)")
-	fs.StringVar(&o.CheckpointKeyFile, "audit-checkpoint-key-file", o.CheckpointKeyFile, "the Ed25519 private JWK that signs audit checkpoints (required with --audit-checkpoint-out)")
-	fs.StringVar(&o.CheckpointToken, "audit-checkpoint-token", o.CheckpointToken, "bearer token for an http(s):// checkpoint target")
-	fs.DurationVar(&o.CheckpointEvery, "audit-checkpoint-interval", o.CheckpointEvery, "how often to write an audit checkpoint (and once more at shutdown); at least 1m")
-	fs.StringVar(&o.TLSCertFile, "tls-cert-file", o.TLSCertFile, "PEM certificate (chain) both listeners serve TLS with; reloaded when the file changes (empty = plaintext)")
-	fs.StringVar(&o.TLSKeyFile, "tls-key-file", o.TLSKeyFile, "PEM private key of --tls-cert-file")
-	fs.StringVar(&o.TLSClientCAFile, "tls-client-ca-file", o.TLSClientCAFile, "PEM CA bundle: gRPC requires client certificates it signed (mTLS); the peer's SPIFFE ID is the principal when no token or source principal names one")
+	fs.StringVar(&o.Checkpoint.Out, "audit-checkpoint-out", o.Checkpoint.Out, "write signed checkpoints of this process's audit chain to this directory (write-once storage) or http(s):// PUT URL (empty = off)")
+	fs.StringVar(&o.Checkpoint.KeyFile, "audit-checkpoint-key-file", o.Checkpoint.KeyFile, "the Ed25519 private JWK that signs audit checkpoints (required with --audit-checkpoint-out)")
+	fs.StringVar(&o.Checkpoint.Token, "audit-checkpoint-token", o.Checkpoint.Token, "bearer token for an http(s):// checkpoint target")
+	fs.DurationVar(&o.Checkpoint.Every, "audit-checkpoint-interval", o.Checkpoint.Every, "how often to write an audit checkpoint (and once more at shutdown); at least 1m")
+	fs.StringVar(&o.TLS.CertFile, "tls-cert-file", o.TLS.CertFile, "PEM certificate (chain) both listeners serve TLS with; reloaded when the file changes (empty = plaintext)")
+	fs.StringVar(&o.TLS.KeyFile, "tls-key-file", o.TLS.KeyFile, "PEM private key of --tls-cert-file")
+	fs.StringVar(&o.TLS.ClientCAFile, "tls-client-ca-file", o.TLS.ClientCAFile, "PEM CA bundle: gRPC requires client certificates it signed (mTLS); the peer's SPIFFE ID is the principal when no token or source principal names one")
 	env := map[string]string{
 		"grpc-addr":                  "M1_GRPC_ADDR",
 		"admin-addr":                 "M1_ADMIN_ADDR",
@@ -329,22 +350,22 @@ func (o *Options) validate() error {
 		return fmt.Errorf("ReplayFallback (M1_REPLAY_FALLBACK) %q: want empty or \"local\"", o.ReplayFallback)
 	case o.CacheL2Mode != "auto" && o.CacheL2Mode != "always" && o.CacheL2Mode != "off":
 		return fmt.Errorf("CacheL2Mode (M1_CACHE_L2_MODE) %q: want auto, always or off", o.CacheL2Mode)
-	case o.RedisURL != "" && (o.RedisCommandTimeoutMS <= 0 || o.RedisConnectTimeoutMS <= 0):
+	case o.Redis.URL != "" && (o.Redis.CommandTimeout <= 0 || o.Redis.ConnectTimeout <= 0):
 		return fmt.Errorf("REDIS_COMMAND_TIMEOUT_MS and REDIS_CONNECT_TIMEOUT_MS must be positive")
 	case o.AuditMaxArgs < 1:
 		return fmt.Errorf("AuditMaxArgs (M1_AUDIT_MAX_ARGS_BYTES) must be positive, got %d", o.AuditMaxArgs)
 	case o.PruneEvery < 0 || (o.PruneEvery > 0 && o.PruneEvery < time.Minute):
 		return fmt.Errorf("PruneEvery (M1_AUDIT_PRUNE_INTERVAL) must be 0 or at least 1m")
-	case o.CheckpointOut != "" && o.CheckpointKeyFile == "":
-		return fmt.Errorf("CheckpointKeyFile (M1_AUDIT_CHECKPOINT_KEY_FILE) is required with M1_AUDIT_CHECKPOINT_OUT")
-	case o.CheckpointOut != "" && !o.Audit:
-		return fmt.Errorf("CheckpointOut (M1_AUDIT_CHECKPOINT_OUT) needs the audit trail on (M1_AUDIT)")
-	case o.CheckpointOut != "" && o.CheckpointEvery < time.Minute:
-		return fmt.Errorf("CheckpointEvery (M1_AUDIT_CHECKPOINT_INTERVAL) must be at least 1m")
-	case (o.TLSCertFile == "") != (o.TLSKeyFile == ""):
-		return fmt.Errorf("TLSCertFile (M1_TLS_CERT_FILE) and TLSKeyFile (M1_TLS_KEY_FILE) go together: set both or neither")
-	case o.TLSClientCAFile != "" && o.TLSCertFile == "":
-		return fmt.Errorf("TLSClientCAFile (M1_TLS_CLIENT_CA_FILE) needs M1_TLS_CERT_FILE and M1_TLS_KEY_FILE: mutual TLS is TLS first")
+	case o.Checkpoint.Out != "" && o.Checkpoint.KeyFile == "":
+		return fmt.Errorf("Checkpoint.KeyFile (M1_AUDIT_CHECKPOINT_KEY_FILE) is required with M1_AUDIT_CHECKPOINT_OUT")
+	case o.Checkpoint.Out != "" && !o.Audit:
+		return fmt.Errorf("Checkpoint.Out (M1_AUDIT_CHECKPOINT_OUT) needs the audit trail on (M1_AUDIT)")
+	case o.Checkpoint.Out != "" && o.Checkpoint.Every < time.Minute:
+		return fmt.Errorf("Checkpoint.Every (M1_AUDIT_CHECKPOINT_INTERVAL) must be at least 1m")
+	case (o.TLS.CertFile == "") != (o.TLS.KeyFile == ""):
+		return fmt.Errorf("TLS.CertFile (M1_TLS_CERT_FILE) and TLS.KeyFile (M1_TLS_KEY_FILE) go together: set both or neither")
+	case o.TLS.ClientCAFile != "" && o.TLS.CertFile == "":
+		return fmt.Errorf("TLS.ClientCAFile (M1_TLS_CLIENT_CA_FILE) needs M1_TLS_CERT_FILE and M1_TLS_KEY_FILE: mutual TLS is TLS first")
 	case o.Logger == nil || o.Registerer == nil || o.Gatherer == nil || o.Now == nil:
 		return fmt.Errorf("Logger, Registerer, Gatherer and Now are required")
 	}

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"flag"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -82,15 +83,15 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"recv below body", func(o *Options) { o.GRPCMaxRecvBytes = 10 }, "M1_GRPC_MAX_RECV_BYTES"},
 		{"zero body", func(o *Options) { o.MaxBodyBytes = 0 }, "M1_MAX_BODY_BYTES"},
 		{"prefix without slash", func(o *Options) { o.ToolsPathPrefix = "/tools" }, "M1_TOOLS_PATH_PREFIX"},
-		{"checkpoints without a key", func(o *Options) { o.CheckpointOut = "/tmp/cp" }, "M1_AUDIT_CHECKPOINT_KEY_FILE"},
+		{"checkpoints without a key", func(o *Options) { o.Checkpoint.Out = "/tmp/cp" }, "M1_AUDIT_CHECKPOINT_KEY_FILE"},
 		{"checkpoints too often", func(o *Options) {
-			o.CheckpointOut, o.CheckpointKeyFile, o.CheckpointEvery = "/tmp/cp", "k.jwk", time.Second
+			o.Checkpoint.Out, o.Checkpoint.KeyFile, o.Checkpoint.Every = "/tmp/cp", "k.jwk", time.Second
 		}, "M1_AUDIT_CHECKPOINT_INTERVAL"},
-		{"checkpoints without audit", func(o *Options) { o.CheckpointOut, o.CheckpointKeyFile, o.Audit = "/tmp/cp", "k.jwk", false }, "M1_AUDIT"},
+		{"checkpoints without audit", func(o *Options) { o.Checkpoint.Out, o.Checkpoint.KeyFile, o.Audit = "/tmp/cp", "k.jwk", false }, "M1_AUDIT"},
 		{"zero audit args", func(o *Options) { o.AuditMaxArgs = 0 }, "M1_AUDIT_MAX_ARGS_BYTES"},
 		{"prune too often", func(o *Options) { o.PruneEvery = time.Second }, "M1_AUDIT_PRUNE_INTERVAL"},
-		{"certificate without key", func(o *Options) { o.TLSCertFile = "tls.crt" }, "M1_TLS_KEY_FILE"},
-		{"client CA without certificate", func(o *Options) { o.TLSClientCAFile = "ca.crt" }, "M1_TLS_CLIENT_CA_FILE"},
+		{"certificate without key", func(o *Options) { o.TLS.CertFile = "tls.crt" }, "M1_TLS_KEY_FILE"},
+		{"client CA without certificate", func(o *Options) { o.TLS.ClientCAFile = "ca.crt" }, "M1_TLS_CLIENT_CA_FILE"},
 	}
 	for _, tt := range tests {
 		o := testOptions(t)
@@ -98,5 +99,32 @@ func TestValidateNamesTheField(t *testing.T) {
 		if err := o.validate(); err == nil || !strings.Contains(err.Error(), tt.field) {
 			t.Errorf("validate(%s) = %v, want an error naming %s", tt.name, err, tt.field)
 		}
+	}
+}
+
+// The REDIS_*_MS settings land in the nested redisconn.Options as
+// durations, and a value that is not a whole number of milliseconds is
+// refused naming the flag.
+func TestRedisMillisecondSettings(t *testing.T) {
+	o := DefaultOptions()
+	if o.Redis.CommandTimeout != 200*time.Millisecond || o.Redis.ConnectTimeout != 500*time.Millisecond || o.Redis.DB != -1 {
+		t.Fatalf("defaults: %+v, want redisconn's (200ms per command, 500ms to connect, DB from the URL)", o.Redis)
+	}
+	fs := flag.NewFlagSet("m1-authz", flag.ContinueOnError)
+	env := o.BindFlags(fs)
+	vars := map[string]string{"REDIS_COMMAND_TIMEOUT_MS": "300", "REDIS_RETRY_DELAY_MAX_MS": "1000", "REDIS_URL": "redis://127.0.0.1:6379"}
+	lookup := func(k string) (string, bool) { v, ok := vars[k]; return v, ok }
+	if err := config.Load(fs, nil, env, lookup); err != nil {
+		t.Fatal(err)
+	}
+	if o.Redis.CommandTimeout != 300*time.Millisecond || o.Redis.RetryDelayMax != time.Second || o.Redis.URL != "redis://127.0.0.1:6379" {
+		t.Fatalf("after the environment: %+v", o.Redis)
+	}
+	o = DefaultOptions()
+	fs = flag.NewFlagSet("m1-authz", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	env = o.BindFlags(fs)
+	if err := config.Load(fs, []string{"--redis-command-timeout-ms", "0.5s"}, env, func(string) (string, bool) { return "", false }); err == nil || !strings.Contains(err.Error(), "redis-command-timeout-ms") {
+		t.Fatalf("--redis-command-timeout-ms 0.5s = %v, want an error naming the flag", err)
 	}
 }

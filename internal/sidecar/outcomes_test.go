@@ -107,7 +107,7 @@ func TestCheckpointAtStop(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "cp.jwk"), priv, 0o600)
 	os.WriteFile(filepath.Join(dir, "jwks.json"), pub, 0o600)
 	o := testOptions(t)
-	o.CheckpointOut, o.CheckpointKeyFile = filepath.Join(dir, "checkpoints"), filepath.Join(dir, "cp.jwk")
+	o.Checkpoint.Out, o.Checkpoint.KeyFile = filepath.Join(dir, "checkpoints"), filepath.Join(dir, "cp.jwk")
 	s := startServer(t, o)
 	conn, err := grpc.NewClient(s.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -127,7 +127,7 @@ func TestCheckpointAtStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	good, bad, err := checkpoint.ReadDir(o.CheckpointOut, keys)
+	good, bad, err := checkpoint.ReadDir(o.Checkpoint.Out, keys)
 	if err != nil || len(bad) != 0 || len(good) != 1 {
 		t.Fatalf("checkpoints = %+v, bad %v, %v; want one", good, bad, err)
 	}

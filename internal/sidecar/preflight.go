@@ -274,19 +274,13 @@ func preflightStore(ctx context.Context, o Options, timeout time.Duration) Prefl
 // preflightRedis PINGs Redis through the client m1-authz would build.
 func preflightRedis(ctx context.Context, o Options, timeout time.Duration) PreflightCheck {
 	const name = "redis"
-	if o.RedisURL == "" {
+	if o.Redis.URL == "" {
 		return okCheck(name, "REDIS_URL not set: single use, grant counts and revocations are kept in the store (one sidecar alone, or sidecars sharing PostgreSQL)")
 	}
-	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
-	conn, err := redisconn.New(redisconn.Options{
-		URL:            o.RedisURL,
-		Password:       o.RedisPassword,
-		DB:             o.RedisDB,
-		TLS:            o.RedisTLS,
-		MaxRetries:     -1, // one attempt: the timeout below bounds it
-		ConnectTimeout: min(ms(o.RedisConnectTimeoutMS), timeout),
-		CommandTimeout: min(ms(o.RedisCommandTimeoutMS), timeout),
-	}, nil, zap.NewNop())
+	ro := o.Redis
+	ro.MaxRetries = -1 // one attempt: the timeout below bounds it
+	ro.ConnectTimeout, ro.CommandTimeout = min(ro.ConnectTimeout, timeout), min(ro.CommandTimeout, timeout)
+	conn, err := redisconn.New(ro, nil, zap.NewNop())
 	if err != nil {
 		return failCheck(name, err)
 	}

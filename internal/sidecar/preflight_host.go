@@ -24,17 +24,17 @@ import (
 func preflightTLS(o Options, now time.Time) PreflightCheck {
 	const name = "tls certificate"
 	switch {
-	case o.TLSCertFile == "" && o.TLSKeyFile == "":
+	case o.TLS.CertFile == "" && o.TLS.KeyFile == "":
 		return okCheck(name, "not set (M1_TLS_CERT_FILE): both ports are plaintext")
-	case o.TLSCertFile == "" || o.TLSKeyFile == "":
+	case o.TLS.CertFile == "" || o.TLS.KeyFile == "":
 		return failCheck(name, errors.New("M1_TLS_CERT_FILE and M1_TLS_KEY_FILE go together: set both or neither"))
 	}
-	cert, err := certs.LoadKeyPair(o.TLSCertFile, o.TLSKeyFile)
+	cert, err := certs.LoadKeyPair(o.TLS.CertFile, o.TLS.KeyFile)
 	if err != nil {
 		return failCheck(name, err)
 	}
 	leaf := cert.Leaf
-	detail := fmt.Sprintf("%s: %s (%s)", o.TLSCertFile, leaf.Subject, strings.Join(certs.Names(leaf), ", "))
+	detail := fmt.Sprintf("%s: %s (%s)", o.TLS.CertFile, leaf.Subject, strings.Join(certs.Names(leaf), ", "))
 	if len(certs.Names(leaf)) == 0 {
 		detail += "; no subject alternative name: clients that verify the server refuse it"
 	}
@@ -44,7 +44,7 @@ func preflightTLS(o Options, now time.Time) PreflightCheck {
 		c := leaf
 		if i > 0 {
 			if c, err = x509.ParseCertificate(der); err != nil {
-				return failCheck(name, fmt.Errorf("%s: certificate %d of the chain: %w", o.TLSCertFile, i+1, err))
+				return failCheck(name, fmt.Errorf("%s: certificate %d of the chain: %w", o.TLS.CertFile, i+1, err))
 			}
 			chain = append(chain, c.Subject.String())
 		}
@@ -84,13 +84,13 @@ func days(d time.Duration) string {
 // and they have not expired.
 func preflightClientCA(o Options, now time.Time) PreflightCheck {
 	const name = "tls client CA"
-	if o.TLSClientCAFile == "" {
+	if o.TLS.ClientCAFile == "" {
 		return okCheck(name, "not set (M1_TLS_CLIENT_CA_FILE): gRPC asks for no client certificate")
 	}
-	if o.TLSCertFile == "" {
+	if o.TLS.CertFile == "" {
 		return failCheck(name, errors.New("M1_TLS_CLIENT_CA_FILE needs M1_TLS_CERT_FILE and M1_TLS_KEY_FILE: mutual TLS is TLS first"))
 	}
-	_, cas, err := certs.LoadCAs(o.TLSClientCAFile)
+	_, cas, err := certs.LoadCAs(o.TLS.ClientCAFile)
 	if err != nil {
 		return failCheck(name, err)
 	}
@@ -108,7 +108,7 @@ func preflightClientCA(o Options, now time.Time) PreflightCheck {
 			first = c
 		}
 	}
-	detail := fmt.Sprintf("%s: %d CA certificates (%s)", o.TLSClientCAFile, len(cas), strings.Join(subjects, "; "))
+	detail := fmt.Sprintf("%s: %d CA certificates (%s)", o.TLS.ClientCAFile, len(cas), strings.Join(subjects, "; "))
 	if live == 0 {
 		return failCheck(name, fmt.Errorf("%s; every one has expired: no client certificate can verify", detail))
 	}

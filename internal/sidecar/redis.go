@@ -37,21 +37,10 @@ var _ stateStore = (*state.Memory)(nil)
 // fencing, invalidation) and the L2 decision cache. Nothing connects yet.
 func (s *Server) setupRedis() error {
 	o := s.opts
-	if o.RedisURL == "" {
+	if o.Redis.URL == "" {
 		return nil
 	}
-	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
-	conn, err := redisconn.New(redisconn.Options{
-		URL:            o.RedisURL,
-		Password:       o.RedisPassword,
-		DB:             o.RedisDB,
-		TLS:            o.RedisTLS,
-		MaxRetries:     o.RedisMaxRetries,
-		RetryDelay:     ms(o.RedisRetryDelayMS),
-		RetryDelayMax:  ms(o.RedisRetryDelayMaxMS),
-		ConnectTimeout: ms(o.RedisConnectTimeoutMS),
-		CommandTimeout: ms(o.RedisCommandTimeoutMS),
-	}, o.Registerer, s.log.Named("redis"))
+	conn, err := redisconn.New(o.Redis, o.Registerer, s.log.Named("redis"))
 	if err != nil {
 		return err
 	}
@@ -61,7 +50,7 @@ func (s *Server) setupRedis() error {
 	// A check waits on Redis at most this long, retries included: under
 	// Envoy's ext_authz timeout (500 ms in deploy/envoy), so the caller
 	// gets M1's JSON deny rather than Envoy's timeout.
-	ro.Timeout = min(ms(o.RedisCommandTimeoutMS)*time.Duration(o.RedisMaxRetries+1), maxStateWait)
+	ro.Timeout = min(o.Redis.CommandTimeout*time.Duration(o.Redis.MaxRetries+1), maxStateWait)
 	ro.EpochMargin = o.ClockSkew
 	ro.Now = o.Now
 	ro.Logger = s.log.Named("state")
@@ -94,9 +83,8 @@ func (s *Server) rateLimiter() (authz.RateLimiter, error) {
 	if s.redis == nil {
 		return local, nil
 	}
-	ms := time.Duration(s.opts.RedisCommandTimeoutMS) * time.Millisecond
 	return ratelimit.NewRedis(ratelimit.RedisOptions{
-		Client: s.redis.Client(), Limits: limits, Fallback: local, Timeout: min(ms, maxStateWait),
+		Client: s.redis.Client(), Limits: limits, Fallback: local, Timeout: min(s.opts.Redis.CommandTimeout, maxStateWait),
 		Up: s.redis.Connected, Logger: s.log.Named("ratelimit"),
 	})
 }

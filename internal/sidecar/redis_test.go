@@ -55,9 +55,9 @@ func startPair(t testing.TB, withRedis bool, mod func(*Options)) *sharedPair {
 		o := testOptions(t)
 		o.JWKSFile, o.Audience = path, "tools.local"
 		if r != nil {
-			o.RedisURL = r.URL()
+			o.Redis.URL = r.URL()
 		}
-		o.RedisCommandTimeoutMS = 300
+		o.Redis.CommandTimeout = 300 * time.Millisecond
 		o.ClockSkew = time.Second // the epoch margin: a new epoch starts skew+1s ahead
 		if mod != nil {
 			mod(&o)

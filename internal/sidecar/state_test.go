@@ -277,7 +277,7 @@ func TestRevocationSurvivesRedisFlush(t *testing.T) {
 	r := testenv.StartRedis(t, testenv.RedisOptions{})
 	withRedis := func(dir string) Options {
 		o := k.options(t, dir)
-		o.RedisURL, o.RedisCommandTimeoutMS, o.ClockSkew = r.URL(), 300, time.Second
+		o.Redis.URL, o.Redis.CommandTimeout, o.ClockSkew = r.URL(), 300*time.Millisecond, time.Second
 		return o
 	}
 	dir := testenv.DataDir(t)

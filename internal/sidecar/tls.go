@@ -14,10 +14,10 @@ import (
 // M1_TLS_CERT_FILE both listeners stay plaintext.
 func (s *Server) setupTLS() error {
 	o := s.opts
-	if o.TLSCertFile == "" {
+	if o.TLS.CertFile == "" {
 		return nil
 	}
-	r, err := certs.NewReloader(o.TLSCertFile, o.TLSKeyFile, o.TLSClientCAFile, s.log.Named("tls"))
+	r, err := certs.NewReloader(o.TLS.CertFile, o.TLS.KeyFile, o.TLS.ClientCAFile, s.log.Named("tls"))
 	if err != nil {
 		return fmt.Errorf("load M1_TLS_CERT_FILE, M1_TLS_KEY_FILE, M1_TLS_CLIENT_CA_FILE: %w", err)
 	}

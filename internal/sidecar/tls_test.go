@@ -78,7 +78,7 @@ func TestMutualTLSPrincipal(t *testing.T) {
 	ca := certstest.NewCA(t, "m1 test CA")
 	srv := ca.Server(t)
 	o := testOptions(t)
-	o.TLSCertFile, o.TLSKeyFile, o.TLSClientCAFile = srv.CertFile, srv.KeyFile, ca.File
+	o.TLS.CertFile, o.TLS.KeyFile, o.TLS.ClientCAFile = srv.CertFile, srv.KeyFile, ca.File
 	s := startServer(t, o)
 	const id = "spiffe://example.org/ns/agents/sa/planner"
 	agent := ca.Client(t, id)
@@ -135,7 +135,7 @@ func TestTLSRotationUnderLiveConnection(t *testing.T) {
 	ca := certstest.NewCA(t, "m1 test CA")
 	srv := ca.Server(t)
 	o := testOptions(t)
-	o.TLSCertFile, o.TLSKeyFile = srv.CertFile, srv.KeyFile
+	o.TLS.CertFile, o.TLS.KeyFile = srv.CertFile, srv.KeyFile
 	s := startServer(t, o)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -210,7 +210,7 @@ func TestTLSHealthWarnsBeforeExpiry(t *testing.T) {
 	ca := certstest.NewCA(t, "m1 test CA")
 	srv := ca.Issue(t, certstest.Options{CommonName: "short", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, NotAfter: time.Now().Add(72 * time.Hour)})
 	o := testOptions(t)
-	o.TLSCertFile, o.TLSKeyFile = srv.CertFile, srv.KeyFile
+	o.TLS.CertFile, o.TLS.KeyFile = srv.CertFile, srv.KeyFile
 	s, err := New(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
