@@ -18,7 +18,6 @@ import (
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/cache"
 	"github.com/m1-agent/m1/internal/deny"
-	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/ratelimit"
 	"github.com/m1-agent/m1/internal/store"
@@ -74,7 +73,7 @@ type Options struct {
 	RateLimit      RateLimiter    // nil: no rate limits
 	ClockSkew      time.Duration  // leeway of token times; used records outlive exp by it
 	Logger         *zap.Logger
-	Metrics        *metrics.Authz
+	Metrics        *Metrics
 	Now            func() time.Time
 
 	// PrincipalHeader (lower-case) is the request header that the Envoy in
@@ -500,9 +499,9 @@ func jtiOf(c *approval.Claims) string {
 // record updates metrics and logs the decision at debug level.
 func (s *Service) record(v *verdict, start time.Time) {
 	elapsed := s.opts.Now().Sub(start)
-	decision := metrics.Deny
+	decision := DecisionDeny
 	if v.allowed {
-		decision = metrics.Allow
+		decision = DecisionAllow
 	}
 	s.opts.Metrics.Checks.WithLabelValues(decision, v.code).Inc()
 	if v.tokenResult != "" {

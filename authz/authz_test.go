@@ -18,7 +18,6 @@ import (
 
 	"github.com/m1-agent/m1/internal/cache"
 	"github.com/m1-agent/m1/internal/deny"
-	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/policies"
@@ -53,14 +52,14 @@ func regoEngine(t testing.TB, src string) *policy.Engine {
 
 type testService struct {
 	*Service
-	m   *metrics.Authz
+	m   *Metrics
 	reg *prometheus.Registry
 }
 
 func newService(t testing.TB, e *policy.Engine, withCache bool) testService {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	m, err := metrics.NewAuthz(reg)
+	m, err := NewMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}

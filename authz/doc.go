@@ -69,7 +69,7 @@
 // overwriting what the client sent, and removes the approval token and any
 // other client-sent x-m1-* header (x_m1_* too) before the tool sees the
 // request. A deny M1 writes itself has the JSON body {"error", "reason",
-// "decision_id"}. Every decision is counted in metrics.Authz and handed to
+// "decision_id"}. Every decision is counted in Metrics and handed to
 // the [Auditor], which must not block: arguments are kept only for allowed
 // calls of tools the registry marks non-sensitive, and a deny's reason is
 // clipped to 1 KiB. A shadow policy ([Service.SetShadow]) is evaluated off

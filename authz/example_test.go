@@ -14,7 +14,6 @@ import (
 
 	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/cache"
-	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/policies"
@@ -34,7 +33,7 @@ func ExampleNew() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	m, err := metrics.NewAuthz(prometheus.NewRegistry())
+	m, err := authz.NewMetrics(prometheus.NewRegistry())
 	if err != nil {
 		log.Fatal(err)
 	}

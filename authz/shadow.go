@@ -13,7 +13,6 @@ import (
 
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/deny"
-	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/toolcall"
@@ -140,7 +139,7 @@ func (s *Service) runShadow(req *authv3.CheckRequest, sh *policy.Engine, sv *sha
 
 func label(allowed bool) string {
 	if allowed {
-		return metrics.Allow
+		return DecisionAllow
 	}
-	return metrics.Deny
+	return DecisionDeny
 }

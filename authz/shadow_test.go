@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/m1-agent/m1/internal/deny"
-	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/store"
 )
@@ -105,8 +104,8 @@ func TestSwapUnderLoad(t *testing.T) {
 			for _, e := range ev.list() {
 				seen[e.PolicyRevision]++
 				switch {
-				case e.PolicyRevision == "rev-allow" && e.Decision != metrics.Allow,
-					e.PolicyRevision == "rev-deny" && (e.Decision != metrics.Deny || e.Detail != "rev-deny"),
+				case e.PolicyRevision == "rev-allow" && e.Decision != DecisionAllow,
+					e.PolicyRevision == "rev-deny" && (e.Decision != DecisionDeny || e.Detail != "rev-deny"),
 					e.PolicyRevision != "rev-allow" && e.PolicyRevision != "rev-deny":
 					t.Fatalf("audit event %s: revision %q decision %q detail %q; the revision must be the one that decided",
 						e.DecisionID, e.PolicyRevision, e.Decision, e.Detail)

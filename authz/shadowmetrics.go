@@ -2,8 +2,6 @@ package authz
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/m1-agent/m1/internal/metrics"
 )
 
 // ShadowMetrics are the metrics of shadow evaluation (DESIGN §5), which
@@ -32,8 +30,8 @@ func NewShadowMetrics(reg prometheus.Registerer) (*ShadowMetrics, error) {
 			return nil, err
 		}
 	}
-	for _, a := range []string{metrics.Allow, metrics.Deny} {
-		for _, s := range []string{metrics.Allow, metrics.Deny} {
+	for _, a := range []string{DecisionAllow, DecisionDeny} {
+		for _, s := range []string{DecisionAllow, DecisionDeny} {
 			m.Decisions.WithLabelValues(a, s)
 		}
 	}

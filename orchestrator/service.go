@@ -19,7 +19,6 @@ import (
 
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/deny"
-	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/toolcall"
 )
@@ -87,10 +86,10 @@ type Options struct {
 	// admin token, nobody may write an approval in an operator's name.
 	Verifier *approval.Verifier
 
-	HTTPClient *http.Client          // for dispatch; nil means a client without timeout (DispatchTimeout applies)
-	Metrics    *metrics.Orchestrator // nil records none
-	Logger     *zap.Logger           // nil logs nothing
-	Now        func() time.Time      // nil means time.Now
+	HTTPClient *http.Client     // for dispatch; nil means a client without timeout (DispatchTimeout applies)
+	Metrics    *Metrics         // nil records none
+	Logger     *zap.Logger      // nil logs nothing
+	Now        func() time.Time // nil means time.Now
 	Version    string
 
 	// GatewayLimits bound the proposals sidecars file per principal;

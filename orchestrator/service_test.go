@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/m1-agent/m1/internal/approval"
-	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/internal/store/sqlite"
 	"github.com/m1-agent/m1/internal/testenv"
@@ -146,7 +145,7 @@ type fixture struct {
 	tool  *toolServer
 	key   *approval.SigningKey
 	reg   *prometheus.Registry
-	m     *metrics.Orchestrator
+	m     *orchestrator.Metrics
 	now   time.Time
 	mu    sync.Mutex
 }
@@ -181,7 +180,7 @@ func newFixture(t *testing.T, p orchestrator.Planner, mod func(*orchestrator.Opt
 		t.Fatal(err)
 	}
 	f := &fixture{rec: any(st).(store.Records), audit: &memAudit{}, tool: ts, key: key, reg: prometheus.NewRegistry(), now: time.Now().UTC()}
-	f.m, err = metrics.NewOrchestrator(f.reg)
+	f.m, err = orchestrator.NewMetrics(f.reg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/m1-agent/m1/authz"
-	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/state"
 	"github.com/m1-agent/m1/policies"
@@ -145,7 +144,7 @@ func runPolicyEval(ctx context.Context, c *cmdIO, args []string) int {
 		return fail(c, "policy eval", fmt.Errorf("input %s: %w", *input, err))
 	} else if ok {
 		// The sidecar's decision path, with metrics on a private registry.
-		m, err := metrics.NewAuthz(prometheus.NewRegistry())
+		m, err := authz.NewMetrics(prometheus.NewRegistry())
 		if err != nil {
 			return fail(c, "policy eval", err)
 		}

@@ -309,15 +309,25 @@ func seedXSSAgent(t *testing.T, data string) {
 // computed display of the element of shown.
 func hoverDisplay(t *testing.T, b *testenv.Browser, target, shown string) string {
 	t.Helper()
-	var rect struct{ X, Y float64 }
-	if err := json.Unmarshal([]byte(b.Eval(t, `(() => { const r = document.querySelector('`+target+`').getBoundingClientRect(); return JSON.stringify({X: r.x + r.width / 2, Y: r.y + 10}); })()`)), &rect); err != nil {
-		t.Fatal(err)
+	// The page lays itself out again as documents arrive (a table fills,
+	// a notice shows): the target is scrolled into view and hovered again
+	// until the shown element's display settles, for a few seconds at most.
+	display := ""
+	for range 20 {
+		var rect struct{ X, Y float64 }
+		if err := json.Unmarshal([]byte(b.Eval(t, `(() => { const e = document.querySelector('`+target+`'); e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect(); return JSON.stringify({X: r.x + r.width / 2, Y: r.y + 10}); })()`)), &rect); err != nil {
+			t.Fatal(err)
+		}
+		b.Do(t, "hover "+target, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			_, err := cdp.Call(ctx, tg, input.DispatchMouseEvent, input.DispatchMouseEventParams{Type: input.DispatchMouseEventTypeMouseMoved, X: rect.X, Y: rect.Y})
+			return err
+		}))
+		if display = b.Eval(t, `getComputedStyle(document.querySelector('`+shown+`')).display`); display == "block" {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	b.Do(t, "hover "+target, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-		_, err := cdp.Call(ctx, tg, input.DispatchMouseEvent, input.DispatchMouseEventParams{Type: input.DispatchMouseEventTypeMouseMoved, X: rect.X, Y: rect.Y})
-		return err
-	}))
-	return b.Eval(t, `getComputedStyle(document.querySelector('`+shown+`')).display`)
+	return display
 }
 
 // screenshot saves a PNG of the page under $M1_SCREENSHOTS (make

@@ -32,7 +32,6 @@ import (
 	"github.com/m1-agent/m1/internal/audit"
 	"github.com/m1-agent/m1/internal/buildinfo"
 	"github.com/m1-agent/m1/internal/certs"
-	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/internal/store/backend"
 	"github.com/m1-agent/m1/orchestrator"
@@ -329,11 +328,11 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		return nil, fmt.Errorf("approval verifier: %w", err)
 	}
 	s.keys = approval.NewWatcher(o.JWKSFile, nil, verifier, o.Logger.Named("keys"))
-	m, err := metrics.NewOrchestrator(o.Registerer)
+	m, err := orchestrator.NewMetrics(o.Registerer)
 	if err != nil {
 		return nil, err
 	}
-	if err := metrics.RegisterBuildInfo(o.Registerer, o.Version, buildinfo.Revision()); err != nil {
+	if err := buildinfo.RegisterMetric(o.Registerer, o.Version, buildinfo.Revision()); err != nil {
 		return nil, err
 	}
 

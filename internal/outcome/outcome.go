@@ -39,7 +39,7 @@ import (
 	"github.com/maypok86/otter/v2"
 	"go.uber.org/zap"
 
-	"github.com/m1-agent/m1/internal/metrics"
+	"github.com/m1-agent/m1/authz"
 	"github.com/m1-agent/m1/internal/store"
 )
 
@@ -163,12 +163,12 @@ func (s *Server) Decided(e store.Event) {
 		return
 	}
 	switch {
-	case e.Decision == metrics.Allow && e.Tool != "":
+	case e.Decision == authz.DecisionAllow && e.Tool != "":
 		s.calls.Set(e.DecisionID, &call{
 			tool: e.Tool, principal: e.Principal, runID: e.RunID, proposalID: e.ProposalID,
 			argsSHA256: e.ArgsSHA256, revision: e.PolicyRevision, jti: e.TokenJTI,
 		})
-	case e.Decision == metrics.Allow:
+	case e.Decision == authz.DecisionAllow:
 		s.others.Set(e.DecisionID, reasonNotToolCall)
 	default:
 		s.others.Set(e.DecisionID, reasonDenied)

@@ -31,7 +31,7 @@ type followed struct {
 
 // policyMetrics are the metrics of policy distribution (DESIGN §5) the
 // sidecar records: bundle loads. m1_policy_bundle_info is the decision
-// path's (metrics.Authz.BundleInfo), and the shadow's are
+// path's (authz.Metrics.BundleInfo), and the shadow's are
 // authz.ShadowMetrics.
 type policyMetrics struct {
 	loadErrors  prometheus.Counter // m1_policy_bundle_load_errors_total

@@ -35,7 +35,6 @@ import (
 	"github.com/m1-agent/m1/internal/cache"
 	"github.com/m1-agent/m1/internal/cache/rediscache"
 	"github.com/m1-agent/m1/internal/certs"
-	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/outcome"
 	"github.com/m1-agent/m1/internal/policy"
 	"github.com/m1-agent/m1/internal/redisconn"
@@ -102,11 +101,11 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if err := opts.validate(); err != nil {
 		return nil, fmt.Errorf("options: %w", err)
 	}
-	m, err := metrics.NewAuthz(opts.Registerer)
+	m, err := authz.NewMetrics(opts.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
-	if err := metrics.RegisterBuildInfo(opts.Registerer, opts.Version, buildinfo.Revision()); err != nil {
+	if err := buildinfo.RegisterMetric(opts.Registerer, opts.Version, buildinfo.Revision()); err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
 	pm, err := newPolicyMetrics(opts.Registerer)
