@@ -499,6 +499,7 @@ func (s *Server) adminHandler() http.Handler {
 	routes := revocations.Routes()
 	maps.Copy(routes, dashboard.Routes())
 	routes["POST /api/m1/cache/flush"] = http.HandlerFunc(s.flushCache)
+	maps.Copy(routes, pprofRoutes())
 	origins, _ := admin.ParseOrigins(s.opts.AllowedOrigins) // checked by validate
 	return admin.NewHandler(admin.Options{
 		Routes:         routes,
