@@ -125,6 +125,10 @@ func testRecordUses(t *testing.T, b Backend) {
 		{"a grant used 4 times in one batch", []store.Use{grant, approval, grant, grant, grant}, []bool{true, false, true, true, false}},
 		{"the grant used up", []store.Use{grant}, []bool{false}},
 		{"other jtis", []store.Use{{JTI: "approval-2", MaxUses: 1, ExpiresAt: exp}, {JTI: "ü-ключ", MaxUses: 2, ExpiresAt: exp}}, []bool{true, true}},
+		// One jti presented with two limits in one batch (two tokens that
+		// share a jti): each use is decided in order, against the count so far.
+		{"one jti, two limits", []store.Use{{JTI: "shared", MaxUses: 1, ExpiresAt: exp}, {JTI: "shared", MaxUses: 1, ExpiresAt: exp},
+			{JTI: "shared", MaxUses: 3, ExpiresAt: exp}, {JTI: "approval-3", MaxUses: 1, ExpiresAt: exp}}, []bool{true, false, true, true}},
 	} {
 		got := record(t, s, epoch, now, tc.uses...)
 		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
@@ -141,8 +145,8 @@ func testRecordUses(t *testing.T, b Backend) {
 			t.Errorf("Uses()[%s] = %+v, want %+v", jti, got, want)
 		}
 	}
-	if len(recs) != 4 {
-		t.Errorf("Uses() = %d records, want 4", len(recs))
+	if len(recs) != 6 {
+		t.Errorf("Uses() = %d records, want 6", len(recs))
 	}
 	// A later use with a later expiry moves the record's expiry on.
 	later := base.Add(20 * time.Minute)
