@@ -84,6 +84,19 @@ type Options struct {
 	Logger         *zap.Logger
 	Metrics        *metrics.Authz
 	Now            func() time.Time
+
+	// PrincipalHeader (lower-case) is the request header that the Envoy in
+	// front of the sidecar sets to the authenticated agent, overwriting
+	// what a client sent (M1_PRINCIPAL_HEADER); "" trusts no header.
+	PrincipalHeader string
+	// Gateway holds approvals at the gateway (DESIGN §10); off by default.
+	Gateway GatewayOptions
+
+	// PeerPrincipal names the authenticated caller of Check (the SPIFFE ID
+	// of the gRPC peer's verified client certificate); nil or "": none. It
+	// is the principal only when neither a token, the principal header nor
+	// the CheckRequest's source names one (see decide).
+	PeerPrincipal func(ctx context.Context) string
 }
 
 // Service answers Envoy's Check calls. It is safe for concurrent use; the
@@ -110,6 +123,10 @@ func New(opts Options, engine *policy.Engine) (*Service, error) {
 		return nil, fmt.Errorf("authz: ApprovalHeader %q must be a non-empty lower-case header name", opts.ApprovalHeader)
 	case opts.Parse.MCPPath == "" || opts.Parse.MaxBodyBytes <= 0:
 		return nil, fmt.Errorf("authz: Parse.MCPPath and Parse.MaxBodyBytes are required")
+	case opts.PrincipalHeader != strings.ToLower(opts.PrincipalHeader):
+		return nil, fmt.Errorf("authz: PrincipalHeader %q must be lower-case", opts.PrincipalHeader)
+	case opts.Gateway.Approvals != nil && (opts.Gateway.Timeout <= 0 || opts.Gateway.PublicURL == ""):
+		return nil, fmt.Errorf("authz: Gateway.Timeout and Gateway.PublicURL are required with Gateway.Approvals")
 	}
 	s := &Service{opts: opts, debug: opts.Logger.Core().Enabled(zapcore.DebugLevel)}
 	s.ids.seed()
@@ -177,6 +194,9 @@ type verdict struct {
 	// tokenResult is the m1_token_verifications_total result: "" without a
 	// token, "ok", or the token-related deny code.
 	tokenResult string
+	// proposalID is the gateway proposal of the call (DESIGN §10): the
+	// one it waits on, or whose held approval it claimed.
+	proposalID string
 }
 
 // refuse makes v a deny with code, the code's status (internal/deny) and
@@ -221,7 +241,18 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, v *verdi
 		v.refuse(rerr.Code, rerr.Reason)
 		return headers
 	}
+	// The principal, narrowest first: the token's sub (checkToken sets
+	// it), the configured principal header Envoy sets, the downstream peer
+	// Envoy verified (source.principal), then the peer that called Check —
+	// the Envoy itself, which names the agent only where that Envoy serves
+	// one agent.
 	v.principal = attrs.GetSource().GetPrincipal()
+	if p, ok := s.headerPrincipal(headers); ok {
+		v.principal = p
+	}
+	if v.principal == "" && s.opts.PeerPrincipal != nil {
+		v.principal = s.opts.PeerPrincipal(ctx)
+	}
 	if raw, ok := headers.Lookup(s.opts.ApprovalHeader); ok && !s.checkToken(ctx, tokenFromHeader(raw), v) {
 		return headers
 	}
@@ -229,6 +260,9 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, v *verdi
 		return headers
 	}
 	s.evaluate(ctx, req, headers, v)
+	if s.holdsApprovals(v) {
+		s.holdAtGateway(ctx, req, headers, v)
+	}
 	if v.allowed && v.claims != nil && call.Kind == toolcall.KindToolCall {
 		s.consume(ctx, v)
 	}
@@ -441,6 +475,9 @@ func (s *Service) audit(v *verdict, decision string, start time.Time, elapsed ti
 	}
 	if c := v.claims; c != nil {
 		e.TokenJTI, e.ProposalID = c.ID, c.ProposalID
+	}
+	if e.ProposalID == "" {
+		e.ProposalID = v.proposalID
 	}
 	if v.allowed && len(v.call.Args) > 0 && engine != nil && engine.ArgsAuditable(v.call.Tool) {
 		e.Args = v.call.Args // validated JSON, as sent; never modified

@@ -153,6 +153,7 @@ type denyBody struct {
 	Error      string `json:"error"`
 	Reason     string `json:"reason"`
 	DecisionID string `json:"decision_id"`
+	ProposalID string `json:"proposal_id,omitempty"` // approval_pending, approval_rejected (DESIGN §10)
 }
 
 // deny builds the PERMISSION_DENIED response with the verdict's status and
@@ -170,10 +171,14 @@ func (s *Service) deny(v *verdict, _ toolcall.Headers) *authv3.CheckResponse {
 		hdrs = append(hdrs, setHeader("retry-after", strconv.FormatInt(int64(v.retryAfter/time.Second), 10)))
 	}
 	var body string
-	if d != nil && d.HasBody {
+	httpStatus := v.status
+	if rpc, ok := s.mcpPending(v); ok {
+		body, httpStatus = rpc, 200
+		hdrs = append(hdrs, setHeader(contentType, jsonType))
+	} else if d != nil && d.HasBody {
 		body = d.Body
 	} else {
-		b, _ := json.Marshal(denyBody{Error: v.code, Reason: v.reason, DecisionID: v.id})
+		b, _ := json.Marshal(denyBody{Error: v.code, Reason: v.reason, DecisionID: v.id, ProposalID: v.proposalID})
 		body = string(b)
 		hdrs = append(hdrs, setHeader(contentType, jsonType))
 	}
@@ -185,7 +190,7 @@ func (s *Service) deny(v *verdict, _ toolcall.Headers) *authv3.CheckResponse {
 	resp := &authv3.CheckResponse{
 		Status: &status.Status{Code: denyStatusRP, Message: v.code},
 		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
-			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(v.status)},
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(httpStatus)},
 			Headers: hdrs,
 			Body:    body,
 		}},

@@ -471,3 +471,47 @@ func deniedHeader(r result, k string) string {
 	}
 	return ""
 }
+
+// The principal, narrowest first: the token's sub, the configured
+// principal header (set by Envoy), the CheckRequest's source principal (the
+// downstream peer Envoy verified), the gRPC peer's SPIFFE ID
+// (PeerPrincipal).
+func TestPrincipalPrecedence(t *testing.T) {
+	const (
+		source = "spiffe://cluster.local/ns/agents/sa/agent-42"
+		peer   = "spiffe://cluster.local/ns/tools/sa/envoy"
+	)
+	f := newTokenFixture(t)
+	f.opts.PeerPrincipal = func(context.Context) string { return peer }
+	f.opts.PrincipalHeader = "x-agent-id"
+	tests := []struct {
+		name   string
+		token  bool
+		header string
+		source string
+		want   string
+	}{
+		{"token, header, source and peer", true, "agent-7", source, "agent-42"},
+		{"header, source and peer", false, "agent-7", source, "agent-7"},
+		{"source and peer", false, "", source, source},
+		{"peer alone", false, "", "", peer},
+	}
+	for _, tt := range tests {
+		req := httpReq("POST", "/mcp", mcpCall("read_file", readArgs))
+		if tt.token {
+			req = withToken(writeReq(`{"path":"/tmp/x"}`), f.mint(t, nil))
+		}
+		if tt.header != "" {
+			req.Headers["x-agent-id"] = tt.header
+		}
+		cr := checkReq(req)
+		cr.Attributes.Source.Principal = tt.source
+		resp, err := f.Check(context.Background(), cr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok := resp.GetOkResponse(); ok == nil || !hasHeader(ok.GetHeaders(), HeaderPrincipal, tt.want) {
+			t.Errorf("Check(%s): %v, want an allow naming principal %s", tt.name, resp, tt.want)
+		}
+	}
+}

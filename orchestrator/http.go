@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/m1-agent/m1/internal/admin"
+	"github.com/m1-agent/m1/internal/gateway"
 	"github.com/m1-agent/m1/internal/store"
 )
 
@@ -37,6 +38,8 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/proposals/{id}/approval", s.handleApproval)
 	mux.HandleFunc("POST /v1/proposals/{id}/rejection", s.handleRejection)
 	mux.HandleFunc("GET /v1/costs", s.handleCosts)
+	mux.Handle("POST "+gateway.PathProposals, s.GatewayHandler())
+	mux.Handle("POST "+gateway.PathClaims, s.GatewayHandler())
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
@@ -194,6 +197,8 @@ func (s *Service) storeError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, errNotPending):
 		writeError(w, http.StatusConflict, "not_pending", err.Error())
+	case errors.Is(err, ErrNoPlanner):
+		writeError(w, http.StatusServiceUnavailable, "no_planner", err.Error())
 	case errors.Is(err, ErrStopped):
 		writeError(w, http.StatusServiceUnavailable, "stopping", "the orchestrator is shutting down; try again")
 	default:
@@ -206,7 +211,12 @@ func (s *Service) storeError(w http.ResponseWriter, err error) {
 // body past maxRequestBytes (or the server's limit) is 413 body_too_large
 // (admin.BodyTooLarge).
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBytes))
+	return decodeN(w, r, v, maxRequestBytes)
+}
+
+// decodeN is decode with a body limit of n bytes.
+func decodeN(w http.ResponseWriter, r *http.Request, v any, n int64) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, n))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		if !admin.BodyTooLarge(w, err) {

@@ -40,11 +40,14 @@ const (
 	KindRun       = "run"       // a run ended
 )
 
-// Config is what a Service needs; Records, Audit, Planner and Registry are
-// required.
+// Config is what a Service needs; Records, Audit, Registry and Verifier
+// are required.
 type Config struct {
-	Records  store.Records
-	Audit    Auditor
+	Records store.Records
+	Audit   Auditor
+	// Planner plans runs; nil runs the orchestrator without one (DESIGN
+	// §10): it serves approvals and the rest of its API, and StartRun
+	// fails with ErrNoPlanner.
 	Planner  Planner
 	Registry Registry
 	Prices   Prices
@@ -88,6 +91,9 @@ type Config struct {
 	Logger     *zap.Logger
 	Now        func() time.Time
 	Version    string
+
+	// GatewayLimits bound the proposals sidecars file per principal.
+	GatewayLimits GatewayLimits
 }
 
 // Service is the orchestrator: its HTTP API, the planning loop, dispatch
@@ -104,6 +110,9 @@ type Service struct {
 	mu       sync.Mutex
 	runLocks map[string]*runLock
 	stopped  bool // set by Stop: no new background work
+
+	filings filings // sidecars' new proposals per principal, for GatewayLimits
+
 	// reapprove holds, for each proposal pending again after a state_reset
 	// deny, the time a new approval must be issued at or after: the
 	// sidecar refuses any issued earlier. Kept in memory only: after a
@@ -113,6 +122,10 @@ type Service struct {
 
 // ErrStopped is returned for work asked of a Service that is stopping.
 var ErrStopped = errors.New("orchestrator: stopping")
+
+// ErrNoPlanner is returned by StartRun when the orchestrator runs without
+// a planner.
+var ErrNoPlanner = errors.New("orchestrator: no planner is configured (set ANTHROPIC_API_KEY or M1_PLAN_FILE); this orchestrator serves approvals only")
 
 // track registers one piece of work with the WaitGroup Stop waits on, or
 // reports false once Stop has begun (so that Add never races Wait).
@@ -138,8 +151,6 @@ func New(cfg Config) (*Service, error) {
 		return nil, errors.New("orchestrator: Config.Records is required")
 	case cfg.Audit == nil:
 		return nil, errors.New("orchestrator: Config.Audit is required")
-	case cfg.Planner == nil:
-		return nil, errors.New("orchestrator: Config.Planner is required")
 	case cfg.Verifier == nil:
 		return nil, errors.New("orchestrator: Config.Verifier is required: every approval is verified before it is recorded")
 	case len(cfg.Registry) == 0:
@@ -150,6 +161,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Prices == nil {
 		cfg.Prices = DefaultPrices()
 	}
+	cfg.GatewayLimits = cfg.GatewayLimits.withDefaults()
 	if cfg.MaxSteps <= 0 {
 		cfg.MaxSteps = 20
 	}
@@ -272,8 +284,8 @@ func (s *Service) recoverDispatches(ctx context.Context) {
 	now := s.now()
 	const why = "dispatch interrupted (the orchestrator stopped); see the sidecar's audit events for whether the tool ran"
 	for _, p := range ps {
-		if now.Sub(p.UpdatedAt) < 2*s.cfg.DispatchTimeout {
-			continue
+		if p.Origin == store.OriginSidecar || now.Sub(p.UpdatedAt) < 2*s.cfg.DispatchTimeout {
+			continue // a sidecar's approval is held, not dispatched
 		}
 		if _, err := s.cfg.Records.UpdateProposal(ctx, p.ID, store.ProposalApproved, store.ProposalUpdate{Status: store.ProposalFailed, Reason: why, UpdatedAt: now}); err != nil {
 			continue // decided meanwhile, or the store is down: the next sweep sees it
@@ -296,6 +308,9 @@ func (s *Service) recoverDispatches(ctx context.Context) {
 // StartRun creates a run and plans its first step. A planner failure does
 // not fail the call: the run is returned with status failed and the error.
 func (s *Service) StartRun(ctx context.Context, req RunRequest) (RunDetail, error) {
+	if s.cfg.Planner == nil {
+		return RunDetail{}, ErrNoPlanner
+	}
 	if !s.track() {
 		return RunDetail{}, ErrStopped
 	}
@@ -345,6 +360,9 @@ func nonNil[T any](s []T) []T {
 
 // goAdvance plans the run's next step in the background.
 func (s *Service) goAdvance(runID string) {
+	if runID == "" || s.cfg.Planner == nil {
+		return // a proposal outside a run (a sidecar's), or no planner: nothing to plan
+	}
 	if !s.track() {
 		return // stopping: the run resumes at the next start
 	}
@@ -612,10 +630,14 @@ func (s *Service) expire(ctx context.Context) {
 	runs := map[string]bool{}
 	for _, p := range ps {
 		s.forgetReapprove(p.ID)
+		detail := "not decided before " + p.ExpiresAt.UTC().Format(time.RFC3339)
+		if p.ApprovalJTI != "" {
+			detail = "the held approval was not claimed before it expired at " + p.ExpiresAt.UTC().Format(time.RFC3339)
+		}
 		s.audit(store.Event{
 			Kind: KindRejection, Time: p.DecidedAt, Principal: p.Agent, RunID: p.RunID, ProposalID: p.ID,
 			Tool: p.Tool, ArgsSHA256: p.ArgsSHA256, Decision: store.ProposalExpired, Reason: "expired",
-			Detail: "not decided before " + p.ExpiresAt.UTC().Format(time.RFC3339),
+			Detail: detail, TokenJTI: p.ApprovalJTI,
 		})
 		s.log.Info("proposal expired", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID))
 		runs[p.RunID] = true
@@ -669,6 +691,9 @@ func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error
 		return Decided{Proposal: p}, fmt.Errorf("%w: it expired at %s", errNotPending, p.ExpiresAt.UTC().Format(time.RFC3339))
 	}
 	approver := cmp.Or(claims.Actor, claims.Issuer)
+	if p.Origin == store.OriginSidecar {
+		return s.hold(ctx, p, token, approver, claims.ID, claims.Expiry)
+	}
 	p, err = s.cfg.Records.UpdateProposal(ctx, id, store.ProposalPending, store.ProposalUpdate{
 		Status: store.ProposalApproved, Approver: approver, ApprovalJTI: claims.ID, DecidedAt: now, UpdatedAt: now,
 	})

@@ -96,6 +96,7 @@ tests:
             exp_annotations:
               summary: "the sidecars of fs-tools in tools run different policy revisions"
               description: "A rollout has not finished, or some sidecars did not reload: the same call may be decided differently by different pods."
+              runbook_url: "https://github.com/m1-agent/m1/blob/main/docs/RUNBOOKS.md#m1policyrevisionsdiffer"
       - eval_time: 55m
         alertname: M1PolicyRevisionsDiffer
         exp_alerts: []

@@ -45,6 +45,9 @@ func FuzzParseCall(f *testing.F) {
 				t.Fatalf("accepted %q with member names %q and %q, equal under case folding", body, a, b)
 			}
 		}
+		if c.ID != nil && !json.Valid(c.ID) {
+			t.Fatalf("ID %q of %q is not one JSON value", c.ID, body)
+		}
 		if c.Kind != KindToolCall {
 			return
 		}

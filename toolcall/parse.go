@@ -49,13 +49,18 @@ type Call struct {
 	Tool       string // tool name (KindToolCall)
 	Args       []byte // raw JSON object of the arguments as sent (KindToolCall)
 	ArgsSHA256 string // hex SHA-256 of the JCS form of Args (KindToolCall)
-	MCPMethod  string // JSON-RPC method, "" for a response or the session stream (MCP path only)
-	IsMCP      bool   // the request went to the MCP path
-	Method     string
-	Host       string
-	Path       string // percent-decoded path without the query
-	RawPath    string // path with the query, as Envoy sent it
-	Truncated  bool   // Envoy says the body is partial
+	// ID is the JSON-RPC id of a message posted to the MCP path, exactly
+	// as sent (any JSON value, checked as strictly as the rest of the
+	// body), nil when the message has none: the id an answer that M1
+	// writes in the tool's place must carry.
+	ID        []byte
+	MCPMethod string // JSON-RPC method, "" for a response or the session stream (MCP path only)
+	IsMCP     bool   // the request went to the MCP path
+	Method    string
+	Host      string
+	Path      string // percent-decoded path without the query
+	RawPath   string // path with the query, as Envoy sent it
+	Truncated bool   // Envoy says the body is partial
 }
 
 // Error is a request M1 refuses to guess at: it is denied with the stable
@@ -607,6 +612,12 @@ func parseMCP(c Call, body []byte) (Call, *Error) {
 			return c, badRequest("JSON-RPC key " + strconv.Quote(string(key)) + " differs from a member name only in case")
 		}
 		switch string(key) {
+		case "id":
+			off := s.offset()
+			if err := s.skip(); err != nil {
+				return c, scanError(err)
+			}
+			c.ID = s.rawSince(off)
 		case "method":
 			if s.dec.PeekKind() != '"' {
 				if err := s.skip(); err != nil {

@@ -318,3 +318,37 @@ func TestCanonicalFormMatchesJCS(t *testing.T) {
 		}
 	}
 }
+
+// TestParseCallID: the JSON-RPC id is kept exactly as sent (the answer M1
+// writes in the tool's place must carry it), and an id is checked as
+// strictly as the rest of the body.
+func TestParseCallID(t *testing.T) {
+	tests := []struct {
+		name, body, want string
+		wantErr          string // deny code, "" for none
+	}{
+		{"number", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x"}}`, `7`, ""},
+		{"string with escapes", `{"jsonrpc":"2.0","id":"a\u0062\"c","method":"tools/call","params":{"name":"x"}}`, `"a\u0062\"c"`, ""},
+		{"after params, spaced", `{"params":{"name":"x"},"method":"tools/call","id" :  "q-1" }`, `"q-1"`, ""},
+		{"null", `{"jsonrpc":"2.0","id":null,"method":"ping"}`, `null`, ""},
+		{"absent (notification)", `{"jsonrpc":"2.0","method":"notifications/initialized"}`, ``, ""},
+		{"response", `{"jsonrpc":"2.0","id":3,"result":{}}`, `3`, ""},
+		{"number not canonical", `{"jsonrpc":"2.0","id":9007199254740993,"method":"tools/call","params":{"name":"x"}}`, ``, deny.NumberNotCanonical},
+		{"duplicate id", `{"jsonrpc":"2.0","id":1,"id":2,"method":"tools/call","params":{"name":"x"}}`, ``, deny.BadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := parse(httpReq("POST", "/mcp", tt.body))
+			switch {
+			case tt.wantErr != "" && (err == nil || err.Code != tt.wantErr):
+				t.Fatalf("Parse(%s) error = %v, want %s", tt.name, err, tt.wantErr)
+			case tt.wantErr != "":
+				return
+			case err != nil:
+				t.Fatalf("Parse(%s) error %v", tt.name, err)
+			case string(c.ID) != tt.want:
+				t.Fatalf("Parse(%s) ID = %q, want %q", tt.name, c.ID, tt.want)
+			}
+		})
+	}
+}

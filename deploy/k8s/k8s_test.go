@@ -5,6 +5,7 @@ package k8s_test
 
 import (
 	"bytes"
+	"cmp"
 	"net"
 	"os"
 	"strconv"
@@ -19,8 +20,22 @@ import (
 	"github.com/m1-agent/m1/deploy/deploytest"
 )
 
-func TestToolPod(t *testing.T) {
-	raw, err := os.ReadFile("tool-pod.yaml")
+func TestToolPod(t *testing.T) { checkToolPod(t, "tool-pod.yaml", "../envoy/envoy.yaml") }
+
+// toolPod is a checked tool pod manifest.
+type toolPod struct {
+	pod        corev1.PodSpec
+	containers map[string]corev1.Container
+	env        map[string]corev1.EnvVar // m1-authz's
+	// annotations are the pod template's.
+	annotations map[string]string
+}
+
+// checkToolPod decodes file strictly and checks the pod against envoyFile
+// and m1-authz's documented settings.
+func checkToolPod(t *testing.T, file, envoyFile string) toolPod {
+	t.Helper()
+	raw, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,9 +68,9 @@ func TestToolPod(t *testing.T) {
 		}
 	}
 	if dep == nil || svc == nil || np == nil {
-		t.Fatal("tool-pod.yaml: want a Deployment, a Service and a NetworkPolicy")
+		t.Fatalf("%s: want a Deployment, a Service and a NetworkPolicy", file)
 	}
-	envoy := envoyPorts(t)
+	envoy := envoyPorts(t, envoyFile)
 	pod := dep.Spec.Template.Spec
 	containers := map[string]corev1.Container{}
 	for _, c := range pod.Containers {
@@ -103,10 +118,15 @@ func TestToolPod(t *testing.T) {
 			t.Errorf("m1-authz env %s is a literal; want it from a Secret", name)
 		}
 	}
-	// Probes on the admin port's health endpoints.
+	// Probes on the admin port's health endpoints, over HTTPS when it
+	// serves TLS.
+	scheme := corev1.URISchemeHTTP
+	if env["M1_TLS_CERT_FILE"].Value != "" {
+		scheme = corev1.URISchemeHTTPS
+	}
 	for probe, want := range map[*corev1.Probe]string{m1.StartupProbe: "/health/startup", m1.ReadinessProbe: "/health/ready", m1.LivenessProbe: "/health/live"} {
-		if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Path != want || probe.HTTPGet.Port.String() != "m1-admin" {
-			t.Errorf("m1-authz probe = %+v, want GET %s on m1-admin", probe, want)
+		if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Path != want || probe.HTTPGet.Port.String() != "m1-admin" || cmp.Or(probe.HTTPGet.Scheme, corev1.URISchemeHTTP) != scheme {
+			t.Errorf("m1-authz probe = %+v, want GET %s on m1-admin over %s", probe, want, scheme)
 		}
 	}
 	if p := m1.Ports; len(p) != 1 || p[0].ContainerPort != 9192 || env["M1_ADMIN_ADDR"].Value != ":9192" {
@@ -124,12 +144,13 @@ func TestToolPod(t *testing.T) {
 			}
 		}
 	}
+	return toolPod{pod: pod, containers: containers, env: env, annotations: dep.Spec.Template.Annotations}
 }
 
-// envoyPorts reads deploy/envoy/envoy.yaml's listener and cluster ports.
-func envoyPorts(t *testing.T) map[string]int {
+// envoyPorts reads an Envoy config's listener and cluster ports.
+func envoyPorts(t *testing.T, file string) map[string]int {
 	t.Helper()
-	raw, err := os.ReadFile("../envoy/envoy.yaml")
+	raw, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +193,7 @@ func envoyPorts(t *testing.T) map[string]int {
 		}
 	}
 	if ports["listener"] == 0 || ports["m1_authz"] == 0 || ports["tool"] == 0 {
-		t.Fatalf("deploy/envoy/envoy.yaml ports = %v, want a listener and the m1_authz and tool clusters", ports)
+		t.Fatalf("%s ports = %v, want a listener and the m1_authz and tool clusters", file, ports)
 	}
 	return ports
 }

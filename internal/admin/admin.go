@@ -52,8 +52,9 @@ type Options struct {
 	AllowedOrigins []string
 }
 
-// NewHandler returns the admin HTTP handler: the dashboard page at /, its
-// assets under /assets/, health and metrics open, the rest behind o.Token.
+// NewHandler returns the admin HTTP handler: the dashboard page at / and
+// its assets under /assets/ (static, no data), health and metrics open, the
+// rest behind o.Token.
 func NewHandler(o Options) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
@@ -84,9 +85,12 @@ func NewHandler(o Options) http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /assets/{name}", serveAsset)
+	// The page is open, as its assets are: it holds no data (the API it
+	// calls needs the token), and a link to a proposal (DESIGN §10) opens
+	// in a new tab that has no token yet; the page asks for it.
+	mux.HandleFunc("GET /{$}", servePage)
 
 	api := http.NewServeMux()
-	api.HandleFunc("GET /{$}", servePage)
 	for name, fn := range o.API {
 		api.HandleFunc("GET /api/m1/dashboard/"+name, func(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusOK, fn())
@@ -110,15 +114,8 @@ func NewHandler(o Options) http.Handler {
 // read the unread body (up to 256 KiB, for as long as the client takes to
 // send it) before writing the answer, to keep the connection.
 func RequireToken(token string, next http.Handler) http.Handler {
-	want := []byte(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := "", false
-		if scheme, cred, found := strings.Cut(r.Header.Get("Authorization"), " "); found && strings.EqualFold(scheme, "bearer") {
-			got, ok = strings.TrimSpace(cred), true
-		} else if q := r.URL.Query().Get("token"); r.Method == http.MethodGet && q != "" {
-			got, ok = q, true
-		}
-		if !ok || len(want) == 0 || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+		if !HasToken(r, token) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="m1-admin"`)
 			if r.ContentLength != 0 { // a body is declared (-1: chunked, length unknown)
 				RefuseBody(w)
@@ -128,6 +125,19 @@ func RequireToken(token string, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// HasToken reports whether r carries token (non-empty) as RequireToken
+// accepts it: "Authorization: Bearer <token>", or for GET the "token"
+// query parameter; compared in constant time.
+func HasToken(r *http.Request, token string) bool {
+	got, ok := "", false
+	if scheme, cred, found := strings.Cut(r.Header.Get("Authorization"), " "); found && strings.EqualFold(scheme, "bearer") {
+		got, ok = strings.TrimSpace(cred), true
+	} else if q := r.URL.Query().Get("token"); r.Method == http.MethodGet && q != "" {
+		got, ok = q, true
+	}
+	return ok && token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
 }
 
 // WriteError writes the JSON error body used across M1's HTTP APIs.

@@ -43,6 +43,9 @@ func (a *DashboardAPI) Routes() map[string]http.Handler {
 		"GET /api/m1/dashboard/metrics": http.HandlerFunc(a.metrics),
 		"GET /api/m1/dashboard/runs":    http.HandlerFunc(a.runs),
 		"GET /api/m1/dashboard/costs":   http.HandlerFunc(a.costs),
+
+		"GET /api/m1/dashboard/proposals":      http.HandlerFunc(a.pending),
+		"GET /api/m1/dashboard/proposals/{id}": http.HandlerFunc(a.proposal),
 	}
 }
 

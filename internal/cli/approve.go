@@ -46,6 +46,12 @@ Three ways to run it:
                                stderr. A risk other than read also needs
                                --yes.
 
+A proposal a sidecar filed for an MCP client's call (DESIGN §10) shows
+where it came from instead of a run: the sidecar and pod, the principal
+(the approval's sub), the decision that filed it; by id too, before it is
+signed. Approved, it is not dispatched: the orchestrator holds the
+approval until the client retries the same call, which then runs once.
+
 Before signing, the arguments are checked as the sidecar will check them
 and hashed here; a proposal whose args_sha256 is not the hash of its
 arguments is refused (nothing is signed): the operator signs what was
@@ -54,7 +60,8 @@ escaped (control characters, ANSI escape sequences, bidi controls and
 other invisible characters as \x1b, \u202e, …), never interpreted.
 
 The orchestrator is --orchestrator ($M1_ORCHESTRATOR_URL), called with the
-bearer token $M1_ADMIN_TOKEN when that is set. The token's sub is the
+bearer token $M1_ADMIN_TOKEN when that is set; an https:// URL is verified
+against --ca-file ($M1_CA_FILE). The token's sub is the
 proposal's agent, aud --aud ($M1_AUDIENCE), act.sub --operator ($USER); it
 is valid for --ttl, which must not exceed the sidecars'
 $M1_APPROVAL_TOKEN_TTL_MINUTES (--max-ttl-minutes) when that is set. It
@@ -151,11 +158,13 @@ func runApprove(ctx context.Context, c *cmdIO, args []string) int {
 type orchestratorFlags struct {
 	url     string
 	timeout time.Duration
+	tls     tlsFlags
 }
 
 func (o *orchestratorFlags) register(fs *flagSet) {
 	fs.StringVar(&o.url, "orchestrator", defaultOrchestratorURL, "base `URL` of m1-orchestrator's HTTP API")
 	fs.DurationVar(&o.timeout, "timeout", time.Minute, "time limit of each request to the orchestrator (an approval waits for the tool call)")
+	o.tls.register(fs, false)
 }
 
 // client returns the API client; the bearer token is $M1_ADMIN_TOKEN (not
@@ -168,8 +177,13 @@ func (o *orchestratorFlags) client(c *cmdIO) (*orchestrator.Client, error) {
 	if o.timeout <= 0 {
 		return nil, errors.New("--timeout must be positive")
 	}
+	hc, err := o.tls.httpClient()
+	if err != nil {
+		return nil, err
+	}
+	hc.CheckRedirect = nil // as before: the orchestrator client follows redirects
 	token, _ := c.lookupEnv("M1_ADMIN_TOKEN")
-	return &orchestrator.Client{BaseURL: o.url, Token: token}, nil
+	return &orchestrator.Client{BaseURL: o.url, Token: token, HTTP: hc}, nil
 }
 
 // tally counts what m1 approve did and keeps the exit status.
@@ -376,6 +390,14 @@ func (a *approver) byID(ctx context.Context, ids []string) {
 			a.failed(fmt.Errorf("get proposal %s: %w", id, err))
 			continue
 		}
+		if p.Origin == store.OriginSidecar {
+			// Shown before it is signed: where it came from, beside the
+			// exact arguments the approval binds.
+			risk, _ := a.riskOf(p)
+			r := review{p: p, risk: risk}
+			r.canon, r.err = canonicalArgs(p)
+			r.print(a.c.stdout, a.now())
+		}
 		d, err := a.approve(ctx, p, a.sign.actor)
 		a.report(true, "approved", id, d, err)
 	}
@@ -427,6 +449,10 @@ func printDecided(w io.Writer, verb string, d orchestrator.Decided) {
 	if p.Reason != "" && (tc == nil || tc.Error != p.Reason) {
 		fmt.Fprintf(w, "  reason: %s\n", escapeTerminal(p.Reason))
 	}
+	if p.Origin == store.OriginSidecar && p.Status == store.ProposalApproved {
+		fmt.Fprintf(w, "  held for the MCP client's retry of the same call (principal %s), which runs it once; until %s\n",
+			escapeTerminal(p.Agent), p.ExpiresAt.UTC().Format(time.RFC3339))
+	}
 	if tc == nil {
 		return
 	}
@@ -450,8 +476,9 @@ func printDecided(w io.Writer, verb string, d orchestrator.Decided) {
 const resultPreviewLen = 200
 
 const rejectDescription = `Reject a pending proposal of the orchestrator (--orchestrator,
-$M1_ORCHESTRATOR_URL; bearer $M1_ADMIN_TOKEN when set). The reason is
-required and is recorded with the proposal.
+$M1_ORCHESTRATOR_URL, https:// verified against --ca-file, $M1_CA_FILE;
+bearer $M1_ADMIN_TOKEN when set). The reason is required and is recorded
+with the proposal.
 
 Exit status: 0 rejected, 1 refused by the orchestrator (unknown proposal,
 no longer pending, …), 2 error.`

@@ -12,7 +12,6 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -26,11 +25,18 @@ const (
 )
 
 const checkDescription = `Send one request to m1-authz's ext_authz gRPC service
-(envoy.service.auth.v3.Authorization/Check, plaintext) as Envoy's ext_authz
-filter would build it, and print the decision the client behind Envoy would
-get. The body comes from --body, or --tool and --args build an MCP
-tools/call; with a body and no Content-Type header, "application/json" is
-sent. --request sends a protojson CheckRequest file as is instead.
+(envoy.service.auth.v3.Authorization/Check) as Envoy's ext_authz filter
+would build it, and print the decision the client behind Envoy would get.
+The body comes from --body, or --tool and --args build an MCP tools/call;
+with a body and no Content-Type header, "application/json" is sent.
+--request sends a protojson CheckRequest file as is instead.
+
+gRPC is plaintext to host:port, TLS to https://host:port (or when
+--ca-file or --cert-file is given): the server is verified against
+--ca-file ($M1_CA_FILE), and --cert-file/--key-file ($M1_CLIENT_CERT_FILE,
+$M1_CLIENT_KEY_FILE) present a client certificate to a sidecar that
+requires one (M1_TLS_CLIENT_CA_FILE); its SPIFFE ID is then the principal
+when neither --token nor --principal names one.
 
 Exit status: 0 allow, 1 deny, 2 error (bad flags, connection failure,
 timeout).`
@@ -45,7 +51,9 @@ func runCheck(ctx context.Context, c *cmdIO, args []string) int {
 		"approval-header": "M1_APPROVAL_HEADER",
 		"path":            "M1_MCP_PATH",
 	})
-	addr := fs.String("addr", defaultAuthzAddr, "m1-authz ext_authz gRPC `address` (host:port)")
+	addr := fs.String("addr", defaultAuthzAddr, "m1-authz ext_authz gRPC `address`: host:port, or https://host:port for TLS")
+	var tf tlsFlags
+	tf.register(fs, true)
 	method := fs.String("method", "POST", "HTTP `method`")
 	path := fs.String("path", "/mcp", "request `path`, with the query (the sidecars' MCP path by default)")
 	host := fs.String("host", "localhost", "request `host` (the :authority)")
@@ -107,7 +115,12 @@ func runCheck(ctx context.Context, c *cmdIO, args []string) int {
 		return exitOK
 	}
 
-	resp, err := check(ctx, *addr, *timeout, req)
+	target, tlsCfg, err := tf.grpcTarget(*addr)
+	if err != nil {
+		code, _ := usageError(fs, c, err)
+		return code
+	}
+	resp, err := check(ctx, target, grpcCredentials(tlsCfg), *timeout, req)
 	if err != nil {
 		return fail(c, "check", err)
 	}
@@ -221,9 +234,9 @@ func readCheckRequest(c *cmdIO, name string) (*authv3.CheckRequest, error) {
 	return req, nil
 }
 
-// check calls Authorization/Check on addr over plaintext gRPC.
-func check(ctx context.Context, addr string, timeout time.Duration, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// check calls Authorization/Check on addr (host:port) with creds.
+func check(ctx context.Context, addr string, creds grpc.DialOption, timeout time.Duration, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	conn, err := grpc.NewClient(addr, creds)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", addr, err)
 	}

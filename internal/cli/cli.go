@@ -60,6 +60,7 @@ func commands() []command {
 		{"grant", "sign a grant: a narrow pre-authorization of a bounded number of calls", runGrant},
 		{"dev-proxy", "a local stand-in for Envoy's ext_authz filter (not for production)", runDevProxy},
 		{"audit", "verify, export and prune the audit trail", runAudit},
+		{"store", "the store's schema, chains and size; back it up and restore it", runStore},
 		{"version", "print the version", runVersion},
 		{"help", "print help for m1 or one command", nil}, // handled by Main
 	}

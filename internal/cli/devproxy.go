@@ -17,8 +17,9 @@ const devProxyDescription = `Run a local stand-in for Envoy's ext_authz filter, 
 Envoy cannot run. It is NOT for production: deploy Envoy with
 deploy/envoy/envoy.yaml.
 
-Every request to --listen is sent to m1-authz (Authorization/Check over
-plaintext gRPC at --authz) exactly as Envoy's filter would send it, with the
+Every request to --listen is sent to m1-authz (Authorization/Check over gRPC
+at --authz: plaintext to host:port, TLS to https://host:port or with
+--ca-file/--cert-file, as for m1 check) exactly as Envoy's filter would send it, with the
 body up to --max-request-bytes. An allowed request goes to --upstream with
 m1-authz's header changes (the approval token and client-sent x-m1-* headers
 removed, x-m1-decision-id set), its whole body, and the answer streamed back
@@ -36,7 +37,9 @@ func runDevProxy(ctx context.Context, c *cmdIO, args []string) int {
 	fs := newFlagSet("dev-proxy", "m1 dev-proxy --upstream URL [flags]", devProxyDescription, nil)
 	d := devproxy.DefaultOptions()
 	listen := fs.String("listen", d.Listen, "HTTP listen `address` (host:port)")
-	authzAddr := fs.String("authz", d.AuthzAddr, "m1-authz ext_authz gRPC `address` (host:port)")
+	authzAddr := fs.String("authz", d.AuthzAddr, "m1-authz ext_authz gRPC `address`: host:port, or https://host:port for TLS")
+	var tf tlsFlags
+	tf.register(fs, true)
 	upstream := fs.String("upstream", "", "`URL` of the tool that allowed requests go to (required)")
 	maxBytes := fs.Int64("max-request-bytes", d.MaxRequestBytes, "most body `bytes` sent to m1-authz (with_request_body.max_request_bytes)")
 	allowPartial := fs.Bool("allow-partial", d.AllowPartial, "check a longer body cut to --max-request-bytes, which m1-authz denies body_too_large (allow_partial_message); --allow-partial=false answers 413 without a check, as deploy/envoy does")
@@ -59,9 +62,15 @@ func runDevProxy(ctx context.Context, c *cmdIO, args []string) int {
 	}
 	defer func() { _ = logger.Sync() }()
 
+	target, authzTLS, err := tf.grpcTarget(*authzAddr)
+	if err != nil {
+		code, _ := usageError(fs, c, err)
+		return code
+	}
 	o := devproxy.Options{
 		Listen:          *listen,
-		AuthzAddr:       *authzAddr,
+		AuthzAddr:       target,
+		AuthzTLS:        authzTLS,
 		Upstream:        *upstream,
 		MaxRequestBytes: *maxBytes,
 		AllowPartial:    *allowPartial,

@@ -64,13 +64,54 @@ func TestDevProxyRuns(t *testing.T) {
 		_, _ = io.WriteString(w, "tool ran")
 	}))
 	defer tool.Close()
+	addr, stop := startDevProxy(t, "--authz", authzAddr, "--upstream", tool.URL)
+	resp, err := http.Post(addr+"/tools/read_file", "application/json", strings.NewReader(`{"path":"notes.txt"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "tool ran" {
+		t.Errorf("read_file through dev-proxy = %d %q, want 200 from the tool", resp.StatusCode, body)
+	}
+	if stderr := stop(); !strings.Contains(stderr, "do not use it in production") {
+		t.Errorf("stderr lacks the development-only warning:\n%s", stderr)
+	}
+}
 
+// The proxy's gRPC to a sidecar that requires client certificates: the
+// certificate's SPIFFE ID is the principal the tool is told.
+func TestDevProxyOverMutualTLS(t *testing.T) {
+	sc := startTLSSidecar(t)
+	tool := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, r.Header.Get("x-m1-principal"))
+	}))
+	defer tool.Close()
+	addr, stop := startDevProxy(t, "--authz", "https://"+sc.grpcAddr, "--upstream", tool.URL,
+		"--ca-file", sc.ca.File, "--cert-file", sc.client.CertFile, "--key-file", sc.client.KeyFile)
+	resp, err := http.Post(addr+"/tools/read_file", "application/json", strings.NewReader(`{"path":"notes.txt"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != agentSPIFFEID {
+		t.Errorf("read_file through dev-proxy over mTLS = %d, principal %q; want 200, %q", resp.StatusCode, body, agentSPIFFEID)
+	}
+	stop()
+}
+
+// startDevProxy runs m1 dev-proxy --listen 127.0.0.1:0 with args and
+// returns its URL and a stop that interrupts it (as SIGINT would), checks
+// it exits 0 and returns its stderr.
+func startDevProxy(t *testing.T, args ...string) (string, func() string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	var stdout, stderr lockedBuffer
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"dev-proxy", "--listen", "127.0.0.1:0", "--authz", authzAddr, "--upstream", tool.URL},
+		done <- run(ctx, append([]string{"dev-proxy", "--listen", "127.0.0.1:0"}, args...),
 			&cmdIO{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr, lookupEnv: func(string) (string, bool) { return "", false }})
 	}()
 
@@ -86,26 +127,17 @@ func TestDevProxyRuns(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	resp, err := http.Post(addr+"/tools/read_file", "application/json", strings.NewReader(`{"path":"notes.txt"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || string(body) != "tool ran" {
-		t.Errorf("read_file through dev-proxy = %d %q, want 200 from the tool", resp.StatusCode, body)
-	}
-
-	cancel()
-	select {
-	case code := <-done:
-		if code != exitOK {
-			t.Errorf("dev-proxy exit = %d after interrupt, want 0; stderr:\n%s", code, stderr.String())
+	return addr, func() string {
+		t.Helper()
+		cancel()
+		select {
+		case code := <-done:
+			if code != exitOK {
+				t.Errorf("dev-proxy exit = %d after interrupt, want 0; stderr:\n%s", code, stderr.String())
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("dev-proxy did not stop after interrupt")
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("dev-proxy did not stop after interrupt")
-	}
-	if !strings.Contains(stderr.String(), "do not use it in production") {
-		t.Errorf("stderr lacks the development-only warning:\n%s", stderr.String())
+		return stderr.String()
 	}
 }

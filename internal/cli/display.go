@@ -170,9 +170,13 @@ type review struct {
 func (r *review) print(w io.Writer, now time.Time) {
 	p := r.p
 	const indent = "    "
-	fmt.Fprintf(w, "\nproposal %s (step %d)\n", escapeTerminal(p.ID), p.Step)
-	fmt.Fprintf(w, "  %-12s %s (cost so far %s)\n", "run:", escapeTerminal(p.RunID), r.cost)
-	fmt.Fprintf(w, "  %-12s %s\n", "agent:", escapeTerminal(p.Agent))
+	if p.Origin == store.OriginSidecar {
+		printOrigin(w, p)
+	} else {
+		fmt.Fprintf(w, "\nproposal %s (step %d)\n", escapeTerminal(p.ID), p.Step)
+		fmt.Fprintf(w, "  %-12s %s (cost so far %s)\n", "run:", escapeTerminal(p.RunID), r.cost)
+		fmt.Fprintf(w, "  %-12s %s\n", "agent:", escapeTerminal(p.Agent))
+	}
 	fmt.Fprintf(w, "  %-12s %s\n", "tool:", escapeTerminal(p.Tool))
 	fmt.Fprintf(w, "  %-12s %s\n", "risk:", escapeTerminal(p.Risk))
 	if r.risk != p.Risk {
@@ -188,9 +192,30 @@ func (r *review) print(w io.Writer, now time.Time) {
 		fmt.Fprintf(w, "  %-12s %s (the SHA-256 of the arguments below)\n", "args_sha256:", escapeTerminal(p.ArgsSHA256))
 		fmt.Fprintf(w, "  arguments (RFC 8785 canonical form, as hashed and signed):\n%s%s\n", indent, escapeBlock(prettyJSON(r.canon), indent))
 	}
+	if p.Origin == store.OriginSidecar {
+		fmt.Fprintln(w)
+		return // no planner, no reasoning
+	}
 	reasoning := strings.TrimRight(p.Reasoning, "\n")
 	if reasoning == "" {
 		reasoning = "(none)"
 	}
 	fmt.Fprintf(w, "  reasoning:\n%s%s\n\n", indent, escapeBlock(reasoning, indent))
+}
+
+// printOrigin writes the head of the review of a sidecar's proposal
+// (DESIGN §10): which sidecar and pod filed it, for which principal, and
+// the decision that denied the call. All escaped.
+func printOrigin(w io.Writer, p store.Proposal) {
+	fmt.Fprintf(w, "\nproposal %s (filed by a sidecar for an MCP client's call; approved, it is held for the client's retry)\n", escapeTerminal(p.ID))
+	from := "sidecar " + escapeTerminal(cmpOr(p.Sidecar, "(unnamed)"))
+	if p.Pod != "" {
+		from += ", pod " + escapeTerminal(p.Pod)
+	}
+	fmt.Fprintf(w, "  %-12s %s\n", "from:", from)
+	fmt.Fprintf(w, "  %-12s %s\n", "principal:", escapeTerminal(p.Agent))
+	if p.DecisionID != "" {
+		fmt.Fprintf(w, "  %-12s %s (the deny that filed it, in the sidecar's audit trail)\n", "decision:", escapeTerminal(p.DecisionID))
+	}
+	fmt.Fprintf(w, "  %-12s %s\n", "filed:", p.CreatedAt.UTC().Format(time.RFC3339))
 }

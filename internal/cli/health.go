@@ -12,10 +12,12 @@ import (
 // m1-demo-tool): the containers' health checks (distroless has no curl) and
 // a quick look for operators.
 func runHealth(ctx context.Context, c *cmdIO, args []string) int {
-	fs := newFlagSet("health", "m1 health [--url URL] [--timeout 2s]",
-		"GET a health endpoint (m1-authz, m1-orchestrator, m1-demo-tool); exit 0 on 200, 1 on any other status, 2 when it cannot be reached.", nil)
-	url := fs.String("url", "http://127.0.0.1:9192/health/live", "health endpoint to GET")
+	fs := newFlagSet("health", "m1 health [--url URL] [--timeout 2s] [--ca-file FILE]",
+		"GET a health endpoint (m1-authz, m1-orchestrator, m1-demo-tool); exit 0 on 200, 1 on any other status, 2 when it cannot be reached. An https:// URL is verified against --ca-file ($M1_CA_FILE).", nil)
+	url := fs.String("url", "http://127.0.0.1:9192/health/live", "health endpoint to GET (http:// or https://)")
 	timeout := fs.Duration("timeout", 2*time.Second, "request timeout")
+	var tf tlsFlags
+	tf.register(fs, false)
 	if code, ok := parse(fs, c, args, 0, 0); !ok {
 		return code
 	}
@@ -26,7 +28,12 @@ func runHealth(ctx context.Context, c *cmdIO, args []string) int {
 		fmt.Fprintln(c.stderr, "m1 health:", err)
 		return exitError
 	}
-	resp, err := http.DefaultClient.Do(req)
+	client, err := tf.httpClient()
+	if err != nil {
+		fmt.Fprintln(c.stderr, "m1 health:", err)
+		return exitError
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		fmt.Fprintln(c.stderr, "m1 health:", err)
 		return exitError

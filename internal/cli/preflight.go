@@ -26,8 +26,21 @@ precedence) and checks, each ok, warn or fail with a one-line detail:
                    is 32 bytes or more (warn: every holder can mint)
   audience         M1_AUDIENCE is set when there are keys
   trusted issuers  M1_TRUSTED_ISSUERS parses
+  tls certificate  M1_TLS_CERT_FILE and M1_TLS_KEY_FILE load and match, and
+                   no certificate of the chain has expired or is not yet
+                   valid (warn: one expires within 14 days)
+  tls client CA    M1_TLS_CLIENT_CA_FILE holds certificates, not all expired
+                   (warn: one expires within 14 days)
+  store schema     this binary can run against the store's schema (read
+                   before anything is migrated; a newer one that does not
+                   declare itself compatible fails)
   audit store      the store opens and its migrations apply: SQLite under
                    M1_DATA_DIR, or M1_DATABASE_URL is reachable
+  disk             free space under M1_DATA_DIR, where the audit spool grows
+                   while the store is down (fail under 100 MiB, warn under
+                   1 GiB)
+  memory           a full decision cache (M1_CACHE_SIZE × ~512 B) against
+                   the cgroup memory limit (warn over half, fail over all)
   redis            REDIS_URL, when set, answers PING
   admin token      M1_ADMIN_TOKEN is set (warn: a random one would be made)
   listen gRPC,     M1_GRPC_ADDR and M1_ADMIN_ADDR can be bound (each is

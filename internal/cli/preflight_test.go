@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"database/sql"
 	"encoding/json"
 	"maps"
 	"net"
@@ -8,8 +9,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/m1-agent/m1/internal/certs/certstest"
 	"github.com/m1-agent/m1/internal/sidecar"
+	"github.com/m1-agent/m1/internal/store/backend"
 	"github.com/m1-agent/m1/internal/testenv"
 )
 
@@ -80,6 +84,40 @@ func TestPreflight(t *testing.T) {
 	})
 	file := func(name string) string { return filepath.Join(files, name) }
 
+	// TLS files: good, expiring, expired, not yet valid, a key of another
+	// certificate; a client CA, and a file with no certificate.
+	ca := certstest.NewCA(t, "m1 test CA")
+	tlsOK := ca.Server(t)
+	tlsSoon := ca.Issue(t, certstest.Options{CommonName: "soon", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, NotAfter: time.Now().Add(5 * 24 * time.Hour)})
+	tlsExpired := ca.Issue(t, certstest.Options{CommonName: "old", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
+	tlsFuture := ca.Issue(t, certstest.Options{CommonName: "future", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(24 * time.Hour)})
+	tlsEnv := func(p certstest.Pair) map[string]string {
+		return map[string]string{"M1_TLS_CERT_FILE": p.CertFile, "M1_TLS_KEY_FILE": p.KeyFile}
+	}
+	withCA := tlsEnv(tlsOK)
+	withCA["M1_TLS_CLIENT_CA_FILE"] = ca.File
+	mismatched := tlsEnv(tlsOK)
+	mismatched["M1_TLS_KEY_FILE"] = tlsSoon.KeyFile
+	junkCA := tlsEnv(tlsOK)
+	junkCA["M1_TLS_CLIENT_CA_FILE"] = file("bad.json")
+
+	// A store a newer m1-authz migrated: schema_migrations has a version
+	// this binary does not.
+	newerData := t.TempDir()
+	st, err := backend.Open(t.Context(), "", newerData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	db, err := sql.Open("sqlite", filepath.Join(newerData, "m1.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'from_the_future', '2030-01-01T00:00:00.000000Z')`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
 	tests := []struct {
 		name       string
 		env        map[string]string // over preflightEnv; "" unsets
@@ -92,8 +130,73 @@ func TestPreflight(t *testing.T) {
 			name:     "all good",
 			wantCode: exitOK,
 			want: map[string]string{"configuration": "ok", "options": "ok", "policy": "ok", "policy tests": "ok", "approval keys": "ok", "audience": "ok",
-				"trusted issuers": "ok", "audit store": "ok", "redis": "ok", "admin token": "ok", "listen gRPC": "ok", "listen admin": "ok"},
-			wantDetail: map[string]string{"approval keys": "1 public keys (ops-1)", "audit store": "(created): opened, migrations applied", "policy": "embedded default bundle"},
+				"trusted issuers": "ok", "tls certificate": "ok", "tls client CA": "ok", "store schema": "ok", "audit store": "ok", "redis": "ok",
+				"admin token": "ok", "listen gRPC": "ok", "listen admin": "ok"},
+			wantDetail: map[string]string{"approval keys": "1 public keys (ops-1)", "audit store": "(created): opened, migrations applied", "policy": "embedded default bundle",
+				"tls certificate": "plaintext", "store schema": "no store yet", "disk": "free of", "memory": "M1_CACHE_SIZE 100000"},
+		},
+		{
+			name:       "TLS certificate and client CA",
+			env:        withCA,
+			wantCode:   exitOK,
+			want:       map[string]string{"tls certificate": "ok", "tls client CA": "ok", "options": "ok"},
+			wantDetail: map[string]string{"tls certificate": "CN=m1 test server (localhost, 127.0.0.1); valid until", "tls client CA": "1 CA certificates (CN=m1 test CA)"},
+		},
+		{
+			name:       "TLS certificate expiring within 14 days",
+			env:        tlsEnv(tlsSoon),
+			wantCode:   exitOK,
+			want:       map[string]string{"tls certificate": "warn"},
+			wantDetail: map[string]string{"tls certificate": "expires in 4 days"},
+		},
+		{
+			name:       "TLS certificate expired",
+			env:        tlsEnv(tlsExpired),
+			wantCode:   exitDeny,
+			want:       map[string]string{"tls certificate": "fail"},
+			wantDetail: map[string]string{"tls certificate": "expired at"},
+		},
+		{
+			name:       "TLS certificate not valid yet",
+			env:        tlsEnv(tlsFuture),
+			wantCode:   exitDeny,
+			want:       map[string]string{"tls certificate": "fail"},
+			wantDetail: map[string]string{"tls certificate": "not valid before"},
+		},
+		{
+			name:       "TLS key of another certificate",
+			env:        mismatched,
+			wantCode:   exitDeny,
+			want:       map[string]string{"tls certificate": "fail"},
+			wantDetail: map[string]string{"tls certificate": "private key does not match public key"},
+		},
+		{
+			name:       "TLS certificate without its key",
+			env:        map[string]string{"M1_TLS_CERT_FILE": tlsOK.CertFile},
+			wantCode:   exitDeny,
+			want:       map[string]string{"tls certificate": "fail", "options": "fail"},
+			wantDetail: map[string]string{"tls certificate": "go together"},
+		},
+		{
+			name:       "client CA file without a certificate",
+			env:        junkCA,
+			wantCode:   exitDeny,
+			want:       map[string]string{"tls certificate": "ok", "tls client CA": "fail"},
+			wantDetail: map[string]string{"tls client CA": "holds no PEM certificate"},
+		},
+		{
+			name:       "store schema newer than this binary",
+			env:        map[string]string{"M1_DATA_DIR": newerData},
+			wantCode:   exitDeny,
+			want:       map[string]string{"store schema": "fail"},
+			wantDetail: map[string]string{"store schema": "the store's schema is version 999 and needs a binary of schema 999 or later"},
+		},
+		{
+			name:       "store schema of this binary",
+			env:        map[string]string{"M1_DATA_DIR": filepath.Dir(mustStore(t))},
+			wantCode:   exitOK,
+			want:       map[string]string{"store schema": "ok"},
+			wantDetail: map[string]string{"store schema": ": current"},
 		},
 		{
 			name:       "redis reachable",
@@ -352,6 +455,19 @@ func TestPreflight(t *testing.T) {
 			}
 		})
 	}
+}
+
+// mustStore creates an up-to-date SQLite store in a new data directory and
+// returns its file.
+func mustStore(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := backend.Open(t.Context(), "", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	return filepath.Join(dir, backend.DefaultFile)
 }
 
 func TestPreflightTable(t *testing.T) {

@@ -68,7 +68,10 @@ func (a *approver) interactive(ctx context.Context) {
 // returns true when the review must stop.
 func (a *approver) decide(ctx context.Context, p store.Proposal) (stop bool) {
 	risk, _ := a.riskOf(p)
-	r := review{p: p, risk: risk, cost: a.runCost(ctx, p.RunID)}
+	r := review{p: p, risk: risk}
+	if p.RunID != "" {
+		r.cost = a.runCost(ctx, p.RunID)
+	}
 	r.canon, r.err = canonicalArgs(p)
 	r.print(a.c.stdout, a.now())
 

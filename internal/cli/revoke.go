@@ -28,7 +28,8 @@ authenticated with the admin bearer token:
 
 T is an RFC 3339 time (2026-03-01T12:00:00Z). A revocation is effective at
 once in the sidecar that takes it, and, with Redis, in every sidecar. The
-server's JSON answer is printed on stdout.
+server's JSON answer is printed on stdout. An https:// --admin-url (a
+sidecar with M1_TLS_CERT_FILE) is verified against --ca-file ($M1_CA_FILE).
 
 Exit status: 0 done (201, 204, 200), 1 refused (4xx, 5xx: the JSON error
 is printed), 2 error (bad flags, connection failure, timeout).`
@@ -47,6 +48,8 @@ func runRevoke(ctx context.Context, c *cmdIO, args []string) int {
 	adminURL := fs.String("admin-url", defaultAdminURL, "base `URL` of m1-authz's admin server")
 	adminToken := fs.String("admin-token", "", "admin bearer `token` (prefer the environment variable: flags show in ps)")
 	timeout := fs.Duration("timeout", 5*time.Second, "request timeout")
+	var tf tlsFlags
+	tf.register(fs, false)
 	if code, ok := parse(fs, c, args, 0, 0); !ok {
 		return code
 	}
@@ -78,6 +81,10 @@ func runRevoke(ctx context.Context, c *cmdIO, args []string) int {
 		return usageErr(fmt.Sprintf("--admin-url %q: want http://host:port or https://host:port", *adminURL))
 	}
 	endpoint := strings.TrimRight(*adminURL, "/") + "/api/m1/revocations"
+	client, err := tf.httpClient()
+	if err != nil {
+		return usageErr(err.Error())
+	}
 
 	var method string
 	var body io.Reader
@@ -103,7 +110,7 @@ func runRevoke(ctx context.Context, c *cmdIO, args []string) int {
 		method, body = http.MethodPost, bytes.NewReader(b)
 	}
 
-	status, answer, err := adminRequest(ctx, method, endpoint, *adminToken, body, *timeout)
+	status, answer, err := adminRequest(ctx, client, method, endpoint, *adminToken, body, *timeout)
 	if err != nil {
 		return fail(c, "revoke", err)
 	}
@@ -126,9 +133,10 @@ func runRevoke(ctx context.Context, c *cmdIO, args []string) int {
 }
 
 // adminRequest sends one request to the admin API and returns the status and
-// up to 1 MiB of the answer. Redirects are not followed. err is only for a
+// up to 1 MiB of the answer, through client (tlsFlags.httpClient: TLS
+// verified against --ca-file, redirects not followed). err is only for a
 // request that got no answer.
-func adminRequest(ctx context.Context, method, endpoint, token string, body io.Reader, timeout time.Duration) (int, []byte, error) {
+func adminRequest(ctx context.Context, client *http.Client, method, endpoint, token string, body io.Reader, timeout time.Duration) (int, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, endpoint, body)
@@ -140,7 +148,6 @@ func adminRequest(ctx context.Context, method, endpoint, token string, body io.R
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, err := client.Do(req)
 	if err != nil {
 		return 0, nil, fmt.Errorf("%s %s: %w (is m1-authz's admin server there? set --admin-url or $M1_ADMIN_URL)", method, endpoint, err)

@@ -41,6 +41,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,6 +58,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -95,8 +97,12 @@ const headerDecisionID = "x-m1-decision-id"
 type Options struct {
 	// Listen is the HTTP listen address of [Proxy.Start].
 	Listen string
-	// AuthzAddr is m1-authz's ext_authz gRPC address (host:port, plaintext).
+	// AuthzAddr is m1-authz's ext_authz gRPC address (host:port).
 	AuthzAddr string
+	// AuthzTLS, when set, makes the gRPC connection to m1-authz TLS with
+	// it (a sidecar with M1_TLS_CERT_FILE; with a client certificate for
+	// M1_TLS_CLIENT_CA_FILE); nil is plaintext.
+	AuthzTLS *tls.Config
 	// Upstream is the URL of the tool the proxy forwards allowed requests
 	// to (http or https; a path prefixes the request's path). Required.
 	Upstream string
@@ -192,7 +198,11 @@ func New(opts Options) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(opts.AuthzAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if opts.AuthzTLS != nil {
+		creds = credentials.NewTLS(opts.AuthzTLS)
+	}
+	conn, err := grpc.NewClient(opts.AuthzAddr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, fmt.Errorf("devproxy: m1-authz at %s: %w", opts.AuthzAddr, err)
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/audit"
 	"github.com/m1-agent/m1/internal/buildinfo"
+	"github.com/m1-agent/m1/internal/certs"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/internal/store/backend"
@@ -39,7 +40,7 @@ import (
 
 // Planner kinds of Options.Planner.
 const (
-	PlannerAuto     = "auto"     // claude when ANTHROPIC_API_KEY is set, else scripted with M1_PLAN_FILE
+	PlannerAuto     = "auto"     // claude when ANTHROPIC_API_KEY is set, else scripted with M1_PLAN_FILE, else none
 	PlannerClaude   = "claude"   // Claude through the Messages API
 	PlannerScripted = "scripted" // a YAML plan (M1_PLAN_FILE)
 )
@@ -82,6 +83,14 @@ type Options struct {
 	RunBudgetUSD float64 // default per-run budget; 0 = none
 
 	LogLevel string
+
+	// TLS (DESIGN §8): the HTTP port serves HTTPS with these, reloaded
+	// when the files change.
+	TLSCertFile string
+	TLSKeyFile  string
+
+	// Gateway configures the approvals held for sidecars (DESIGN §10).
+	Gateway GatewayOptions
 
 	// HTTP bounds every connection of the HTTP server (DESIGN §7). Not
 	// flags: the defaults suit every deployment; tests shorten them.
@@ -174,6 +183,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.Float64Var(&o.RunBudgetUSD, "run-budget-usd", o.RunBudgetUSD, "default per-run LLM budget in USD; planning stops when a run reaches it (0 = none)")
 	env["run-budget-usd"] = "M1_RUN_BUDGET_USD"
 	str(&o.LogLevel, "log-level", "LOG_LEVEL", "log level: debug, info, warn, error")
+	str(&o.TLSCertFile, "tls-cert-file", "M1_TLS_CERT_FILE", "PEM certificate (chain) the HTTP port serves HTTPS with; reloaded when the file changes (empty = plaintext)")
+	str(&o.TLSKeyFile, "tls-key-file", "M1_TLS_KEY_FILE", "PEM private key of --tls-cert-file")
+	o.bindGatewayFlags(fs, env)
 	return env
 }
 
@@ -189,6 +201,8 @@ func (o *Options) validate() error {
 		return errors.New("CostAlertUSD (COST_ALERT_THRESHOLD) must not be negative")
 	case o.RunBudgetUSD < 0:
 		return errors.New("RunBudgetUSD (M1_RUN_BUDGET_USD) must not be negative")
+	case o.Gateway.MaxPending < 0 || o.Gateway.PerMinute < 0:
+		return errors.New("Gateway.MaxPending (M1_APPROVALS_MAX_PENDING) and Gateway.PerMinute (M1_APPROVALS_PER_MINUTE) must not be negative")
 	case o.JWKSFile == "":
 		return errors.New("JWKSFile (--jwks-file, M1_JWKS_FILE) is required: the orchestrator verifies every approval against the operators' public keys before it records it, so that its admin token alone cannot approve anything")
 	case o.Audience == "":
@@ -199,6 +213,8 @@ func (o *Options) validate() error {
 		return errors.New("ClockSkew (M1_CLOCK_SKEW) must not be negative")
 	case o.HTTP.WriteTimeout != 0 && o.HTTP.WriteTimeout <= o.DispatchTimeout:
 		return fmt.Errorf("HTTP.WriteTimeout %s must exceed DispatchTimeout (M1_DISPATCH_TIMEOUT) %s: an approval is answered after its dispatch", o.HTTP.WriteTimeout, o.DispatchTimeout)
+	case (o.TLSCertFile == "") != (o.TLSKeyFile == ""):
+		return errors.New("TLSCertFile (M1_TLS_CERT_FILE) and TLSKeyFile (M1_TLS_KEY_FILE) go together: set both or neither")
 	case !strings.HasPrefix(o.MCPPath, "/"):
 		return fmt.Errorf("MCPPath (M1_MCP_PATH) %q must start with /", o.MCPPath)
 	case !strings.HasPrefix(o.ToolsPathPrefix, "/") || !strings.HasSuffix(o.ToolsPathPrefix, "/"):
@@ -221,6 +237,7 @@ type Server struct {
 	opts     Options
 	log      *zap.Logger
 	keys     *approval.Watcher
+	tls      *certs.Reloader // nil without M1_TLS_CERT_FILE
 	stopKeys context.CancelFunc
 	st       store.Store
 	rec      *audit.Recorder
@@ -297,6 +314,11 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		return nil, err
 	}
 
+	if o.TLSCertFile != "" {
+		if s.tls, err = certs.NewReloader(o.TLSCertFile, o.TLSKeyFile, "", o.Logger.Named("tls")); err != nil {
+			return nil, fmt.Errorf("load M1_TLS_CERT_FILE and M1_TLS_KEY_FILE: %w", err)
+		}
+	}
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("M1_DATA_DIR: %w", err)
 	}
@@ -327,18 +349,40 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		ProposalTTL: o.ProposalTTL, DispatchTimeout: o.DispatchTimeout, ClockSkew: approval.Leeway(o.ClockSkew),
 		ApprovalHeader: o.ApprovalHeader, MCPPath: o.MCPPath, ToolsPathPrefix: o.ToolsPathPrefix,
 		Verifier: verifier, HTTPClient: o.HTTPClient, Metrics: m, Logger: o.Logger, Now: o.Now, Version: o.Version,
+		GatewayLimits: o.Gateway.limits(),
 	})
 	if err != nil {
 		s.st.Close()
 		return nil, err
 	}
+	if err := o.Registerer.Register(orchestrator.NewPendingCollector(records, reg, o.Now, o.Logger.Named("metrics"))); err != nil {
+		s.st.Close()
+		return nil, err
+	}
+	// The fleet's dashboard: the page, its documents from the shared store
+	// and this process's metrics, and the proposals page that a pending
+	// call's client links to (DESIGN §10).
+	dashboard := &admin.DashboardAPI{Gatherer: o.Gatherer, Now: o.Now,
+		Records: func(context.Context) (store.Records, error) { return records, nil }}
+	routes := dashboard.Routes()
+	routes["/v1/"] = s.svc.Handler()
 	handler := admin.NewHandler(admin.Options{
 		Token:    s.opts.AdminToken,
 		Gatherer: o.Gatherer,
 		Health:   s.health,
-		Routes:   map[string]http.Handler{"/v1/": s.svc.Handler()},
+		Routes:   routes,
+		API: map[string]func() any{
+			"health": func() any { return s.health() },
+			"policy": registryPolicy(reg),
+		},
 	})
-	s.http = admin.NewServer(handler, o.HTTP, zap.NewStdLog(o.Logger.Named("http")))
+	mux := http.NewServeMux()
+	mux.Handle("/", handler)
+	s.gatewayRoutes(mux, handler)
+	s.http = admin.NewServer(mux, o.HTTP, zap.NewStdLog(o.Logger.Named("http")))
+	if s.tls != nil {
+		s.http.TLSConfig = s.tls.Config("h2", "http/1.1")
+	}
 	if generated {
 		defer func() {
 			s.log.Info("admin token generated; set M1_ADMIN_TOKEN to choose one (m1 approve reads it too)", zap.String("admin_token", s.opts.AdminToken))
@@ -360,7 +404,7 @@ func buildPlanner(o Options) (orchestrator.Planner, string, error) {
 		case o.PlanFile != "":
 			kind = PlannerScripted
 		default:
-			return nil, "", errors.New("no planner: set ANTHROPIC_API_KEY for Claude, or M1_PLAN_FILE for a scripted plan")
+			return nil, plannerNone, nil // approvals only (DESIGN §10)
 		}
 	}
 	switch kind {
@@ -391,6 +435,11 @@ func buildPlanner(o Options) (orchestrator.Planner, string, error) {
 	return nil, "", fmt.Errorf("Planner (M1_PLANNER) %q: want auto, claude or scripted", o.Planner)
 }
 
+// plannerNone is the planner kind of an orchestrator without one: it
+// serves approvals, the dashboard and the rest of its API, and POST
+// /v1/runs answers 503 no_planner.
+const plannerNone = "none"
+
 // Start listens and serves until Stop.
 func (s *Server) Start(ctx context.Context) error {
 	var lc net.ListenConfig
@@ -412,12 +461,16 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	go func() {
-		if err := s.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		serve := s.http.Serve
+		if s.tls != nil {
+			serve = func(l net.Listener) error { return s.http.ServeTLS(l, "", "") } // the certificate comes from TLSConfig
+		}
+		if err := serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("HTTP server stopped", zap.Error(err))
 		}
 	}()
 	s.started.Store(true)
-	s.log.Info("m1-orchestrator started", zap.String("addr", lis.Addr().String()), zap.String("planner", s.planner), zap.String("version", s.opts.Version))
+	s.log.Info("m1-orchestrator started", zap.String("addr", lis.Addr().String()), zap.String("planner", s.planner), zap.String("version", s.opts.Version), zap.Bool("tls", s.tls != nil))
 	return nil
 }
 
@@ -495,12 +548,17 @@ func (s *Server) health() admin.Report {
 	}
 	rep.Checks["database"] = db
 	rep.Checks["planner"] = admin.Check{Status: admin.StatusOK, Info: map[string]any{"kind": s.planner}}
+	if s.planner == plannerNone {
+		rep.Checks["planner"] = admin.Check{Status: admin.StatusDisabled, Info: map[string]any{"kind": s.planner},
+			Detail: "no planner (ANTHROPIC_API_KEY or M1_PLAN_FILE): approvals only; POST /v1/runs answers 503 no_planner"}
+	}
 	ks := s.keys.Status()
 	keys := admin.Check{Status: admin.StatusOK, Info: map[string]any{"path": ks.Path, "kids": ks.KIDs}}
 	if ks.LastError != "" {
 		keys.Status, keys.Detail = admin.StatusDegraded, "M1_JWKS_FILE did not load; the previous keys stay in use: "+ks.LastError
 	}
 	rep.Checks["keys"] = keys
+	rep.Checks["tls"] = s.tlsCheck()
 	rep.Status = admin.StatusOK
 	for _, c := range rep.Checks {
 		if c.Status == admin.StatusFailing {
@@ -510,4 +568,20 @@ func (s *Server) health() admin.Report {
 		}
 	}
 	return rep
+}
+
+// tlsCheck is /health's view of the certificate: degraded when a reload
+// failed or it expires within certs.ExpiryWarning.
+func (s *Server) tlsCheck() admin.Check {
+	if s.tls == nil {
+		return admin.Check{Status: admin.StatusDisabled, Detail: "plaintext: M1_TLS_CERT_FILE not set"}
+	}
+	st := s.tls.Status()
+	c := admin.Check{Status: admin.StatusOK, Info: map[string]any{
+		"cert_file": st.CertFile, "subject": st.Subject, "names": st.Names, "not_after": st.NotAfter, "loaded_at": st.LoadedAt,
+	}}
+	if p := st.Problem(s.opts.Now()); p != "" {
+		c.Status, c.Detail = admin.StatusDegraded, p
+	}
+	return c
 }

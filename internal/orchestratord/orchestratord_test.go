@@ -75,7 +75,7 @@ func TestOptionsRefused(t *testing.T) {
 		mod  func(*Options)
 		want string
 	}{
-		{"no planner", func(o *Options) { o.PlanFile = "" }, "no planner"},
+		{"negative approvals limit", func(o *Options) { o.Gateway.MaxPending = -1 }, "M1_APPROVALS_MAX_PENDING"},
 		{"unknown planner", func(o *Options) { o.Planner = "gpt" }, "M1_PLANNER"},
 		{"claude without key", func(o *Options) { o.Planner = PlannerClaude }, "APIKey"},
 		{"missing plan", func(o *Options) { o.PlanFile = "nope.yaml" }, "nope.yaml"},

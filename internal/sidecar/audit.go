@@ -15,17 +15,15 @@ import (
 	"github.com/m1-agent/m1/internal/store/backend"
 )
 
-// setupAudit builds the recorder on the store setupStore prepared, and
-// opens the store. A database that is down at start is not fatal: events
+// setupAudit builds the recorder on the store setupStore prepared and
+// checkStore opened. A database that is down at start is not fatal: events
 // spool under DataDir until it answers.
-func (s *Server) setupAudit(ctx context.Context) error {
+func (s *Server) setupAudit(_ context.Context) error {
 	o := s.opts
 	if !o.Audit {
 		return nil
 	}
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	pingErr := s.storeSink.Ping(pctx)
+	pingErr := s.storePingErr
 	if pingErr != nil {
 		s.log.Warn("audit store unreachable at start; decisions spool locally until it answers", zap.Error(pingErr))
 	}

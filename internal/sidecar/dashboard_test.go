@@ -183,8 +183,8 @@ func TestDashboardRecordsUnavailable(t *testing.T) {
 func TestDashboardNeedsToken(t *testing.T) {
 	s := startServer(t, testOptions(t))
 	base := "http://" + s.AdminAddr().String()
-	paths := []string{"/", "/api/m1/dashboard/metrics", "/api/m1/dashboard/runs", "/api/m1/dashboard/costs",
-		"/api/m1/dashboard/policy", "/api/m1/dashboard/health", "/api/m1/dashboard/cache"}
+	paths := []string{"/api/m1/dashboard/metrics", "/api/m1/dashboard/runs", "/api/m1/dashboard/costs",
+		"/api/m1/dashboard/policy", "/api/m1/dashboard/health", "/api/m1/dashboard/cache", "/api/m1/dashboard/proposals"}
 	for _, p := range paths {
 		if code, _ := get(t, base+p, ""); code != 401 {
 			t.Errorf("GET %s without a token = %d, want 401", p, code)

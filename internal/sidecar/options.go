@@ -51,6 +51,13 @@ type Options struct {
 	DataDir               string        // directory for local state (SQLite store: security state and audit; spool)
 	LogLevel              string        // read by main to build Logger
 
+	// TLS (DESIGN §8): both listeners serve TLS with TLSCertFile and
+	// TLSKeyFile (reloaded when they change); TLSClientCAFile makes gRPC
+	// mutual TLS, the peer's SPIFFE ID a principal.
+	TLSCertFile     string
+	TLSKeyFile      string
+	TLSClientCAFile string
+
 	// Approval tokens (DESIGN §4).
 	Audience        string        // this tool service's audience; required when keys are set
 	JWKSFile        string        // public verification keys (reloaded on change and SIGHUP)
@@ -86,6 +93,9 @@ type Options struct {
 	CheckpointKeyFile string        // the Ed25519 private JWK that signs them
 	CheckpointToken   string        // bearer token for an HTTP target
 	CheckpointEvery   time.Duration // how often; the last one is written at Stop
+
+	// Approvals held at the gateway (DESIGN §10), and the principal header.
+	Approvals ApprovalsOptions
 
 	// AdminHTTP bounds every connection of the admin HTTP server (DESIGN
 	// §7). Not flags: the defaults suit every deployment; tests shorten them.
@@ -132,6 +142,7 @@ func DefaultOptions() Options {
 		AdminHTTP:             admin.DefaultLimits(),
 		CacheL2TTL:            10 * time.Minute,
 		CheckpointEvery:       15 * time.Minute,
+		Approvals:             ApprovalsOptions{Timeout: defaultApprovalsTimeout},
 		Version:               buildinfo.Version(),
 		Now:                   time.Now,
 	}
@@ -196,7 +207,10 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.StringVar(&o.CheckpointKeyFile, "audit-checkpoint-key-file", o.CheckpointKeyFile, "the Ed25519 private JWK that signs audit checkpoints (required with --audit-checkpoint-out)")
 	fs.StringVar(&o.CheckpointToken, "audit-checkpoint-token", o.CheckpointToken, "bearer token for an http(s):// checkpoint target")
 	fs.DurationVar(&o.CheckpointEvery, "audit-checkpoint-interval", o.CheckpointEvery, "how often to write an audit checkpoint (and once more at shutdown); at least 1m")
-	return map[string]string{
+	fs.StringVar(&o.TLSCertFile, "tls-cert-file", o.TLSCertFile, "PEM certificate (chain) both listeners serve TLS with; reloaded when the file changes (empty = plaintext)")
+	fs.StringVar(&o.TLSKeyFile, "tls-key-file", o.TLSKeyFile, "PEM private key of --tls-cert-file")
+	fs.StringVar(&o.TLSClientCAFile, "tls-client-ca-file", o.TLSClientCAFile, "PEM CA bundle: gRPC requires client certificates it signed (mTLS); the peer's SPIFFE ID is the principal when no token or source principal names one")
+	env := map[string]string{
 		"grpc-addr":                  "M1_GRPC_ADDR",
 		"admin-addr":                 "M1_ADMIN_ADDR",
 		"admin-token":                "M1_ADMIN_TOKEN",
@@ -253,7 +267,12 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 		"audit-checkpoint-key-file":  "M1_AUDIT_CHECKPOINT_KEY_FILE",
 		"audit-checkpoint-token":     "M1_AUDIT_CHECKPOINT_TOKEN",
 		"audit-checkpoint-interval":  "M1_AUDIT_CHECKPOINT_INTERVAL",
+		"tls-cert-file":              "M1_TLS_CERT_FILE",
+		"tls-key-file":               "M1_TLS_KEY_FILE",
+		"tls-client-ca-file":         "M1_TLS_CLIENT_CA_FILE",
 	}
+	o.bindApprovalFlags(fs, env)
+	return env
 }
 
 // validate fails fast, naming the bad field.
@@ -318,8 +337,15 @@ func (o *Options) validate() error {
 		return fmt.Errorf("CheckpointOut (M1_AUDIT_CHECKPOINT_OUT) needs the audit trail on (M1_AUDIT)")
 	case o.CheckpointOut != "" && o.CheckpointEvery < time.Minute:
 		return fmt.Errorf("CheckpointEvery (M1_AUDIT_CHECKPOINT_INTERVAL) must be at least 1m")
+	case (o.TLSCertFile == "") != (o.TLSKeyFile == ""):
+		return fmt.Errorf("TLSCertFile (M1_TLS_CERT_FILE) and TLSKeyFile (M1_TLS_KEY_FILE) go together: set both or neither")
+	case o.TLSClientCAFile != "" && o.TLSCertFile == "":
+		return fmt.Errorf("TLSClientCAFile (M1_TLS_CLIENT_CA_FILE) needs M1_TLS_CERT_FILE and M1_TLS_KEY_FILE: mutual TLS is TLS first")
 	case o.Logger == nil || o.Registerer == nil || o.Gatherer == nil || o.Now == nil:
 		return fmt.Errorf("Logger, Registerer, Gatherer and Now are required")
+	}
+	if err := o.validateApprovals(); err != nil {
+		return err
 	}
 	if err := o.AdminHTTP.Validate(); err != nil {
 		return fmt.Errorf("AdminHTTP: %w", err)

@@ -89,6 +89,8 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"checkpoints without audit", func(o *Options) { o.CheckpointOut, o.CheckpointKeyFile, o.Audit = "/tmp/cp", "k.jwk", false }, "M1_AUDIT"},
 		{"zero audit args", func(o *Options) { o.AuditMaxArgs = 0 }, "M1_AUDIT_MAX_ARGS_BYTES"},
 		{"prune too often", func(o *Options) { o.PruneEvery = time.Second }, "M1_AUDIT_PRUNE_INTERVAL"},
+		{"certificate without key", func(o *Options) { o.TLSCertFile = "tls.crt" }, "M1_TLS_KEY_FILE"},
+		{"client CA without certificate", func(o *Options) { o.TLSClientCAFile = "ca.crt" }, "M1_TLS_CLIENT_CA_FILE"},
 	}
 	for _, tt := range tests {
 		o := testOptions(t)

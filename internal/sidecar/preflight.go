@@ -38,8 +38,11 @@ type PreflightCheck struct {
 
 // Preflight checks opts as m1-authz would use them, without serving: the
 // options validate; the policy bundle loads, compiles and passes its own
-// Rego tests; the approval keys, audience and issuer list; the audit store
-// opens and migrates; Redis answers PING; the admin token is set; both
+// Rego tests; the approval keys, audience and issuer list; the TLS
+// certificate, key and client CA load and are not expiring; the store's
+// schema is not newer than this binary's; the audit store opens and
+// migrates; the disk under M1_DATA_DIR has room; the decision cache fits
+// the memory limit; Redis answers PING; the admin token is set; both
 // listen addresses can be bound (and are released at once).
 //
 // Each network step (Redis, PostgreSQL, binding) is bounded by timeout.
@@ -63,7 +66,12 @@ func Preflight(ctx context.Context, opts Options, timeout time.Duration) []Prefl
 		preflightKeys(opts),
 		preflightAudience(opts),
 		preflightIssuers(opts),
+		preflightTLS(opts, opts.Now()),
+		preflightClientCA(opts, opts.Now()),
+		preflightSchema(ctx, opts, timeout), // before preflightStore migrates
 		preflightStore(ctx, opts, timeout),
+		preflightDisk(opts.DataDir, hostStatfs),
+		preflightMemory(opts.CacheSize, cgroupMemoryLimit),
 		preflightRedis(ctx, opts, timeout),
 		preflightAdminToken(opts),
 	)

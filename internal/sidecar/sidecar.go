@@ -34,6 +34,7 @@ import (
 	"github.com/m1-agent/m1/internal/buildinfo"
 	"github.com/m1-agent/m1/internal/cache"
 	"github.com/m1-agent/m1/internal/cache/rediscache"
+	"github.com/m1-agent/m1/internal/certs"
 	"github.com/m1-agent/m1/internal/metrics"
 	"github.com/m1-agent/m1/internal/outcome"
 	"github.com/m1-agent/m1/internal/policy"
@@ -64,6 +65,7 @@ type Server struct {
 	tokenGenerated bool
 	stopKeys       context.CancelFunc
 	storeSink      *audit.LazySink         // the store: security state and audit trail
+	storePingErr   error                   // the store's answer at New (checkStore)
 	store          stateStore              // durable (storestate), or Redis-backed with durable revocations
 	epoch          authz.Epoch             // the state epoch of store
 	durable        *storestate.Store       // nil with REDIS_URL
@@ -82,6 +84,7 @@ type Server struct {
 	keys           *approval.Watcher // nil without a JWKS file
 	verifier       *approval.Verifier
 	policy         *policySources
+	tls            *certs.Reloader // nil without M1_TLS_CERT_FILE
 }
 
 // New loads and prepares the policy bundle and builds the servers. A broken
@@ -106,7 +109,13 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if err := s.setupKeys(); err != nil {
 		return nil, err
 	}
+	if err := s.setupTLS(); err != nil {
+		return nil, err
+	}
 	if err := s.setupStore(); err != nil {
+		return nil, err
+	}
+	if err := s.checkStore(ctx); err != nil {
 		return nil, err
 	}
 	if err := s.setupRedis(); err != nil {
@@ -164,7 +173,13 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if s.verifier != nil {
 		ao.Tokens = s.verifier
 	}
+	if s.tls != nil && s.tls.MutualTLS() {
+		ao.PeerPrincipal = certs.PeerSPIFFEID
+	}
 	if ao.RateLimit, err = s.rateLimiter(); err != nil {
+		return nil, err
+	}
+	if ao.PrincipalHeader, ao.Gateway, err = opts.approvalsOptions(); err != nil {
 		return nil, err
 	}
 	if s.authz, err = authz.New(ao, nil); err != nil {
@@ -174,7 +189,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		return nil, err
 	}
 
-	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(opts.GRPCMaxRecvBytes), grpc.NumStreamWorkers(streamWorkers()))
+	s.grpc = grpc.NewServer(s.grpcServerOptions()...)
 	authv3.RegisterAuthorizationServer(s.grpc, s.authz)
 	accesslogv3.RegisterAccessLogServiceServer(s.grpc, s.outcomes)
 	s.health = health.NewServer()
@@ -185,6 +200,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		s.opts.AdminToken, s.tokenGenerated = randomToken(), true
 	}
 	s.admin = admin.NewServer(s.adminHandler(), opts.AdminHTTP, zap.NewStdLog(opts.Logger.Named("admin")))
+	if s.tls != nil {
+		s.admin.TLSConfig = s.tls.Config("h2", "http/1.1")
+	}
 	return s, nil
 }
 
@@ -321,7 +339,7 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}()
 	go func() {
-		if err := s.admin.Serve(s.adminLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.serveAdmin(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("admin server stopped", zap.Error(err))
 		}
 	}()
@@ -335,10 +353,11 @@ func (s *Server) Start(ctx context.Context) error {
 		zap.String("grpc_addr", s.grpcLis.Addr().String()),
 		zap.String("admin_addr", s.adminLis.Addr().String()),
 		zap.String("policy_revision", rev),
-		zap.String("version", s.opts.Version))
+		zap.String("version", s.opts.Version),
+		zap.Bool("tls", s.tls != nil))
 	if s.tokenGenerated {
 		s.log.Info("admin token generated; set M1_ADMIN_TOKEN to choose one",
-			zap.String("dashboard_url", "http://"+s.adminLis.Addr().String()+"/?token="+s.opts.AdminToken))
+			zap.String("dashboard_url", s.adminScheme()+"://"+s.adminLis.Addr().String()+"/?token="+s.opts.AdminToken))
 	}
 	return nil
 }
@@ -455,6 +474,7 @@ func (s *Server) healthReport() admin.Report {
 	rep.Checks["keys"] = s.keysCheck()
 	rep.Checks["redis"] = s.redisCheck()
 	rep.Checks["database"] = s.databaseCheck()
+	rep.Checks["tls"] = s.tlsCheck()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	rep.Checks["memory"] = admin.Check{Status: admin.StatusOK, Info: map[string]any{

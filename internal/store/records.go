@@ -26,6 +26,22 @@ const (
 	ProposalExpired  = "expired"
 	ProposalExecuted = "executed"
 	ProposalFailed   = "failed"
+	// ProposalClaimed ends a sidecar's proposal (OriginSidecar): its
+	// approval, held by the orchestrator, was handed to a sidecar by
+	// ClaimApproval. Whether the tool ran is the sidecar's audit trail's
+	// to tell (its decision event names the proposal).
+	ProposalClaimed = "claimed"
+)
+
+// Proposal origins.
+const (
+	// OriginRun (the empty string) is a proposal of a run's planner: the
+	// orchestrator dispatches it once approved.
+	OriginRun = ""
+	// OriginSidecar is a proposal a sidecar filed for a tool call of an MCP
+	// client that came without an approval (DESIGN §10): the orchestrator
+	// holds its approval until a sidecar claims it.
+	OriginSidecar = "sidecar"
 )
 
 // Tool call statuses.
@@ -42,7 +58,8 @@ const (
 	RunColumns = `id, agent, task, model, status, error, budget_usd, over_alert, input_tokens,
 	output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, created_at, updated_at, finished_at`
 	ProposalColumns = `id, run_id, agent, step, call_id, tool, args, args_sha256, risk, reasoning,
-	status, reason, approver, approval_jti, created_at, expires_at, updated_at, decided_at`
+	status, reason, approver, approval_jti, created_at, expires_at, updated_at, decided_at,
+	origin, sidecar, pod, decision_id, claimed_by, claimed_at`
 	ToolCallColumns = `id, run_id, agent, tool, args, args_sha256, proposal_id, decision_id, status,
 	http_status, result, error, duration_us, created_at, updated_at`
 )
@@ -119,6 +136,23 @@ type Proposal struct {
 	ExpiresAt   time.Time `json:"expires_at"`
 	UpdatedAt   time.Time `json:"updated_at"`
 	DecidedAt   time.Time `json:"decided_at,omitzero"`
+
+	// Where a proposal of a sidecar (Origin OriginSidecar) came from: the
+	// sidecar and its pod as they named themselves, and the decision id of
+	// the deny that filed it. Its Agent is the call's trusted principal
+	// (DESIGN §10); RunID and Step are empty.
+	Origin     string `json:"origin,omitempty"`
+	Sidecar    string `json:"sidecar,omitempty"`
+	Pod        string `json:"pod,omitempty"`
+	DecisionID string `json:"decision_id,omitempty"`
+	// ClaimedBy and ClaimedAt say which sidecar claimed the held approval
+	// of a ProposalClaimed proposal, and when.
+	ClaimedBy string    `json:"claimed_by,omitempty"`
+	ClaimedAt time.Time `json:"claimed_at,omitzero"`
+	// HeldToken is the operator-signed approval the orchestrator holds
+	// for an approved sidecar proposal until a sidecar claims it. Only
+	// ClaimApproval returns it; it is never written as JSON.
+	HeldToken string `json:"-"`
 }
 
 // ProposalUpdate is a status change of a proposal. Empty strings and zero
@@ -130,6 +164,10 @@ type ProposalUpdate struct {
 	ApprovalJTI string
 	DecidedAt   time.Time
 	UpdatedAt   time.Time
+	// HeldToken (with ExpiresAt, the token's expiry) holds an approval
+	// for a sidecar to claim.
+	HeldToken string
+	ExpiresAt time.Time
 }
 
 // ToolCall is one dispatch of an approved proposal to its tool. Its run
@@ -178,6 +216,12 @@ type ProposalFilter struct {
 	RunID  string
 	Agent  string
 	Limit  int
+	// Sidecar proposals of one call: Origin OriginSidecar, and the call's
+	// Tool and ArgsSHA256 (with Agent, the principal). Empty fields select
+	// every value; Origin cannot select OriginRun alone.
+	Origin     string
+	Tool       string
+	ArgsSHA256 string
 }
 
 // CostRow is the cost of the LLM calls of one agent and model.
@@ -216,10 +260,26 @@ type Records interface {
 	UpdateProposal(ctx context.Context, id, from string, u ProposalUpdate) (Proposal, error)
 	// ExpireProposals moves every pending proposal whose ExpiresAt is not
 	// after now to ProposalExpired (reason "expired", DecidedAt and
-	// UpdatedAt now) and returns them in (CreatedAt, ID) order. A proposal
-	// without ExpiresAt never expires. Concurrent callers never return the
-	// same proposal.
+	// UpdatedAt now) and returns them in (CreatedAt, ID) order; so too
+	// every held approval (approved, with a HeldToken) whose ExpiresAt is
+	// not after now, whose token it forgets. A proposal without ExpiresAt
+	// never expires. Concurrent callers never return the same proposal.
 	ExpireProposals(ctx context.Context, now time.Time) ([]Proposal, error)
+
+	// FileProposal stores p, a pending sidecar proposal (Origin
+	// OriginSidecar), and returns it with true; unless a pending sidecar
+	// proposal of the same call (Agent, Tool and ArgsSHA256) exists: then
+	// it stores nothing and returns that one with false. Concurrent
+	// callers filing one call get one proposal.
+	FileProposal(ctx context.Context, p Proposal) (Proposal, bool, error)
+	// ClaimApproval hands out, once, the held approval of a sidecar
+	// proposal of the call (agent, tool, argsSHA256): the oldest approved
+	// one with a HeldToken whose ExpiresAt is after now. It moves that
+	// proposal to ProposalClaimed (ClaimedBy by, ClaimedAt and UpdatedAt
+	// now), forgets the token in the store and returns the proposal with
+	// HeldToken set. ErrNotFound when there is none. Concurrent callers
+	// never get the same token.
+	ClaimApproval(ctx context.Context, agent, tool, argsSHA256, by string, now time.Time) (Proposal, error)
 
 	// CreateToolCall stores a new tool call.
 	CreateToolCall(ctx context.Context, c ToolCall) error

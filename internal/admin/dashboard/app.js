@@ -1,7 +1,9 @@
-// m1-authz dashboard. Reads the admin token from the URL once, keeps it in
-// sessionStorage, takes it out of the address bar, and polls the JSON API
-// with Authorization: Bearer. Every string from the API is rendered with
-// textContent: agents choose some of them (names, goals).
+// M1 dashboard (m1-authz and m1-orchestrator). Reads the admin token from
+// the URL once (or asks for it), keeps it in sessionStorage, takes it out
+// of the address bar, and polls the JSON API with Authorization: Bearer.
+// #/proposals/<id> shows one proposal (where an MCP client's URL
+// elicitation points). Every string from the API is rendered with
+// textContent: agents choose some of them (names, goals, arguments).
 'use strict';
 
 (function () {
@@ -18,6 +20,20 @@
   const token = sessionStorage.getItem(TOKEN_KEY) || '';
 
   const $ = (id) => document.getElementById(id);
+
+  // Without a token (a proposal's link opened in a new tab) the page asks
+  // for one; it is kept in this tab's sessionStorage only.
+  function showLogin() {
+    $('login').hidden = false;
+    $('main').hidden = true;
+    $('proposal-view').hidden = true;
+  }
+  $('token-save').addEventListener('click', () => {
+    const t = $('token-input').value.trim();
+    if (!t) return;
+    sessionStorage.setItem(TOKEN_KEY, t);
+    window.location.reload();
+  });
 
   function setText(id, text) {
     $(id).textContent = text;
@@ -128,6 +144,107 @@
     ]));
   }
 
+  // fmtAge is a duration in seconds, rounded for people: 42 s, 7 min, 3 h.
+  function fmtAge(s) {
+    if (s === null || s === undefined) return '–';
+    if (s < 120) return Math.floor(s) + ' s';
+    if (s < 7200) return Math.floor(s / 60) + ' min';
+    return (s / 3600).toFixed(1) + ' h';
+  }
+
+  // origin says where a proposal came from, as text.
+  function origin(p) {
+    if (p.origin === 'sidecar') {
+      return 'sidecar ' + (p.sidecar || '?') + (p.pod ? ' (pod ' + p.pod + ')' : '');
+    }
+    return 'run ' + (p.run_id || '');
+  }
+
+  // proposalLink is a link to a proposal's page; the id is text.
+  function proposalLink(id) {
+    const a = document.createElement('a');
+    a.href = '#/proposals/' + encodeURIComponent(id);
+    a.textContent = id;
+    const td = document.createElement('td');
+    td.append(a);
+    return td;
+  }
+
+  function renderPending(doc) {
+    showError('pending-error', '');
+    setText('pending-total', fmtInt(doc.total));
+    setText('pending-oldest', doc.total ? fmtAge(doc.oldest_age_seconds) : '–');
+    fillRows('pending', doc.pending.map((p) => [
+      cell(fmtTime(p.created_at)), cell(fmtAge(p.age_seconds), 'num'), cell(p.agent), cell(p.tool),
+      cell(p.risk, statusClass(p.risk)), cell(origin(p)), proposalLink(p.id),
+    ]));
+  }
+
+  // The proposal page, #/proposals/<id>: where an MCP client's URL
+  // elicitation points the person a call waits for.
+  const PROPOSAL_ROUTE = /^#\/proposals\/([A-Za-z0-9_.-]{1,128})$/;
+
+  function routedProposal() {
+    const m = PROPOSAL_ROUTE.exec(window.location.hash);
+    return m ? m[1] : '';
+  }
+
+  function renderProposal(p) {
+    showError('pv-error', '');
+    setText('pv-id', p.id);
+    const badge = $('pv-status');
+    badge.textContent = p.status;
+    badge.className = 'badge ' + statusClass(p.status).replace('st-', '');
+    setText('pv-tool', p.tool);
+    setText('pv-principal', p.agent);
+    setText('pv-risk', p.risk || '(not in the tool registry)');
+    setText('pv-origin', origin(p));
+    setText('pv-sidecar', p.sidecar || '');
+    setText('pv-pod', p.pod || '');
+    setText('pv-decision', p.decision_id || '');
+    setText('pv-created', fmtTime(p.created_at));
+    setText('pv-age', '(' + fmtAge(p.age_seconds) + ' ago)');
+    setText('pv-expires', fmtTime(p.expires_at));
+    setText('pv-reason', p.reason || '');
+    setText('pv-sha', p.args_sha256);
+    let args = p.canonical_args;
+    try {
+      args = JSON.stringify(JSON.parse(p.canonical_args), null, 2);
+    } catch (e) {
+      // shown as stored
+    }
+    setText('pv-args', args || '');
+    showError('pv-warning', p.args_error ? 'Do not approve: ' + p.args_error : '');
+    setText('pv-approve', p.approvable ? p.approve_command : '(not pending: nothing to approve)');
+    setText('pv-reject', p.status === 'pending' ? p.reject_command : '');
+  }
+
+  async function refreshProposal(id) {
+    try {
+      renderProposal(await api('proposals/' + encodeURIComponent(id)));
+    } catch (e) {
+      if (e.status === 401) {
+        showLogin();
+        return;
+      }
+      setText('pv-id', id);
+      showError('pv-error', e.status === 404 ? 'No such proposal.' : 'Cannot load the proposal: ' + e.message);
+    }
+    document.body.dataset.loaded = 'true';
+  }
+
+  function route() {
+    if (!token) {
+      showLogin();
+      return;
+    }
+    const id = routedProposal();
+    $('proposal-view').hidden = !id;
+    $('main').hidden = !!id;
+    if (id) refreshProposal(id);
+  }
+  window.addEventListener('hashchange', route);
+
   function renderRuns(doc) {
     showError('runs-error', '');
     fillRows('runs', doc.runs.map((r) => [
@@ -200,12 +317,20 @@
   }
 
   async function refresh() {
-    const [health, metrics, policy, runs, costs] = await Promise.allSettled([
-      api('health'), api('metrics'), api('policy'), api('runs'), api('costs'),
+    if (!token) return;
+    const id = routedProposal();
+    if (id) {
+      await refreshProposal(id);
+      return;
+    }
+    const [health, metrics, policy, runs, costs, pending] = await Promise.allSettled([
+      api('health'), api('metrics'), api('policy'), api('runs'), api('costs'), api('proposals'),
     ]);
     const failed = [health, metrics, policy].find((r) => r.status === 'rejected');
     if (failed && failed.reason.status === 401) {
-      showError('error', 'The admin token is missing or wrong: open the dashboard URL m1-authz logged at start (…/?token=…).');
+      showError('error', 'The admin token is wrong: enter the right one, or open the dashboard URL logged at start (…/?token=…).');
+      sessionStorage.removeItem(TOKEN_KEY);
+      showLogin();
     } else if (failed) {
       showError('error', 'Cannot reach m1-authz: ' + failed.reason.message);
     } else {
@@ -218,6 +343,8 @@
     else showError('runs-error', runs.reason.message);
     if (costs.status === 'fulfilled') renderCosts(costs.value);
     else showError('costs-error', costs.reason.message);
+    if (pending.status === 'fulfilled') renderPending(pending.value);
+    else showError('pending-error', pending.reason.message);
     setText('updated', 'updated ' + new Date().toLocaleTimeString());
     document.body.dataset.loaded = 'true';
   }
@@ -228,7 +355,8 @@
     } catch (e) {
       showError('error', 'Dashboard error: ' + e.message);
     }
-    setTimeout(loop, REFRESH_MS);
+    if ($('login').hidden) setTimeout(loop, REFRESH_MS);
   }
+  route();
   loop();
 })();

@@ -92,3 +92,34 @@ func hasSuffix(s string, suffixes ...string) bool {
 	}
 	return false
 }
+
+// Schema returns the schema of the store dsn names (see Parse) against
+// this binary's, without changing the store: store.SchemaStatus.Err says
+// whether this binary (m1-authz, m1-orchestrator, m1) can run against it,
+// and names both versions when it cannot. Open checks the same before it
+// applies a migration. A missing SQLite file is an error wrapping
+// fs.ErrNotExist (Open would create it: every migration pending); an
+// empty PostgreSQL database has Store 0.
+func Schema(ctx context.Context, dsn, dataDir string) (store.SchemaStatus, error) {
+	kind, target, err := Parse(dsn, dataDir)
+	if err != nil {
+		return store.SchemaStatus{}, err
+	}
+	if kind == Postgres {
+		return postgres.ReadSchema(ctx, target)
+	}
+	return sqlite.ReadSchema(ctx, target)
+}
+
+// Inspect reports on the store dsn names (see Parse) without changing it:
+// schema, size, rows per table and audit chains (m1 store status).
+func Inspect(ctx context.Context, dsn, dataDir string) (store.Status, error) {
+	kind, target, err := Parse(dsn, dataDir)
+	if err != nil {
+		return store.Status{}, err
+	}
+	if kind == Postgres {
+		return postgres.Inspect(ctx, target)
+	}
+	return sqlite.Inspect(ctx, target)
+}

@@ -11,10 +11,10 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"io/fs"
 	"strings"
 	"sync"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/m1-agent/m1/internal/store"
@@ -31,6 +31,8 @@ const migrationLock int64 = 0x6d31736368656d61
 type Options struct {
 	// MaxConns bounds the pool. A pool_max_conns in the URL wins.
 	MaxConns int32
+
+	migrations fs.FS // nil: the embedded ones; tests set others (export_test.go)
 }
 
 // DefaultOptions returns the defaults: at most 8 connections.
@@ -54,7 +56,10 @@ var _ store.Store = (*Store)(nil)
 
 // Open connects to the database dsn names (a postgres:// URL or a
 // key=value string) and applies the pending migrations. It fails when the
-// database cannot be reached.
+// database cannot be reached. A database whose schema is newer than this
+// binary's and not declared compatible with it is refused with an error
+// that wraps store.ErrSchemaTooNew and names both versions; nothing is
+// applied to it.
 func Open(ctx context.Context, dsn string, o Options) (*Store, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
@@ -71,7 +76,11 @@ func Open(ctx context.Context, dsn string, o Options) (*Store, error) {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
 	s := &Store{pool: pool}
-	if err := s.migrate(ctx); err != nil {
+	fsys := o.migrations
+	if fsys == nil {
+		fsys = migrations
+	}
+	if err := s.migrate(ctx, fsys); err != nil {
 		pool.Close()
 		return nil, err
 	}
@@ -79,9 +88,11 @@ func Open(ctx context.Context, dsn string, o Options) (*Store, error) {
 }
 
 // migrate applies the pending migrations in one transaction, under an
-// advisory lock so that processes opening a new database do not race.
-func (s *Store) migrate(ctx context.Context) error {
-	ms, err := store.LoadMigrations(migrations, "migrations")
+// advisory lock so that processes opening a new database do not race,
+// after the schema guard: a database whose schema this binary cannot run
+// against (store.SchemaStatus.Err) is refused, and nothing is applied.
+func (s *Store) migrate(ctx context.Context, fsys fs.FS) error {
+	ms, err := store.LoadMigrations(fsys, "migrations")
 	if err != nil {
 		return err
 	}
@@ -93,27 +104,24 @@ func (s *Store) migrate(ctx context.Context) error {
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLock); err != nil {
 		return fmt.Errorf("postgres: migrate: lock: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
-		version    INTEGER PRIMARY KEY,
-		name       TEXT NOT NULL,
-		applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-	)`); err != nil {
-		return fmt.Errorf("postgres: migrate: %w", err)
+	for _, q := range bootstrap {
+		if _, err := tx.Exec(ctx, q); err != nil {
+			return fmt.Errorf("postgres: migrate: %w", err)
+		}
 	}
-	rows, err := tx.Query(ctx, `SELECT version FROM schema_migrations`)
+	applied, err := readApplied(ctx, tx)
 	if err != nil {
 		return fmt.Errorf("postgres: migrate: %w", err)
 	}
-	versions, err := pgx.CollectRows(rows, pgx.RowTo[int32])
-	if err != nil {
-		return fmt.Errorf("postgres: migrate: %w", err)
+	if err := store.NewSchemaStatus(ms, applied).Err(); err != nil {
+		return fmt.Errorf("postgres: open: %w", err)
 	}
-	applied := map[int]bool{}
-	for _, v := range versions {
-		applied[int(v)] = true
+	done := map[int]bool{}
+	for _, a := range applied {
+		done[a.Version] = true
 	}
 	for _, m := range ms {
-		if applied[m.Version] {
+		if done[m.Version] {
 			continue
 		}
 		if _, err := tx.Exec(ctx, m.SQL); err != nil {
@@ -121,6 +129,11 @@ func (s *Store) migrate(ctx context.Context) error {
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, $2)`, m.Version, m.Name); err != nil {
 			return fmt.Errorf("postgres: migrate: record %04d_%s: %w", m.Version, m.Name, err)
+		}
+		if m.CompatibleWith > 0 {
+			if _, err := tx.Exec(ctx, `INSERT INTO schema_compat (version, compatible_with) VALUES ($1, $2)`, m.Version, m.CompatibleWith); err != nil {
+				return fmt.Errorf("postgres: migrate: record %04d_%s: %w", m.Version, m.Name, err)
+			}
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {

@@ -104,11 +104,7 @@ func (s *Store) CreateProposals(ctx context.Context, ps []store.Proposal) error 
 		if p.ID == "" {
 			return errors.New("create proposals: empty id")
 		}
-		b.Queue(`INSERT INTO proposals (`+proposalCols+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
-			p.ID, nullString(p.RunID), p.Agent, p.Step, p.CallID, p.Tool, jsonArg(p.Args), p.ArgsSHA256, p.Risk,
-			p.Reasoning, p.Status, p.Reason, p.Approver, p.ApprovalJTI, p.CreatedAt, nullTime(p.ExpiresAt),
-			p.UpdatedAt, nullTime(p.DecidedAt))
+		b.Queue(insertProposal, proposalValues(p)...)
 	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
@@ -156,6 +152,11 @@ func (s *Store) Proposals(ctx context.Context, f store.ProposalFilter) ([]store.
 	if f.Agent != "" {
 		w.add("agent =", f.Agent)
 	}
+	for _, c := range [...]struct{ col, v string }{{"origin", f.Origin}, {"tool", f.Tool}, {"args_sha256", f.ArgsSHA256}} {
+		if c.v != "" {
+			w.add(c.col+" =", c.v)
+		}
+	}
 	q := `SELECT ` + proposalCols + ` FROM proposals` + w.String() + ` ORDER BY created_at, id COLLATE "C"`
 	q += w.limit(f.Limit)
 	rows, err := s.pool.Query(ctx, q, w.args...)
@@ -179,9 +180,12 @@ func (s *Store) UpdateProposal(ctx context.Context, id, from string, u store.Pro
 		approver     = COALESCE(NULLIF($3::text, ''), approver),
 		approval_jti = COALESCE(NULLIF($4::text, ''), approval_jti),
 		decided_at   = COALESCE($5::timestamptz, decided_at),
-		updated_at   = COALESCE($6::timestamptz, updated_at)
+		updated_at   = COALESCE($6::timestamptz, updated_at),
+		held_token   = COALESCE(NULLIF($9::text, ''), held_token),
+		expires_at   = COALESCE($10::timestamptz, expires_at)
 		WHERE id = $7 AND status = $8 RETURNING `+proposalCols,
-		u.Status, u.Reason, u.Approver, u.ApprovalJTI, nullTime(u.DecidedAt), nullTime(u.UpdatedAt), id, from))
+		u.Status, u.Reason, u.Approver, u.ApprovalJTI, nullTime(u.DecidedAt), nullTime(u.UpdatedAt), id, from,
+		u.HeldToken, nullTime(u.ExpiresAt)))
 	if errors.Is(err, pgx.ErrNoRows) {
 		var cur string
 		switch err := s.pool.QueryRow(ctx, `SELECT status FROM proposals WHERE id = $1`, id).Scan(&cur); {
@@ -204,11 +208,12 @@ func (s *Store) UpdateProposal(ctx context.Context, id, from string, u store.Pro
 // another caller expired first no longer matches when its lock is granted.
 func (s *Store) ExpireProposals(ctx context.Context, now time.Time) ([]store.Proposal, error) {
 	rows, err := s.pool.Query(ctx, `WITH due AS (
-			SELECT id FROM proposals WHERE status = $2 AND expires_at <= $3
+			SELECT id FROM proposals WHERE (status = $2 OR (status = $4 AND held_token <> '')) AND expires_at <= $3
 			ORDER BY id COLLATE "C" FOR UPDATE)
-		UPDATE proposals p SET status = $1, reason = $1, decided_at = $3, updated_at = $3
-		FROM due WHERE p.id = due.id AND p.status = $2 RETURNING `+prefixed("p.", proposalCols),
-		store.ProposalExpired, store.ProposalPending, now)
+		UPDATE proposals p SET status = $1, reason = $1, decided_at = $3, updated_at = $3, held_token = ''
+		FROM due WHERE p.id = due.id AND (p.status = $2 OR (p.status = $4 AND p.held_token <> ''))
+		RETURNING `+prefixed("p.", proposalCols),
+		store.ProposalExpired, store.ProposalPending, now, store.ProposalApproved)
 	if err != nil {
 		return nil, fmt.Errorf("expire proposals: %w", err)
 	}
@@ -348,10 +353,10 @@ func scanProposal(row pgx.Row) (store.Proposal, error) {
 	var runID *string
 	var args []byte
 	var step int32
-	var expires, decided *time.Time
+	var expires, decided, claimed *time.Time
 	if err := row.Scan(&p.ID, &runID, &p.Agent, &step, &p.CallID, &p.Tool, &args, &p.ArgsSHA256, &p.Risk,
 		&p.Reasoning, &p.Status, &p.Reason, &p.Approver, &p.ApprovalJTI, &p.CreatedAt, &expires, &p.UpdatedAt,
-		&decided); err != nil {
+		&decided, &p.Origin, &p.Sidecar, &p.Pod, &p.DecisionID, &p.ClaimedBy, &claimed); err != nil {
 		return p, err
 	}
 	if runID != nil {
@@ -362,7 +367,7 @@ func scanProposal(row pgx.Row) (store.Proposal, error) {
 	}
 	p.Step = int(step)
 	p.CreatedAt, p.UpdatedAt = p.CreatedAt.UTC(), p.UpdatedAt.UTC()
-	p.ExpiresAt, p.DecidedAt = fromNull(expires), fromNull(decided)
+	p.ExpiresAt, p.DecidedAt, p.ClaimedAt = fromNull(expires), fromNull(decided), fromNull(claimed)
 	return p, nil
 }
 

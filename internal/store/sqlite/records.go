@@ -112,16 +112,13 @@ func (s *Store) CreateProposals(ctx context.Context, ps []store.Proposal) error 
 		return fmt.Errorf("create proposals: %w", err)
 	}
 	defer tx.Rollback()
-	ins, err := tx.PrepareContext(ctx, `INSERT INTO proposals (`+proposalCols+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	ins, err := tx.PrepareContext(ctx, insertProposal)
 	if err != nil {
 		return fmt.Errorf("create proposals: %w", err)
 	}
 	defer ins.Close()
 	for _, p := range ps {
-		if _, err := ins.ExecContext(ctx, p.ID, nullString(p.RunID), p.Agent, p.Step, p.CallID, p.Tool,
-			jsonText(p.Args), p.ArgsSHA256, p.Risk, p.Reasoning, p.Status, p.Reason, p.Approver, p.ApprovalJTI,
-			ts(p.CreatedAt), nullTS(p.ExpiresAt), ts(p.UpdatedAt), nullTS(p.DecidedAt)); err != nil {
+		if _, err := ins.ExecContext(ctx, proposalValues(p)...); err != nil {
 			return fmt.Errorf("create proposal %q: %w", p.ID, err)
 		}
 	}
@@ -157,6 +154,11 @@ func (s *Store) Proposals(ctx context.Context, f store.ProposalFilter) ([]store.
 	if f.Agent != "" {
 		where, args = append(where, "agent = ?"), append(args, f.Agent)
 	}
+	for _, c := range [...]struct{ col, v string }{{"origin", f.Origin}, {"tool", f.Tool}, {"args_sha256", f.ArgsSHA256}} {
+		if c.v != "" {
+			where, args = append(where, c.col+" = ?"), append(args, c.v)
+		}
+	}
 	q := `SELECT ` + proposalCols + ` FROM proposals` + whereClause(where) + ` ORDER BY created_at, id`
 	if f.Limit > 0 {
 		q, args = q+" LIMIT ?", append(args, f.Limit)
@@ -186,9 +188,12 @@ func (s *Store) UpdateProposal(ctx context.Context, id, from string, u store.Pro
 		approver     = COALESCE(NULLIF(?, ''), approver),
 		approval_jti = COALESCE(NULLIF(?, ''), approval_jti),
 		decided_at   = COALESCE(?, decided_at),
-		updated_at   = COALESCE(?, updated_at)
+		updated_at   = COALESCE(?, updated_at),
+		held_token   = COALESCE(NULLIF(?, ''), held_token),
+		expires_at   = COALESCE(?, expires_at)
 		WHERE id = ? AND status = ? RETURNING `+proposalCols,
-		u.Status, u.Reason, u.Approver, u.ApprovalJTI, nullTS(u.DecidedAt), nullTS(u.UpdatedAt), id, from))
+		u.Status, u.Reason, u.Approver, u.ApprovalJTI, nullTS(u.DecidedAt), nullTS(u.UpdatedAt),
+		u.HeldToken, nullTS(u.ExpiresAt), id, from))
 	if errors.Is(err, sql.ErrNoRows) {
 		var cur string
 		switch err := tx.QueryRowContext(ctx, `SELECT status FROM proposals WHERE id = ?`, id).Scan(&cur); {
@@ -212,9 +217,10 @@ func (s *Store) UpdateProposal(ctx context.Context, id, from string, u store.Pro
 // statement; see store.Records.ExpireProposals.
 func (s *Store) ExpireProposals(ctx context.Context, now time.Time) ([]store.Proposal, error) {
 	t := ts(now)
-	rows, err := s.w.QueryContext(ctx, `UPDATE proposals SET status = ?, reason = ?, decided_at = ?, updated_at = ?
-		WHERE status = ? AND expires_at IS NOT NULL AND expires_at <= ? RETURNING `+proposalCols,
-		store.ProposalExpired, store.ProposalExpired, t, t, store.ProposalPending, t)
+	rows, err := s.w.QueryContext(ctx, `UPDATE proposals SET status = ?, reason = ?, decided_at = ?, updated_at = ?, held_token = ''
+		WHERE (status = ? OR (status = ? AND held_token <> '')) AND expires_at IS NOT NULL AND expires_at <= ?
+		RETURNING `+proposalCols,
+		store.ProposalExpired, store.ProposalExpired, t, t, store.ProposalPending, store.ProposalApproved, t)
 	if err != nil {
 		return nil, fmt.Errorf("expire proposals: %w", err)
 	}
@@ -358,11 +364,11 @@ func scanRun(sc scanner) (store.Run, error) {
 
 func scanProposal(sc scanner) (store.Proposal, error) {
 	var p store.Proposal
-	var runID, args, expires, decided sql.NullString
+	var runID, args, expires, decided, claimed sql.NullString
 	var created, updated string
 	if err := sc.Scan(&p.ID, &runID, &p.Agent, &p.Step, &p.CallID, &p.Tool, &args, &p.ArgsSHA256, &p.Risk,
 		&p.Reasoning, &p.Status, &p.Reason, &p.Approver, &p.ApprovalJTI, &created, &expires, &updated,
-		&decided); err != nil {
+		&decided, &p.Origin, &p.Sidecar, &p.Pod, &p.DecisionID, &p.ClaimedBy, &claimed); err != nil {
 		return p, err
 	}
 	p.RunID = runID.String
@@ -378,6 +384,9 @@ func scanProposal(sc scanner) (store.Proposal, error) {
 		return p, err
 	}
 	if p.DecidedAt, err = parseNullTS(decided); err != nil {
+		return p, err
+	}
+	if p.ClaimedAt, err = parseNullTS(claimed); err != nil {
 		return p, err
 	}
 	return p, nil

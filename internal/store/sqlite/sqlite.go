@@ -12,6 +12,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"strconv"
 	"strings"
@@ -36,6 +37,8 @@ type Options struct {
 	BusyTimeout time.Duration
 	// Readers bounds the read connections (the writer has its own, one).
 	Readers int
+
+	migrations fs.FS // nil: the embedded ones; tests set others (export_test.go)
 }
 
 // DefaultOptions returns the defaults: a 10s busy timeout, 4 readers.
@@ -70,7 +73,10 @@ type Store struct {
 var _ store.Store = (*Store)(nil)
 
 // Open opens (creating it if needed) the SQLite database at path, whose
-// directory must exist, and applies the pending migrations.
+// directory must exist, and applies the pending migrations. A store whose
+// schema is newer than this binary's and not declared compatible with it
+// is refused with an error that wraps store.ErrSchemaTooNew and names both
+// versions; nothing is applied to it.
 func Open(ctx context.Context, path string, o Options) (*Store, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
@@ -101,7 +107,11 @@ func Open(ctx context.Context, path string, o Options) (*Store, error) {
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
 	s := &Store{path: path, w: w}
-	if err := s.migrate(ctx); err != nil {
+	fsys := o.migrations
+	if fsys == nil {
+		fsys = migrations
+	}
+	if err := s.migrate(ctx, fsys); err != nil {
 		w.Close()
 		return nil, err
 	}
@@ -120,9 +130,11 @@ func Open(ctx context.Context, path string, o Options) (*Store, error) {
 func (s *Store) Path() string { return s.path }
 
 // migrate applies the pending migrations in one write transaction (BEGIN
-// IMMEDIATE, so two processes opening a new file do not race).
-func (s *Store) migrate(ctx context.Context) error {
-	ms, err := store.LoadMigrations(migrations, "migrations")
+// IMMEDIATE, so two processes opening a new file do not race), after the
+// schema guard: a store whose schema this binary cannot run against
+// (store.SchemaStatus.Err) is refused, and nothing is applied.
+func (s *Store) migrate(ctx context.Context, fsys fs.FS) error {
+	ms, err := store.LoadMigrations(fsys, "migrations")
 	if err != nil {
 		return err
 	}
@@ -131,31 +143,24 @@ func (s *Store) migrate(ctx context.Context) error {
 		return fmt.Errorf("migrate %q: %w", s.path, err)
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
-		version    INTEGER PRIMARY KEY,
-		name       TEXT NOT NULL,
-		applied_at TEXT NOT NULL
-	) STRICT`); err != nil {
-		return fmt.Errorf("migrate %q: %w", s.path, err)
+	for _, q := range bootstrap {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("migrate %q: %w", s.path, err)
+		}
 	}
-	applied := map[int]bool{}
-	rows, err := tx.QueryContext(ctx, `SELECT version FROM schema_migrations`)
+	applied, err := readApplied(ctx, tx)
 	if err != nil {
 		return fmt.Errorf("migrate %q: %w", s.path, err)
 	}
-	for rows.Next() {
-		var v int
-		if err := rows.Scan(&v); err != nil {
-			rows.Close()
-			return fmt.Errorf("migrate %q: %w", s.path, err)
-		}
-		applied[v] = true
+	if err := store.NewSchemaStatus(ms, applied).Err(); err != nil {
+		return fmt.Errorf("open sqlite %q: %w", s.path, err)
 	}
-	if err := rows.Close(); err != nil {
-		return fmt.Errorf("migrate %q: %w", s.path, err)
+	done := map[int]bool{}
+	for _, a := range applied {
+		done[a.Version] = true
 	}
 	for _, m := range ms {
-		if applied[m.Version] {
+		if done[m.Version] {
 			continue
 		}
 		if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
@@ -164,6 +169,12 @@ func (s *Store) migrate(ctx context.Context) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
 			m.Version, m.Name, ts(time.Now())); err != nil {
 			return fmt.Errorf("migrate %q: record %04d_%s: %w", s.path, m.Version, m.Name, err)
+		}
+		if m.CompatibleWith > 0 {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO schema_compat (version, compatible_with) VALUES (?, ?)`,
+				m.Version, m.CompatibleWith); err != nil {
+				return fmt.Errorf("migrate %q: record %04d_%s: %w", s.path, m.Version, m.Name, err)
+			}
 		}
 	}
 	if err := tx.Commit(); err != nil {
@@ -185,7 +196,7 @@ func (s *Store) Ping(ctx context.Context) error {
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		var errR error
-		if s.r != nil {
+		if s.r != nil && s.r != s.w { // OpenReadOnly: one pool for both
 			errR = s.r.Close()
 		}
 		var errS error

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -135,7 +136,8 @@ func TestMain(m *testing.M) {
 const childBatches, childBatchSize = 40, 10
 
 // child appends childBatches batches to a file as writer: spec is
-// "<path>|<writer>".
+// "<path>|<writer>". Writer "hold" only holds the file open until stdin
+// closes.
 func child(spec string) int {
 	path, writer, _ := strings.Cut(spec, "|")
 	ctx := context.Background()
@@ -145,6 +147,11 @@ func child(spec string) int {
 		return 1
 	}
 	defer s.Close()
+	if writer == "hold" {
+		fmt.Println("open")
+		io.Copy(io.Discard, os.Stdin)
+		return 0
+	}
 	c := store.NewChainer(writer)
 	for i := range childBatches {
 		ev := make([]store.Event, childBatchSize)

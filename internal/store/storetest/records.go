@@ -35,6 +35,7 @@ func RunRecords(t *testing.T, b Backend) {
 	t.Run("records: concurrent llm calls add up", func(t *testing.T) { testLLMCallsRace(t, b) })
 	t.Run("records: costs by agent and model", func(t *testing.T) { testCosts(t, b) })
 	t.Run("records: pruning runs takes their records along", func(t *testing.T) { testPruneRecords(t, b) })
+	runGateway(t, b)
 }
 
 // openRecords opens t's database as a store.Records.
@@ -84,16 +85,16 @@ func diffRun(got, want store.Run) string {
 }
 
 func diffProposal(got, want store.Proposal) string {
-	if d := sameTimes([]string{"CreatedAt", "ExpiresAt", "UpdatedAt", "DecidedAt"},
-		[]time.Time{got.CreatedAt, got.ExpiresAt, got.UpdatedAt, got.DecidedAt},
-		[]time.Time{want.CreatedAt, want.ExpiresAt, want.UpdatedAt, want.DecidedAt}); d != "" {
+	if d := sameTimes([]string{"CreatedAt", "ExpiresAt", "UpdatedAt", "DecidedAt", "ClaimedAt"},
+		[]time.Time{got.CreatedAt, got.ExpiresAt, got.UpdatedAt, got.DecidedAt, got.ClaimedAt},
+		[]time.Time{want.CreatedAt, want.ExpiresAt, want.UpdatedAt, want.DecidedAt, want.ClaimedAt}); d != "" {
 		return d
 	}
 	if string(got.Args) != string(want.Args) || (got.Args == nil) != (want.Args == nil) {
 		return fmt.Sprintf("Args = %q, want byte for byte %q", got.Args, want.Args)
 	}
-	got.CreatedAt, got.ExpiresAt, got.UpdatedAt, got.DecidedAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
-	want.CreatedAt, want.ExpiresAt, want.UpdatedAt, want.DecidedAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	got.CreatedAt, got.ExpiresAt, got.UpdatedAt, got.DecidedAt, got.ClaimedAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	want.CreatedAt, want.ExpiresAt, want.UpdatedAt, want.DecidedAt, want.ClaimedAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}, time.Time{}
 	got.Args, want.Args = nil, nil
 	if !reflect.DeepEqual(got, want) {
 		return fmt.Sprintf("got  %+v\nwant %+v", got, want)
