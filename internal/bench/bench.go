@@ -193,7 +193,9 @@ type Target struct {
 	Elapsed      time.Duration  `json:"elapsed_ns"`
 	ChecksPerSec float64        `json:"checks_per_sec"` // completed calls per second
 	P50          time.Duration  `json:"p50_ns"`         // latency of successful calls
+	P95          time.Duration  `json:"p95_ns"`
 	P99          time.Duration  `json:"p99_ns"`
+	Mean         time.Duration  `json:"mean_ns"`
 	RoundRates   []float64      `json:"round_checks_per_sec"` // checks/s of each round; a wide spread means a busy machine
 	TimedOut     bool           `json:"timed_out,omitempty"`  // stopped at the time limit before Requests calls
 	Cache        *CacheStats    `json:"cache,omitempty"`      // in-process m1-authz only
@@ -336,6 +338,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 		t, tl := &targets[i], &tallies[i]
 		t.Calls, t.Errors, t.ErrorCounts, t.Elapsed, t.TimedOut = tl.calls, tl.errors, tl.errDist, tl.elapsed, tl.timedOut
 		t.ChecksPerSec, t.P50, t.P99, t.RoundRates = tl.rate(), tl.percentile(50), tl.percentile(99), tl.rates
+		t.P95, t.Mean = tl.percentile(95), tl.mean()
 	}
 	targets[1].MintedLive = mintedLive
 	if len(env.servers) > 0 {

@@ -249,6 +249,18 @@ func (t *tally) rate() float64 {
 	return float64(t.calls) / t.elapsed.Seconds()
 }
 
+// mean is the mean latency of the allowed calls, 0 when there were none.
+func (t *tally) mean() time.Duration {
+	if len(t.latencies) == 0 {
+		return 0
+	}
+	var sum time.Duration
+	for _, d := range t.latencies {
+		sum += d
+	}
+	return sum / time.Duration(len(t.latencies))
+}
+
 // percentile is the nearest-rank p-th percentile (0 < p <= 100) of the
 // allowed calls' latencies, or 0 when there were none. It sorts them.
 func (t *tally) percentile(p float64) time.Duration {

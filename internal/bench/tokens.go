@@ -120,6 +120,8 @@ type feed struct {
 	more  func() ([]byte, error) // makes a request past the end of reqs; nil = cycle
 	extra atomic.Uint64          // requests made by more during the load
 	err   atomic.Pointer[error]  // the first error of more
+	// gen, when set, makes every call's request from its number instead.
+	gen func(i uint64) mem.SliceBuffer
 }
 
 // fixedFeed sends req on every call.
@@ -129,6 +131,9 @@ func fixedFeed(req []byte) *feed {
 
 // request returns the next call's request.
 func (f *feed) request() mem.BufferSlice {
+	if f.gen != nil {
+		return mem.BufferSlice{f.gen(f.next.Add(1) - 1)}
+	}
 	if len(f.reqs) == 1 && f.cycle {
 		return mem.BufferSlice{f.reqs[0]}
 	}
