@@ -348,4 +348,3 @@ func (b *bot) approve(ctx context.Context, p store.Proposal) error {
 	}
 	return nil
 }
-
