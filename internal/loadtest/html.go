@@ -120,6 +120,15 @@ func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
 // svgEsc escapes text for SVG.
 func svgEsc(s string) string { return template.HTMLEscapeString(s) }
 
+// label is a chart's row label: escaped, and cut to fit left of the bars.
+func label(s string) string {
+	const most = 62
+	if r := []rune(s); len(r) > most {
+		s = "…" + string(r[len(r)-most+1:])
+	}
+	return svgEsc(s)
+}
+
 // targetChart draws each figure with a target as a bar of value/target:
 // the target is the line at 1, green bars met it, red ones did not.
 func targetChart(s Scenario) template.HTML {
@@ -133,7 +142,7 @@ func targetChart(s Scenario) template.HTML {
 		return ""
 	}
 	const (
-		left, width, rowH = 330.0, 380.0, 26.0
+		left, width, rowH = 400.0, 360.0, 26.0
 		maxRatio          = 2.0
 	)
 	h := rowH*float64(len(fs)) + 30
@@ -151,7 +160,7 @@ func targetChart(s Scenario) template.HTML {
 		if !f.Met {
 			color = "#c62828"
 		}
-		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="end" class="lbl">%s</text>`, left-8, y+15, svgEsc(f.Name))
+		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="end" class="lbl">%s</text>`, left-8, y+15, label(f.Name))
 		fmt.Fprintf(&b, `<rect x="%.0f" y="%.0f" width="%.1f" height="18" fill="%s"/>`, left, y+2, width/maxRatio*ratio, color)
 		fmt.Fprintf(&b, `<text x="%.1f" y="%.0f" class="val">%s (target %s)</text>`, left+width/maxRatio*ratio+6, y+15, svgEsc(f.FormatValue()), svgEsc(f.FormatTarget()))
 	}
@@ -174,14 +183,14 @@ func latencyChart(s Scenario) template.HTML {
 	if len(fs) == 0 || maxMS == 0 {
 		return ""
 	}
-	const left, width, rowH = 330.0, 380.0, 44.0
+	const left, width, rowH = 400.0, 360.0, 44.0
 	h := rowH*float64(len(fs)) + 30
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg class="chart" role="img" aria-label="latency percentiles of %s" width="%.0f" height="%.0f" xmlns="http://www.w3.org/2000/svg">`, svgEsc(s.Name), left+width+120, h)
 	colors := []string{"#90caf9", "#42a5f5", "#1565c0"}
 	for i, f := range fs {
 		y := 8 + rowH*float64(i)
-		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="end" class="lbl">%s</text>`, left-8, y+20, svgEsc(f.Name))
+		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="end" class="lbl">%s</text>`, left-8, y+20, label(f.Name))
 		for j, p := range []struct {
 			name string
 			d    Dur
@@ -209,13 +218,13 @@ func cpuChart(s Scenario) template.HTML {
 	if maxC == 0 {
 		return ""
 	}
-	const left, width, rowH = 330.0, 380.0, 22.0
+	const left, width, rowH = 400.0, 360.0, 22.0
 	h := rowH*float64(len(s.Processes)) + 12
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg class="chart" role="img" aria-label="CPU of each process of %s" width="%.0f" height="%.0f" xmlns="http://www.w3.org/2000/svg">`, svgEsc(s.Name), left+width+160, h)
 	for i, p := range s.Processes {
 		y := 4 + rowH*float64(i)
-		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="end" class="lbl">%s</text>`, left-8, y+13, svgEsc(p.Name))
+		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="end" class="lbl">%s</text>`, left-8, y+13, label(p.Name))
 		fmt.Fprintf(&b, `<rect x="%.0f" y="%.0f" width="%.1f" height="15" fill="#8d6e63"/>`, left, y+1, width*p.Cores/maxC)
 		fmt.Fprintf(&b, `<text x="%.1f" y="%.0f" class="val">%.2f cores, %s</text>`, left+width*p.Cores/maxC+6, y+13, p.Cores, svgEsc(mib(p.RSSBytes)))
 	}
@@ -246,7 +255,7 @@ th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 code{font-size:12px}
 </style></head><body>
 <h1>m1 loadtest</h1>
-<p>Started {{.Started.Format "2006-01-02 15:04:05 UTC"}} on {{.Machine.CPUs}} CPUs{{with .Machine.Model}} ({{.}}){{end}}, {{.Machine.OS}}, {{.Machine.GoVersion}}; each measured phase {{.Duration}}.
+<p>Started {{.Started.Format "2006-01-02 15:04:05 UTC"}} on {{.Machine.CPUs}} CPUs{{with .Machine.Model}} ({{.}}){{end}}, {{.Machine.OS}}, {{.Machine.GoVersion}}; each measured phase {{.Duration.Std}}.
 The load generator and the no-op server run in the m1 loadtest process, on the same cores as the processes measured: every figure is a floor.{{if .Baseline}}
 Compared with <code>{{.Baseline}}</code>: <span class="{{if .Regressions}}regressed{{else}}met{{end}}">{{.Regressions}} regression(s)</span> (a figure more than 10% worse).{{end}}</p>
 
@@ -271,9 +280,11 @@ Compared with <code>{{.Baseline}}</code>: <span class="{{if .Regressions}}regres
 {{range .}}<tr><td>{{.Name}}</td><td class="num">{{.PID}}</td><td class="num">{{secs .CPUSec}}</td><td class="num">{{cores .Cores}}</td><td class="num">{{mib .RSSBytes}}</td><td class="num">{{mib .PeakRSS}}</td></tr>
 {{end}}</table>{{end}}
 {{with .Profile}}<h3>CPU profile</h3><p>From {{.From}}: {{printf "%.0f" .SampleMS}} ms of CPU sampled over {{printf "%.1f" .Seconds}} s ({{cores .Cores}} cores).</p>
-<table><tr><th colspan="3">top by own time (flat)</th><th colspan="3">top with callees (cumulative)</th></tr>
-<tr><th>function</th><th>flat</th><th>cum</th><th>function</th><th>flat</th><th>cum</th></tr>
-{{$cum := .Cum}}{{range $i, $f := .Flat}}<tr><td><code>{{$f.Name}}</code></td><td class="num">{{pct $f.FlatPct}}</td><td class="num">{{pct $f.CumPct}}</td>{{if lt $i (len $cum)}}{{with index $cum $i}}<td><code>{{.Name}}</code></td><td class="num">{{pct .FlatPct}}</td><td class="num">{{pct .CumPct}}</td>{{end}}{{else}}<td colspan="3"></td>{{end}}</tr>
+<table><tr><th>top with callees (cumulative)</th><th>cum</th><th>flat</th></tr>
+{{range .Cum}}<tr><td><code>{{.Name}}</code></td><td class="num">{{pct .CumPct}}</td><td class="num">{{pct .FlatPct}}</td></tr>
+{{end}}</table>
+<table><tr><th>top by own time (flat)</th><th>flat</th><th>cum</th></tr>
+{{range .Flat}}<tr><td><code>{{.Name}}</code></td><td class="num">{{pct .FlatPct}}</td><td class="num">{{pct .CumPct}}</td></tr>
 {{end}}</table>{{end}}
 {{with .Notes}}<ul class="note">{{range .}}<li>{{.}}</li>{{end}}</ul>{{end}}
 {{end}}

@@ -152,7 +152,7 @@ func isRootFrame(name string) bool {
 		return true
 	}
 	return strings.HasPrefix(name, "google.golang.org/grpc.(*Server).") ||
-		strings.HasPrefix(name, "google.golang.org/grpc.(*Server).serveStreams")
+		strings.HasSuffix(name, "._Authorization_Check_Handler")
 }
 
 // hotspot names the part of m1-authz a profile's cumulative list says

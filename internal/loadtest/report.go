@@ -109,6 +109,9 @@ func (d *Dur) UnmarshalJSON(b []byte) error {
 
 func (d Dur) String() string { return fmtMS(time.Duration(d)) }
 
+// Std is d as a time.Duration.
+func (d Dur) Std() time.Duration { return time.Duration(d) }
+
 func fmtMS(d time.Duration) string {
 	switch {
 	case d == 0:
