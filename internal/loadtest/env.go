@@ -33,8 +33,9 @@ type env struct {
 	logf     func(format string, args ...any)
 }
 
-// newEnv makes the temporary directory and a signing key (with the m1
-// binary, as an operator would), unless every scenario uses --target.
+// newEnv makes the temporary directory and, unless targets are given (they
+// trust opts.KeyFile), a signing key that the processes it starts trust
+// (with the m1 binary, as an operator would).
 func newEnv(opts Options, logf func(string, ...any)) (*env, error) {
 	e := &env{opts: opts, logf: logf}
 	dir, err := os.MkdirTemp("", "m1-loadtest-")
@@ -42,8 +43,9 @@ func newEnv(opts Options, logf func(string, ...any)) (*env, error) {
 		return nil, err
 	}
 	e.dir = dir
-	if opts.KeyFile != "" {
-		e.keyFile = opts.KeyFile
+	targets := opts.Targets.sidecar() || opts.Targets.Orchestrator != ""
+	if targets {
+		e.keyFile = opts.KeyFile // the key the targets trust
 	}
 	if opts.Targets.Authz != "" && opts.Targets.Orchestrator != "" {
 		return e, nil // nothing to start
@@ -51,7 +53,7 @@ func newEnv(opts Options, logf func(string, ...any)) (*env, error) {
 	if e.bins, err = FindBinaries(opts.BinDir); err != nil {
 		return e, err
 	}
-	if e.keyFile == "" {
+	if !targets { // the processes started trust a key of their own
 		keys := filepath.Join(dir, "keys")
 		out, err := exec.Command(e.bins.CLI, "keys", "gen", "--kid", "loadtest", "--out", keys).CombinedOutput()
 		if err != nil {
