@@ -167,11 +167,12 @@ func Run(ctx context.Context, opts Options, logf func(format string, args ...any
 			return rep, err
 		}
 		logf("scenario %s: running", name)
+		t0 := time.Now()
 		s := runScenario(ctx, e, name)
 		e.stopAll()
 		adviseScenario(&s)
 		rep.Scenarios = append(rep.Scenarios, s)
-		logf("scenario %s: done", name)
+		logf("scenario %s: done in %.1fs", name, time.Since(t0).Seconds())
 	}
 	if base != nil {
 		rep.compare(base, opts.Baseline)

@@ -412,7 +412,7 @@ func (e *env) approvals(ctx context.Context, s *Scenario) error {
 		o := bench.DefaultOptions()
 		o.Addr, o.Mode, o.KeyFile, o.Audience = strings.Join(addrs, ","), mode, e.keyFile, e.opts.Audience
 		o.Concurrency, o.Connections, o.Duration = e.opts.Concurrency, len(scs), e.opts.Duration/2
-		o.Warmup = min(500, max(50, int(e.opts.Duration/time.Millisecond)))
+		o.Warmup = min(500, max(50, int(e.opts.Duration/(10*time.Millisecond))))
 		done := watch(ws...)
 		wait := func() {}
 		if profile {
