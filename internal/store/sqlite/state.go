@@ -88,7 +88,7 @@ func (s *Store) RecordUses(ctx context.Context, epoch, now time.Time, uses []sto
 	case stored != epochTS(epoch):
 		return nil, fmt.Errorf("record uses: %w: stored %s, adopted %s", store.ErrEpochChanged, stored, epochTS(epoch))
 	}
-	counted, err := recordBatch(ctx, tx.StmtContext(ctx, st.upsert), uses, now)
+	counted, err := recordBatch(ctx, tx, tx.StmtContext(ctx, st.upsert), uses, now)
 	if err != nil {
 		return nil, fmt.Errorf("record uses: %w", err)
 	}
@@ -99,11 +99,107 @@ func (s *Store) RecordUses(ctx context.Context, epoch, now time.Time, uses []sto
 }
 
 // recordBatch runs upsertUses on the batch. A jti that occurs more than
-// once (a grant used by several calls of one commit) is counted once per
-// statement, its occurrences in order: the first occurrence of every jti
-// in the first statement, the second ones in the next, and so on, so that
-// each returned jti names exactly one use.
-func recordBatch(ctx context.Context, stmt *sql.Stmt, uses []store.Use, now time.Time) ([]bool, error) {
+// once (a grant used by several calls of one commit) is counted by
+// recordRepeated, in one read and one write for all its occurrences,
+// when they agree (the same token's claims); otherwise every repeated jti
+// is counted once per statement, its occurrences in order: the first
+// occurrence of every jti in the first statement, the second ones in the
+// next, and so on, so that each returned jti names exactly one use.
+func recordBatch(ctx context.Context, tx *sql.Tx, stmt *sql.Stmt, uses []store.Use, now time.Time) ([]bool, error) {
+	if single, repeated, ok := splitRepeated(uses); ok && len(repeated) > 0 {
+		counted := make([]bool, len(uses))
+		if len(single) > 0 {
+			sub := make([]store.Use, len(single))
+			for j, i := range single {
+				sub[j] = uses[i]
+			}
+			c, err := recordRounds(ctx, stmt, sub, now)
+			if err != nil {
+				return nil, err
+			}
+			for j, i := range single {
+				counted[i] = c[j]
+			}
+		}
+		for _, idx := range repeated {
+			if err := recordRepeated(ctx, tx, uses, idx, now, counted); err != nil {
+				return nil, err
+			}
+		}
+		return counted, nil
+	}
+	return recordRounds(ctx, stmt, uses, now)
+}
+
+// splitRepeated sorts the uses into those of a jti that occurs once and,
+// for each jti that occurs more than once, its occurrences in order. ok is
+// false when the occurrences of a jti disagree on max_uses or expires_at.
+func splitRepeated(uses []store.Use) (single []int, repeated [][]int, ok bool) {
+	occ := make(map[string][]int, len(uses))
+	order := make([]string, 0, len(uses))
+	for i, u := range uses {
+		if _, seen := occ[u.JTI]; !seen {
+			order = append(order, u.JTI)
+		}
+		occ[u.JTI] = append(occ[u.JTI], i)
+	}
+	for _, jti := range order {
+		idx := occ[jti]
+		if len(idx) == 1 {
+			single = append(single, idx[0])
+			continue
+		}
+		first := uses[idx[0]]
+		for _, i := range idx[1:] {
+			if uses[i].MaxUses != first.MaxUses || !uses[i].ExpiresAt.Equal(first.ExpiresAt) {
+				return nil, nil, false
+			}
+		}
+		repeated = append(repeated, idx)
+	}
+	return single, repeated, true
+}
+
+// recordRepeated counts the k occurrences idx of one jti (with the same
+// max_uses and expires_at) as k upsertUses statements in a row would: an
+// absent or expired record starts from 0, and uses are counted in order
+// until max_uses. It reads the record once and writes it once.
+func recordRepeated(ctx context.Context, tx *sql.Tx, uses []store.Use, idx []int, now time.Time, counted []bool) error {
+	u := uses[idx[0]]
+	nowTS := ts(now)
+	var before int64
+	var expired bool
+	err := tx.QueryRowContext(ctx, `SELECT uses, expires_at < ? FROM token_uses WHERE jti = ?`, nowTS, u.JTI).Scan(&before, &expired)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		before = 0
+	case err != nil:
+		return err
+	case expired:
+		before = 0
+	}
+	granted := min(int64(len(idx)), max(int64(u.MaxUses)-before, 0))
+	if granted == 0 {
+		return nil // at its limit: nothing changes, as upsertUses's WHERE leaves it
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO token_uses (jti, uses, max_uses, expires_at) VALUES (?1, ?2, ?3, ?4)
+		ON CONFLICT (jti) DO UPDATE SET
+			uses = excluded.uses,
+			max_uses = excluded.max_uses,
+			expires_at = CASE WHEN token_uses.expires_at < ?5 OR excluded.expires_at > token_uses.expires_at
+				THEN excluded.expires_at ELSE token_uses.expires_at END`,
+		u.JTI, before+granted, u.MaxUses, ts(u.ExpiresAt), nowTS); err != nil {
+		return err
+	}
+	for _, i := range idx[:granted] {
+		counted[i] = true
+	}
+	return nil
+}
+
+// recordRounds runs upsertUses on the batch, a repeated jti once per
+// statement (see recordBatch).
+func recordRounds(ctx context.Context, stmt *sql.Stmt, uses []store.Use, now time.Time) ([]bool, error) {
 	counted := make([]bool, len(uses))
 	seen := make(map[string]int, len(uses)) // jti → occurrences so far
 	round := make([]int, len(uses))         // use → its statement
