@@ -10,18 +10,14 @@ import (
 // target: what the processes' CPU and the profile say is the limit, and
 // what to change.
 func adviseScenario(s *Scenario) {
-	var cpus = runtime.NumCPU()
-	busy := 0.0 // cores the processes of the scenario used, summed per phase at most
-	var sidecarCores float64
+	cpus := runtime.NumCPU()
+	// The most any one sidecar and the load generator used in a phase.
+	var sidecarCores, genCores float64
 	for _, p := range s.Processes {
-		busy = max(busy, p.Cores)
-		if strings.Contains(p.Name, "m1-authz") {
+		switch {
+		case strings.Contains(p.Name, "m1-authz"):
 			sidecarCores = max(sidecarCores, p.Cores)
-		}
-	}
-	var genCores float64
-	for _, p := range s.Processes {
-		if strings.Contains(p.Name, "load generator") {
+		case strings.Contains(p.Name, "load generator"):
 			genCores = max(genCores, p.Cores)
 		}
 	}

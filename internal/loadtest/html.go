@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"html/template"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -37,7 +38,7 @@ func writeFile(path string, b []byte) error {
 
 // HTML writes the report as one self-contained page: no script, no
 // external resource; the charts are inline SVG.
-func (r *Report) HTML(w *bytes.Buffer) error {
+func (r *Report) HTML(w io.Writer) error {
 	return reportTmpl.Execute(w, r)
 }
 

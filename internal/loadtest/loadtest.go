@@ -70,7 +70,7 @@ type Targets struct {
 	Orchestrator string // m1-orchestrator URL (agents): its tool calls go through the target's proxy
 }
 
-// any says whether any sidecar target is set.
+// sidecar says whether an m1-authz target is set.
 func (t Targets) sidecar() bool { return t.Authz != "" }
 
 // DefaultOptions returns the defaults of `m1 loadtest`.
