@@ -38,6 +38,8 @@ func adviseScenario(s *Scenario) {
 		switch {
 		case strings.Contains(f.Name, "fresh approval"):
 			a = append(a, "every fresh approval costs an Ed25519 verification and a durable single-use record (a group commit: one SQLite transaction and fsync per group, or a Redis round trip). Give the store a fast local disk (M1_DATA_DIR on SSD, not network storage), or share state through Redis (REDIS_URL), and scale out: throughput is per core.")
+		case strings.Contains(f.Name, "cacheable"):
+			a = append(a, "a cached check costs the cache lookup, gRPC and the audit append (the largest part): keep M1_AUDIT on but give the audit store a fast disk; check that the policy is cacheable (/health, checks.policy) and the hit rate (m1_policy_cache_hits_total).")
 		case strings.Contains(f.Name, "grant"):
 			a = append(a, "a reused grant is verified once (verified-token cache) but counts every use durably: check that the grant is not re-minted per call, and give the store a fast disk or use Redis for the counter.")
 		case strings.Contains(f.Name, "hit rate"):
@@ -47,7 +49,13 @@ func adviseScenario(s *Scenario) {
 		case strings.Contains(f.Name, "runs that completed"):
 			a = append(a, "agent runs failed: read the failures in the table (a deny code from m1-authz, a proposal that expired, an approval refused) and the orchestrator's log; raise M1_DISPATCH_TIMEOUT if tool calls time out under load.")
 		case strings.Contains(f.Name, "/metrics"):
-			a = append(a, "/metrics is slow under load: a label with too many values (per-agent or per-tool series) makes every scrape bigger; check the scrape size, and scrape less often or drop the label with metric_relabel_configs.")
+			size := ""
+			if f.Load != nil {
+				if b, ok := f.Load.Extra["bytes"]; ok {
+					size = fmt.Sprintf(" (%v bytes here)", b)
+				}
+			}
+			a = append(a, "/metrics is slow under load: the scrape competes with checks for the cores, and a label with many values (per-agent or per-tool series) makes every scrape bigger"+size+"; give the sidecar CPU headroom, scrape less often, or drop such labels with metric_relabel_configs.")
 		}
 		if hot != "" {
 			a = append(a, fmt.Sprintf("the CPU profile's largest known part is %s at %.0f%% of the sidecar's samples; its top functions are in the profile table below.", hot, share))

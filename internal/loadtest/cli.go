@@ -95,8 +95,8 @@ its target:
 
   cache      the decision cache under 80/20 hits/misses, L1 and with Redis as L2 (> 10,000 decisions/s)
   policy     cacheable checks while the bundle flips and the cache is flushed (> 5,000/s, hit rate > 70%)
-  approvals  fresh approvals and grants vs a no-op ext_authz server in the same run, one sidecar
-             (≥ 0.5× and ≥ 0.7× no-op) and two sharing Redis
+  approvals  cacheable checks, fresh approvals and grants vs a no-op ext_authz server in the same
+             run, one sidecar (≥ 0.85×, ≥ 0.5× and ≥ 0.7× no-op), then two sharing Redis
   agents     concurrent agent runs through m1-orchestrator, m1 dev-proxy, m1-authz and m1-demo-tool,
              approved by a bot (> 95% complete; runs/s, tool call p99)
   metrics    /metrics scrape time under load (p99 < 100 ms)

@@ -67,7 +67,7 @@ func TestSmoke(t *testing.T) {
 	want := map[string][]string{
 		ScenarioCache:     {"L1: decisions/s", "L1: cache hit rate"},
 		ScenarioPolicy:    {"cacheable under invalidation: decisions/s", "cacheable under invalidation: cache hit rate", "cache flushes"},
-		ScenarioApprovals: {"fresh approval, 1 sidecar: m1-authz / no-op", "grant, 1 sidecar: m1-authz / no-op"},
+		ScenarioApprovals: {"cacheable, 1 sidecar: m1-authz / no-op", "fresh approval, 1 sidecar: m1-authz / no-op", "grant, 1 sidecar: m1-authz / no-op"},
 		ScenarioAgents:    {"agent runs that completed", "tool call p99 (dispatch through the proxy)"},
 		ScenarioMetrics:   {"/metrics scrape p99"},
 	}

@@ -441,6 +441,9 @@ func (e *env) approvals(ctx context.Context, s *Scenario) error {
 		}
 		return nil
 	}
+	if err := run("cacheable, 1 sidecar", bench.ModeCache, targetCacheRatio, false, one); err != nil {
+		return err
+	}
 	if err := run("fresh approval, 1 sidecar", bench.ModeApproval, targetApprovalRatio, true, one); err != nil {
 		return err
 	}
