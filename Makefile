@@ -9,7 +9,7 @@ LDFLAGS   := -s -w -X github.com/m1-agent/m1/internal/buildinfo.version=$(VERSIO
 FUZZTIME  ?= 30s
 BENCHTIME ?= 2s
 
-.PHONY: help build run test test-deps test-go test-rego lint bench fuzz demo release release-check screenshots clean
+.PHONY: help build run test test-deps test-go test-rego lint bench loadtest fuzz demo release release-check screenshots clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +57,13 @@ bench: ## Go benchmarks of the Check path, then gRPC load (ghz) against m1-authz
 	  echo $$? >$$out.rc; } | tee $$out; rc=$$(cat $$out.rc); awk -f scripts/bench-ratios.awk $$out; rm -f $$out $$out.rc; exit $$rc
 	$(GO) run ./cmd/m1 bench
 	$(GO) run ./cmd/m1 bench --audit
+
+# LOADTEST_FLAGS: e.g. --duration 20s, --baseline docs/perf/report.json,
+# --scenario approvals; LOADTEST_OUT: where report.json and report.html go.
+LOADTEST_OUT   ?= loadtest-report
+LOADTEST_FLAGS ?=
+loadtest: build ## the load scenarios (cache, policy, approvals, agents, metrics) against real processes; writes $(LOADTEST_OUT)/report.{json,html}
+	$(BIN)/m1 loadtest --bin $(BIN) --out $(LOADTEST_OUT) $(LOADTEST_FLAGS)
 
 demo: build ## the approval loop on loopback: goal, proposals, m1 approve, dispatch through m1-authz, audit (DEMO_INTERACTIVE=1 to approve yourself)
 	./scripts/demo.sh

@@ -206,9 +206,10 @@ type mintM1 struct {
 // max_uses, run_id and proposal_id when set}.
 //
 // Defaults: IssuedAt zero → now; NotBefore zero → IssuedAt; ID empty → a
-// random 128-bit base64url jti. Expiry is required. Raw and PayloadSHA256 are
-// ignored. Claims that [Verifier.Verify] would reject as malformed (check 2)
-// are an error; time, TTL, audience and issuer limits are the verifier's.
+// jti from newJTI (the issue time, then 80 random bits; 22 base64url
+// characters). Expiry is required. Raw and PayloadSHA256 are ignored.
+// Claims that [Verifier.Verify] would reject as malformed (check 2) are an
+// error; time, TTL, audience and issuer limits are the verifier's.
 func Mint(k *SigningKey, c Claims) (string, error) {
 	if err := k.validate(); err != nil {
 		return "", fmt.Errorf("mint: %w", err)
@@ -223,9 +224,7 @@ func Mint(k *SigningKey, c Claims) (string, error) {
 		return "", errors.New("mint: Expiry is required")
 	}
 	if c.ID == "" {
-		var b [16]byte
-		_, _ = rand.Read(b[:]) // never fails
-		c.ID = base64.RawURLEncoding.EncodeToString(b[:])
+		c.ID = newJTI(c.IssuedAt)
 	}
 	p := mintPayload{
 		Iss: c.Issuer, Sub: c.Subject, Aud: c.Audience,
@@ -313,4 +312,19 @@ func ParseUnverified(token string) (*Claims, error) {
 		return nil, perr
 	}
 	return c, nil
+}
+
+// newJTI makes a jti: 48 bits of the issue time in Unix milliseconds, then
+// 80 random bits, as 22 base64url characters. The random part makes it
+// unique (and unguessable); the time prefix gives the jtis of tokens
+// minted together the same first characters, so that a sidecar records
+// the uses of a group commit in a few neighbouring pages of its store's
+// token_uses index instead of one random page each: 3.8 KB written to
+// disk per fresh approval instead of 12.5 KB (docs/PERFORMANCE.md).
+func newJTI(iat time.Time) string {
+	var b [16]byte
+	ms := uint64(max(iat.UnixMilli(), 0))
+	b[0], b[1], b[2], b[3], b[4], b[5] = byte(ms>>40), byte(ms>>32), byte(ms>>24), byte(ms>>16), byte(ms>>8), byte(ms)
+	_, _ = rand.Read(b[6:]) // never fails
+	return base64.RawURLEncoding.EncodeToString(b[:])
 }

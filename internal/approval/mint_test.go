@@ -278,3 +278,37 @@ func TestInspect(t *testing.T) {
 		t.Errorf("Inspect payload = %v", p)
 	}
 }
+
+// TestNewJTI: 22 base64url characters, unique, and in the order of their
+// issue times (so that the uses of tokens minted together are stored
+// together).
+func TestNewJTI(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 5, 0, 0, 0, time.UTC)
+	seen := map[string]bool{}
+	prev := ""
+	for i := range 1000 {
+		id := newJTI(t0.Add(time.Duration(i) * time.Millisecond))
+		if len(id) != 22 {
+			t.Fatalf("newJTI = %q: %d characters, want 22", id, len(id))
+		}
+		if _, err := base64.RawURLEncoding.DecodeString(id); err != nil {
+			t.Fatalf("newJTI = %q: not base64url: %v", id, err)
+		}
+		if seen[id] {
+			t.Fatalf("newJTI repeated %q", id)
+		}
+		seen[id] = true
+		// base64url's alphabet is not in ASCII order: compare the bytes.
+		if prev != "" {
+			a, _ := base64.RawURLEncoding.DecodeString(prev)
+			b, _ := base64.RawURLEncoding.DecodeString(id)
+			if string(a[:6]) >= string(b[:6]) {
+				t.Fatalf("newJTI at a later millisecond sorts before the earlier one: %x, %x", a[:6], b[:6])
+			}
+		}
+		prev = id
+	}
+	if a, b := newJTI(t0), newJTI(t0); a == b {
+		t.Fatalf("two jtis of one millisecond are equal: %s", a)
+	}
+}

@@ -19,12 +19,16 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net"
 	"net/netip"
+	"net/url"
+	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -49,9 +53,25 @@ type Options struct {
 	Requests    int           `json:"requests"`       // measured calls per target, when Duration is 0; at most MaxRequests
 	Duration    time.Duration `json:"duration_ns"`    // measured time per target instead of Requests; at most MaxDuration
 	Warmup      int           `json:"warmup"`         // unmeasured calls per target before measuring; at most MaxRequests
-	Addr        string        `json:"addr,omitempty"` // a running m1-authz (loopback host:port) to measure instead of an in-process one
+	Addr        string        `json:"addr,omitempty"` // running m1-authz (loopback host:port, comma-separated for several) to measure instead of in-process ones
 	Audit       bool          `json:"audit"`          // the in-process m1-authz also audits every decision (SQLite in a temp dir)
 	Rate        float64       `json:"rate,omitempty"` // measured calls started per second per target, at most MaxRate; 0 = as fast as they are answered
+	// Mode is the path the load takes: ModeCache (default), ModeApproval
+	// (a fresh approval per call) or ModeGrant (one grant reused).
+	Mode string `json:"mode"`
+	// Redis is the shared state of the in-process sidecars: "" none (uses
+	// are durable in each one's SQLite store), "start" a redis-server this
+	// run starts, or a loopback redis:// URL.
+	Redis string `json:"redis,omitempty"`
+	// Sidecars is how many in-process m1-authz share the load (and Redis,
+	// which 2 requires); the no-op baseline is one server.
+	Sidecars int `json:"sidecars"`
+	// KeyFile is the private JWK (`m1 keys gen`) whose public key the
+	// sidecars at Addr trust; approval and grant modes with Addr sign with
+	// it. In-process sidecars get a key this run generates.
+	KeyFile string `json:"key_file,omitempty"`
+	// Audience is the sidecars' M1_AUDIENCE, which the tokens name.
+	Audience string `json:"audience,omitempty"`
 }
 
 // DefaultOptions returns the defaults of `m1 bench`.
@@ -61,6 +81,9 @@ func DefaultOptions() Options {
 		Connections: 1,
 		Requests:    50_000,
 		Warmup:      1000,
+		Mode:        ModeCache,
+		Sidecars:    1,
+		Audience:    DefaultAudience,
 	}
 }
 
@@ -80,10 +103,44 @@ func (o Options) validate() error {
 	case o.Warmup < 0 || o.Warmup > MaxRequests:
 		return fmt.Errorf("Warmup (--warmup) must be 0..%d, got %d", MaxRequests, o.Warmup)
 	}
+	switch o.Mode {
+	case "", ModeCache, ModeApproval, ModeGrant:
+	default:
+		return fmt.Errorf("Mode (--mode) must be %s, %s or %s, got %q", ModeCache, ModeApproval, ModeGrant, o.Mode)
+	}
 	if o.Addr != "" {
-		if err := loopback(o.Addr); err != nil {
-			return fmt.Errorf("Addr (--addr): %w", err)
+		for _, a := range strings.Split(o.Addr, ",") {
+			if err := loopback(a); err != nil {
+				return fmt.Errorf("Addr (--addr): %w", err)
+			}
 		}
+		switch {
+		case o.Mode != ModeCache && o.Mode != "" && o.KeyFile == "":
+			return fmt.Errorf("KeyFile (--key) is required with --addr in %s mode: the private key the sidecar's JWKS trusts", o.Mode)
+		case o.Redis != "":
+			return errors.New("Redis (--redis) is for in-process sidecars; with --addr the sidecars bring their own")
+		}
+	} else {
+		switch {
+		case o.Sidecars < 1 || o.Sidecars > 2:
+			return fmt.Errorf("Sidecars (--sidecars) must be 1 or 2, got %d", o.Sidecars)
+		case o.Sidecars > 1 && o.Redis == "":
+			return errors.New("Sidecars (--sidecars) 2 needs Redis (--redis start or a URL) to share their state")
+		case o.KeyFile != "":
+			return errors.New("KeyFile (--key) is for --addr; in-process sidecars get a key the run generates")
+		}
+	}
+	if o.Redis != "" && o.Redis != "start" {
+		u, err := url.Parse(o.Redis)
+		if err != nil || (u.Scheme != "redis") {
+			return fmt.Errorf("Redis (--redis) must be \"start\" or a redis:// URL, got %q", o.Redis)
+		}
+		if err := loopback(u.Host); err != nil {
+			return fmt.Errorf("Redis (--redis): %w", err)
+		}
+	}
+	if o.Audience == "" && o.Mode != ModeCache && o.Mode != "" {
+		return errors.New("Audience (--audience) is required in approval and grant modes")
 	}
 	return nil
 }
@@ -119,6 +176,8 @@ type Report struct {
 	Options    Options  `json:"options"`
 	GOMAXPROCS int      `json:"gomaxprocs"` // CPUs the in-process servers and the load share
 	Rounds     int      `json:"rounds"`     // alternating rounds the measured calls were split into
+	Mode       string   `json:"mode"`       // Options.Mode
+	Redis      bool     `json:"redis"`      // the sidecars shared Redis
 	Targets    []Target `json:"targets"`    // the no-op baseline first, then m1-authz
 	Ratio      Ratio    `json:"ratio"`      // m1-authz / no-op
 }
@@ -134,10 +193,17 @@ type Target struct {
 	Elapsed      time.Duration  `json:"elapsed_ns"`
 	ChecksPerSec float64        `json:"checks_per_sec"` // completed calls per second
 	P50          time.Duration  `json:"p50_ns"`         // latency of successful calls
+	P95          time.Duration  `json:"p95_ns"`
 	P99          time.Duration  `json:"p99_ns"`
+	Mean         time.Duration  `json:"mean_ns"`
 	RoundRates   []float64      `json:"round_checks_per_sec"` // checks/s of each round; a wide spread means a busy machine
 	TimedOut     bool           `json:"timed_out,omitempty"`  // stopped at the time limit before Requests calls
 	Cache        *CacheStats    `json:"cache,omitempty"`      // in-process m1-authz only
+	Sidecars     int            `json:"sidecars,omitempty"`   // m1-authz processes that shared the load
+	// MintedLive counts fresh approvals minted while a round was measured,
+	// because the ones minted before it ran out (approval mode): that
+	// minting took CPU from the servers and the round reads low.
+	MintedLive uint64 `json:"minted_live,omitempty"`
 }
 
 // CacheStats is what m1-authz's decision cache did during the measured calls.
@@ -166,7 +232,19 @@ const rounds = 5
 // the benchmark runs affects both alike. It returns an error when a server
 // cannot be started or reached or ctx ends; calls that fail or are not
 // allowed are not an error of Run but are counted in the Report.
+//
+// In approval mode every m1-authz call carries an approval minted for it
+// and used once; the approvals of a round are minted before the round
+// starts (on every core), as many as the round is expected to need. The
+// no-op server is sent one such request over and over: the load generator
+// does the same work per call for both.
 func Run(ctx context.Context, opts Options) (Report, error) {
+	if opts.Mode == "" {
+		opts.Mode = ModeCache
+	}
+	if opts.Sidecars == 0 {
+		opts.Sidecars = 1
+	}
 	if err := opts.validate(); err != nil {
 		return Report{}, fmt.Errorf("options: %w", err)
 	}
@@ -174,75 +252,85 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
-	req, err := marshalRequest()
-	if err != nil {
-		return Report{}, fmt.Errorf("marshal CheckRequest: %w", err)
-	}
-	rep := Report{Options: opts, GOMAXPROCS: runtime.GOMAXPROCS(0)}
+	rep := Report{Options: opts, GOMAXPROCS: runtime.GOMAXPROCS(0), Mode: opts.Mode, Redis: opts.Redis != ""}
 
-	noopAddr, stopNoop, err := startGRPC(ctx, noop{})
+	env, err := setUp(ctx, opts)
+	if env != nil {
+		defer env.close(ctx)
+	}
 	if err != nil {
-		return rep, fmt.Errorf("no-op server: %w", err)
+		return rep, err
 	}
-	defer stopNoop()
 	targets := []Target{
-		{Name: TargetNoop, Addr: noopAddr, InProcess: true},
-		{Name: TargetM1, Addr: opts.Addr},
+		{Name: TargetNoop, Addr: env.noopAddr, InProcess: true},
+		{Name: TargetM1, Addr: strings.Join(env.m1Addrs, ","), InProcess: opts.Addr == "", Sidecars: len(env.m1Addrs)},
 	}
-	var srv *m1Server
-	if opts.Addr != "" {
-		if err := reachable(ctx, opts.Addr); err != nil {
-			return rep, fmt.Errorf("%s: %w", TargetM1, err)
-		}
-	} else {
-		if srv, err = startM1(ctx, opts.Audit); err != nil {
-			return rep, err
-		}
-		defer func() {
-			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			_ = srv.stop(stopCtx)
-		}()
-		targets[1].Addr, targets[1].InProcess = srv.srv.Addr().String(), true
-	}
+	addrs := [][]string{{env.noopAddr}, env.m1Addrs}
+	feeds := []*feed{env.noopFeed, env.m1Feed}
 
 	base := load{
 		protoset:    set,
-		request:     req,
+		template:    env.template,
 		concurrency: opts.Concurrency,
 		connections: opts.Connections,
 	}
-	for _, t := range targets {
+	var warmRate float64 // m1-authz's warm-up calls per second
+	for i, t := range targets {
 		if opts.Warmup == 0 {
 			break
 		}
+		if err := env.refill(i, opts.Warmup); err != nil {
+			return rep, err
+		}
 		w := base
-		w.addr, w.requests, w.limit = t.Addr, opts.Warmup, MaxDuration/rounds
-		if err := w.run(ctx, &tally{}); err != nil {
+		w.addrs, w.feed, w.requests, w.limit = addrs[i], feeds[i], opts.Warmup, MaxDuration/rounds
+		var wt tally
+		if err := w.run(ctx, &wt); err != nil {
 			return rep, fmt.Errorf("%s: warm-up: %w", t.Name, err)
 		}
+		if i == 1 {
+			warmRate = wt.rate()
+		}
 	}
-	var hits, misses uint64
-	if srv != nil {
-		hits, misses = srv.cacheCounts()
-	}
+	hits, misses := env.cacheCounts()
 	tallies := make([]tally, len(targets))
 	n := rounds
 	if opts.Duration == 0 {
 		n = min(rounds, opts.Requests)
 	}
 	rep.Rounds = n
+	var mintedLive uint64
 	for r := range n {
 		for i, t := range targets {
 			l := base
-			l.addr, l.rate = t.Addr, opts.Rate
+			l.addrs, l.feed, l.rate = addrs[i], feeds[i], opts.Rate
+			need := 0
 			if opts.Duration > 0 {
 				l.limit = opts.Duration / rounds
+				// Enough for the round at the best rate seen so far, and a quarter more.
+				best := warmRate
+				if rs := tallies[i].rates; len(rs) > 0 {
+					best = max(best, slices.Max(rs))
+				}
+				if opts.Rate > 0 {
+					best = opts.Rate
+				}
+				need = int(1.25*best*l.limit.Seconds()) + 2*opts.Concurrency
 			} else {
 				l.requests, l.limit = share(opts.Requests, n, r), MaxDuration/rounds
+				need = l.requests + 2*opts.Concurrency
+			}
+			if err := env.refill(i, min(need, MaxRequests)); err != nil {
+				return rep, err
 			}
 			if err := l.run(ctx, &tallies[i]); err != nil {
 				return rep, fmt.Errorf("%s: round %d: %w", t.Name, r+1, err)
+			}
+			if i == 1 {
+				mintedLive += feeds[i].extra.Load()
+				if p := feeds[i].err.Load(); p != nil {
+					return rep, fmt.Errorf("%s: round %d: %w", t.Name, r+1, *p)
+				}
 			}
 		}
 	}
@@ -250,15 +338,166 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 		t, tl := &targets[i], &tallies[i]
 		t.Calls, t.Errors, t.ErrorCounts, t.Elapsed, t.TimedOut = tl.calls, tl.errors, tl.errDist, tl.elapsed, tl.timedOut
 		t.ChecksPerSec, t.P50, t.P99, t.RoundRates = tl.rate(), tl.percentile(50), tl.percentile(99), tl.rates
+		t.P95, t.Mean = tl.percentile(95), tl.mean()
 	}
-	if srv != nil {
-		ok, why := srv.cacheable()
-		h, m := srv.cacheCounts()
+	targets[1].MintedLive = mintedLive
+	if len(env.servers) > 0 {
+		ok, why := env.servers[0].cacheable()
+		h, m := env.cacheCounts()
 		targets[1].Cache = &CacheStats{Enabled: ok, Why: why, Hits: h - hits, Misses: m - misses}
 	}
 	rep.Targets = targets
 	rep.Ratio = ratio(targets[0], targets[1])
 	return rep, nil
+}
+
+// env is what a run sets up: the servers, Redis, the signer, and what is
+// sent to each target.
+type env struct {
+	opts     Options
+	noopAddr string
+	stopNoop func()
+	servers  []*m1Server // in-process m1-authz
+	m1Addrs  []string
+	redis    *RedisServer
+	dir      string // the signer's JWKS
+	signer   *Signer
+	template []byte // a request of the run's shape
+	noopFeed *feed
+	m1Feed   *feed
+}
+
+// setUp starts the no-op server, Redis and the in-process sidecars as opts
+// ask, and prepares what the load sends. The returned env (even with an
+// error) must be closed.
+func setUp(ctx context.Context, opts Options) (*env, error) {
+	e := &env{opts: opts}
+	var err error
+	if e.noopAddr, e.stopNoop, err = startGRPC(ctx, noop{}); err != nil {
+		return e, fmt.Errorf("no-op server: %w", err)
+	}
+	if opts.Mode != ModeCache {
+		if opts.Addr != "" {
+			e.signer, err = LoadSigner(opts.KeyFile, opts.Audience)
+		} else {
+			e.signer, err = NewSigner(opts.Audience)
+		}
+		if err != nil {
+			return e, fmt.Errorf("approval key: %w", err)
+		}
+	}
+	if opts.Addr != "" {
+		e.m1Addrs = strings.Split(opts.Addr, ",")
+		for _, a := range e.m1Addrs {
+			if err := reachable(ctx, a); err != nil {
+				return e, fmt.Errorf("%s: %w", TargetM1, err)
+			}
+		}
+	} else {
+		cfg := m1Config{audit: opts.Audit, audience: opts.Audience}
+		if e.signer != nil {
+			if e.dir, err = os.MkdirTemp("", "m1-bench-keys-"); err != nil {
+				return e, err
+			}
+			if cfg.jwksFile, err = e.signer.WriteJWKS(e.dir); err != nil {
+				return e, fmt.Errorf("write JWKS: %w", err)
+			}
+		}
+		switch opts.Redis {
+		case "":
+		case "start":
+			if e.redis, err = StartRedis(ctx); err != nil {
+				return e, err
+			}
+			cfg.redisURL = e.redis.URL()
+		default:
+			cfg.redisURL = opts.Redis
+		}
+		if cfg.redisURL != "" {
+			if err := SeedRedis(ctx, cfg.redisURL); err != nil {
+				return e, err
+			}
+		}
+		for range opts.Sidecars {
+			srv, err := startM1(ctx, cfg)
+			if err != nil {
+				return e, err
+			}
+			e.servers = append(e.servers, srv)
+			e.m1Addrs = append(e.m1Addrs, srv.srv.Addr().String())
+		}
+	}
+	switch opts.Mode {
+	case ModeCache:
+		if e.template, err = marshalRequest(); err != nil {
+			return e, fmt.Errorf("marshal CheckRequest: %w", err)
+		}
+		e.noopFeed, e.m1Feed = fixedFeed(e.template), fixedFeed(e.template)
+	case ModeGrant:
+		tok, err := e.signer.Grant(time.Now(), grantUses)
+		if err != nil {
+			return e, fmt.Errorf("mint grant: %w", err)
+		}
+		if e.template, err = marshalTokenRequest(writeCallBody, tok); err != nil {
+			return e, fmt.Errorf("marshal CheckRequest: %w", err)
+		}
+		e.noopFeed, e.m1Feed = fixedFeed(e.template), fixedFeed(e.template)
+	case ModeApproval:
+		if e.template, err = approvalRequest(e.signer); err != nil {
+			return e, err
+		}
+		e.noopFeed = fixedFeed(e.template)
+		e.m1Feed = &feed{more: func() ([]byte, error) { return approvalRequest(e.signer) }}
+	}
+	return e, nil
+}
+
+// grantUses is the grant's use limit in grant mode: more than any run makes.
+const grantUses = 1 << 40
+
+// refill gives target i (0 the no-op, 1 m1-authz) n fresh approvals for
+// its next run, in approval mode; the other feeds send one request over
+// and over and need nothing.
+func (e *env) refill(i, n int) error {
+	f := e.m1Feed
+	if i != 1 || f.cycle {
+		return nil
+	}
+	reqs, err := approvalRequests(e.signer, n)
+	if err != nil {
+		return err
+	}
+	f.reqs = reqs
+	f.next.Store(0)
+	f.extra.Store(0)
+	return nil
+}
+
+// cacheCounts sums the decision cache counters of the in-process sidecars.
+func (e *env) cacheCounts() (hits, misses uint64) {
+	for _, s := range e.servers {
+		h, m := s.cacheCounts()
+		hits, misses = hits+h, misses+m
+	}
+	return hits, misses
+}
+
+// close stops what setUp started.
+func (e *env) close(ctx context.Context) {
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	for _, s := range e.servers {
+		_ = s.stop(stopCtx)
+	}
+	if e.redis != nil {
+		e.redis.Stop()
+	}
+	if e.stopNoop != nil {
+		e.stopNoop()
+	}
+	if e.dir != "" {
+		os.RemoveAll(e.dir)
+	}
 }
 
 // share is round r's part of n calls split into k rounds.

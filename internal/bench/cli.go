@@ -34,6 +34,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&opts.Addr, "addr", "", "a running m1-authz (loopback `host:port`) to measure instead of an in-process one")
 	fs.BoolVar(&opts.Audit, "audit", false, "the in-process m1-authz also audits every decision to SQLite")
 	fs.Float64Var(&opts.Rate, "rate", 0, "measured calls started per second per target (latency at a fixed load); 0 = as fast as they are answered")
+	fs.StringVar(&opts.Mode, "mode", opts.Mode, "the path measured: cache (a cacheable call, decision-cache hit), approval (a fresh EdDSA approval per call, each used once), grant (one grant reused by every call)")
+	fs.StringVar(&opts.Redis, "redis", "", "shared state of the in-process sidecars: empty = none (uses durable in SQLite), start = start a redis-server, or a loopback redis:// URL")
+	fs.IntVar(&opts.Sidecars, "sidecars", opts.Sidecars, "in-process m1-authz sharing the load and Redis (1 or 2; 2 needs --redis)")
+	fs.StringVar(&opts.KeyFile, "key", "", "with --addr in approval or grant mode: the private JWK (m1 keys gen) whose public key the sidecar trusts")
+	fs.StringVar(&opts.Audience, "audience", opts.Audience, "the sidecars' M1_AUDIENCE, named in the tokens minted")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
 	usageErr := func(err error) int {
 		fmt.Fprintf(stderr, "m1 bench: %v\nUsage: %s\nRun 'm1 bench -h' for help.\n", err, synopsis)
@@ -82,9 +87,14 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 const synopsis = "m1 bench [flags]"
 
 const description = `Measure ext_authz Check throughput and latency of m1-authz (in-process with
-the default policy, on its decision-cache hit path, or --addr) against a no-op
-ext_authz server, with ghz on 127.0.0.1. The request is an MCP tools/call of
-read_file that the default policy allows; a deny counts as an error.
+the default policy, or --addr) against a no-op ext_authz server, with ghz on
+127.0.0.1, in alternating rounds. --mode picks the path: cache (an MCP
+tools/call of read_file that the default policy allows, answered from the
+decision cache), approval (write_file with a fresh EdDSA approval on every
+call, each used once: signature, durable single use, audit), grant (one
+grant of write_file reused by every call: verified-token cache and use
+counter). In-process sidecars get a key the run generates; --addr needs
+--key. A deny counts as an error.
 
 Exit status: 0 every call allowed, 1 some calls failed or were denied (the
 report is still written), 2 error (bad flags, m1-authz unreachable, no call
@@ -155,8 +165,20 @@ func WriteTable(w io.Writer, rep Report) error {
 	if o.Rate > 0 {
 		load += " at " + strconv.FormatFloat(o.Rate, 'f', -1, 64) + "/s"
 	}
-	fmt.Fprintf(w, "\nconcurrency %d, connections %d, %s per target in %d alternating rounds after %d warm-up calls, GOMAXPROCS %d\n",
-		o.Concurrency, o.Connections, load, rep.Rounds, o.Warmup, rep.GOMAXPROCS)
+	mode := rep.Mode
+	if o.Audit {
+		mode += ", audit on"
+	}
+	if rep.Redis {
+		mode += ", Redis"
+	} else if mode != ModeCache && o.Addr == "" {
+		mode += ", uses in SQLite"
+	}
+	if len(rep.Targets) > 1 && rep.Targets[1].Sidecars > 1 {
+		mode += ", " + strconv.Itoa(rep.Targets[1].Sidecars) + " sidecars"
+	}
+	fmt.Fprintf(w, "\nmode %s; concurrency %d, connections %d, %s per target in %d alternating rounds after %d warm-up calls, GOMAXPROCS %d\n",
+		mode, o.Concurrency, o.Connections, load, rep.Rounds, o.Warmup, rep.GOMAXPROCS)
 	for _, t := range rep.Targets {
 		if c := t.Cache; c != nil {
 			if c.Enabled {
@@ -167,6 +189,9 @@ func WriteTable(w io.Writer, rep Report) error {
 		}
 		if sp := t.Spread(); sp > noisySpread {
 			fmt.Fprintf(w, "warning: %s's rounds differ by %.0f%% in checks/s: something else was using the CPU; rerun on an idle machine\n", t.Name, 100*sp)
+		}
+		if t.MintedLive > 0 {
+			fmt.Fprintf(w, "warning: %s: %d approvals were minted during measured rounds (the pre-minted ones ran out); its figures read low\n", t.Name, t.MintedLive)
 		}
 		for _, e := range topErrors(t.ErrorCounts, 3) {
 			fmt.Fprintf(w, "%s error: %s\n", t.Name, e)

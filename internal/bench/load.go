@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/bojand/ghz/runner"
@@ -59,21 +60,22 @@ func protoset() ([]byte, error) {
 	return b, nil
 }
 
-// checkCodec is the gRPC codec of the load. Every call sends the same
-// CheckRequest, so Marshal sends its bytes, marshalled once, rather than
-// marshalling ghz's dynamic copy of it again on every call (which costs more
-// CPU than a cache-hit check, and the load generator shares the machine with
-// the servers it measures). Unmarshal accepts a response only when it is a
-// CheckResponse whose status is OK; any other status (a deny) fails the call,
-// so ghz counts it as an error. Responses are checked, not decoded into
-// ghz's dynamic message, which nothing reads.
+// checkCodec is the gRPC codec of the load. Marshal sends the bytes the
+// feed hands out, marshalled beforehand (one request every time, or a list
+// of fresh approvals), rather than marshalling ghz's dynamic copy of the
+// request again on every call (which costs more CPU than a cache-hit
+// check, and the load generator shares the machine with the servers it
+// measures). Unmarshal accepts a response only when it is a CheckResponse
+// whose status is OK; any other status (a deny) fails the call, so ghz
+// counts it as an error. Responses are checked, not decoded into ghz's
+// dynamic message, which nothing reads.
 type checkCodec struct {
-	request mem.SliceBuffer // read-only, shared by concurrent calls
+	feed *feed // read-only requests, shared by concurrent calls
 }
 
 func (c checkCodec) Name() string { return grpcproto.Name }
 
-func (c checkCodec) Marshal(any) (mem.BufferSlice, error) { return mem.BufferSlice{c.request}, nil }
+func (c checkCodec) Marshal(any) (mem.BufferSlice, error) { return c.feed.request(), nil }
 
 func (c checkCodec) Unmarshal(data mem.BufferSlice, _ any) error {
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
@@ -192,11 +194,13 @@ func (p *pacer) Pace(elapsed time.Duration, hits uint64) (time.Duration, bool) {
 
 func (p *pacer) Rate(time.Duration) float64 { return p.rate }
 
-// load is one ghz run against one address.
+// load is one ghz run against one address, or against several at once
+// (sidecars sharing Redis), the calls in flight split between them.
 type load struct {
-	addr        string
+	addrs       []string
 	protoset    []byte
-	request     []byte
+	template    []byte // a request of the load's shape, for ghz's own message
+	feed        *feed  // what is sent
 	concurrency int
 	connections int
 	requests    int           // calls to make; 0 = until the time limit
@@ -245,6 +249,18 @@ func (t *tally) rate() float64 {
 	return float64(t.calls) / t.elapsed.Seconds()
 }
 
+// mean is the mean latency of the allowed calls, 0 when there were none.
+func (t *tally) mean() time.Duration {
+	if len(t.latencies) == 0 {
+		return 0
+	}
+	var sum time.Duration
+	for _, d := range t.latencies {
+		sum += d
+	}
+	return sum / time.Duration(len(t.latencies))
+}
+
 // percentile is the nearest-rank p-th percentile (0 < p <= 100) of the
 // allowed calls' latencies, or 0 when there were none. It sorts them.
 func (t *tally) percentile(p float64) time.Duration {
@@ -257,48 +273,95 @@ func (t *tally) percentile(p float64) time.Duration {
 }
 
 // run drives the load with ghz, waits for it to finish and adds what it
-// measured to t. It ends early, with ctx's error, when ctx ends.
+// measured to t. It ends early, with ctx's error, when ctx ends. With
+// several addresses the calls in flight, the connections and the calls are
+// split between them, the runs go side by side, and they count as one run
+// (its time is the longest of them).
 func (l load) run(ctx context.Context, t *tally) error {
+	if len(l.addrs) == 1 {
+		rep, timedOut, err := l.runOne(ctx, l.addrs[0], l.concurrency, l.connections, l.requests, l.rate)
+		if err != nil {
+			return err
+		}
+		t.add(rep, timedOut)
+		return nil
+	}
+	n := len(l.addrs)
+	reps := make([]*runner.Report, n)
+	timed := make([]bool, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, addr := range l.addrs {
+		c := share(l.concurrency, n, i)
+		conns := max(1, share(l.connections, n, i))
+		req := 0
+		if l.requests > 0 {
+			req = share(l.requests, n, i)
+		}
+		wg.Go(func() {
+			reps[i], timed[i], errs[i] = l.runOne(ctx, addr, max(c, 1), min(conns, max(c, 1)), req, l.rate/float64(n))
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	merged := &runner.Report{ErrorDist: map[string]int{}}
+	timedOut := false
+	for i, r := range reps {
+		merged.Count += r.Count
+		merged.Total = max(merged.Total, r.Total)
+		for k, v := range r.ErrorDist {
+			merged.ErrorDist[k] += v
+		}
+		merged.Details = append(merged.Details, r.Details...)
+		timedOut = timedOut || timed[i]
+	}
+	t.add(merged, timedOut)
+	return nil
+}
+
+// runOne is one ghz run against addr.
+func (l load) runOne(ctx context.Context, addr string, concurrency, connections, requests int, rate float64) (*runner.Report, bool, error) {
 	// Only the pacer's limits bound the run; ghz's total is the initial
 	// capacity of its result buffer.
-	total := l.requests
+	total := requests
 	if total == 0 {
 		total = 100_000
 	}
-	p := &pacer{done: ctx.Done(), max: uint64(l.requests), limit: l.limit, rate: l.rate}
-	cfg, err := runner.NewConfig(checkMethod, l.addr,
+	p := &pacer{done: ctx.Done(), max: uint64(requests), limit: l.limit, rate: rate}
+	cfg, err := runner.NewConfig(checkMethod, addr,
 		runner.WithProtosetBinary(l.protoset),
-		runner.WithBinaryData(l.request),
+		runner.WithBinaryData(l.template),
 		runner.WithInsecure(true),
-		runner.WithConcurrency(uint(l.concurrency)),
-		runner.WithConnections(uint(l.connections)),
+		runner.WithConcurrency(uint(concurrency)),
+		runner.WithConnections(uint(connections)),
 		runner.WithTotalRequests(uint(total)),
 		runner.WithPacer(p),
 		runner.WithTimeout(requestTimeout),
 		runner.WithDialTimeout(requestTimeout),
 		runner.WithDisableTemplateFuncs(true),
 		runner.WithDisableTemplateData(true),
-		runner.WithDefaultCallOptions([]grpc.CallOption{grpc.ForceCodecV2(checkCodec{request: l.request})}),
+		runner.WithDefaultCallOptions([]grpc.CallOption{grpc.ForceCodecV2(checkCodec{feed: l.feed})}),
 	)
 	if err != nil {
-		return fmt.Errorf("configure ghz: %w", err)
+		return nil, false, fmt.Errorf("configure ghz: %w", err)
 	}
 	req, err := runner.NewRequester(cfg)
 	if err != nil {
-		return fmt.Errorf("prepare ghz: %w", err)
+		return nil, false, fmt.Errorf("prepare ghz: %w", err)
 	}
 	rep, err := req.Run()
 	if err != nil {
-		return fmt.Errorf("run ghz: %w", err)
+		return nil, false, fmt.Errorf("run ghz: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, false, err
 	}
 	if rep.Count == 0 {
-		return errors.New("no calls completed")
+		return nil, false, errors.New("no calls completed")
 	}
-	t.add(rep, p.timedOut)
-	return nil
+	return rep, p.timedOut, nil
 }
 
 // topErrors lists the most frequent errors, most frequent first, at most n.

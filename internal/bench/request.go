@@ -21,14 +21,20 @@ const toolCallBody = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"n
 // and its decision is cacheable, so after the first check m1-authz answers it
 // from the decision cache. Each call returns a new message.
 func Request() *authv3.CheckRequest {
-	size := strconv.Itoa(len(toolCallBody))
+	return callRequest(toolCallBody, "")
+}
+
+// callRequest is Request's shape with another MCP body and, when token is
+// not empty, the approval token header.
+func callRequest(body, token string) *authv3.CheckRequest {
+	size := strconv.Itoa(len(body))
 	addr := func(ip string, port uint32) *corev3.Address {
 		return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 			Address:       ip,
 			PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
 		}}}
 	}
-	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+	req := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
 		Source:      &authv3.AttributeContext_Peer{Address: addr("10.0.0.5", 53122)},
 		Destination: &authv3.AttributeContext_Peer{Address: addr("10.0.0.9", 8080)},
 		Request: &authv3.AttributeContext_Request{
@@ -51,15 +57,27 @@ func Request() *authv3.CheckRequest {
 				Host:     "tools.local",
 				Scheme:   "http",
 				Protocol: "HTTP/1.1",
-				Size:     int64(len(toolCallBody)),
-				Body:     toolCallBody,
+				Size:     int64(len(body)),
+				Body:     body,
 			},
 		},
 		ContextExtensions: map[string]string{"agent": "agent-42"},
 	}}
+	if token != "" {
+		req.Attributes.Request.Http.Headers[approvalHeader] = token
+	}
+	return req
 }
+
+// approvalHeader is the sidecar's default M1_APPROVAL_HEADER.
+const approvalHeader = "x-m1-approval-token"
 
 // marshalRequest is the wire form of Request, as ghz sends it.
 func marshalRequest() ([]byte, error) {
 	return proto.MarshalOptions{Deterministic: true}.Marshal(Request())
+}
+
+// marshalTokenRequest is the wire form of an MCP call with body and token.
+func marshalTokenRequest(body, token string) ([]byte, error) {
+	return proto.MarshalOptions{Deterministic: true}.Marshal(callRequest(body, token))
 }

@@ -55,19 +55,34 @@ type m1Server struct {
 	dataDir string
 }
 
+// m1Config is what an in-process m1-authz of a run is given.
+type m1Config struct {
+	audit    bool   // audit every decision (SQLite in its data directory)
+	jwksFile string // approval verification keys; "" = none
+	audience string
+	redisURL string // shared state; "" = the store (SQLite, durable uses)
+}
+
 // startM1 starts m1-authz in-process on free 127.0.0.1 ports, logging
-// nothing, auditing decisions only when withAudit (the audit writer shares
-// the machine's cores; measure the decision path without it, then with). Its local state lives in a temporary directory that stop removes.
-func startM1(ctx context.Context, withAudit bool) (*m1Server, error) {
+// nothing, auditing decisions only when c.audit (the audit writer shares
+// the machine's cores; measure the decision path without it, then with).
+// Its local state lives in a temporary directory, seeded as on a sidecar
+// that has been running for an hour (SeedDataDir), that stop removes.
+func startM1(ctx context.Context, c m1Config) (*m1Server, error) {
 	dir, err := os.MkdirTemp("", "m1-bench-")
 	if err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if err := SeedDataDir(ctx, dir); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	opts := sidecar.DefaultOptions()
 	opts.GRPCAddr, opts.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
 	opts.DataDir = dir
-	opts.Audit = withAudit
+	opts.Audit = c.audit
+	opts.JWKSFile, opts.Audience, opts.Redis.URL = c.jwksFile, c.audience, c.redisURL
 	opts.Logger, opts.Registerer, opts.Gatherer = zap.NewNop(), reg, reg
 	srv, err := sidecar.New(ctx, opts)
 	if err != nil {

@@ -51,6 +51,7 @@ func commands() []command {
 		{"policy", "test a policy bundle, or evaluate its decision for one input", runPolicy},
 		{"preflight", "check an m1-authz configuration before rollout: policy, keys, store, Redis, ports", runPreflight},
 		{"bench", "load-test m1-authz (see m1 bench -h)", runBench},
+		{"loadtest", "run the load scenarios against real processes; report.json and report.html (see m1 loadtest -h)", runLoadtest},
 		{"health", "probe a health endpoint of m1-authz, m1-orchestrator or m1-demo-tool (container health checks)", runHealth},
 		{"keys", "generate approval signing keys and the public JWKS", runKeys},
 		{"token", "mint or inspect approval tokens", runToken},

@@ -75,6 +75,10 @@ func TestHelpAndUsage(t *testing.T) {
 		{"bench dispatched", []string{"bench", "--no-such-flag"}, 2, "", "no-such-flag"},
 		{"bench -h like the others", []string{"bench", "-h"}, 0, "Usage:\n  m1 bench [flags]", ""},
 		{"help bench", []string{"help", "bench"}, 0, "  --requests int\n", ""},
+		{"loadtest dispatched", []string{"loadtest", "--no-such-flag"}, 2, "", "no-such-flag"},
+		{"loadtest bad scenario", []string{"loadtest", "--scenario", "cache,nope"}, 2, "", `Scenarios (--scenario): unknown "nope"`},
+		{"help loadtest", []string{"help", "loadtest"}, 0, "Usage:\n  m1 loadtest [--scenario NAME]", ""},
+		{"help lists loadtest", []string{"help"}, 0, "loadtest", ""},
 		{"help lists preflight", []string{"help"}, 0, "preflight", ""},
 	}
 	for _, tt := range tests {

@@ -72,6 +72,13 @@ func (s *Server) databaseCheck() admin.Check {
 		c.Status, c.Info["state"] = admin.StatusDegraded, "not loaded"
 		c.Detail = "store unreachable: the security state is not loaded, approvals and grants are denied (state_unavailable) until it answers"
 	}
+	if s.durable != nil {
+		st := s.durable.Stats()
+		c.Info["use_commits"] = st.Commits
+		if st.Commits > 0 {
+			c.Info["uses_per_commit"] = float64(st.Uses) / float64(st.Commits)
+		}
+	}
 	if s.audit == nil {
 		c.Info["audit"] = "off"
 		if c.Detail == "" {

@@ -26,7 +26,10 @@ func (s *Server) setupTLS() error {
 }
 
 func (s *Server) grpcServerOptions() []grpc.ServerOption {
-	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(s.opts.GRPCMaxRecvBytes)}
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(s.opts.GRPCMaxRecvBytes),
+		grpc.NumStreamWorkers(streamWorkers()),
+	}
 	if s.tls != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(s.tls.MutualConfig("h2"))))
 	}

@@ -125,6 +125,20 @@ type Store struct {
 	pruneAt  time.Time  // commitMu
 
 	used usedUp
+
+	commits atomic.Uint64 // transactions that recorded uses
+	uses    atomic.Uint64 // uses they recorded
+}
+
+// Stats counts the store's group commits.
+type Stats struct {
+	Commits uint64 // transactions that recorded uses
+	Uses    uint64 // uses submitted to them
+}
+
+// Stats returns the commits so far; Uses/Commits is the mean group size.
+func (s *Store) Stats() Stats {
+	return Stats{Commits: s.commits.Load(), Uses: s.uses.Load()}
 }
 
 var _ RevocationSet = (*Store)(nil)
@@ -310,6 +324,8 @@ func (s *Store) commit(b *batch) {
 		return
 	}
 	counted, err := s.db.RecordUses(ctx, time.Unix(e, 0), now, uses)
+	s.commits.Add(1)
+	s.uses.Add(uint64(len(uses)))
 	switch {
 	case errors.Is(err, store.ErrEpochChanged):
 		ne, rerr := s.reset(ctx, e)

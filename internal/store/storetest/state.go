@@ -24,6 +24,7 @@ func RunState(t *testing.T, b Backend) {
 	t.Run("state: uses count to their limit", func(t *testing.T) { testRecordUses(t, b) })
 	t.Run("state: a changed epoch records nothing", func(t *testing.T) { testEpochChanged(t, b) })
 	t.Run("state: expired uses", func(t *testing.T) { testUseExpiry(t, b) })
+	t.Run("state: a grant used many times in one batch", func(t *testing.T) { testRepeatedUses(t, b) })
 	t.Run("state: a bad batch records nothing", func(t *testing.T) { testUsesAtomic(t, b) })
 	t.Run("state: two stores count one grant", func(t *testing.T) { testUsesTwoStores(t, b) })
 	t.Run("state: revocations", func(t *testing.T) { testRevocations(t, b) })
@@ -125,6 +126,10 @@ func testRecordUses(t *testing.T, b Backend) {
 		{"a grant used 4 times in one batch", []store.Use{grant, approval, grant, grant, grant}, []bool{true, false, true, true, false}},
 		{"the grant used up", []store.Use{grant}, []bool{false}},
 		{"other jtis", []store.Use{{JTI: "approval-2", MaxUses: 1, ExpiresAt: exp}, {JTI: "ü-ключ", MaxUses: 2, ExpiresAt: exp}}, []bool{true, true}},
+		// One jti presented with two limits in one batch (two tokens that
+		// share a jti): each use is decided in order, against the count so far.
+		{"one jti, two limits", []store.Use{{JTI: "shared", MaxUses: 1, ExpiresAt: exp}, {JTI: "shared", MaxUses: 1, ExpiresAt: exp},
+			{JTI: "shared", MaxUses: 3, ExpiresAt: exp}, {JTI: "approval-3", MaxUses: 1, ExpiresAt: exp}}, []bool{true, false, true, true}},
 	} {
 		got := record(t, s, epoch, now, tc.uses...)
 		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
@@ -141,8 +146,8 @@ func testRecordUses(t *testing.T, b Backend) {
 			t.Errorf("Uses()[%s] = %+v, want %+v", jti, got, want)
 		}
 	}
-	if len(recs) != 4 {
-		t.Errorf("Uses() = %d records, want 4", len(recs))
+	if len(recs) != 6 {
+		t.Errorf("Uses() = %d records, want 6", len(recs))
 	}
 	// A later use with a later expiry moves the record's expiry on.
 	later := base.Add(20 * time.Minute)
@@ -201,6 +206,40 @@ func testUseExpiry(t *testing.T, b Backend) {
 	}
 	if recs := useRecords(t, s, base); len(recs) != 1 || recs["short"].Uses != 1 {
 		t.Fatalf("Uses after PruneUses = %v, want short alone", recs)
+	}
+}
+
+// testRepeatedUses: the uses of one grant in one batch count in order
+// against what earlier batches counted, and start again on an expired
+// record, as one use per batch would.
+func testRepeatedUses(t *testing.T, b Backend) {
+	s := openState(t, b)
+	epoch := epochOf(t, s, base)
+	now, exp := base.Add(time.Minute), base.Add(10*time.Minute)
+	grant := store.Use{JTI: "grant-many", MaxUses: 4, ExpiresAt: exp}
+	short := store.Use{JTI: "grant-short", MaxUses: 2, ExpiresAt: base.Add(2 * time.Minute)}
+	if got := record(t, s, epoch, now, grant, short, short); fmt.Sprint(got) != "[true true true]" {
+		t.Fatalf("first batch = %v, want all counted", got)
+	}
+	if got := record(t, s, epoch, now, grant, grant, grant, grant); fmt.Sprint(got) != "[true true true false]" {
+		t.Fatalf("grant (4 uses, 1 counted before) used 4 times in one batch = %v, want the first 3 counted", got)
+	}
+	if got := record(t, s, epoch, now, grant, grant); fmt.Sprint(got) != "[false false]" {
+		t.Fatalf("used-up grant used twice in one batch = %v, want neither counted", got)
+	}
+	// After grant-short's record expired, a token with that jti and a later
+	// expiry starts from 0.
+	after := base.Add(3 * time.Minute)
+	again := store.Use{JTI: "grant-short", MaxUses: 2, ExpiresAt: after.Add(time.Minute)}
+	if got := record(t, s, epoch, after, again, again, again); fmt.Sprint(got) != "[true true false]" {
+		t.Fatalf("expired grant record used 3 times in one batch = %v, want 2 counted", got)
+	}
+	recs := useRecords(t, s, after)
+	if r := recs["grant-many"]; r.Uses != 4 || r.MaxUses != 4 || !r.ExpiresAt.Equal(exp) {
+		t.Errorf("grant-many = %+v, want 4 of 4 uses until %v", r, exp)
+	}
+	if r := recs["grant-short"]; r.Uses != 2 || !r.ExpiresAt.Equal(again.ExpiresAt) {
+		t.Errorf("grant-short = %+v, want 2 uses until %v", r, again.ExpiresAt)
 	}
 }
 

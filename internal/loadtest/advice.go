@@ -1,0 +1,65 @@
+package loadtest
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+)
+
+// adviseScenario writes concrete advice for each figure that missed its
+// target: what the processes' CPU and the profile say is the limit, and
+// what to change.
+func adviseScenario(s *Scenario) {
+	cpus := runtime.NumCPU()
+	// The most any one sidecar and the load generator used in a phase.
+	var sidecarCores, genCores float64
+	for _, p := range s.Processes {
+		switch {
+		case strings.Contains(p.Name, "m1-authz"):
+			sidecarCores = max(sidecarCores, p.Cores)
+		case strings.Contains(p.Name, "load generator"):
+			genCores = max(genCores, p.Cores)
+		}
+	}
+	hot, share := s.Profile.hotspot()
+	for _, f := range s.Figures {
+		if f.Met || f.Cmp == "" {
+			continue
+		}
+		var a []string
+		if f.Load != nil && f.Load.Errors > 0 {
+			a = append(a, fmt.Sprintf("%d of %d calls failed (%s): fix those first; a failing call is not a fast one.",
+				f.Load.Errors, f.Load.Calls, strings.Join(f.Load.ErrorTop, "; ")))
+		}
+		if genCores > 0 && genCores+sidecarCores > 0.8*float64(cpus) {
+			a = append(a, fmt.Sprintf("the machine was saturated: the load generator took %.1f of %d cores and m1-authz %.1f. Measure with the load generator on another machine (m1 loadtest --target) or on more cores before concluding that m1-authz is slow.",
+				genCores, cpus, sidecarCores))
+		}
+		switch {
+		case strings.Contains(f.Name, "fresh approval"):
+			a = append(a, "every fresh approval costs an Ed25519 verification and a durable single-use record (a group commit: one SQLite transaction and fsync per group, or a Redis round trip). Give the store a fast local disk (M1_DATA_DIR on SSD, not network storage), or share state through Redis (REDIS_URL), and scale out: throughput is per core.")
+		case strings.Contains(f.Name, "cacheable"):
+			a = append(a, "a cached check costs the cache lookup, gRPC and the audit append (the largest part): keep M1_AUDIT on but give the audit store a fast disk; check that the policy is cacheable (/health, checks.policy) and the hit rate (m1_policy_cache_hits_total).")
+		case strings.Contains(f.Name, "grant"):
+			a = append(a, "a reused grant is verified once (verified-token cache) but counts every use durably: check that the grant is not re-minted per call, and give the store a fast disk or use Redis for the counter.")
+		case strings.Contains(f.Name, "hit rate"):
+			a = append(a, "the cache hit rate is low: check /health's policy check (decision_cache on; a policy that reads time or http.send is not cacheable), raise M1_CACHE_SIZE if it is full, and invalidate less often (flush after a bundle change only when needed).")
+		case strings.Contains(f.Name, "decisions/s"):
+			a = append(a, "decisions/s below target: misses cost a Rego evaluation each; raise M1_CACHE_SIZE/M1_CACHE_TTL, keep the policy cacheable, and with Redis as L2 leave M1_CACHE_L2_MODE=auto (it reads Redis only when that is faster than evaluating).")
+		case strings.Contains(f.Name, "runs that completed"):
+			a = append(a, "agent runs failed: read the failures in the table (a deny code from m1-authz, a proposal that expired, an approval refused) and the orchestrator's log; raise M1_DISPATCH_TIMEOUT if tool calls time out under load.")
+		case strings.Contains(f.Name, "/metrics"):
+			size := ""
+			if f.Load != nil {
+				if b, ok := f.Load.Extra["bytes"]; ok {
+					size = fmt.Sprintf(" (%v bytes here)", b)
+				}
+			}
+			a = append(a, "/metrics is slow under load: the scrape competes with checks for the cores, and a label with many values (per-agent or per-tool series) makes every scrape bigger"+size+"; give the sidecar CPU headroom, scrape less often, or drop such labels with metric_relabel_configs.")
+		}
+		if hot != "" {
+			a = append(a, fmt.Sprintf("the CPU profile's largest known part is %s at %.0f%% of the sidecar's samples; its top functions are in the profile table below.", hot, share))
+		}
+		s.Advice = append(s.Advice, f.Name+": "+strings.Join(a, " "))
+	}
+}

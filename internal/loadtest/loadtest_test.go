@@ -1,0 +1,261 @@
+package loadtest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/html"
+)
+
+// buildBinaries builds the programs a load test starts into a temporary
+// directory (without the race detector: they are measured, not tested).
+func buildBinaries(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goBin, "build", "-o", dir+string(filepath.Separator),
+		"github.com/m1-agent/m1/cmd/m1-authz", "github.com/m1-agent/m1/cmd/m1",
+		"github.com/m1-agent/m1/cmd/m1-orchestrator", "github.com/m1-agent/m1/cmd/m1-demo-tool")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// TestSmoke runs every scenario for a second against real processes and
+// checks the report: each scenario's figures, no errors, report.html with
+// each scenario, and a regression marked against a better baseline. It
+// asserts nothing about speed.
+func TestSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a dozen processes; not in -short")
+	}
+	redis := true
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		msg := "redis-server not found on PATH; install it: apt-get install -y redis-server"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Log("SKIPPING the Redis parts (not in CI): " + msg)
+		redis = false
+	}
+	bin := buildBinaries(t)
+	out := t.TempDir()
+	opts := DefaultOptions()
+	opts.Duration, opts.Out, opts.BinDir = time.Second, out, bin
+	opts.Concurrency, opts.Agents = 8, 4
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, opts, t.Logf)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+
+	want := map[string][]string{
+		ScenarioCache:     {"L1: decisions/s", "L1: cache hit rate"},
+		ScenarioPolicy:    {"cacheable under invalidation: decisions/s", "cacheable under invalidation: cache hit rate", "cache flushes"},
+		ScenarioApprovals: {"cacheable, 1 sidecar: m1-authz / no-op", "fresh approval, 1 sidecar: m1-authz / no-op", "grant, 1 sidecar: m1-authz / no-op"},
+		ScenarioAgents:    {"agent runs that completed", "tool call p99 (dispatch through the proxy)"},
+		ScenarioMetrics:   {"/metrics scrape p99"},
+	}
+	if redis {
+		want[ScenarioCache] = append(want[ScenarioCache], "L1 + Redis L2: decisions/s")
+		want[ScenarioApprovals] = append(want[ScenarioApprovals], "grant, 2 sidecars on Redis: m1-authz / no-op", "fresh approval, 2 sidecars on Redis: m1-authz / no-op")
+	}
+	var names []string
+	for _, s := range rep.Scenarios {
+		names = append(names, s.Name)
+		if s.Error != "" || s.Skipped != "" {
+			t.Errorf("scenario %s: error %q, skipped %q", s.Name, s.Error, s.Skipped)
+		}
+		got := map[string]Figure{}
+		for _, f := range s.Figures {
+			got[f.Name] = f
+			if f.Load != nil && (f.Load.Errors > 0 || f.Load.Calls == 0) {
+				t.Errorf("scenario %s: %s: %d errors of %d calls: %v", s.Name, f.Name, f.Load.Errors, f.Load.Calls, f.Load.ErrorTop)
+			}
+		}
+		for _, n := range want[s.Name] {
+			f, ok := got[n]
+			if !ok {
+				t.Errorf("scenario %s: no figure %q", s.Name, n)
+				continue
+			}
+			if f.Value <= 0 && !strings.Contains(n, "hit rate") {
+				t.Errorf("scenario %s: %s = %v, want a measured figure", s.Name, n, f.Value)
+			}
+		}
+		if s.Name != ScenarioAgents && len(s.Processes) == 0 {
+			t.Errorf("scenario %s: no process figures", s.Name)
+		}
+	}
+	if !slices.Equal(names, AllScenarios) {
+		t.Fatalf("scenarios = %v, want %v", names, AllScenarios)
+	}
+	if hasProfile := slices.ContainsFunc(rep.Scenarios, func(s Scenario) bool { return s.Profile != nil && len(s.Profile.Cum) > 0 }); !hasProfile {
+		t.Error("no scenario has a CPU profile")
+	}
+
+	// report.json holds the same report.
+	b, err := os.ReadFile(filepath.Join(out, "report.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatalf("report.json: %v", err)
+	}
+	if len(back.Scenarios) != len(AllScenarios) {
+		t.Fatalf("report.json has %d scenarios", len(back.Scenarios))
+	}
+	checkHTML(t, filepath.Join(out, "report.html"), false)
+
+	// Against a baseline where every throughput was twice as high, the
+	// throughput figures regress; against itself nothing does.
+	same := back
+	rep.compare(&same, "same.json")
+	if rep.Regressions != 0 {
+		t.Errorf("compared with itself: %d regressions", rep.Regressions)
+	}
+	better := cloneReport(t, &back)
+	for si := range better.Scenarios {
+		for fi := range better.Scenarios[si].Figures {
+			if f := &better.Scenarios[si].Figures[fi]; f.Unit == unitOps {
+				f.Value *= 2
+			}
+		}
+	}
+	path := filepath.Join(t.TempDir(), "baseline.json")
+	bb, _ := json.Marshal(better)
+	if err := os.WriteFile(path, bb, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base, err := ReadReport(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep.compare(base, path)
+	if rep.Regressions == 0 {
+		t.Fatal("compared with a better baseline: no regression marked")
+	}
+	var f Figure
+	for _, fg := range rep.Scenarios[0].Figures {
+		if fg.Name == "L1: decisions/s" {
+			f = fg
+		}
+	}
+	if !f.Regressed || f.Baseline == nil || f.Change > -0.4 {
+		t.Errorf("L1: decisions/s against twice its value = %+v, want regressed by about 50%%", f)
+	}
+	if err := rep.write(out); err != nil {
+		t.Fatal(err)
+	}
+	checkHTML(t, filepath.Join(out, "report.html"), true)
+	if rep.exitCode() != 1 {
+		t.Errorf("exit code with regressions = %d, want 1", rep.exitCode())
+	}
+}
+
+func cloneReport(t *testing.T, r *Report) *Report {
+	t.Helper()
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c Report
+	if err := json.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	return &c
+}
+
+// checkHTML parses report.html and checks that it has a section and a
+// chart for every scenario, no script and no external resource.
+func checkHTML(t *testing.T, path string, regressed bool) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := html.Parse(bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("report.html: %v", err)
+	}
+	ids := map[string]bool{}
+	svgs := 0
+	var walk func(n *html.Node)
+	walk = func(n *html.Node) {
+		if n.Type == html.ElementNode {
+			switch n.Data {
+			case "script", "link", "img", "iframe":
+				t.Errorf("report.html has a <%s>: it must be self-contained", n.Data)
+			case "svg":
+				svgs++
+			}
+			for _, a := range n.Attr {
+				if a.Key == "id" {
+					ids[a.Val] = true
+				}
+				if (a.Key == "src" || a.Key == "href") && strings.Contains(a.Val, "://") {
+					t.Errorf("report.html refers to %s", a.Val)
+				}
+			}
+		}
+		for c := n.FirstChild; c != nil; c = c.NextSibling {
+			walk(c)
+		}
+	}
+	walk(doc)
+	for _, s := range AllScenarios {
+		if !ids["scenario-"+s] {
+			t.Errorf("report.html has no section for %s", s)
+		}
+	}
+	if svgs < len(AllScenarios) {
+		t.Errorf("report.html has %d charts, want at least one per scenario", svgs)
+	}
+	if got := bytes.Contains(b, []byte("REGRESSION")); got != regressed {
+		t.Errorf("report.html marks a regression: %v, want %v", got, regressed)
+	}
+}
+
+func TestSummarizeAndValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts func(*Options)
+		want string
+	}{
+		{"unknown scenario", func(o *Options) { o.Scenarios = []string{"nope"} }, "Scenarios (--scenario)"},
+		{"duration too long", func(o *Options) { o.Duration = time.Hour }, "Duration (--duration)"},
+		{"target without admin", func(o *Options) { o.Targets.Authz = "127.0.0.1:9191" }, "admin="},
+		{"target without key", func(o *Options) {
+			o.Targets = Targets{Authz: "127.0.0.1:9191", Admin: "127.0.0.1:9192"}
+			o.AdminToken = "x"
+		}, "KeyFile (--key)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := DefaultOptions()
+			tc.opts(&o)
+			err := o.validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("validate() = %v, want an error naming %s", err, tc.want)
+			}
+		})
+	}
+	if err := DefaultOptions().validate(); err != nil {
+		t.Fatalf("DefaultOptions().validate() = %v", err)
+	}
+}
