@@ -176,6 +176,9 @@ type verdict struct {
 	reason    string
 	call      toolcall.Call
 	principal string
+	// peerPrincipal: principal is the gRPC peer's identity (the Envoy that
+	// asked, which may serve many clients), not one of the call's own.
+	peerPrincipal bool
 	runID     string
 	tier      string // cache tier that answered, "" when evaluated or not reached
 	policy    *policy.Decision
@@ -243,6 +246,7 @@ func (s *Service) decide(ctx context.Context, req *authv3.CheckRequest, v *verdi
 	}
 	if v.principal == "" && s.opts.PeerPrincipal != nil {
 		v.principal = s.opts.PeerPrincipal(ctx)
+		v.peerPrincipal = v.principal != ""
 	}
 	if raw, ok := headers.Lookup(s.opts.ApprovalHeader); ok && !s.checkToken(ctx, tokenFromHeader(raw), v) {
 		return headers

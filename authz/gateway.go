@@ -67,12 +67,15 @@ func (s *Service) headerPrincipal(headers toolcall.Headers) (string, bool) {
 
 // holdsApprovals reports whether v is a call the gateway holds approvals
 // for: a tool call with no token that the policy denied token_missing,
-// from a trusted principal (the peer's mTLS identity or the configured
-// principal header; never a token's sub, since there is no token).
+// from a trusted principal of the call's own (the downstream client's mTLS
+// identity, source.principal, or the configured principal header; never a
+// token's sub, since there is no token). The gRPC peer's identity is not
+// one: it names the Envoy that asked, and every client of that Envoy would
+// share (and could claim) one another's held approvals.
 func (s *Service) holdsApprovals(v *verdict) bool {
 	return s.opts.Gateway.Approvals != nil && !v.allowed && v.claims == nil && v.tokenResult == "" &&
 		v.call.Kind == toolcall.KindToolCall && v.code == deny.PolicyDenied && v.reason == reasonTokenMissing &&
-		v.principal != ""
+		v.principal != "" && !v.peerPrincipal
 }
 
 // reasonTokenMissing is the default policy's reason for a tool that

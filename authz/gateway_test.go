@@ -314,6 +314,15 @@ func TestGatewayTrust(t *testing.T) {
 			t.Fatalf("Check(no principal) = %d %s, %d claims, %d filings; want 401 token_missing and no call to the orchestrator", r.status, r.raw, orch.claims, len(orch.files))
 		}
 	})
+	t.Run("the gRPC peer's identity is not the call's", func(t *testing.T) {
+		orch := newFakeOrchestrator()
+		f := gatewayFixture(t, orch)
+		f.opts.PeerPrincipal = func(context.Context) string { return "spiffe://cluster.local/ns/tools/sa/envoy" }
+		r := run(t, f, noPeer(restWrite(args)))
+		if r.allowed || r.status != 401 || !strings.Contains(r.raw, `"token_missing"`) || orch.claims != 0 || len(orch.files) != 0 {
+			t.Fatalf("Check(only the Envoy's mTLS identity) = %d %s, %d claims, %d filings; want 401 token_missing and no call to the orchestrator", r.status, r.raw, orch.claims, len(orch.files))
+		}
+	})
 	t.Run("client-sent principal header ignored", func(t *testing.T) {
 		orch := newFakeOrchestrator()
 		f := gatewayFixture(t, orch)
