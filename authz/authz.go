@@ -179,10 +179,10 @@ type verdict struct {
 	// peerPrincipal: principal is the gRPC peer's identity (the Envoy that
 	// asked, which may serve many clients), not one of the call's own.
 	peerPrincipal bool
-	runID     string
-	tier      string // cache tier that answered, "" when evaluated or not reached
-	policy    *policy.Decision
-	claims    *approval.Claims // verified token, nil without one
+	runID         string
+	tier          string // cache tier that answered, "" when evaluated or not reached
+	policy        *policy.Decision
+	claims        *approval.Claims // verified token, nil without one
 	// retryAfter is set on a rate_limited deny.
 	retryAfter time.Duration
 	// tokenResult is the m1_token_verifications_total result: "" without a
