@@ -1,23 +1,11 @@
 package sqlite
 
-import (
-	"io/fs"
-	"testing/fstest"
-)
+import "github.com/m1-agent/m1/internal/store/storetest"
 
 // WithMigrations returns o for a binary whose migrations are this one's
 // plus extra (file name under migrations/ → SQL): a newer binary, for the
 // schema guard's tests.
 func WithMigrations(o Options, extra map[string]string) Options {
-	files := fstest.MapFS{}
-	ents, _ := fs.ReadDir(migrations, "migrations")
-	for _, e := range ents {
-		b, _ := fs.ReadFile(migrations, "migrations/"+e.Name())
-		files["migrations/"+e.Name()] = &fstest.MapFile{Data: b}
-	}
-	for name, sql := range extra {
-		files["migrations/"+name] = &fstest.MapFile{Data: []byte(sql)}
-	}
-	o.migrations = files
+	o.migrations = storetest.MigrationsPlus(migrations, extra)
 	return o
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"strings"
 	"testing"
+	"testing/fstest"
 
 	"github.com/m1-agent/m1/internal/store"
 )
@@ -186,4 +188,20 @@ func testSchemaCompatRow(t *testing.T, b SchemaBackend) {
 	if st := schemaNow(t, b); st.Store != bin+1 || st.Requires != bin || st.Err() != nil {
 		t.Fatalf("Schema = %+v (%v), want store %d requiring %d", st, st.Err(), bin+1, bin)
 	}
+}
+
+// MigrationsPlus returns the migrations of base (files under migrations/)
+// plus extra (file name under migrations/ → SQL): those of a newer binary,
+// for a backend's OpenWith.
+func MigrationsPlus(base fs.FS, extra map[string]string) fs.FS {
+	files := fstest.MapFS{}
+	ents, _ := fs.ReadDir(base, "migrations")
+	for _, e := range ents {
+		b, _ := fs.ReadFile(base, "migrations/"+e.Name())
+		files["migrations/"+e.Name()] = &fstest.MapFile{Data: b}
+	}
+	for name, sql := range extra {
+		files["migrations/"+name] = &fstest.MapFile{Data: []byte(sql)}
+	}
+	return files
 }
