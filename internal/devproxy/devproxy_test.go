@@ -473,22 +473,41 @@ func TestStreamsServerSentEvents(t *testing.T) {
 	next("data: two")
 }
 
+// demoPath is m1-authz, the demo tool and the proxy in front of both.
+type demoPath struct {
+	az   *authzServer
+	tool *demotool.Server
+	dir  string // the tool's files
+	base string // the proxy's URL
+}
+
+// startDemoPath starts a demoPath: m1-authz with the policy bundle in
+// policyDir ("" for the embedded default), the demo tool over a new
+// directory holding files (name → content).
+func startDemoPath(t *testing.T, policyDir string, files map[string]string) demoPath {
+	t.Helper()
+	p := demoPath{az: startAuthzWith(t, policyDir), dir: t.TempDir()}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(p.dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var err error
+	if p.tool, err = demotool.New(p.dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.tool.Close() })
+	ts := httptest.NewServer(p.tool)
+	t.Cleanup(ts.Close)
+	p.base = startProxy(t, p.az.addr, ts.URL, nil)
+	return p
+}
+
 // TestWithDemoTool runs the whole path: a raw HTTP MCP client, the proxy,
 // m1-authz and the demo tool, which must run an approved call exactly once.
 func TestWithDemoTool(t *testing.T) {
-	az := startAuthz(t)
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("hello"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	tool, err := demotool.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tool.Close()
-	ts := httptest.NewServer(tool)
-	defer ts.Close()
-	base := startProxy(t, az.addr, ts.URL, nil)
+	p := startDemoPath(t, "", map[string]string{"notes.txt": "hello"})
+	az, tool, dir, base := p.az, p.tool, p.dir, p.base
 
 	args := `{"path":"out.txt","content":"approved"}`
 	tok := az.mint(t, demotool.WriteFile, args, "")
@@ -601,21 +620,8 @@ func TestDifferentialsClosed(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(policyDir, "authz.rego"), []byte(publicOnly), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	az := startAuthzWith(t, policyDir)
-	dir := t.TempDir()
-	for name, content := range map[string]string{"public.txt": "public", "secret.txt": "TOP SECRET"} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tool, err := demotool.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tool.Close()
-	ts := httptest.NewServer(tool)
-	defer ts.Close()
-	base := startProxy(t, az.addr, ts.URL, nil)
+	p := startDemoPath(t, policyDir, map[string]string{"public.txt": "public", "secret.txt": "TOP SECRET"})
+	tool, base := p.tool, p.base
 	mcpHeaders := map[string]string{"Content-Type": "application/json", "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
 	jsonType := map[string]string{"Content-Type": "application/json"}
 
@@ -703,19 +709,8 @@ func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // Mcp-Method and Mcp-Name on every request (which M1 checks against the
 // body).
 func TestStatelessMCPClient(t *testing.T) {
-	az := startAuthz(t)
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("hello"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	tool, err := demotool.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tool.Close()
-	ts := httptest.NewServer(tool)
-	defer ts.Close()
-	base := startProxy(t, az.addr, ts.URL, nil)
+	p := startDemoPath(t, "", map[string]string{"notes.txt": "hello"})
+	az, tool, base := p.az, p.tool, p.base
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
