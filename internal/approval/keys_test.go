@@ -3,17 +3,22 @@ package approval
 import (
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha512"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/oasisprotocol/curve25519-voi/curve"
+	"github.com/oasisprotocol/curve25519-voi/curve/scalar"
 
 	"github.com/m1-agent/m1/internal/deny"
 )
@@ -179,4 +184,122 @@ func TestGenerateKeyThumbprintKID(t *testing.T) {
 	if err := json.Unmarshal(pub, &set); err != nil || len(set.Keys) != 1 || set.Keys[0]["kid"] != sk.KID {
 		t.Errorf("PublicJWKS = %s, want one key with kid %q", pub, sk.KID)
 	}
+}
+
+// TestEd25519AgreesWithStdlib: the Ed25519 keys of a JWKS are checked by
+// curve25519-voi, not crypto/ed25519; both must accept exactly the same
+// signatures, tampered ones included: every bit of the signature flipped,
+// S made non-canonical (S+L), the wrong length, another message, and the
+// small-order public key (the identity) with the signature (R = identity,
+// S = 0) that crypto/ed25519's cofactorless equation accepts.
+func TestEd25519AgreesWithStdlib(t *testing.T) {
+	check := func(t *testing.T, pub ed25519.PublicKey, msg, sig []byte) {
+		t.Helper()
+		k, err := newVerificationKey(AlgEdDSA, pub)
+		if err != nil {
+			t.Fatalf("newVerificationKey: %v", err)
+		}
+		if k.ed == nil {
+			t.Fatal("an Ed25519 key was not expanded for curve25519-voi")
+		}
+		want := ed25519.Verify(pub, msg, sig)
+		if got := k.verify(string(msg), sig) == nil; got != want {
+			t.Fatalf("verify(msg %q, sig %x) = %v, crypto/ed25519 says %v", msg, sig, got, want)
+		}
+	}
+	// L, the order of the base point, little-endian.
+	order := [32]byte{0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10}
+	addL := func(s []byte) []byte { // s + L, little-endian (may exceed 2^253: still 32 bytes)
+		out, carry := make([]byte, 32), 0
+		for i := range 32 {
+			v := int(s[i]) + int(order[i]) + carry
+			out[i], carry = byte(v), v>>8
+		}
+		return out
+	}
+	accepted := 0
+	for i := range 20 {
+		pub, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := []byte("eyJhbGciOiJFZERTQSJ9.eyJqdGkiOiJ" + strings.Repeat("x", i))
+		sig := ed25519.Sign(priv, msg)
+		check(t, pub, msg, sig)
+		if ed25519.Verify(pub, msg, sig) {
+			accepted++
+		}
+		check(t, pub, append(slices.Clone(msg), 'y'), sig)
+		check(t, pub, msg, sig[:63])
+		check(t, pub, msg, append(slices.Clone(sig), 0))
+		check(t, pub, msg, append(slices.Clone(sig[:32]), addL(sig[32:])...))
+		for bit := range 8 * len(sig) {
+			bad := slices.Clone(sig)
+			bad[bit/8] ^= 1 << (bit % 8)
+			check(t, pub, msg, bad)
+		}
+	}
+	if accepted != 20 {
+		t.Fatalf("%d of 20 good signatures verified", accepted)
+	}
+	identity := make([]byte, 32)
+	identity[0] = 1
+	smallSig := append(slices.Clone(identity), make([]byte, 32)...)
+	if !ed25519.Verify(identity, []byte("any"), smallSig) {
+		t.Fatal("crypto/ed25519 no longer accepts the small-order case; update this test")
+	}
+	check(t, identity, []byte("any"), smallSig)
+
+	// A key with a small-order component (A' = A + T, T of order 8) and a
+	// signature by A's scalar: the cofactored equation (ZIP-215) accepts
+	// it, crypto/ed25519's cofactorless one does not.
+	pub, msg, sig := torsionSigned(t)
+	if ed25519.Verify(pub, msg, sig) {
+		t.Fatal("crypto/ed25519 accepts the torsion case; update this test")
+	}
+	check(t, pub, msg, sig)
+}
+
+// torsionSigned returns a public key A+T (T of order 8), a message and a
+// signature (R, S = r + k·a) that only a cofactored verifier accepts.
+func torsionSigned(t *testing.T) (ed25519.PublicKey, []byte, []byte) {
+	t.Helper()
+	var a, r scalar.Scalar
+	if _, err := a.SetRandom(rand.Reader); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.SetRandom(rand.Reader); err != nil {
+		t.Fatal(err)
+	}
+	var pa, pr curve.EdwardsPoint
+	pa.MulBasepoint(curve.ED25519_BASEPOINT_TABLE, &a)
+	pa.Add(&pa, curve.EIGHT_TORSION[1])
+	pr.MulBasepoint(curve.ED25519_BASEPOINT_TABLE, &r)
+	var ca, cr curve.CompressedEdwardsY
+	ca.SetEdwardsPoint(&pa)
+	cr.SetEdwardsPoint(&pr)
+	for i := range 64 {
+		msg := []byte("torsion-" + strconv.Itoa(i))
+		h := sha512.New()
+		h.Write(cr[:])
+		h.Write(ca[:])
+		h.Write(msg)
+		var k, s scalar.Scalar
+		if _, err := k.SetBytesModOrderWide(h.Sum(nil)); err != nil {
+			t.Fatal(err)
+		}
+		s.Mul(&k, &a)
+		s.Add(&s, &r)
+		sig := make([]byte, 64)
+		copy(sig, cr[:])
+		if err := s.ToBytes(sig[32:]); err != nil {
+			t.Fatal(err)
+		}
+		if !ed25519.Verify(ed25519.PublicKey(ca[:]), msg, sig) { // k·T ≠ identity: only cofactored accepts
+			return ed25519.PublicKey(ca[:]), msg, sig
+		}
+	}
+	t.Fatal("no message gave a signature that only a cofactored verifier accepts")
+	return nil, nil, nil
 }

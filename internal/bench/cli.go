@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +42,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&opts.KeyFile, "key", "", "with --addr in approval or grant mode: the private JWK (m1 keys gen) whose public key the sidecar trusts")
 	fs.StringVar(&opts.Audience, "audience", opts.Audience, "the sidecars' M1_AUDIENCE, named in the tokens minted")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process (load generator, no-op server and in-process m1-authz) to `file` (go tool pprof)")
 	usageErr := func(err error) int {
 		fmt.Fprintf(stderr, "m1 bench: %v\nUsage: %s\nRun 'm1 bench -h' for help.\n", err, synopsis)
 		return 2
@@ -58,6 +61,19 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return usageErr(err)
 	}
 
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(stderr, "m1 bench:", err)
+			return 2
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, "m1 bench:", err)
+			return 2
+		}
+		defer pprof.StopCPUProfile()
+	}
 	rep, err := Run(ctx, opts)
 	if err != nil {
 		fmt.Fprintln(stderr, "m1 bench:", err)
