@@ -10,8 +10,9 @@
 // committed (durable) in a transaction that also checked the store's state
 // epoch. Uses are group-committed: those that arrive while a commit is in
 // flight are recorded together in the next one, so that under load many
-// uses share one commit (one fsync with SQLite) and nothing waits for a
-// timer. Since the count is kept in the database, sidecars sharing one
+// uses share one commit (one fsync with SQLite). A commit that follows one
+// of several uses (checks arriving together) also lingers a moment
+// (Options.Linger) for more to join it; a lone use never waits. Since the count is kept in the database, sidecars sharing one
 // PostgreSQL database count every sidecar's uses. Approvals known to be
 // used up (loaded at start, or refused since) are answered from memory.
 //
@@ -63,6 +64,11 @@ type Options struct {
 	Timeout time.Duration
 	// MaxBatch bounds the uses one transaction records.
 	MaxBatch int
+	// Linger is how long a commit that follows a commit of more than one
+	// use waits for more uses to join it (a full batch ends the wait):
+	// under load the cost of a transaction and its fsync, ~200µs of CPU
+	// with SQLite, is shared by more uses. Negative: no wait.
+	Linger time.Duration
 	// Now is the clock.
 	Now func() time.Time
 	// Logger receives epoch and outage messages.
@@ -70,9 +76,11 @@ type Options struct {
 }
 
 // DefaultOptions returns the defaults: no epoch margin, a 1s timeout,
-// batches of at most 256 uses, time.Now and a no-op logger.
+// batches of at most 256 uses, a linger of 1ms, time.Now and a no-op
+// logger. (m1 bench --mode approval --audit, 50 calls in flight: 0.23× the
+// no-op server without the linger, 0.31× with it; uses per commit 6 → 20.)
 func DefaultOptions() Options {
-	return Options{Timeout: time.Second, MaxBatch: 256, Now: time.Now, Logger: zap.NewNop()}
+	return Options{Timeout: time.Second, MaxBatch: 256, Linger: time.Millisecond, Now: time.Now, Logger: zap.NewNop()}
 }
 
 func (o *Options) fill() {
@@ -82,6 +90,9 @@ func (o *Options) fill() {
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = d.MaxBatch
+	}
+	if o.Linger == 0 {
+		o.Linger = d.Linger
 	}
 	if o.Now == nil {
 		o.Now = d.Now
@@ -126,8 +137,9 @@ type Store struct {
 
 	used usedUp
 
-	commits atomic.Uint64 // transactions that recorded uses
-	uses    atomic.Uint64 // uses they recorded
+	lastBatch atomic.Int64  // uses of the last commit
+	commits   atomic.Uint64 // transactions that recorded uses
+	uses      atomic.Uint64 // uses they recorded
 }
 
 // Stats counts the store's group commits.
@@ -260,6 +272,7 @@ func resetErr(u state.Use, epoch int64) error {
 type batch struct {
 	uses []state.Use
 	res  []result
+	full chan struct{} // closed when uses reaches MaxBatch
 	done chan struct{} // closed when res is set
 }
 
@@ -274,12 +287,15 @@ func (s *Store) record(ctx context.Context, u state.Use) (bool, error) {
 	s.mu.Lock()
 	b := s.next
 	if b == nil || len(b.uses) >= s.opts.MaxBatch {
-		b = &batch{done: make(chan struct{})}
+		b = &batch{full: make(chan struct{}), done: make(chan struct{})}
 		s.next = b
 		go s.commit(b)
 	}
 	i := len(b.uses)
 	b.uses = append(b.uses, u)
+	if len(b.uses) == s.opts.MaxBatch {
+		close(b.full)
+	}
 	s.mu.Unlock()
 	t := time.NewTimer(s.opts.Timeout)
 	defer t.Stop()
@@ -298,6 +314,7 @@ func (s *Store) record(ctx context.Context, u state.Use) (bool, error) {
 func (s *Store) commit(b *batch) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
+	s.linger(b)
 	s.mu.Lock()
 	if s.next == b {
 		s.next = nil
@@ -323,6 +340,7 @@ func (s *Store) commit(b *batch) {
 	if len(uses) == 0 {
 		return
 	}
+	s.lastBatch.Store(int64(len(uses)))
 	counted, err := s.db.RecordUses(ctx, time.Unix(e, 0), now, uses)
 	s.commits.Add(1)
 	s.uses.Add(uint64(len(uses)))
@@ -355,6 +373,20 @@ func (s *Store) commit(b *batch) {
 		if _, err := s.db.PruneUses(ctx, now); err != nil {
 			s.log.Warn("prune expired uses", zap.Error(err))
 		}
+	}
+}
+
+// linger keeps b open for Options.Linger when the last commit recorded
+// more than one use, or until b is full.
+func (s *Store) linger(b *batch) {
+	if s.opts.Linger <= 0 || s.lastBatch.Load() < 2 {
+		return
+	}
+	t := time.NewTimer(s.opts.Linger)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-b.full:
 	}
 }
 

@@ -288,6 +288,58 @@ func TestGroupCommit(t *testing.T) {
 	}
 }
 
+// A commit that follows a commit of several uses lingers for more to join
+// it, until the batch is full; one that follows a lone use does not.
+func TestGroupCommitLingers(t *testing.T) {
+	ctx := context.Background()
+	g := &gatedDB{State: newSQLite(t).open(t), entered: make(chan int, 16), release: make(chan struct{})}
+	s := newStore(t, g, storestate.Options{Timeout: time.Minute, MaxBatch: 3, Linger: time.Hour})
+	iat := s.Epoch()
+	var wg sync.WaitGroup
+	use := func(jti string) {
+		wg.Go(func() {
+			if ok, err := s.Use(ctx, state.Use{JTI: jti, IssuedAt: iat, Exp: iat.Add(time.Minute), MaxUses: 1}); !ok || err != nil {
+				t.Errorf("Use(%s) = %v, %v", jti, ok, err)
+			}
+		})
+	}
+	entered := func(want int, what string) {
+		t.Helper()
+		select {
+		case n := <-g.entered:
+			if n != want {
+				t.Fatalf("%s: a commit of %d uses, want %d", what, n, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no commit began", what)
+		}
+	}
+	use("a")
+	entered(1, "a lone use")
+	use("b")
+	use("c")
+	testenv.Eventually(t, 10*time.Second, "b and c to queue", func() bool { return s.Queued() == 2 })
+	g.release <- struct{}{}
+	entered(2, "after a commit of one use (no linger)")
+	g.release <- struct{}{}
+
+	use("d") // the last commit had two uses: d's lingers
+	testenv.Eventually(t, 10*time.Second, "d to queue", func() bool { return s.Queued() == 1 })
+	select {
+	case n := <-g.entered:
+		t.Fatalf("a commit of %d uses began without lingering", n)
+	case <-time.After(100 * time.Millisecond):
+	}
+	use("e")
+	use("f") // the batch is full: the commit goes
+	entered(3, "a lingering commit")
+	g.release <- struct{}{}
+	wg.Wait()
+	if c := g.calls.Load(); c != 3 {
+		t.Fatalf("%d commits for 6 uses, want 3", c)
+	}
+}
+
 // Two sidecars sharing one PostgreSQL count a grant's uses together, and
 // a sidecar started later knows the revocations taken before.
 func TestSharedPostgres(t *testing.T) {
