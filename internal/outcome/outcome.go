@@ -36,7 +36,6 @@ import (
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
-	"github.com/maypok86/otter/v2"
 	"go.uber.org/zap"
 
 	"github.com/m1-agent/m1/authz"
@@ -105,7 +104,6 @@ func (o *Options) validate() error {
 // call is an allowed tool call waiting for its access-log entry.
 type call struct {
 	tool, principal, runID, proposalID, argsSHA256, revision, jti string
-	done                                                          atomic.Bool // its entry was recorded
 }
 
 // Server is the AccessLogService and the record of recent decisions. It is
@@ -114,8 +112,8 @@ type Server struct {
 	accesslogv3.UnimplementedAccessLogServiceServer
 	o       Options
 	m       *Metrics
-	calls   *otter.Cache[string, *call]
-	others  *otter.Cache[string, string] // decision id → ignore reason
+	calls   *recent[call]
+	others  *recent[string] // decision id → ignore reason
 	streams chan struct{}                // a token per open stream
 	quit    chan struct{}                // StopStreams: streams end
 	stopped sync.Once
@@ -133,22 +131,10 @@ func New(o Options) (*Server, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	calls, err := otter.New(&otter.Options[string, *call]{
-		MaximumSize:      o.MaxCalls,
-		ExpiryCalculator: otter.ExpiryWriting[string, *call](o.TTL),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("outcome: %w", err)
-	}
-	others, err := otter.New(&otter.Options[string, string]{
-		MaximumSize:      o.MaxOthers,
-		ExpiryCalculator: otter.ExpiryWriting[string, string](o.TTL),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("outcome: %w", err)
-	}
 	return &Server{
-		o: o, m: o.Metrics, calls: calls, others: others,
+		o: o, m: o.Metrics,
+		calls:   newRecent[call](o.MaxCalls, o.TTL, o.Now),
+		others:  newRecent[string](o.MaxOthers, o.TTL, o.Now),
 		streams: make(chan struct{}, o.MaxStreams), quit: make(chan struct{}),
 		queue: make(chan store.Event, o.QueueSize), done: make(chan struct{}),
 	}, nil
@@ -164,14 +150,14 @@ func (s *Server) Decided(e store.Event) {
 	}
 	switch {
 	case e.Decision == authz.DecisionAllow && e.Tool != "":
-		s.calls.Set(e.DecisionID, &call{
+		s.calls.set(e.DecisionID, call{
 			tool: e.Tool, principal: e.Principal, runID: e.RunID, proposalID: e.ProposalID,
 			argsSHA256: e.ArgsSHA256, revision: e.PolicyRevision, jti: e.TokenJTI,
 		})
 	case e.Decision == authz.DecisionAllow:
-		s.others.Set(e.DecisionID, reasonNotToolCall)
+		s.others.set(e.DecisionID, reasonNotToolCall)
 	default:
-		s.others.Set(e.DecisionID, reasonDenied)
+		s.others.set(e.DecisionID, reasonDenied)
 	}
 }
 

@@ -125,14 +125,14 @@ func (s *Server) Entry(e *accesslogdatav3.HTTPAccessLogEntry) {
 // an allowed tool call of this process whose outcome was not recorded yet,
 // else the reason to ignore the entry.
 func (s *Server) claim(id string) (*call, string) {
-	c, ok := s.calls.GetIfPresent(id)
+	c, ok, taken := s.calls.get(id, true)
 	switch {
-	case ok && c.done.CompareAndSwap(false, true):
-		return c, ""
+	case ok && !taken:
+		return &c, ""
 	case ok:
 		return nil, reasonDuplicate
 	}
-	if why, ok := s.others.GetIfPresent(id); ok {
+	if why, ok, _ := s.others.get(id, false); ok {
 		return nil, why
 	}
 	return nil, reasonUnknown
