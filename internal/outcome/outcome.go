@@ -114,8 +114,8 @@ type Server struct {
 	m       *Metrics
 	calls   *recent[call]
 	others  *recent[string] // decision id → ignore reason
-	streams chan struct{}                // a token per open stream
-	quit    chan struct{}                // StopStreams: streams end
+	streams chan struct{}   // a token per open stream
+	quit    chan struct{}   // StopStreams: streams end
 	stopped sync.Once
 
 	mu      sync.RWMutex // guards closing against sends on queue
