@@ -36,6 +36,11 @@ func (s *Server) setupStore() error {
 	return nil
 }
 
+// grantBlock is the largest block of a grant's uses one commit counts in
+// a SQLite store: a restart forfeits at most this many uses of a grant (and
+// at most a tenth of its max_uses), and one and a half blocks at most.
+const grantBlock = 256
+
 // setupState builds the security state (DESIGN §7). Without Redis it lives
 // in the store: uses counted there, its epoch, revocations. With Redis,
 // Redis counts uses and shares revocations, and the store keeps the
@@ -54,6 +59,12 @@ func (s *Server) setupState() error {
 		s.store = sharedState{Store: s.shared, revs: s.revs}
 		s.epoch = s.shared
 		return nil
+	}
+	// A SQLite store is this process's alone: a grant in quick use may
+	// take its uses in blocks (storestate Options.Reserve). Sidecars that
+	// share PostgreSQL count every use, so none holds uses another needs.
+	if kind, _, err := backend.Parse(s.opts.DatabaseURL, s.opts.DataDir); err == nil && kind == backend.SQLite {
+		so.Reserve = grantBlock
 	}
 	var err error
 	if s.durable, err = storestate.New(db, so); err != nil {

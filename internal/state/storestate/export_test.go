@@ -9,3 +9,11 @@ func (s *Store) Queued() int {
 	}
 	return len(s.next.uses)
 }
+
+// Refilling reports whether a block of jti's uses is being counted.
+func (s *Store) Refilling(jti string) bool {
+	s.resMu.Lock()
+	defer s.resMu.Unlock()
+	r := s.reserved[jti]
+	return r != nil && r.pending != nil
+}

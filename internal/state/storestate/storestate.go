@@ -12,7 +12,17 @@
 // flight are recorded together in the next one, so that under load many
 // uses share one commit (one fsync with SQLite). A commit that follows one
 // of several uses (checks arriving together) also lingers a moment
-// (Options.Linger) for more to join it; a lone use never waits. Since the count is kept in the database, sidecars sharing one
+// (Options.Linger) for more to join it; a lone use never waits.
+//
+// With Options.Reserve, a grant in quick use takes its uses from the store
+// in blocks: one commit counts a block of uses (at most Reserve, at most a
+// tenth of the grant's max_uses, doubling while blocks are refilled within
+// a second of each other), handed out from memory and refilled in the
+// background when half used. The store's count is never below the uses
+// allowed, so max_uses holds across restarts; a restart forfeits what is
+// left of each block (at most one and a half blocks). Set it only
+// when this process alone counts the store's uses (SQLite), since a peer
+// could not use another's block. Since the count is kept in the database, sidecars sharing one
 // PostgreSQL database count every sidecar's uses. Approvals known to be
 // used up (loaded at start, or refused since) are answered from memory.
 //
@@ -69,6 +79,9 @@ type Options struct {
 	// under load the cost of a transaction and its fsync, ~200µs of CPU
 	// with SQLite, is shared by more uses. Negative: no wait.
 	Linger time.Duration
+	// Reserve is the largest block of a grant's uses one commit counts
+	// (see the package doc); 0 or 1: every use is its own.
+	Reserve int
 	// Now is the clock.
 	Now func() time.Time
 	// Logger receives epoch and outage messages.
@@ -137,6 +150,10 @@ type Store struct {
 
 	used usedUp
 
+	resMu    sync.Mutex
+	reserved map[string]*reservation // resMu; grants with a block in use
+	resSweep int                     // resMu; sweep expired entries past this size
+
 	lastBatch atomic.Int64  // uses of the last commit
 	commits   atomic.Uint64 // transactions that recorded uses
 	uses      atomic.Uint64 // uses they recorded
@@ -168,6 +185,7 @@ func New(db store.State, o Options) (*Store, error) {
 	s := &Store{db: db, opts: o, log: o.Logger}
 	s.Revocations = NewRevocations(db, state.NewMemory(state.MemoryOptions{Now: o.Now}), o)
 	s.used.init()
+	s.reserved, s.resSweep = map[string]*reservation{}, 1024
 	return s, nil
 }
 
@@ -257,10 +275,117 @@ func (s *Store) Use(ctx context.Context, u state.Use) (bool, error) {
 	if u.IssuedAt.Before(time.Unix(e, 0)) {
 		return false, resetErr(u, e)
 	}
+	if u.MaxUses > 1 && s.opts.Reserve > 1 {
+		return s.useReserved(ctx, u)
+	}
 	if s.used.has(u.JTI, s.opts.Now()) {
 		return false, nil
 	}
-	return s.record(ctx, u)
+	n, err := s.record(ctx, u, 1)
+	return n == 1, err
+}
+
+// reservation is a grant's block of uses counted in the store and not
+// handed out yet.
+type reservation struct {
+	left    int
+	block   int           // the size of the last block asked for
+	taken   time.Time     // when the last block was counted
+	exp     time.Time     // the grant's record expiry
+	pending chan struct{} // closed when the block being counted is in
+}
+
+// reserveFast: a block refilled within this of the last doubles; a slower
+// grant goes back to one use at a time.
+const reserveFast = time.Second
+
+// useReserved hands out one use of a grant from its block. A block half
+// used is refilled in the background while the rest is handed out; an
+// empty one is refilled by the caller (one refill at a time per grant: the
+// others wait for it).
+func (s *Store) useReserved(ctx context.Context, u state.Use) (bool, error) {
+	for {
+		now := s.opts.Now()
+		s.resMu.Lock()
+		r := s.reserved[u.JTI]
+		if r == nil {
+			s.sweepReservedLocked(now)
+			r = &reservation{exp: u.Exp}
+			s.reserved[u.JTI] = r
+		}
+		if r.left > 0 {
+			r.left--
+			if r.block > 1 && r.left <= r.block/2 && r.pending == nil {
+				k := s.refillLocked(r, u, now)
+				go func() {
+					ctx, cancel := context.WithTimeout(context.Background(), s.opts.Timeout)
+					defer cancel()
+					n, _ := s.record(ctx, u, k) // an error shows at the next refill
+					s.refilled(r, u, n)
+				}()
+			}
+			s.resMu.Unlock()
+			return true, nil
+		}
+		if ch := r.pending; ch != nil {
+			s.resMu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return false, fmt.Errorf("%w: record use: %w", state.ErrUnavailable, ctx.Err())
+			}
+		}
+		if s.used.has(u.JTI, now) {
+			s.resMu.Unlock()
+			return false, nil
+		}
+		k := s.refillLocked(r, u, now)
+		s.resMu.Unlock()
+		n, err := s.record(ctx, u, k) // n > 0 only without an error
+		if n == 0 {
+			s.refilled(r, u, 0)
+			return false, err
+		}
+		s.refilled(r, u, n-1) // one is this call's
+		return true, nil
+	}
+}
+
+// refillLocked sizes the grant's next block and marks its refill pending:
+// twice the last block when that was counted less than reserveFast ago,
+// else one use; never more than Reserve or a tenth of max_uses.
+func (s *Store) refillLocked(r *reservation, u state.Use, now time.Time) int {
+	if !r.taken.IsZero() && now.Sub(r.taken) < reserveFast {
+		r.block = min(2*r.block, s.opts.Reserve)
+	} else {
+		r.block = 1
+	}
+	r.pending = make(chan struct{})
+	return max(1, min(r.block, u.MaxUses/10))
+}
+
+// refilled adds n counted uses to the grant's block and ends its refill.
+func (s *Store) refilled(r *reservation, u state.Use, n int) {
+	s.resMu.Lock()
+	defer s.resMu.Unlock()
+	r.left += n
+	r.taken, r.exp = s.opts.Now(), u.Exp
+	close(r.pending)
+	r.pending = nil
+}
+// sweepReservedLocked drops the reservations of expired grants once the
+// map has grown past its sweep size.
+func (s *Store) sweepReservedLocked(now time.Time) {
+	if len(s.reserved) < s.resSweep {
+		return
+	}
+	for jti, r := range s.reserved {
+		if r.pending == nil && now.After(r.exp) {
+			delete(s.reserved, jti)
+		}
+	}
+	s.resSweep = max(1024, 2*len(s.reserved))
 }
 
 func resetErr(u state.Use, epoch int64) error {
@@ -281,9 +406,11 @@ type result struct {
 	err error
 }
 
-// record adds u to the open batch (opening one and starting its commit if
-// none is open) and waits for the batch's commit.
-func (s *Store) record(ctx context.Context, u state.Use) (bool, error) {
+// record adds n uses of u to the open batch (opening one and starting its
+// commit if none is open), waits for the batch's commit, and returns how
+// many of them were counted: n uses of a grant are counted up to its
+// limit, in one read and one write (sqlite's recordBatch).
+func (s *Store) record(ctx context.Context, u state.Use, n int) (int, error) {
 	s.mu.Lock()
 	b := s.next
 	if b == nil || len(b.uses) >= s.opts.MaxBatch {
@@ -292,8 +419,10 @@ func (s *Store) record(ctx context.Context, u state.Use) (bool, error) {
 		go s.commit(b)
 	}
 	i := len(b.uses)
-	b.uses = append(b.uses, u)
-	if len(b.uses) == s.opts.MaxBatch {
+	for range n {
+		b.uses = append(b.uses, u)
+	}
+	if i < s.opts.MaxBatch && len(b.uses) >= s.opts.MaxBatch {
 		close(b.full)
 	}
 	s.mu.Unlock()
@@ -301,11 +430,20 @@ func (s *Store) record(ctx context.Context, u state.Use) (bool, error) {
 	defer t.Stop()
 	select {
 	case <-b.done:
-		return b.res[i].ok, b.res[i].err
+		counted := 0
+		for _, r := range b.res[i : i+n] {
+			if r.err != nil {
+				return 0, r.err
+			}
+			if r.ok {
+				counted++
+			}
+		}
+		return counted, nil
 	case <-ctx.Done():
-		return false, fmt.Errorf("%w: record use: %w", state.ErrUnavailable, ctx.Err())
+		return 0, fmt.Errorf("%w: record use: %w", state.ErrUnavailable, ctx.Err())
 	case <-t.C:
-		return false, fmt.Errorf("%w: record use: the store did not answer within %v", state.ErrUnavailable, s.opts.Timeout)
+		return 0, fmt.Errorf("%w: record use: the store did not answer within %v", state.ErrUnavailable, s.opts.Timeout)
 	}
 }
 

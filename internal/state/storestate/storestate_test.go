@@ -410,3 +410,114 @@ func TestLiftSubAuthority(t *testing.T) {
 		})
 	}
 }
+
+// countingDB counts the commits of uses.
+type countingDB struct {
+	store.State
+	commits atomic.Int32
+}
+
+func (c *countingDB) RecordUses(ctx context.Context, epoch, now time.Time, uses []store.Use) ([]bool, error) {
+	c.commits.Add(1)
+	return c.State.RecordUses(ctx, epoch, now, uses)
+}
+
+// With Reserve, a grant in quick use takes blocks of uses in one commit
+// each; its max_uses holds exactly under concurrency and across a restart,
+// which forfeits at most what is left of a block; a grant of few uses is
+// counted one use at a time.
+func TestReservedGrantUses(t *testing.T) {
+	ctx := context.Background()
+	sq := newSQLite(t)
+	db := &countingDB{State: sq.open(t)}
+	o := storestate.Options{Timeout: time.Minute, Reserve: 64}
+	s := newStore(t, db, o)
+	iat := s.Epoch()
+	grant := func(jti string, maxUses int) state.Use {
+		return state.Use{JTI: jti, IssuedAt: iat, Exp: iat.Add(time.Hour), MaxUses: maxUses}
+	}
+	uses := func(s *storestate.Store, u state.Use, n int) (allowed int) {
+		t.Helper()
+		for range n {
+			ok, err := s.Use(ctx, u)
+			if err != nil {
+				t.Fatalf("Use(%s): %v", u.JTI, err)
+			}
+			if ok {
+				allowed++
+			}
+		}
+		return allowed
+	}
+	stored := func(jti string) int {
+		t.Helper()
+		n := -1
+		if err := db.Uses(ctx, time.Now(), func(r store.UseRecord) error {
+			if r.JTI == jti {
+				n = r.Uses
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	// In quick use: blocks, far fewer commits than uses.
+	big := grant("big", 1000)
+	if got := uses(s, big, 500); got != 500 {
+		t.Fatalf("%d of 500 uses allowed", got)
+	}
+	if c := db.commits.Load(); c > 50 {
+		t.Fatalf("%d commits for 500 uses of one grant; want blocks", c)
+	}
+	// Blocks of at most 64, the next counted when the last is half used:
+	// at most 96 counted and not handed out.
+	testenv.Eventually(t, 10*time.Second, "the background refill", func() bool { return !s.Refilling("big") })
+	if n := stored("big"); n < 500 || n > 500+96 {
+		t.Fatalf("the store counts %d uses after 500 allowed; want 500..596", n)
+	}
+
+	// A restart forfeits the rest of the blocks, never exceeds max_uses.
+	s2 := newStore(t, db, o)
+	after := uses(s2, big, 600)
+	if total := 500 + after; total > 1000 || total < 1000-96 {
+		t.Fatalf("%d uses allowed in all across a restart; want 904..1000", total)
+	}
+
+	// Few uses: one at a time, exact across a restart.
+	small := grant("small", 5)
+	if got := uses(s2, small, 2); got != 2 {
+		t.Fatalf("%d of 2 uses allowed", got)
+	}
+	s3 := newStore(t, db, o)
+	if got := uses(s3, small, 5); got != 3 {
+		t.Fatalf("after a restart %d more uses allowed of a grant of 5 used twice; want 3", got)
+	}
+
+	// Concurrent callers share the blocks: exactly max_uses are allowed.
+	shared := grant("shared", 1000)
+	var allowed atomic.Int32
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			for range 40 {
+				ok, err := s3.Use(ctx, shared)
+				if err != nil {
+					t.Errorf("Use: %v", err)
+					return
+				}
+				if ok {
+					allowed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if a := allowed.Load(); a != 1000 {
+		t.Fatalf("%d of 2000 concurrent uses allowed of a grant of 1000; want exactly 1000", a)
+	}
+	if n := stored("shared"); n != 1000 {
+		t.Fatalf("the store counts %d uses; want 1000", n)
+	}
+}
