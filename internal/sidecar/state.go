@@ -37,8 +37,8 @@ func (s *Server) setupStore() error {
 }
 
 // grantBlock is the largest block of a grant's uses one commit counts in
-// a SQLite store: a restart forfeits at most this many uses of a grant (and
-// at most a tenth of its max_uses), and one and a half blocks at most.
+// a SQLite store (a block is also at most a tenth of the grant's
+// max_uses): a restart forfeits at most one and a half blocks of a grant.
 const grantBlock = 256
 
 // setupState builds the security state (DESIGN §7). Without Redis it lives

@@ -374,6 +374,7 @@ func (s *Store) refilled(r *reservation, u state.Use, n int) {
 	close(r.pending)
 	r.pending = nil
 }
+
 // sweepReservedLocked drops the reservations of expired grants once the
 // map has grown past its sweep size.
 func (s *Store) sweepReservedLocked(now time.Time) {
