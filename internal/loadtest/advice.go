@@ -41,7 +41,7 @@ func adviseScenario(s *Scenario) {
 		case strings.Contains(f.Name, "cacheable"):
 			a = append(a, "a cached check costs the cache lookup, gRPC and the audit append (the largest part): keep M1_AUDIT on but give the audit store a fast disk; check that the policy is cacheable (/health, checks.policy) and the hit rate (m1_policy_cache_hits_total).")
 		case strings.Contains(f.Name, "grant"):
-			a = append(a, "a reused grant is verified once (verified-token cache) but counts every use durably: check that the grant is not re-minted per call, and give the store a fast disk or use Redis for the counter.")
+			a = append(a, "a reused grant is verified once (verified-token cache); its uses are counted durably, in blocks when the store is the sidecar's own SQLite, one commit per use with PostgreSQL or a Redis round trip per use: check that the grant is not re-minted per call (each new grant starts counting one use at a time), keep the audit store on a fast disk (its append is a large share of a check), and scale out: throughput is per core.")
 		case strings.Contains(f.Name, "hit rate"):
 			a = append(a, "the cache hit rate is low: check /health's policy check (decision_cache on; a policy that reads time or http.send is not cacheable), raise M1_CACHE_SIZE if it is full, and invalidate less often (flush after a bundle change only when needed).")
 		case strings.Contains(f.Name, "decisions/s"):
