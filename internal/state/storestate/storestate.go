@@ -20,11 +20,13 @@
 // a second of each other), handed out from memory and refilled in the
 // background when half used. The store's count is never below the uses
 // allowed, so max_uses holds across restarts; a restart forfeits what is
-// left of each block (at most one and a half blocks). Set it only
-// when this process alone counts the store's uses (SQLite), since a peer
-// could not use another's block. Since the count is kept in the database, sidecars sharing one
-// PostgreSQL database count every sidecar's uses. Approvals known to be
-// used up (loaded at start, or refused since) are answered from memory.
+// left of each block (at most one and a half blocks). Set it only when
+// this process alone counts the store's uses (SQLite): a peer could not
+// use another's block.
+//
+// Since the count is kept in the database, sidecars sharing one PostgreSQL
+// database count every sidecar's uses. Approvals known to be used up
+// (loaded at start, or refused since) are answered from memory.
 //
 // # Fencing
 //
@@ -74,8 +76,8 @@ type Options struct {
 	Timeout time.Duration
 	// MaxBatch bounds the uses one transaction records.
 	MaxBatch int
-	// Linger is how long a commit that follows a commit of more than one
-	// use waits for more uses to join it (a full batch ends the wait):
+	// Linger is how long a commit that follows a commit of the uses of
+	// more than one check waits for more uses to join it (a full batch ends the wait):
 	// under load the cost of a transaction and its fsync, ~200µs of CPU
 	// with SQLite, is shared by more uses. Negative: no wait.
 	Linger time.Duration
@@ -154,7 +156,7 @@ type Store struct {
 	reserved map[string]*reservation // resMu; grants with a block in use
 	resSweep int                     // resMu; sweep expired entries past this size
 
-	lastBatch atomic.Int64  // uses of the last commit
+	lastBatch atomic.Int64  // checks whose uses the last commit recorded
 	commits   atomic.Uint64 // transactions that recorded uses
 	uses      atomic.Uint64 // uses they recorded
 }
@@ -396,10 +398,11 @@ func resetErr(u state.Use, epoch int64) error {
 
 // batch is the uses of one commit.
 type batch struct {
-	uses []state.Use
-	res  []result
-	full chan struct{} // closed when uses reaches MaxBatch
-	done chan struct{} // closed when res is set
+	uses   []state.Use
+	res    []result
+	checks int           // record calls: a grant's block is one check's
+	full   chan struct{} // closed when uses reaches MaxBatch
+	done   chan struct{} // closed when res is set
 }
 
 type result struct {
@@ -423,6 +426,7 @@ func (s *Store) record(ctx context.Context, u state.Use, n int) (int, error) {
 	for range n {
 		b.uses = append(b.uses, u)
 	}
+	b.checks++
 	if i < s.opts.MaxBatch && len(b.uses) >= s.opts.MaxBatch {
 		close(b.full)
 	}
@@ -479,7 +483,7 @@ func (s *Store) commit(b *batch) {
 	if len(uses) == 0 {
 		return
 	}
-	s.lastBatch.Store(int64(len(uses)))
+	s.lastBatch.Store(int64(b.checks))
 	counted, err := s.db.RecordUses(ctx, time.Unix(e, 0), now, uses)
 	s.commits.Add(1)
 	s.uses.Add(uint64(len(uses)))
@@ -515,8 +519,8 @@ func (s *Store) commit(b *batch) {
 	}
 }
 
-// linger keeps b open for Options.Linger when the last commit recorded
-// more than one use, or until b is full.
+// linger keeps b open for Options.Linger when the last commit recorded the
+// uses of more than one check, or until b is full.
 func (s *Store) linger(b *batch) {
 	if s.opts.Linger <= 0 || s.lastBatch.Load() < 2 {
 		return
