@@ -154,6 +154,45 @@ func TestRestartRefusesReplay(t *testing.T) {
 	expectCheck(t, b, "a new approval", k.mint(t, "agent-42", nil), allowed)
 }
 
+// With its own SQLite store, a sidecar counts a grant in quick use in
+// blocks: far fewer commits than uses; a restart forfeits at most one and
+// a half blocks (a block is at most a tenth of max_uses here) and max_uses
+// is never exceeded.
+func TestGrantBlocksAcrossRestart(t *testing.T) {
+	k := newKeyed(t)
+	dir := testenv.DataDir(t)
+	a := startServer(t, k.options(t, dir))
+	const maxUses = 400
+	tok := k.mint(t, "agent-42", asGrant(maxUses))
+	count := func(s *Server, n int) (allowedN int) {
+		t.Helper()
+		for range n {
+			switch got := decide(t, s, tok); got {
+			case allowed:
+				allowedN++
+			case checkOutcome{"grant_exhausted", 403}:
+			default:
+				t.Fatalf("Check(grant) = %+v", got)
+			}
+		}
+		return allowedN
+	}
+	if got := count(a, 150); got != 150 {
+		t.Fatalf("%d of 150 uses allowed", got)
+	}
+	if c := a.durable.Stats().Commits; c >= 50 {
+		t.Fatalf("%d commits for 150 uses of one grant: not counted in blocks", c)
+	}
+	stop(t, a)
+
+	b := startServer(t, k.options(t, dir))
+	total := 150 + count(b, maxUses)
+	if total > maxUses || total < maxUses-60 {
+		t.Fatalf("%d uses allowed in all across a restart; want %d..%d", total, maxUses-60, maxUses)
+	}
+	expectCheck(t, b, "the grant, used up", tok, checkOutcome{"grant_exhausted", 403})
+}
+
 // A new data directory (a new pod, or one whose volume was lost) starts a
 // new epoch, as an emptied Redis does: tokens issued before its creation
 // plus the clock skew are refused.

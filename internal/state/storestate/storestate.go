@@ -291,7 +291,7 @@ func (s *Store) Use(ctx context.Context, u state.Use) (bool, error) {
 // handed out yet.
 type reservation struct {
 	left    int
-	block   int           // the size of the last block asked for
+	block   int           // the size of the last block asked for (≤ Reserve, ≤ max_uses/10)
 	taken   time.Time     // when the last block was counted
 	exp     time.Time     // the grant's record expiry
 	pending chan struct{} // closed when the block being counted is in
@@ -359,12 +359,12 @@ func (s *Store) useReserved(ctx context.Context, u state.Use) (bool, error) {
 // else one use; never more than Reserve or a tenth of max_uses.
 func (s *Store) refillLocked(r *reservation, u state.Use, now time.Time) int {
 	if !r.taken.IsZero() && now.Sub(r.taken) < reserveFast {
-		r.block = min(2*r.block, s.opts.Reserve)
+		r.block = max(1, min(2*r.block, s.opts.Reserve, u.MaxUses/10))
 	} else {
 		r.block = 1
 	}
 	r.pending = make(chan struct{})
-	return max(1, min(r.block, u.MaxUses/10))
+	return r.block
 }
 
 // refilled adds n counted uses to the grant's block and ends its refill.
