@@ -26,6 +26,7 @@ type Browser struct {
 
 	mu       sync.Mutex
 	problems []string
+	ignore   []string
 }
 
 // StartBrowser starts Chromium and closes it with t.Cleanup. Without
@@ -80,9 +81,23 @@ func StartBrowser(t testing.TB) *Browser {
 }
 
 func (b *Browser) report(format string, args ...any) {
+	p := fmt.Sprintf(format, args...)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.problems = append(b.problems, fmt.Sprintf(format, args...))
+	for _, s := range b.ignore {
+		if strings.Contains(p, s) {
+			return
+		}
+	}
+	b.problems = append(b.problems, p)
+}
+
+// Ignore stops reporting the problems that contain substr, for a page that
+// expects them (the API's 401 answers before a sign-in).
+func (b *Browser) Ignore(substr string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.ignore = append(b.ignore, substr)
 }
 
 // Problems returns what went wrong in the page so far.
@@ -106,10 +121,20 @@ func (b *Browser) Navigate(t testing.TB, url string) {
 	b.Do(t, "open "+url, chromedp.Navigate(url))
 }
 
-// Wait polls the JavaScript expression until it is true (20 seconds at most).
+// Wait polls the JavaScript expression until it is true (20 seconds at
+// most). A reload during the wait (a sign-in) loses the page's context; it
+// polls the new one.
 func (b *Browser) Wait(t testing.TB, what, expr string) {
 	t.Helper()
-	if _, err := chromedp.Run(b.Ctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(20*time.Second), chromedp.WithPollingInterval(50*time.Millisecond))); err != nil {
+	var err error
+	for range 5 {
+		_, err = chromedp.Run(b.Ctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(20*time.Second), chromedp.WithPollingInterval(50*time.Millisecond)))
+		if err == nil || !strings.Contains(err.Error(), "(-32000)") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
 		t.Fatalf("waiting until %s (%s): %v; page problems: %q", what, expr, err, b.Problems())
 	}
 }
