@@ -18,7 +18,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -469,7 +468,7 @@ type docSession struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	done  chan [2]int // command number, exit status (or pid)
-	log   lockedBuffer
+	log   testenv.Buffer
 	n     int
 	busy  bool // a command did not end: the shell is not listening
 	bgs   []*docServer
@@ -482,23 +481,6 @@ type docServer struct {
 	pgid   int
 	log    string
 	dumped bool
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func newDocSession(t *testing.T, ctx context.Context) *docSession {

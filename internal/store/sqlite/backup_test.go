@@ -13,6 +13,7 @@ import (
 
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/internal/store/sqlite"
+	"github.com/m1-agent/m1/internal/testenv"
 )
 
 // verifyAll verifies every chain of s and returns how many events each
@@ -38,11 +39,11 @@ func verifyAll(t *testing.T, s store.Store) map[string]int64 {
 }
 
 // startChild runs the test binary as a child on path (see child).
-func startChild(t *testing.T, path, writer string) (*exec.Cmd, *lockedBuffer) {
+func startChild(t *testing.T, path, writer string) (*exec.Cmd, *testenv.Buffer) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s|%s", childEnv, path, writer))
-	out := &lockedBuffer{}
+	out := &testenv.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	r, w, err := os.Pipe() // a "hold" child holds the file until w closes
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/m1-agent/m1/internal/store"
 	"github.com/m1-agent/m1/internal/store/sqlite"
 	"github.com/m1-agent/m1/internal/store/storetest"
+	"github.com/m1-agent/m1/internal/testenv"
 )
 
 // files gives each test its own database file.
@@ -184,7 +185,7 @@ func TestProcessesShareOneFile(t *testing.T) {
 	for i := range 2 {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s|proc-%d", childEnv, path, i))
-		out := &lockedBuffer{}
+		out := &testenv.Buffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -230,24 +231,6 @@ func TestProcessesShareOneFile(t *testing.T) {
 			t.Fatalf("verify %s = %v after %d events", w, err, v.Verified())
 		}
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b = append(l.b, p...)
-	return len(p), nil
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return string(l.b)
 }
 
 // A batch larger than one INSERT takes (large arguments) goes in several,
