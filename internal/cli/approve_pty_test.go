@@ -3,7 +3,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"regexp"
@@ -16,6 +15,7 @@ import (
 	"github.com/creack/pty"
 
 	"github.com/m1-agent/m1/internal/store"
+	"github.com/m1-agent/m1/internal/testenv"
 )
 
 // Keys as a terminal sends them. Ctrl-P is one of huh's "up" keys; a
@@ -40,26 +40,8 @@ type ptySession struct {
 	seen   int    // offset into the ANSI-stripped output already matched
 	notify chan struct{}
 
-	stderr ptyBuffer
+	stderr testenv.Buffer
 	done   chan int // the exit status
-}
-
-// ptyBuffer is a bytes.Buffer safe for concurrent use.
-type ptyBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *ptyBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *ptyBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // ptyTimeout bounds every wait of a pty test, so that it never hangs.
