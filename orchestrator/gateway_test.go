@@ -58,6 +58,10 @@ func TestNoPlannerServesApprovals(t *testing.T) {
 	if ae := apiError(err); ae == nil || ae.Status != 503 || ae.Code != "no_planner" {
 		t.Fatalf("POST /v1/runs without a planner = %v, want 503 no_planner", err)
 	}
+	// A body the orchestrator would refuse is not the reason: it cannot plan.
+	if _, err := c.CreateRun(context.Background(), orchestrator.RunRequest{}); apiError(err) == nil || apiError(err).Code != "no_planner" {
+		t.Fatalf("POST /v1/runs {} without a planner = %v, want 503 no_planner", err)
+	}
 }
 
 func TestGatewayFileApproveClaim(t *testing.T) {

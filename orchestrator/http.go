@@ -47,6 +47,10 @@ func (s *Service) Handler() http.Handler {
 }
 
 func (s *Service) handleCreateRun(w http.ResponseWriter, r *http.Request) {
+	if s.opts.Planner == nil { // whatever the body: this orchestrator cannot plan
+		s.storeError(w, ErrNoPlanner)
+		return
+	}
 	var req RunRequest
 	if !decode(w, r, &req) {
 		return

@@ -40,7 +40,7 @@ const defaultApprovalsTimeout = 200 * time.Millisecond
 func (o *Options) bindApprovalFlags(fs *flag.FlagSet, env map[string]string) {
 	a := &o.Approvals
 	fs.StringVar(&a.URL, "approvals-url", a.URL, "m1-orchestrator's base URL: hold approvals at the gateway for MCP clients without tokens (empty = off; see docs/GATEWAY-APPROVALS.md)")
-	fs.StringVar(&a.Token, "approvals-token", a.Token, "bearer token of the sidecar's calls to --approvals-url (the orchestrator's M1_APPROVALS_TOKEN)")
+	fs.StringVar(&a.Token, "approvals-token", a.Token, "bearer token of the sidecar's calls to --approvals-url (the orchestrator's M1_APPROVALS_TOKEN); required with --approvals-url")
 	fs.StringVar(&a.PublicURL, "approvals-public-url", a.PublicURL, "base URL people reach the orchestrator's dashboard at, for the link a pending call's client shows (empty = --approvals-url)")
 	fs.DurationVar(&a.Timeout, "approvals-timeout", a.Timeout, "longest wait for the orchestrator in one check; past it the call is denied token_missing (keep it well inside Envoy's ext_authz timeout)")
 	fs.StringVar(&a.CAFile, "approvals-ca-file", a.CAFile, "PEM CA bundle an https:// --approvals-url is verified against (empty = the system roots)")
@@ -79,6 +79,8 @@ func (o *Options) validateApprovals() error {
 		}
 	}
 	switch {
+	case a.Token == "":
+		return fmt.Errorf("Approvals.Token (M1_APPROVALS_TOKEN) is required with M1_APPROVALS_URL: the orchestrator answers 401 to a sidecar without its token")
 	case o.JWKSFile == "" && o.JWTSecret == "":
 		return fmt.Errorf("Approvals.URL (M1_APPROVALS_URL) needs approval keys (M1_JWKS_FILE): the sidecar verifies every held approval as if the client had sent it")
 	case a.Timeout <= 0 || a.Timeout > 5*time.Second:

@@ -22,6 +22,7 @@ func TestValidateApprovals(t *testing.T) {
 		{"off", func(o *Options) {}, ""},
 		{"principal header without approvals", func(o *Options) { o.Approvals.PrincipalHeader = "X-Agent-Id" }, ""},
 		{"on", func(o *Options) { o.Approvals.URL = "http://orchestrator:9193" }, ""},
+		{"no token", func(o *Options) { o.Approvals.URL, o.Approvals.Token = "http://orchestrator:9193", "" }, "M1_APPROVALS_TOKEN"},
 		{"no keys", func(o *Options) { o.Approvals.URL, o.JWKSFile = "http://orchestrator:9193", "" }, "M1_JWKS_FILE"},
 		{"bad url", func(o *Options) { o.Approvals.URL = "orchestrator:9193" }, "M1_APPROVALS_URL"},
 		{"url with a query", func(o *Options) { o.Approvals.URL = "http://o:1/?x=1" }, "M1_APPROVALS_URL"},
@@ -37,7 +38,7 @@ func TestValidateApprovals(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			o := testOptions(t)
-			o.JWKSFile, o.Audience = "/keys/jwks.json", "tools"
+			o.JWKSFile, o.Audience, o.Approvals.Token = "/keys/jwks.json", "tools", "sidecar-token"
 			tt.mod(&o)
 			err := o.validate()
 			switch {
@@ -49,7 +50,7 @@ func TestValidateApprovals(t *testing.T) {
 		})
 	}
 	o := testOptions(t)
-	o.JWKSFile, o.Audience, o.Approvals.URL, o.Approvals.PrincipalHeader = "/k", "tools", "http://o:1/base/", "X-Agent-Id"
+	o.JWKSFile, o.Audience, o.Approvals.URL, o.Approvals.Token, o.Approvals.PrincipalHeader = "/k", "tools", "http://o:1/base/", "t", "X-Agent-Id"
 	if err := o.validate(); err != nil {
 		t.Fatal(err)
 	}

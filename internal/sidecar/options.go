@@ -324,6 +324,8 @@ func (o *Options) validate() error {
 		return fmt.Errorf("PolicyTimeout (M1_POLICY_TIMEOUT) must be positive")
 	case count(o.PolicyDir, o.PolicyBundleURL, o.PolicyGitURL) > 1:
 		return fmt.Errorf("at most one policy source: M1_POLICY_DIR, M1_POLICY_BUNDLE_URL or M1_POLICY_GIT_URL")
+	case o.PolicyVerificationKey != "" && count(o.PolicyDir, o.PolicyBundleURL, o.PolicyGitURL) == 0:
+		return fmt.Errorf("PolicyVerificationKey (M1_POLICY_VERIFICATION_KEY) is set but no policy source is (M1_POLICY_DIR, M1_POLICY_BUNDLE_URL or M1_POLICY_GIT_URL): the built-in bundle carries no signature")
 	case count(o.PolicyShadowDir, o.PolicyShadowBundleURL) > 1:
 		return fmt.Errorf("at most one shadow policy source: M1_POLICY_SHADOW_DIR or M1_POLICY_SHADOW_BUNDLE_URL")
 	case o.PolicyPollInterval < time.Second:

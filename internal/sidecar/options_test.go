@@ -91,6 +91,7 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"zero audit args", func(o *Options) { o.AuditMaxArgs = 0 }, "M1_AUDIT_MAX_ARGS_BYTES"},
 		{"prune too often", func(o *Options) { o.PruneEvery = time.Second }, "M1_AUDIT_PRUNE_INTERVAL"},
 		{"certificate without key", func(o *Options) { o.TLS.CertFile = "tls.crt" }, "M1_TLS_KEY_FILE"},
+		{"verification key without a source", func(o *Options) { o.PolicyVerificationKey = "verify.pem" }, "M1_POLICY_VERIFICATION_KEY"},
 		{"client CA without certificate", func(o *Options) { o.TLS.ClientCAFile = "ca.crt" }, "M1_TLS_CLIENT_CA_FILE"},
 	}
 	for _, tt := range tests {
