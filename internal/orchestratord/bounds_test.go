@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/m1-agent/m1/internal/admin/admintest"
 )
 
@@ -93,5 +96,29 @@ func TestWriteTimeoutOutlastsDispatch(t *testing.T) {
 	o.HTTP.WriteTimeout = o.DispatchTimeout
 	if err := o.validate(); err == nil || !strings.Contains(err.Error(), "M1_DISPATCH_TIMEOUT") {
 		t.Fatalf("validate(WriteTimeout = DispatchTimeout) = %v, want an error naming M1_DISPATCH_TIMEOUT", err)
+	}
+}
+
+// With no M1_ADMIN_TOKEN, the generated token is logged once, after the
+// listener is bound, with the dashboard URL that opens it (DESIGN §8).
+func TestGeneratedTokenLoggedWithDashboardURL(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	s := startTest(t, func(o *Options) { o.AdminToken, o.Logger = "", zap.New(core) })
+	entries := logs.FilterMessageSnippet("admin token generated").All()
+	if len(entries) != 1 {
+		t.Fatalf("logged the generated token %d times, want once", len(entries))
+	}
+	u, _ := entries[0].ContextMap()["dashboard_url"].(string)
+	want := "http://" + s.Addr().String() + "/?token=" + s.AdminToken()
+	if u != want || len(s.AdminToken()) < 32 {
+		t.Fatalf("dashboard_url = %q, want %q (a generated token of 32+ characters)", u, want)
+	}
+	resp, err := http.Get(strings.Replace(u, "/?token=", "/api/m1/dashboard?token=", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the logged token: GET /api/m1/dashboard = %d, want 200", resp.StatusCode)
 	}
 }

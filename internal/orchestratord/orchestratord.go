@@ -270,6 +270,7 @@ type Server struct {
 	stopErr    error
 	ring       *admin.Ring // the dashboard's history without Prometheus
 	stopRing   context.CancelFunc
+	generated  bool // the admin token was generated: Start logs it with the dashboard URL
 }
 
 // New opens the store, builds the planner and the service.
@@ -397,11 +398,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	if s.tls != nil {
 		s.http.TLSConfig = s.tls.Config("h2", "http/1.1")
 	}
-	if generated {
-		defer func() {
-			s.log.Info("admin token generated; set M1_ADMIN_TOKEN to choose one (m1 approve reads it too)", zap.String("admin_token", s.opts.AdminToken))
-		}()
-	}
+	s.generated = generated
 	return s, nil
 }
 
@@ -500,6 +497,14 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		go s.ring.Run(rctx)
 	}
 	s.log.Info("m1-orchestrator started", zap.String("addr", lis.Addr().String()), zap.String("planner", s.planner), zap.String("version", s.opts.Version), zap.Bool("tls", s.tls != nil))
+	if s.generated {
+		scheme := "http"
+		if s.tls != nil {
+			scheme = "https"
+		}
+		s.log.Info("admin token generated; set M1_ADMIN_TOKEN to choose one (m1 approve reads it too)",
+			zap.String("dashboard_url", scheme+"://"+lis.Addr().String()+"/?token="+s.opts.AdminToken))
+	}
 	return nil
 }
 
