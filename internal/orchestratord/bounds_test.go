@@ -2,6 +2,7 @@ package orchestratord
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/m1-agent/m1/internal/admin"
 	"github.com/m1-agent/m1/internal/admin/admintest"
 )
 
@@ -120,5 +122,39 @@ func TestGeneratedTokenLoggedWithDashboardURL(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("the logged token: GET /api/m1/dashboard = %d, want 200", resp.StatusCode)
+	}
+}
+
+// /health reports the checks every M1 binary reports (DESIGN §8), and a
+// store that cannot be reached degrades it without failing readiness:
+// 503 is for a process that cannot serve at all.
+func TestHealthChecksAndStoreOutage(t *testing.T) {
+	s := startTest(t, nil)
+	get := func() (int, admin.Report) {
+		t.Helper()
+		resp, err := http.Get("http://" + s.Addr().String() + "/health")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var rep admin.Report
+		if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, rep
+	}
+	code, rep := get()
+	for _, name := range []string{"policy", "keys", "redis", "database", "memory"} {
+		if _, ok := rep.Checks[name]; !ok {
+			t.Errorf("/health checks lack %q: %v", name, rep.Checks)
+		}
+	}
+	if code != http.StatusOK || rep.Status != admin.StatusOK {
+		t.Fatalf("/health = %d %s, want 200 ok", code, rep.Status)
+	}
+	s.st.Close() // the store gone
+	code, rep = get()
+	if code != http.StatusOK || rep.Status != admin.StatusDegraded || rep.Checks["database"].Status != admin.StatusDegraded {
+		t.Fatalf("/health with the store unreachable = %d %s (database %+v), want 200 degraded", code, rep.Status, rep.Checks["database"])
 	}
 }
