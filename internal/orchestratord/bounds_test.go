@@ -13,6 +13,7 @@ import (
 
 	"github.com/m1-agent/m1/internal/admin"
 	"github.com/m1-agent/m1/internal/admin/admintest"
+	"github.com/m1-agent/m1/internal/store"
 )
 
 func startTest(t *testing.T, mod func(*Options)) *Server {
@@ -156,5 +157,54 @@ func TestHealthChecksAndStoreOutage(t *testing.T) {
 	code, rep = get()
 	if code != http.StatusOK || rep.Status != admin.StatusDegraded || rep.Checks["database"].Status != admin.StatusDegraded {
 		t.Fatalf("/health with the store unreachable = %d %s (database %+v), want 200 degraded", code, rep.Status, rep.Checks["database"])
+	}
+}
+
+// The orchestrator applies the retention policy to its store, as the
+// sidecars do (DESIGN §7): an event past it goes, a recent one stays.
+func TestPrunesItsStore(t *testing.T) {
+	_, jwks := operatorKey(t, "ops-1")
+	o := testOptions(t, jwks)
+	o.AdminToken = "secret-token"
+	s, err := New(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	now := time.Now().UTC()
+	events := []store.Event{
+		{DecisionID: "old", Time: now.Add(-3 * store.Year), Kind: store.KindDecision, Tool: "read_file", Decision: "allow", Reason: "ok"},
+		{DecisionID: "new", Time: now.Add(-time.Hour), Kind: store.KindDecision, Tool: "read_file", Decision: "allow", Reason: "ok"},
+	}
+	store.NewChainer("test/prune").Chain(events)
+	if err := s.st.AppendEvents(ctx, events); err != nil {
+		t.Fatal(err)
+	}
+	s.opts.PruneEvery = 20 * time.Millisecond // below the 1m a flag allows
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Stop(context.Background()) })
+	left := func() []string {
+		var ids []string
+		if err := s.st.Events(ctx, store.Filter{Until: now}, func(e store.Event) error {
+			if e.Writer == "test/prune" {
+				ids = append(ids, e.DecisionID)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for ids := left(); len(ids) != 1; ids = left() {
+		if time.Now().After(deadline) {
+			t.Fatalf("events after pruning = %v, want [new]", ids)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ids := left(); ids[0] != "new" {
+		t.Fatalf("events after pruning = %v, want [new]", ids)
 	}
 }

@@ -53,6 +53,7 @@ type Options struct {
 	AdminToken  string // bearer token for /v1; random and logged when empty
 	DataDir     string // SQLite store and audit spool
 	DatabaseURL string // "" = SQLite under DataDir; postgres://… shared
+	PruneEvery  time.Duration // apply store.DefaultRetention this often; 0 = never
 	PolicyDir   string // bundle whose m1/tools/data.json is the registry; "" = embedded default
 
 	ToolEndpoint    string        // base URL of tools whose registry entry names no endpoint
@@ -136,6 +137,7 @@ func DefaultOptions() Options {
 		RunBudgetUSD:    1,
 		LogLevel:        "info",
 		HTTP:            defaultHTTPLimits(),
+		PruneEvery:      time.Hour,
 		Version:         buildinfo.Version(),
 		Now:             time.Now,
 	}
@@ -167,6 +169,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	str(&o.AdminToken, "admin-token", "M1_ADMIN_TOKEN", "bearer token for the /v1 API (random and logged once when empty)")
 	str(&o.DataDir, "data-dir", "M1_DATA_DIR", "directory for local state (SQLite store, audit spool)")
 	str(&o.DatabaseURL, "database-url", "M1_DATABASE_URL", "store: empty = SQLite file m1.db under --data-dir; postgres://… for PostgreSQL")
+	dur(&o.PruneEvery, "audit-prune-interval", "M1_AUDIT_PRUNE_INTERVAL", "apply the retention policy (decisions, runs, proposals, tool calls: 2 years; revoked tokens: 30 days) to the store this often; 0 = never")
 	str(&o.PolicyDir, "policy-dir", "M1_POLICY_DIR", "policy bundle whose m1/tools/data.json is the tool registry (empty = the embedded default)")
 	str(&o.ToolEndpoint, "tool-endpoint", "M1_TOOL_ENDPOINT", "base URL (the tool pod's Envoy) of tools whose registry entry names no endpoint")
 	str(&o.ApprovalHeader, "approval-header", "M1_APPROVAL_HEADER", "request header that carries the approval token")
@@ -208,6 +211,8 @@ func (o *Options) validate() error {
 		return errors.New("ProposalTTL (M1_PROPOSAL_TTL) must be positive")
 	case o.DispatchTimeout <= 0:
 		return errors.New("DispatchTimeout (M1_DISPATCH_TIMEOUT) must be positive")
+	case o.PruneEvery < 0 || (o.PruneEvery > 0 && o.PruneEvery < time.Minute):
+		return errors.New("PruneEvery (M1_AUDIT_PRUNE_INTERVAL) must be 0 or at least 1m")
 	case o.CostAlertUSD < 0:
 		return errors.New("CostAlertUSD (COST_ALERT_THRESHOLD) must not be negative")
 	case o.RunBudgetUSD < 0:
@@ -270,6 +275,7 @@ type Server struct {
 	stopErr    error
 	ring       *admin.Ring // the dashboard's history without Prometheus
 	stopRing   context.CancelFunc
+	stopPrune  context.CancelFunc
 	generated  bool // the admin token was generated: Start logs it with the dashboard URL
 }
 
@@ -496,6 +502,12 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		s.stopRing = stopRing
 		go s.ring.Run(rctx)
 	}
+	if s.opts.PruneEvery > 0 {
+		pctx, stopPrune := context.WithCancel(context.WithoutCancel(ctx))
+		s.stopPrune = stopPrune
+		st := func(context.Context) (store.Store, error) { return s.st, nil }
+		go audit.PruneLoop(pctx, s.opts.PruneEvery, s.opts.Now, st, s.log.Named("prune"))
+	}
 	s.log.Info("m1-orchestrator started", zap.String("addr", lis.Addr().String()), zap.String("planner", s.planner), zap.String("version", s.opts.Version), zap.Bool("tls", s.tls != nil))
 	if s.generated {
 		scheme := "http"
@@ -535,6 +547,9 @@ func (s *Server) Stop(ctx context.Context) error {
 		}
 		if s.stopKeys != nil {
 			s.stopKeys()
+		}
+		if s.stopPrune != nil {
+			s.stopPrune()
 		}
 		if s.stopRing != nil {
 			s.stopRing()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -100,26 +99,3 @@ func (s *Server) databaseCheck() admin.Check {
 	return c
 }
 
-// pruneLoop applies the retention policy every PruneEvery until ctx ends.
-func (s *Server) pruneLoop(ctx context.Context) {
-	t := time.NewTicker(s.opts.PruneEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			st, err := s.storeSink.Store(ctx)
-			if err != nil {
-				s.log.Warn("audit prune skipped: store unreachable", zap.Error(err))
-				continue
-			}
-			n, err := store.ApplyRetention(ctx, st, s.opts.Now(), store.DefaultRetention)
-			if err != nil {
-				s.log.Warn("audit prune failed", zap.Error(err))
-				continue
-			}
-			s.log.Info("audit retention applied", zap.Any("pruned", n))
-		}
-	}
-}

@@ -343,7 +343,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		if s.opts.PruneEvery > 0 {
 			pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 			s.stopPrune = cancel
-			go s.pruneLoop(pctx)
+			go audit.PruneLoop(pctx, s.opts.PruneEvery, s.opts.Now, s.storeSink.Store, s.log)
 		}
 	}
 	s.startState(ctx) // before Redis: its first reload writes restored revocations back to an empty Redis
