@@ -49,12 +49,12 @@ const (
 
 // Options configure m1-orchestrator.
 type Options struct {
-	Addr        string // HTTP listen address
-	AdminToken  string // bearer token for /v1; random and logged when empty
-	DataDir     string // SQLite store and audit spool
-	DatabaseURL string // "" = SQLite under DataDir; postgres://… shared
+	Addr        string        // HTTP listen address
+	AdminToken  string        // bearer token for /v1; random and logged when empty
+	DataDir     string        // SQLite store and audit spool
+	DatabaseURL string        // "" = SQLite under DataDir; postgres://… shared
 	PruneEvery  time.Duration // apply store.DefaultRetention this often; 0 = never
-	PolicyDir   string // bundle whose m1/tools/data.json is the registry; "" = embedded default
+	PolicyDir   string        // bundle whose m1/tools/data.json is the registry; "" = embedded default
 
 	ToolEndpoint    string        // base URL of tools whose registry entry names no endpoint
 	ApprovalHeader  string        // header that carries the approval token to the sidecar

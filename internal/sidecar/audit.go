@@ -98,4 +98,3 @@ func (s *Server) databaseCheck() admin.Check {
 	}
 	return c
 }
-
