@@ -177,7 +177,9 @@ func LoadKeys(path string) (Keys, error) {
 
 // Parse verifies a signed checkpoint with keys and returns it. The
 // signature must be EdDSA by a key of keys (by kid), typ Type, version
-// Version.
+// Version. With nil keys the signature is not verified (the rest is):
+// such a checkpoint can show a chain cut short or rewritten, never prove
+// one intact.
 func Parse(data []byte, keys Keys) (Checkpoint, error) {
 	var c Checkpoint
 	jws, err := jose.ParseSigned(strings.TrimSpace(string(data)), []jose.SignatureAlgorithm{jose.EdDSA})
@@ -191,13 +193,17 @@ func Parse(data []byte, keys Keys) (Checkpoint, error) {
 	if typ, _ := h.ExtraHeaders[jose.HeaderType].(string); typ != Type {
 		return c, fmt.Errorf("typ %q, want %q", typ, Type)
 	}
-	pub, ok := keys[h.KeyID]
-	if !ok {
-		return c, fmt.Errorf("signed by an unknown key (kid %q)", h.KeyID)
-	}
-	payload, err := jws.Verify(pub)
-	if err != nil {
-		return c, fmt.Errorf("bad signature (kid %q): %w", h.KeyID, err)
+	var payload []byte
+	if keys == nil {
+		payload = jws.UnsafePayloadWithoutVerification()
+	} else {
+		pub, ok := keys[h.KeyID]
+		if !ok {
+			return c, fmt.Errorf("signed by an unknown key (kid %q)", h.KeyID)
+		}
+		if payload, err = jws.Verify(pub); err != nil {
+			return c, fmt.Errorf("bad signature (kid %q): %w", h.KeyID, err)
+		}
 	}
 	dec := json.NewDecoder(strings.NewReader(string(payload)))
 	dec.DisallowUnknownFields()

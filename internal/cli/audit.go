@@ -168,7 +168,8 @@ was pruned is verified from its checkpoint.
 
 With --checkpoints DIR (signed chain heads that m1 audit checkpoint or
 m1-authz wrote, verified with --checkpoint-keys, the checkpoint key's public
-JWKS) verify also reports a chain that ends before a head it was signed to
+JWKS, or else with $M1_AUDIT_CHECKPOINT_KEY_FILE's public half; with
+neither, read unverified, with a warning) verify also reports a chain that ends before a head it was signed to
 hold (its newest events were deleted: "cut short", with the missing seqs),
 a chain whose event at a signed head has another hash (rewritten), a
 signed chain the store no longer has, and a checkpoint file that does not
@@ -214,7 +215,7 @@ func runAuditVerify(ctx context.Context, c *cmdIO, args []string) int {
 	writer := fs.String("writer", "", "verify only this `writer`'s chain")
 	asJSON := fs.Bool("json", false, "print one JSON object: each chain's result and the totals")
 	cpDir := fs.String("checkpoints", "", "also check the chains against the signed checkpoints in this `DIR`")
-	cpKeys := fs.String("checkpoint-keys", "", "the JWKS (or JWK) `file` of the checkpoint signing key's public half")
+	cpKeys := fs.String("checkpoint-keys", "", "the JWKS (or JWK) `file` of the checkpoint signing key's public half (default: $M1_AUDIT_CHECKPOINT_KEY_FILE's; none: signatures not verified)")
 	if code, ok := parse(fs, c, args, 0, 0); !ok {
 		return code
 	}
@@ -225,7 +226,7 @@ func runAuditVerify(ctx context.Context, c *cmdIO, args []string) int {
 	)
 	if *cpDir != "" {
 		var err error
-		if signed, nSigned, badCps, err = loadCheckpoints(*cpDir, *cpKeys); err != nil {
+		if signed, nSigned, badCps, err = loadCheckpoints(c, *cpDir, *cpKeys); err != nil {
 			return fail(c, "audit verify", err)
 		}
 	}

@@ -182,15 +182,22 @@ func missingChain(writer string, signed []checkpoint.SignedHead) chainReport {
 	}}
 }
 
-// loadCheckpoints reads and verifies the checkpoints in dir with the keys
-// in keysFile.
-func loadCheckpoints(dir, keysFile string) (map[string][]checkpoint.SignedHead, int, map[string]error, error) {
+// loadCheckpoints reads the checkpoints in dir and verifies their
+// signatures with the keys in keysFile or, without one, with the public
+// half of $M1_AUDIT_CHECKPOINT_KEY_FILE (the key m1-authz signs them with);
+// with neither, the signatures are not verified and warn says so.
+func loadCheckpoints(c *cmdIO, dir, keysFile string) (map[string][]checkpoint.SignedHead, int, map[string]error, error) {
 	if keysFile == "" {
-		return nil, 0, nil, errors.New("--checkpoints needs --checkpoint-keys (the public JWKS of the checkpoint key)")
+		keysFile, _ = c.lookupEnv("M1_AUDIT_CHECKPOINT_KEY_FILE")
 	}
-	keys, err := checkpoint.LoadKeys(keysFile)
-	if err != nil {
-		return nil, 0, nil, err
+	var keys checkpoint.Keys
+	if keysFile != "" {
+		var err error
+		if keys, err = checkpoint.LoadKeys(keysFile); err != nil {
+			return nil, 0, nil, err
+		}
+	} else {
+		fmt.Fprintln(c.stderr, "warning: checkpoint signatures not verified (no --checkpoint-keys, $M1_AUDIT_CHECKPOINT_KEYS or $M1_AUDIT_CHECKPOINT_KEY_FILE): they can show a chain cut short or rewritten, but only signed ones prove it intact against someone who can write the checkpoints too")
 	}
 	good, bad, err := checkpoint.ReadDir(dir, keys)
 	if err != nil {

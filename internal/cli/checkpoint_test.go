@@ -127,6 +127,12 @@ func testAuditCheckpoint(t *testing.T, newDB func(*testing.T) auditDB) {
 			if !strings.Contains(r.stdout, "ok      "+w2+"  4 events (holds its signed head, seq 4)\n") {
 				t.Fatalf("verify --checkpoints (%s) does not report %s intact:\n%v", tc.name, w2, r)
 			}
+			// As DESIGN §9 writes it, without keys: the same finding, with a
+			// warning that the signatures went unverified.
+			if r := m1Audit(t, "verify", "--db", d.dsn, "--checkpoints", cps); r.code != 1 || !strings.Contains(r.stdout, tc.want[0]) ||
+				!strings.Contains(r.stderr, "signatures not verified") {
+				t.Fatalf("verify --checkpoints without keys (%s) =\n%v\nwant exit 1, %q and a warning", tc.name, r, tc.want[0])
+			}
 			// The same in JSON.
 			r = m1Audit(t, "verify", "--db", d.dsn, "--checkpoints", cps, "--checkpoint-keys", pub, "--json")
 			var got struct {
@@ -146,11 +152,28 @@ func testAuditCheckpoint(t *testing.T, newDB func(*testing.T) auditDB) {
 		})
 	}
 
-	t.Run("no keys", func(t *testing.T) {
+	t.Run("keys", func(t *testing.T) {
 		d := newDB(t)
 		d.add(t, w1, auditEvents("w1", spaced(base, time.Second, 2)))
-		if r := m1Audit(t, "verify", "--db", d.dsn, "--checkpoints", t.TempDir()); r.code != 2 || !strings.Contains(r.stderr, "--checkpoint-keys") {
-			t.Fatalf("verify --checkpoints without keys =\n%v\nwant exit 2", r)
+		cps := filepath.Join(t.TempDir(), "checkpoints")
+		if r := m1Audit(t, "checkpoint", "--db", d.dsn, "--out", cps, "--key", priv); r.code != 0 {
+			t.Fatalf("audit checkpoint =\n%v", r)
+		}
+		// Without keys: read unverified, and said so.
+		if r := m1Audit(t, "verify", "--db", d.dsn, "--checkpoints", cps); r.code != 0 || !strings.Contains(r.stderr, "signatures not verified") {
+			t.Fatalf("verify --checkpoints without keys =\n%v\nwant exit 0 and a warning", r)
+		}
+		// The signing key m1-authz is given ($M1_AUDIT_CHECKPOINT_KEY_FILE) verifies them.
+		if r := m1Env(t, map[string]string{"M1_AUDIT_CHECKPOINT_KEY_FILE": priv}, "audit", "verify", "--db", d.dsn, "--checkpoints", cps); r.code != 0 || r.stderr != "" {
+			t.Fatalf("verify --checkpoints with $M1_AUDIT_CHECKPOINT_KEY_FILE =\n%v\nwant exit 0, no warning", r)
+		}
+		// Another key's checkpoints: bad when verified, taken when not.
+		otherPriv, otherPub := checkpointKeys(t)
+		if r := m1Audit(t, "verify", "--db", d.dsn, "--checkpoints", cps, "--checkpoint-keys", otherPub); r.code != 1 || !strings.Contains(r.stdout, "BROKEN  checkpoint ") {
+			t.Fatalf("verify --checkpoints with another key =\n%v\nwant exit 1, the checkpoint bad", r)
+		}
+		if r := m1Env(t, map[string]string{"M1_AUDIT_CHECKPOINT_KEY_FILE": otherPriv}, "audit", "verify", "--db", d.dsn, "--checkpoints", cps); r.code != 1 {
+			t.Fatalf("verify --checkpoints with another $M1_AUDIT_CHECKPOINT_KEY_FILE =\n%v\nwant exit 1", r)
 		}
 		if r := m1Audit(t, "checkpoint", "--db", d.dsn, "--out", t.TempDir(), "--key", pub); r.code != 2 {
 			t.Fatalf("checkpoint --key PUBLIC =\n%v\nwant exit 2", r)
