@@ -208,3 +208,37 @@ func TestPrunesItsStore(t *testing.T) {
 		t.Fatalf("events after pruning = %v, want [new]", ids)
 	}
 }
+
+// ALLOWED_ORIGINS opens the fleet's JSON API to the origins it names, as
+// on m1-authz (DESIGN §8); a bad list is refused at start.
+func TestAllowedOrigins(t *testing.T) {
+	s := startTest(t, func(o *Options) { o.AllowedOrigins = "https://ops.example.com" })
+	plain := startTest(t, nil)
+	for _, tc := range []struct {
+		srv    *Server
+		origin string
+		want   string
+	}{
+		{s, "https://ops.example.com", "https://ops.example.com"},
+		{s, "https://evil.example.com", ""},
+		{plain, "https://ops.example.com", ""},
+	} {
+		req, _ := http.NewRequest("GET", "http://"+tc.srv.Addr().String()+"/api/m1/dashboard/runs", nil)
+		req.Header.Set("Authorization", "Bearer secret-token")
+		req.Header.Set("Origin", tc.origin)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Access-Control-Allow-Origin") != tc.want {
+			t.Errorf("GET from %s = %d, Access-Control-Allow-Origin %q; want 200, %q", tc.origin, resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"), tc.want)
+		}
+	}
+	_, jwks := operatorKey(t, "ops-1")
+	o := testOptions(t, jwks)
+	o.AllowedOrigins = "*"
+	if _, err := New(context.Background(), o); err == nil || !strings.Contains(err.Error(), "ALLOWED_ORIGINS") {
+		t.Fatalf("New(ALLOWED_ORIGINS=*) = %v, want an error naming ALLOWED_ORIGINS", err)
+	}
+}

@@ -99,6 +99,9 @@ type Options struct {
 	// dashboard its mesh-wide series (M1_PROMETHEUS_URL); "" = none: the
 	// dashboard says so and shows the store and this process.
 	PrometheusURL string
+	// AllowedOrigins are the browser origins allowed to call the API
+	// cross-origin (ALLOWED_ORIGINS, comma-separated); "" = same origin only.
+	AllowedOrigins string
 	// DashboardStep is how often the dashboard samples this process for
 	// its history without Prometheus; 0: every 5 seconds. Not a flag.
 	DashboardStep time.Duration
@@ -199,6 +202,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	str(&o.TLSCertFile, "tls-cert-file", "M1_TLS_CERT_FILE", "PEM certificate (chain) the HTTP port serves HTTPS with; reloaded when the file changes (empty = plaintext)")
 	str(&o.TLSKeyFile, "tls-key-file", "M1_TLS_KEY_FILE", "PEM private key of --tls-cert-file")
 	o.bindGatewayFlags(fs, env)
+	str(&o.AllowedOrigins, "allowed-origins", "ALLOWED_ORIGINS", "comma-separated browser origins (scheme://host[:port]) allowed to call the JSON API cross-origin (empty = same origin only)")
 	str(&o.PrometheusURL, "prometheus-url", "M1_PROMETHEUS_URL", "Prometheus server (http(s)://host:port) the fleet dashboard reads mesh-wide series from (empty = none)")
 	return env
 }
@@ -243,6 +247,9 @@ func (o *Options) validate() error {
 		if _, err := admin.ParsePrometheusURL(o.PrometheusURL); err != nil {
 			return fmt.Errorf("PrometheusURL (M1_PROMETHEUS_URL): %w", err)
 		}
+	}
+	if _, err := admin.ParseOrigins(o.AllowedOrigins); err != nil {
+		return fmt.Errorf("AllowedOrigins (ALLOWED_ORIGINS): %w", err)
 	}
 	if o.HTTP.WriteTimeout == 0 {
 		o.HTTP.WriteTimeout = o.DispatchTimeout + 30*time.Second
@@ -689,13 +696,15 @@ func (s *Server) adminHandler(records store.Records, reg orchestrator.Registry) 
 		history, detail = s.ring, s.ring.Detail()
 	}
 	docs["history"] = admin.HistoryDoc(history)
+	origins, _ := admin.ParseOrigins(o.AllowedOrigins) // checked by validate
 	handler := admin.NewHandler(admin.Options{
-		Token:     s.opts.AdminToken,
-		Gatherer:  o.Gatherer,
-		Health:    s.health,
-		Routes:    map[string]http.Handler{"/v1/": s.svc.Handler()},
-		Documents: docs,
-		Now:       o.Now,
+		Token:          s.opts.AdminToken,
+		AllowedOrigins: origins,
+		Gatherer:       o.Gatherer,
+		Health:         s.health,
+		Routes:         map[string]http.Handler{"/v1/": s.svc.Handler()},
+		Documents:      docs,
+		Now:            o.Now,
 		API: map[string]func() any{
 			"health": func() any { return s.health() },
 			"meta": func() any {
