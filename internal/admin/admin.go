@@ -97,15 +97,24 @@ func NewHandler(o Options) http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /assets/{name}", serveAsset)
-	// The page is open, as its assets are: it holds no data (the API it
-	// calls needs the token), and a link to a proposal (DESIGN §10) opens
-	// in a new tab that has no token yet; the page asks for it. Presented
-	// with the token, it also starts a session.
+	// The page needs the token (or a session) like everything but health
+	// and metrics (DESIGN §8). Without one it is answered 401 with the page
+	// itself, which a browser still shows and which asks for the token: a
+	// link to a proposal (DESIGN §10) opens in a tab that has none yet. Its
+	// assets stay open: they are the same for everyone and hold no data,
+	// and a browser runs no script answered 401. Presented with the token,
+	// the page also starts a session.
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		if HasToken(r, o.Token) {
+		switch {
+		case HasToken(r, o.Token):
 			sess.issue(w, r)
+			servePage(w, http.StatusOK)
+		case readsByCookie(r) && sess.valid(r):
+			servePage(w, http.StatusOK)
+		default:
+			w.Header().Set("WWW-Authenticate", `Bearer realm="m1-admin"`)
+			servePage(w, http.StatusUnauthorized)
 		}
-		servePage(w, r)
 	})
 
 	api := http.NewServeMux()

@@ -501,8 +501,9 @@ func setPageHeaders(h http.Header) {
 	h.Set("Cache-Control", "no-store")
 }
 
-func servePage(w http.ResponseWriter, r *http.Request) {
-	serveEmbedded(w, "index.html")
+// servePage serves the dashboard page with status code.
+func servePage(w http.ResponseWriter, code int) {
+	serveEmbedded(w, "index.html", code)
 }
 
 func serveAsset(w http.ResponseWriter, r *http.Request) {
@@ -511,10 +512,10 @@ func serveAsset(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, "not_found", "no such admin endpoint")
 		return
 	}
-	serveEmbedded(w, name)
+	serveEmbedded(w, name, http.StatusOK)
 }
 
-func serveEmbedded(w http.ResponseWriter, name string) {
+func serveEmbedded(w http.ResponseWriter, name string, code int) {
 	b, err := fs.ReadFile(dashboardFS, "dashboard/"+name)
 	if err != nil {
 		WriteError(w, http.StatusNotFound, "not_found", "no such admin endpoint")
@@ -527,5 +528,6 @@ func serveEmbedded(w http.ResponseWriter, name string) {
 	setPageHeaders(w.Header())
 	w.Header().Set("Content-Type", ct)
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(code)
 	_, _ = w.Write(b)
 }

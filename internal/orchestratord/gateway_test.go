@@ -78,7 +78,7 @@ func TestApprovalsOnly(t *testing.T) {
 		!strings.Contains(body, `m1_proposals_pending_oldest_age_seconds{risk="write"}`) {
 		t.Errorf("GET /metrics = %d, want m1_proposals_pending{risk=\"write\"} 1 and the oldest's age:\n%s", code, body)
 	}
-	if code, body := do("GET", "/", "", ""); code != 200 || !strings.Contains(body, `id="login"`) {
-		t.Errorf("GET / = %d, want the dashboard page (open, asking for the token)", code)
+	if code, body := do("GET", "/", "", ""); code != 401 || !strings.Contains(body, `id="login"`) {
+		t.Errorf("GET / without a token = %d, want 401 and the dashboard page asking for the token", code)
 	}
 }

@@ -97,8 +97,13 @@ func TestAdminEndpoints(t *testing.T) {
 	if code, body := get(t, base+"/api/m1/dashboard/policy", s.AdminToken()); code != 200 || !strings.Contains(body, `"cacheable": true`) {
 		t.Errorf("GET /api/m1/dashboard/policy with the token = %d %s, want 200 and cacheable", code, body)
 	}
-	if code, body := get(t, base+"/", ""); code != 200 || !strings.Contains(body, `id="login"`) {
-		t.Errorf("GET / without a token = %d, want 200 and the page, which holds no data and asks for the token", code)
+	// The page needs the token too (DESIGN §8); without it a browser is
+	// shown the page, answered 401, which asks for the token.
+	if code, body := get(t, base+"/", ""); code != 401 || !strings.Contains(body, `id="login"`) {
+		t.Errorf("GET / without a token = %d, want 401 and the page asking for the token", code)
+	}
+	if code, _ := get(t, base+"/", s.AdminToken()); code != 200 {
+		t.Errorf("GET / with the token = %d, want 200", code)
 	}
 }
 
