@@ -196,7 +196,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.StringVar(&o.PolicyGitSSHKey, "policy-git-ssh-key", o.PolicyGitSSHKey, "private key file for ssh Git URLs (empty = the ssh agent)")
 	fs.DurationVar(&o.PolicyPollInterval, "policy-poll-interval", o.PolicyPollInterval, "how often the bundle server or Git repository is polled (jittered ±10%)")
 	fs.BoolVar(&o.PolicyRunTests, "policy-run-tests", o.PolicyRunTests, "run a new revision's own Rego tests (*_test.rego) before activating it")
-	fs.StringVar(&o.PolicyVerificationKey, "policy-verification-key", o.PolicyVerificationKey, "PEM public key file: refuse bundles without a valid OPA signature (.signatures.json) made with its private key")
+	fs.StringVar(&o.PolicyVerificationKey, "policy-verification-key", o.PolicyVerificationKey, "PEM public key file: refuse bundles without a valid OPA signature (.signatures.json) made with its private key; needs a policy source (the built-in bundle is unsigned)")
 	fs.StringVar(&o.PolicyShadowDir, "policy-shadow-dir", o.PolicyShadowDir, "shadow policy bundle directory: evaluated beside the active policy, never deciding")
 	fs.StringVar(&o.PolicyShadowBundleURL, "policy-shadow-bundle-url", o.PolicyShadowBundleURL, "shadow policy bundle server URL")
 	fs.IntVar(&o.CacheSize, "cache-size", o.CacheSize, "L1 decision cache entries (0 disables the cache)")
