@@ -80,7 +80,7 @@ func TestApprovalsCAFile(t *testing.T) {
 
 	claim := func(caFile string) error {
 		o := testOptions(t)
-		o.JWKSFile, o.Audience, o.Approvals.URL, o.Approvals.CAFile = "/k", "tools", orch.URL, caFile
+		o.JWKSFile, o.Audience, o.Approvals.URL, o.Approvals.Token, o.Approvals.CAFile = "/k", "tools", orch.URL, "sidecar-token", caFile
 		if err := o.validate(); err != nil {
 			t.Fatal(err)
 		}
