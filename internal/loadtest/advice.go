@@ -57,7 +57,7 @@ func adviseScenario(s *Scenario) {
 			}
 			a = append(a, "/metrics is slow under load: the scrape competes with checks for the cores, and a label with many values (per-agent or per-tool series) makes every scrape bigger"+size+"; give the sidecar CPU headroom, scrape less often, or drop such labels with metric_relabel_configs.")
 		}
-		if hot != "" {
+		if hot != "" && strings.HasPrefix(f.Name, s.Profile.Phase) { // a profile of another phase says nothing of this one
 			a = append(a, fmt.Sprintf("the CPU profile's largest known part is %s at %.0f%% of the sidecar's samples; its top functions are in the profile table below.", hot, share))
 		}
 		s.Advice = append(s.Advice, f.Name+": "+strings.Join(a, " "))

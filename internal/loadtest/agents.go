@@ -137,7 +137,7 @@ func (e *env) agents(ctx context.Context, s *Scenario) error {
 	done := watch(ws...)
 	var wait func()
 	if sc != nil {
-		wait = e.profileDuring(ctx, s, sc, e.opts.Duration)
+		wait = e.profileDuring(ctx, s, sc, e.opts.Duration, "")
 	}
 	res := runAgents(ctx, client, b, e.opts.Agents, e.opts.Duration)
 	s.Processes = append(s.Processes, done()...)

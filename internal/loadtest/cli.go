@@ -200,7 +200,11 @@ func WriteText(w io.Writer, r *Report) error {
 		}
 		if p := s.Profile; p != nil && len(p.Cum) > 0 {
 			if hot, share := p.hotspot(); hot != "" {
-				fmt.Fprintf(tw, "profile: %s takes %.0f%% of the sidecar's CPU samples\n", hot, share)
+				during := ""
+				if p.Phase != "" {
+					during = " during " + p.Phase
+				}
+				fmt.Fprintf(tw, "profile%s: %s takes %.0f%% of the sidecar's CPU samples\n", during, hot, share)
 			}
 		}
 		for _, a := range s.Advice {

@@ -280,7 +280,7 @@ Compared with <code>{{.Baseline}}</code>: <span class="{{if .Regressions}}regres
 {{with .Processes}}<h3>Processes</h3>{{cpuChart $sc}}<table><tr><th>process</th><th>pid</th><th>CPU</th><th>cores</th><th>RSS</th><th>peak RSS</th></tr>
 {{range .}}<tr><td>{{.Name}}</td><td class="num">{{.PID}}</td><td class="num">{{secs .CPUSec}}</td><td class="num">{{cores .Cores}}</td><td class="num">{{mib .RSSBytes}}</td><td class="num">{{mib .PeakRSS}}</td></tr>
 {{end}}</table>{{end}}
-{{with .Profile}}<h3>CPU profile</h3><p>From {{.From}}: {{printf "%.0f" .SampleMS}} ms of CPU sampled over {{printf "%.1f" .Seconds}} s ({{cores .Cores}} cores).</p>
+{{with .Profile}}<h3>CPU profile</h3><p>From {{.From}}{{with .Phase}}, during “{{.}}”{{end}}: {{printf "%.0f" .SampleMS}} ms of CPU sampled over {{printf "%.1f" .Seconds}} s ({{cores .Cores}} cores).</p>
 <table><tr><th>top with callees (cumulative)</th><th>cum</th><th>flat</th></tr>
 {{range .Cum}}<tr><td><code>{{.Name}}</code></td><td class="num">{{pct .CumPct}}</td><td class="num">{{pct .FlatPct}}</td></tr>
 {{end}}</table>

@@ -259,3 +259,40 @@ func TestSummarizeAndValidate(t *testing.T) {
 		t.Fatalf("DefaultOptions().validate() = %v", err)
 	}
 }
+
+// Advice names the profile's largest part only for the figures of the phase
+// the profile was taken during, and names the phase; a profile of the whole
+// scenario speaks for every figure.
+func TestAdviceProfileOfItsPhase(t *testing.T) {
+	scenario := func(phase string) *Scenario {
+		return &Scenario{
+			Figures: []Figure{
+				{Name: "cacheable, 1 sidecar: m1-authz / no-op", Value: 0.5, Unit: unitRatio, Cmp: ">=", Target: 0.85},
+				{Name: "fresh approval, 1 sidecar: m1-authz / no-op", Value: 0.2, Unit: unitRatio, Cmp: ">=", Target: 0.5},
+			},
+			Profile: &Profile{Phase: phase, Cum: []Func{
+				{Name: "github.com/m1-agent/m1/internal/state/storestate.(*Store).commit", CumPct: 21},
+				{Name: "github.com/m1-agent/m1/internal/approval.verificationKey.verify", CumPct: 18},
+			}},
+		}
+	}
+	const hot = "largest known part is the durable single-use commit (SQLite) at 21%"
+	s := scenario("fresh approval, 1 sidecar")
+	adviseScenario(s)
+	if len(s.Advice) != 2 || strings.Contains(s.Advice[0], hot) || !strings.Contains(s.Advice[1], hot) {
+		t.Fatalf("advice with a profile of the fresh-approval phase =\n%s\nwant the profile named for the fresh approval only", strings.Join(s.Advice, "\n"))
+	}
+	s = scenario("")
+	adviseScenario(s)
+	if len(s.Advice) != 2 || !strings.Contains(s.Advice[0], hot) || !strings.Contains(s.Advice[1], hot) {
+		t.Fatalf("advice with a profile of the whole scenario =\n%s\nwant the profile named for both", strings.Join(s.Advice, "\n"))
+	}
+	var out strings.Builder
+	rep := Report{Scenarios: []Scenario{*scenario("fresh approval, 1 sidecar")}}
+	if err := rep.HTML(&out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "during “fresh approval, 1 sidecar”") {
+		t.Fatal("report.html does not say which phase the profile was taken during")
+	}
+}

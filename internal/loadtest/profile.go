@@ -17,7 +17,10 @@ import (
 // its top functions by their own time (flat) and with what they call
 // (cumulative), as `go tool pprof -top` lists them.
 type Profile struct {
-	From     string  `json:"from"` // the sidecar's admin URL
+	From string `json:"from"` // the sidecar's admin URL
+	// Phase is the part of the scenario the profile was taken during
+	// (a figure's name starts with it); "" = the scenario as a whole.
+	Phase    string  `json:"phase,omitempty"`
 	Seconds  float64 `json:"seconds"`
 	SampleMS float64 `json:"sample_ms"` // CPU time sampled
 	// Cores is the sampled CPU time over the profile's duration.
@@ -174,7 +177,7 @@ func (p *Profile) hotspot() (string, float64) {
 
 // hotspots are the parts of a check whose cost the advice names.
 var hotspots = []struct{ match, name string }{
-	{"crypto/ed25519.", "signature verification (Ed25519)"},
+	{"approval.verificationKey.verify", "signature verification"},
 	{"storestate.(*Store).commit", "the durable single-use commit (SQLite)"},
 	{"audit.(*Recorder).flush", "audit appends (SQLite)"},
 	{"open-policy-agent/opa/", "policy evaluation (Rego)"},

@@ -132,8 +132,9 @@ func watch(ws ...watched) func() []Process {
 
 // profileDuring takes a CPU profile of sc while a phase of d runs (from a
 // quarter into it, for half of it, at least a second); wait returns it, or
-// nil (with a note in s) when it could not be taken.
-func (e *env) profileDuring(ctx context.Context, s *Scenario, sc *sidecar, d time.Duration) (wait func()) {
+// nil (with a note in s) when it could not be taken. phase names the part
+// of the scenario profiled ("" = all of it).
+func (e *env) profileDuring(ctx context.Context, s *Scenario, sc *sidecar, d time.Duration, phase string) (wait func()) {
 	if !e.opts.Profile || sc.admin == "" {
 		return func() {}
 	}
@@ -162,7 +163,7 @@ func (e *env) profileDuring(ctx context.Context, s *Scenario, sc *sidecar, d tim
 			return
 		}
 		if p != nil {
-			p.From = sc.name + " " + p.From
+			p.From, p.Phase = sc.name+" "+p.From, phase
 		}
 		s.Profile = p
 	}
@@ -190,7 +191,7 @@ func (e *env) measureCache(ctx context.Context, s *Scenario, label string, sc *s
 	done := watch(append(sc.watched(), also...)...)
 	waitProfile := func() {}
 	if s.Profile == nil {
-		waitProfile = e.profileDuring(ctx, s, sc, e.opts.Duration)
+		waitProfile = e.profileDuring(ctx, s, sc, e.opts.Duration, "")
 	}
 	var bg sync.WaitGroup
 	bgCtx, stopBG := context.WithCancel(ctx)
@@ -416,7 +417,7 @@ func (e *env) approvals(ctx context.Context, s *Scenario) error {
 		done := watch(ws...)
 		wait := func() {}
 		if profile {
-			wait = e.profileDuring(ctx, s, scs[0], e.opts.Duration)
+			wait = e.profileDuring(ctx, s, scs[0], e.opts.Duration, label)
 		}
 		rep, err := bench.Run(ctx, o)
 		procs := done()
