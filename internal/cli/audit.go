@@ -169,11 +169,11 @@ was pruned is verified from its checkpoint.
 With --checkpoints DIR (signed chain heads that m1 audit checkpoint or
 m1-authz wrote, verified with --checkpoint-keys, the checkpoint key's public
 JWKS, or else with $M1_AUDIT_CHECKPOINT_KEY_FILE's public half; with
-neither, read unverified, with a warning) verify also reports a chain that ends before a head it was signed to
-hold (its newest events were deleted: "cut short", with the missing seqs),
-a chain whose event at a signed head has another hash (rewritten), a
-signed chain the store no longer has, and a checkpoint file that does not
-verify. Without checkpoints, events deleted from the tail of a chain, or a
+neither, read unverified, with a warning) verify also reports a chain that
+ends before a head it was signed to hold (its newest events were deleted:
+"cut short", with the missing seqs), a chain whose event at a signed head
+has another hash (rewritten), a signed chain the store no longer has, and
+a checkpoint file that does not verify. Without checkpoints, events deleted from the tail of a chain, or a
 chain rewritten whole by someone who can recompute every hash, cannot be
 seen (docs/AUDIT.md).
 

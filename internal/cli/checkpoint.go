@@ -185,7 +185,8 @@ func missingChain(writer string, signed []checkpoint.SignedHead) chainReport {
 // loadCheckpoints reads the checkpoints in dir and verifies their
 // signatures with the keys in keysFile or, without one, with the public
 // half of $M1_AUDIT_CHECKPOINT_KEY_FILE (the key m1-authz signs them with);
-// with neither, the signatures are not verified and warn says so.
+// with neither, the signatures are not verified and a warning on stderr
+// says so.
 func loadCheckpoints(c *cmdIO, dir, keysFile string) (map[string][]checkpoint.SignedHead, int, map[string]error, error) {
 	if keysFile == "" {
 		keysFile, _ = c.lookupEnv("M1_AUDIT_CHECKPOINT_KEY_FILE")
