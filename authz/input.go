@@ -68,7 +68,11 @@ func buildInput(req *authv3.CheckRequest, c *toolcall.Call, headers toolcall.Hea
 		in.Insert(ast.InternedTerm("parsed_query"), ast.NewTerm(q))
 	}
 	if needs.All || needs.ParsedBody {
-		in.Insert(ast.InternedTerm("parsed_body"), parsedBody(req.GetAttributes().GetRequest().GetHttp(), headers))
+		body := ast.NullTerm() // a partial body is not parsed, as in opa-envoy-plugin
+		if !c.Truncated {
+			body = parsedBody(req.GetAttributes().GetRequest().GetHttp(), headers)
+		}
+		in.Insert(ast.InternedTerm("parsed_body"), body)
 	}
 	if needs.All || needs.TruncatedBody {
 		in.Insert(ast.InternedTerm("truncated_body"), ast.BooleanTerm(c.Truncated))

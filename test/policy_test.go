@@ -434,6 +434,14 @@ allow if {
 	input.parsed_path == ["status"]
 	input.parsed_query.verbose == ["1"]
 }
+
+# A body Envoy sent in part: truncated_body, and no parsed_body, as
+# opa-envoy-plugin gives them.
+allow if {
+	input.parsed_path == ["upload"]
+	input.truncated_body == true
+	input.parsed_body == null
+}
 `})
 	s := startSidecar(t, []string{"--policy-dir", dir, "--policy-path", "envoy/authz/allow"})
 	tests := []struct {
@@ -446,6 +454,8 @@ allow if {
 		{"rest list_dir other body", restList, []edit{withBody(`{"path":"/etc"}`)}, deny(403, "policy_denied")},
 		{"http query", "http-get-other", []edit{withPath("/status?verbose=1")}, allow},
 		{"http other query", "http-get-other", []edit{withPath("/status?verbose=0")}, deny(403, "policy_denied")},
+		{"http partial body", "http-get-other", []edit{withPath("/upload"), withBody(`{"a":`), withHeader("content-type", "application/json"), withHeader("content-length", "4096")}, allow},
+		{"http whole body", "http-get-other", []edit{withPath("/upload"), withBody(`{"a":1}`), withHeader("content-type", "application/json"), withHeader("content-length", "7")}, deny(403, "policy_denied")},
 		// A query on a tool path is refused before any policy (DESIGN §3).
 		{"rest list_dir with query", restList, []edit{withPath("/tools/list_dir?recursive=1")}, deny(400, "bad_path")},
 		{"rest read_file raw_body", "rest-tools-read-file-raw-body", nil, allow},

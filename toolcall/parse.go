@@ -61,7 +61,7 @@ type Call struct {
 	Host      string
 	Path      string // percent-decoded path without the query
 	RawPath   string // path with the query, as Envoy sent it
-	Truncated bool   // Envoy says the body is partial
+	Truncated bool   // the body is partial: Envoy says so or, on an http request, content-length exceeds what it sent (as opa-envoy-plugin reads it)
 }
 
 // Error is a request M1 refuses to guess at: it is denied with the stable
@@ -165,8 +165,25 @@ func Parse(h *authv3.AttributeContext_HttpRequest, headers Headers, opts Options
 		return c, hashArgs(&c)
 	default:
 		c.Kind = KindHTTP
+		if !c.Truncated {
+			c.Truncated = longerThanSent(h, headers)
+		}
 		return c, nil
 	}
+}
+
+// longerThanSent reports whether an http request's content-length promises
+// more than the body Envoy sent: a body the policy sees only in part
+// (input.truncated_body, as opa-envoy-plugin sets it). A content-length that
+// is not a number says nothing here: the body of an http request is not
+// parsed.
+func longerThanSent(h *authv3.AttributeContext_HttpRequest, headers Headers) bool {
+	cl, ok := headers.Lookup("content-length")
+	if !ok {
+		return false
+	}
+	n, err := strconv.ParseInt(cl, 10, 64)
+	return err == nil && n > int64(max(len(h.GetRawBody()), len(h.GetBody())))
 }
 
 var emptyObject = []byte("{}")

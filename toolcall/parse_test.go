@@ -353,3 +353,25 @@ func TestParseCallID(t *testing.T) {
 		})
 	}
 }
+
+// An http request is truncated, as opa-envoy-plugin reads it, when Envoy
+// says so or its content-length promises more than Envoy sent; its body is
+// never refused for it (it is not parsed).
+func TestParseHTTPTruncated(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		req  *authv3.AttributeContext_HttpRequest
+		want bool
+	}{
+		{"whole body", httpReq("POST", "/upload", `{"a":1}`, "content-length", "7"), false},
+		{"no content-length", httpReq("POST", "/upload", `{"a":1}`), false},
+		{"content-length beyond the body", httpReq("POST", "/upload", `{"a":1`, "content-length", "7"), true},
+		{"content-length not a number", httpReq("POST", "/upload", `{}`, "content-length", "x"), false},
+		{"envoy says partial", httpReq("POST", "/upload", `{}`, "x-envoy-auth-partial-body", "true"), true},
+	} {
+		c, err := parse(tc.req)
+		if err != nil || c.Kind != KindHTTP || c.Truncated != tc.want {
+			t.Errorf("Parse(%s) = kind %q truncated %v, %v; want http, truncated %v", tc.name, c.Kind, c.Truncated, err, tc.want)
+		}
+	}
+}
