@@ -123,14 +123,14 @@ func (r *Reloader) Trigger() {
 
 // Reload loads once and returns the engine activated, nil when the source
 // had nothing new (the active revision confirmed), or the error that kept
-// the last good revision.
+// the last good revision. The status is the new revision's before it
+// decides: whoever sees its decisions sees its health too.
 func (r *Reloader) Reload(ctx context.Context) (*policy.Engine, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, err := r.load(ctx)
 	now := r.opts.Now()
 	r.statusMu.Lock()
-	defer r.statusMu.Unlock()
 	if err != nil {
 		if r.status.Error == "" {
 			r.status.FailedSince = now
@@ -144,6 +144,7 @@ func (r *Reloader) Reload(ctx context.Context) (*policy.Engine, error) {
 			r.opts.Logger.Error(r.opts.Name+" revision refused; the last good one keeps deciding",
 				zap.String("active_revision", r.status.Revision), zap.Error(err))
 		}
+		r.statusMu.Unlock()
 		return nil, err
 	}
 	if r.status.Error != "" {
@@ -155,14 +156,20 @@ func (r *Reloader) Reload(ctx context.Context) (*policy.Engine, error) {
 	if e != nil {
 		r.status.Revision = e.Revision()
 	}
+	rev := r.status.Revision
+	r.statusMu.Unlock()
+	if e != nil {
+		r.opts.Activate(e)
+		r.opts.Logger.Info(r.opts.Name+" revision activated", zap.String("revision", e.Revision()))
+	}
 	if r.opts.Succeeded != nil {
-		r.opts.Succeeded(r.status.Revision, now)
+		r.opts.Succeeded(rev, now)
 	}
 	return e, nil
 }
 
-// load does one load; it returns a nil engine and no error when the source
-// holds the revision in force.
+// load does one load and prepares the revision it finds; it returns a nil
+// engine and no error when the source holds the revision in force.
 func (r *Reloader) load(ctx context.Context) (*policy.Engine, error) {
 	res, err := r.opts.Loader.Load(ctx, r.tag)
 	if errors.Is(err, ErrNotModified) && r.tag != "" {
@@ -183,9 +190,7 @@ func (r *Reloader) load(ctx context.Context) (*policy.Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("revision %s: %w", revisionName(res.Bundle), err)
 	}
-	r.opts.Activate(e)
 	r.tag = res.Tag
-	r.opts.Logger.Info(r.opts.Name+" revision activated", zap.String("revision", e.Revision()))
 	return e, nil
 }
 
