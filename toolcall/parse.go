@@ -178,12 +178,19 @@ func Parse(h *authv3.AttributeContext_HttpRequest, headers Headers, opts Options
 // is not a number says nothing here: the body of an http request is not
 // parsed.
 func longerThanSent(h *authv3.AttributeContext_HttpRequest, headers Headers) bool {
+	n, ok, valid := contentLength(headers)
+	return ok && valid && n > int64(max(len(h.GetRawBody()), len(h.GetBody())))
+}
+
+// contentLength reads the content-length header: ok when present, valid
+// when it is a decimal number of bytes (no sign).
+func contentLength(headers Headers) (n int64, ok, valid bool) {
 	cl, ok := headers.Lookup("content-length")
 	if !ok {
-		return false
+		return 0, false, false
 	}
 	n, err := strconv.ParseInt(cl, 10, 64)
-	return err == nil && n > int64(max(len(h.GetRawBody()), len(h.GetBody())))
+	return n, true, err == nil && n >= 0 && cl[0] != '+'
 }
 
 var emptyObject = []byte("{}")
@@ -258,9 +265,8 @@ func requestBody(h *authv3.AttributeContext_HttpRequest, headers Headers, trunca
 	if max > 0 && int64(len(body)) > max {
 		return nil, tooLarge("body larger than " + strconv.FormatInt(max, 10) + " bytes")
 	}
-	if cl, ok := headers.Lookup("content-length"); ok {
-		n, err := strconv.ParseInt(cl, 10, 64)
-		if err != nil || n < 0 || cl[0] == '+' {
+	if n, ok, valid := contentLength(headers); ok {
+		if !valid {
 			return nil, badRequest("content-length is not a number")
 		}
 		switch {
