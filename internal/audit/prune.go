@@ -2,12 +2,22 @@ package audit
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/m1-agent/m1/internal/store"
 )
+
+// ValidatePruneEvery checks a PruneLoop interval as both binaries take it
+// (M1_AUDIT_PRUNE_INTERVAL): 0 (never) or at least a minute.
+func ValidatePruneEvery(d time.Duration) error {
+	if d < 0 || (d > 0 && d < time.Minute) {
+		return errors.New("PruneEvery (M1_AUDIT_PRUNE_INTERVAL) must be 0 or at least 1m")
+	}
+	return nil
+}
 
 // PruneLoop applies store.DefaultRetention every interval until ctx ends,
 // to the store get returns then (a store that cannot be reached skips the

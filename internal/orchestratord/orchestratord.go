@@ -215,8 +215,6 @@ func (o *Options) validate() error {
 		return errors.New("ProposalTTL (M1_PROPOSAL_TTL) must be positive")
 	case o.DispatchTimeout <= 0:
 		return errors.New("DispatchTimeout (M1_DISPATCH_TIMEOUT) must be positive")
-	case o.PruneEvery < 0 || (o.PruneEvery > 0 && o.PruneEvery < time.Minute):
-		return errors.New("PruneEvery (M1_AUDIT_PRUNE_INTERVAL) must be 0 or at least 1m")
 	case o.CostAlertUSD < 0:
 		return errors.New("CostAlertUSD (COST_ALERT_THRESHOLD) must not be negative")
 	case o.RunBudgetUSD < 0:
@@ -247,6 +245,9 @@ func (o *Options) validate() error {
 		if _, err := admin.ParsePrometheusURL(o.PrometheusURL); err != nil {
 			return fmt.Errorf("PrometheusURL (M1_PROMETHEUS_URL): %w", err)
 		}
+	}
+	if err := audit.ValidatePruneEvery(o.PruneEvery); err != nil {
+		return err
 	}
 	if _, err := admin.ParseOrigins(o.AllowedOrigins); err != nil {
 		return fmt.Errorf("AllowedOrigins (ALLOWED_ORIGINS): %w", err)

@@ -76,6 +76,7 @@ func TestOptionsRefused(t *testing.T) {
 		want string
 	}{
 		{"negative approvals limit", func(o *Options) { o.Gateway.MaxPending = -1 }, "M1_APPROVALS_MAX_PENDING"},
+		{"prune too often", func(o *Options) { o.PruneEvery = time.Second }, "M1_AUDIT_PRUNE_INTERVAL"},
 		{"unknown planner", func(o *Options) { o.Planner = "gpt" }, "M1_PLANNER"},
 		{"claude without key", func(o *Options) { o.Planner = PlannerClaude }, "APIKey"},
 		{"missing plan", func(o *Options) { o.PlanFile = "nope.yaml" }, "nope.yaml"},

@@ -356,8 +356,6 @@ func (o *Options) validate() error {
 		return fmt.Errorf("REDIS_COMMAND_TIMEOUT_MS and REDIS_CONNECT_TIMEOUT_MS must be positive")
 	case o.AuditMaxArgs < 1:
 		return fmt.Errorf("AuditMaxArgs (M1_AUDIT_MAX_ARGS_BYTES) must be positive, got %d", o.AuditMaxArgs)
-	case o.PruneEvery < 0 || (o.PruneEvery > 0 && o.PruneEvery < time.Minute):
-		return fmt.Errorf("PruneEvery (M1_AUDIT_PRUNE_INTERVAL) must be 0 or at least 1m")
 	case o.Checkpoint.Out != "" && o.Checkpoint.KeyFile == "":
 		return fmt.Errorf("Checkpoint.KeyFile (M1_AUDIT_CHECKPOINT_KEY_FILE) is required with M1_AUDIT_CHECKPOINT_OUT")
 	case o.Checkpoint.Out != "" && !o.Audit:
@@ -376,6 +374,9 @@ func (o *Options) validate() error {
 	}
 	if err := o.AdminHTTP.Validate(); err != nil {
 		return fmt.Errorf("AdminHTTP: %w", err)
+	}
+	if err := audit.ValidatePruneEvery(o.PruneEvery); err != nil {
+		return err
 	}
 	if _, err := admin.ParseOrigins(o.AllowedOrigins); err != nil {
 		return fmt.Errorf("AllowedOrigins (ALLOWED_ORIGINS): %w", err)
