@@ -196,6 +196,9 @@ type Target struct {
 	P95          time.Duration  `json:"p95_ns"`
 	P99          time.Duration  `json:"p99_ns"`
 	Mean         time.Duration  `json:"mean_ns"`
+	Max          time.Duration  `json:"max_ns"`
+	Timeline     []Interval     `json:"timeline,omitempty"`   // checks/s over the measured time, the rounds end to end
+	Histogram    []Bucket       `json:"histogram,omitempty"`  // latencies of the successful calls
 	RoundRates   []float64      `json:"round_checks_per_sec"` // checks/s of each round; a wide spread means a busy machine
 	TimedOut     bool           `json:"timed_out,omitempty"`  // stopped at the time limit before Requests calls
 	Cache        *CacheStats    `json:"cache,omitempty"`      // in-process m1-authz only
@@ -339,6 +342,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 		t.Calls, t.Errors, t.ErrorCounts, t.Elapsed, t.TimedOut = tl.calls, tl.errors, tl.errDist, tl.elapsed, tl.timedOut
 		t.ChecksPerSec, t.P50, t.P99, t.RoundRates = tl.rate(), tl.percentile(50), tl.percentile(99), tl.rates
 		t.P95, t.Mean = tl.percentile(95), tl.mean()
+		t.Timeline, t.Histogram, t.Max = tl.timeline(), tl.histogram(), tl.percentile(100)
 	}
 	targets[1].MintedLive = mintedLive
 	if len(env.servers) > 0 {

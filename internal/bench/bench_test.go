@@ -50,6 +50,20 @@ func TestRunInProcess(t *testing.T) {
 				tg.Name, tg.Calls, tg.Errors, tg.ErrorCounts, tg.ChecksPerSec, tg.P50, tg.P99)
 		}
 	}
+	for _, tg := range rep.Targets {
+		var inHist, inTimeline uint64
+		for _, b := range tg.Histogram {
+			inHist += b.Count
+		}
+		for _, iv := range tg.Timeline {
+			inTimeline += iv.Calls
+		}
+		// The timeline leaves out a last part shorter than its step.
+		if inHist != tg.Calls || len(tg.Timeline) == 0 || inTimeline > tg.Calls || inTimeline == 0 {
+			t.Errorf("Run(%s): histogram holds %d calls, timeline %d in %d steps; want all %d in the histogram and a timeline",
+				tg.Name, inHist, inTimeline, len(tg.Timeline), tg.Calls)
+		}
+	}
 	m1 := rep.Targets[1]
 	if !m1.InProcess || m1.Cache == nil || !m1.Cache.Enabled || m1.Cache.Hits != 2000 || m1.Cache.Misses != 0 {
 		t.Errorf("Run(%s) cache = %+v, want enabled with 2000 hits and no misses", TargetM1, m1.Cache)

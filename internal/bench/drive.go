@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"strconv"
 	"time"
@@ -35,6 +34,7 @@ type LoadResult struct {
 	Elapsed     time.Duration
 	// Latencies of the allowed calls, sorted.
 	Latencies []time.Duration
+	Timeline  []Interval // calls per step of the measured time
 }
 
 // Rate is completed calls per second.
@@ -47,13 +47,7 @@ func (r LoadResult) Rate() float64 {
 
 // Percentile is the nearest-rank p-th percentile (0 < p <= 100) of the
 // allowed calls' latencies, 0 when there were none.
-func (r LoadResult) Percentile(p float64) time.Duration {
-	if len(r.Latencies) == 0 {
-		return 0
-	}
-	i := int(math.Ceil(p/100*float64(len(r.Latencies)))) - 1
-	return r.Latencies[min(max(i, 0), len(r.Latencies)-1)]
-}
+func (r LoadResult) Percentile(p float64) time.Duration { return nearestRank(r.Latencies, p) }
 
 // Mean is the mean latency of the allowed calls.
 func (r LoadResult) Mean() time.Duration {
@@ -108,7 +102,7 @@ func RunLoad(ctx context.Context, l Load) (LoadResult, error) {
 		return LoadResult{}, err
 	}
 	slices.Sort(t.latencies)
-	return LoadResult{Calls: t.calls, Errors: t.errors, ErrorCounts: t.errDist, Elapsed: t.elapsed, Latencies: t.latencies}, nil
+	return LoadResult{Calls: t.calls, Errors: t.errors, ErrorCounts: t.errDist, Elapsed: t.elapsed, Latencies: t.latencies, Timeline: t.timeline()}, nil
 }
 
 // CacheRequest is a cacheable CheckRequest (an MCP tools/call of read_file

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -217,10 +216,23 @@ type tally struct {
 	latencies []time.Duration // of the calls that were allowed
 	timedOut  bool            // a run with a call count hit its time limit
 	rates     []float64       // calls per second of each run
+	ends      []callEnd       // every call, in measured time (see add)
 }
 
 // add counts one ghz report in.
+// Its calls are placed in measured time: the runs end to end, each from its
+// first call's start, so that the timeline of alternating rounds has no
+// gaps where the other target was measured.
 func (t *tally) add(rep *runner.Report, timedOut bool) {
+	var first time.Time
+	for _, d := range rep.Details {
+		if s := d.Timestamp.Add(-d.Latency); first.IsZero() || s.Before(first) {
+			first = s
+		}
+	}
+	for _, d := range rep.Details {
+		t.ends = append(t.ends, callEnd{at: t.elapsed + max(d.Timestamp.Sub(first), 0), latency: d.Latency, failed: d.Error != ""})
+	}
 	t.calls += rep.Count
 	t.elapsed += rep.Total
 	if rep.Total > 0 {
@@ -263,13 +275,15 @@ func (t *tally) mean() time.Duration {
 
 // percentile is the nearest-rank p-th percentile (0 < p <= 100) of the
 // allowed calls' latencies, or 0 when there were none. It sorts them.
-func (t *tally) percentile(p float64) time.Duration {
-	if len(t.latencies) == 0 {
-		return 0
-	}
+func (t *tally) percentile(p float64) time.Duration { return nearestRank(t.latencies, p) }
+
+// timeline is the calls' throughput over the measured time.
+func (t *tally) timeline() []Interval { return timeline(t.ends, t.elapsed) }
+
+// histogram is the allowed calls' latency histogram. It sorts them.
+func (t *tally) histogram() []Bucket {
 	slices.Sort(t.latencies)
-	i := int(math.Ceil(p/100*float64(len(t.latencies)))) - 1
-	return t.latencies[max(i, 0)]
+	return Histogram(t.latencies)
 }
 
 // run drives the load with ghz, waits for it to finish and adds what it

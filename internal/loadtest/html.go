@@ -9,7 +9,9 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 )
 
 // write writes report.json and report.html to dir, each atomically.
@@ -207,6 +209,109 @@ func latencyChart(s Scenario) template.HTML {
 	return template.HTML(b.String()) //nolint:gosec // built from escaped text
 }
 
+// timelineChart draws the throughput over measured time of each figure
+// whose load has a timeline, a row each, on scales shared by the rows (so
+// that m1-authz and its no-op baseline compare), with each row's lowest
+// and highest step.
+func timelineChart(s Scenario) template.HTML {
+	var fs []Figure
+	maxOps, maxT := 0.0, 0.0
+	for _, f := range s.Figures {
+		if f.Load == nil || len(f.Load.Timeline) == 0 {
+			continue
+		}
+		fs = append(fs, f)
+		for _, p := range f.Load.Timeline {
+			maxOps = math.Max(maxOps, p.OpsPerSec)
+			maxT = math.Max(maxT, (p.Start + p.Step).Std().Seconds())
+		}
+	}
+	if len(fs) == 0 || maxOps == 0 || maxT == 0 {
+		return ""
+	}
+	const left, width, rowH, areaH = 400.0, 360.0, 44.0, 34.0
+	h := rowH*float64(len(fs)) + 24
+	var b strings.Builder
+	fmt.Fprintf(&b, `<h3>Throughput over time</h3><svg class="chart" role="img" aria-label="throughput over time of %s" width="%.0f" height="%.0f" xmlns="http://www.w3.org/2000/svg">`, svgEsc(s.Name), left+width+200, h)
+	for i, f := range fs {
+		y := 6 + rowH*float64(i)
+		base := y + areaH
+		lo, hi := math.Inf(1), 0.0
+		pts := fmt.Sprintf("%.1f,%.1f", left, base)
+		for _, p := range f.Load.Timeline {
+			lo, hi = math.Min(lo, p.OpsPerSec), math.Max(hi, p.OpsPerSec)
+			yy := base - areaH*p.OpsPerSec/maxOps
+			pts += fmt.Sprintf(" %.1f,%.1f %.1f,%.1f", left+width*p.Start.Std().Seconds()/maxT, yy, left+width*(p.Start+p.Step).Std().Seconds()/maxT, yy)
+		}
+		last := f.Load.Timeline[len(f.Load.Timeline)-1]
+		pts += fmt.Sprintf(" %.1f,%.1f", left+width*(last.Start+last.Step).Std().Seconds()/maxT, base)
+		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="end" class="lbl">%s</text>`, left-8, y+areaH/2+4, label(f.Name))
+		fmt.Fprintf(&b, `<polygon points="%s" fill="#90caf9" stroke="#1565c0" stroke-width="1"/>`, pts)
+		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" class="small">%s–%s/s per %s step</text>`, left+width+6, y+areaH/2+4, thousands(lo), thousands(hi), svgEsc(f.Load.Timeline[0].Step.String()))
+	}
+	fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" class="axis">0 s</text><text x="%.0f" y="%.0f" text-anchor="end" class="axis">%.1f s of measured time; full height %s/s</text>`, left, h-4, left+width, h-4, maxT, thousands(maxOps))
+	b.WriteString(`</svg>`)
+	return template.HTML(b.String()) //nolint:gosec // built from escaped text
+}
+
+// histogramChart draws the latency histogram of each figure whose load has
+// one, a row each, on one logarithmic axis shared by the rows; each row's
+// bars are scaled to its own largest.
+func histogramChart(s Scenario) template.HTML {
+	var fs []Figure
+	bounds := map[Dur]bool{}
+	for _, f := range s.Figures {
+		if f.Load == nil || len(f.Load.Histogram) == 0 {
+			continue
+		}
+		fs = append(fs, f)
+		for _, h := range f.Load.Histogram {
+			bounds[h.UpTo] = true
+		}
+	}
+	if len(fs) == 0 {
+		return ""
+	}
+	axis := make([]Dur, 0, len(bounds))
+	for d := range bounds {
+		axis = append(axis, d)
+	}
+	slices.Sort(axis)
+	const left, width, rowH, barH = 400.0, 360.0, 44.0, 34.0
+	bw := width / float64(len(axis))
+	h := rowH*float64(len(fs)) + 24
+	var b strings.Builder
+	fmt.Fprintf(&b, `<h3>Latency histogram</h3><svg class="chart" role="img" aria-label="latency histograms of %s" width="%.0f" height="%.0f" xmlns="http://www.w3.org/2000/svg">`, svgEsc(s.Name), left+width+40, h)
+	for i, f := range fs {
+		y := 6 + rowH*float64(i)
+		var most uint64
+		for _, bar := range f.Load.Histogram {
+			most = max(most, bar.Count)
+		}
+		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="end" class="lbl">%s</text>`, left-8, y+barH/2+4, label(f.Name))
+		fmt.Fprintf(&b, `<line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="#ccc"/>`, left, y+barH, left+width, y+barH)
+		for _, bar := range f.Load.Histogram {
+			if bar.Count == 0 || most == 0 {
+				continue
+			}
+			j, _ := slices.BinarySearch(axis, bar.UpTo)
+			bh := math.Max(barH*float64(bar.Count)/float64(most), 1)
+			fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="#42a5f5"><title>≤ %s: %d calls</title></rect>`, left+bw*float64(j)+0.5, y+barH-bh, math.Max(bw-1, 1), bh, svgEsc(bar.UpTo.String()), bar.Count)
+		}
+	}
+	// Ticks at the decades (1, 10, 100 … µs) that are on the axis.
+	for j, d := range axis {
+		us := float64(d.Std()) / float64(time.Microsecond)
+		if e := math.Log10(us); math.Abs(e-math.Round(e)) > 1e-9 {
+			continue
+		}
+		x := left + bw*float64(j) + bw
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.0f" text-anchor="middle" class="axis">%s</text>`, x, h-4, svgEsc(d.String()))
+	}
+	b.WriteString(`</svg>`)
+	return template.HTML(b.String()) //nolint:gosec // built from escaped text
+}
+
 // cpuChart draws the cores each process used.
 func cpuChart(s Scenario) template.HTML {
 	if len(s.Processes) == 0 {
@@ -234,14 +339,16 @@ func cpuChart(s Scenario) template.HTML {
 }
 
 var reportTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
-	"targetChart":  targetChart,
-	"latencyChart": latencyChart,
-	"cpuChart":     cpuChart,
-	"mib":          mib,
-	"pct":          func(v float64) string { return fmt.Sprintf("%.1f%%", v) },
-	"cores":        func(v float64) string { return fmt.Sprintf("%.2f", v) },
-	"secs":         func(v float64) string { return fmt.Sprintf("%.1f s", v) },
-	"join":         strings.Join,
+	"targetChart":    targetChart,
+	"latencyChart":   latencyChart,
+	"cpuChart":       cpuChart,
+	"timelineChart":  timelineChart,
+	"histogramChart": histogramChart,
+	"mib":            mib,
+	"pct":            func(v float64) string { return fmt.Sprintf("%.1f%%", v) },
+	"cores":          func(v float64) string { return fmt.Sprintf("%.2f", v) },
+	"secs":           func(v float64) string { return fmt.Sprintf("%.1f s", v) },
+	"join":           strings.Join,
 }).Parse(`<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>m1 loadtest report</title>
@@ -277,6 +384,8 @@ Compared with <code>{{.Baseline}}</code>: <span class="{{if .Regressions}}regres
 {{range .Figures}}<tr><td>{{.Name}}</td><td class="num">{{.FormatValue}}</td><td class="num">{{.FormatTarget}} <span class="{{.Status}}">{{.Status}}</span></td>{{with .Load}}<td class="num">{{printf "%.0f" .OpsPerSec}}</td><td class="num">{{.Calls}}</td><td class="num">{{.Errors}}{{with .ErrorTop}}<br><small>{{join . "; "}}</small>{{end}}</td><td class="num">{{.Mean}}</td><td class="num">{{.P50}}</td><td class="num">{{.P95}}</td><td class="num">{{.P99}}</td><td class="num">{{.Max}}</td>{{else}}<td colspan="8"></td>{{end}}</tr>
 {{end}}</table>{{end}}
 {{latencyChart .}}
+{{timelineChart .}}
+{{histogramChart .}}
 {{with .Processes}}<h3>Processes</h3>{{cpuChart $sc}}<table><tr><th>process</th><th>pid</th><th>CPU</th><th>cores</th><th>RSS</th><th>peak RSS</th></tr>
 {{range .}}<tr><td>{{.Name}}</td><td class="num">{{.PID}}</td><td class="num">{{secs .CPUSec}}</td><td class="num">{{cores .Cores}}</td><td class="num">{{mib .RSSBytes}}</td><td class="num">{{mib .PeakRSS}}</td></tr>
 {{end}}</table>{{end}}

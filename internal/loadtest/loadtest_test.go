@@ -87,6 +87,7 @@ func TestSmoke(t *testing.T) {
 			if f.Load != nil && (f.Load.Errors > 0 || f.Load.Calls == 0) {
 				t.Errorf("scenario %s: %s: %d errors of %d calls: %v", s.Name, f.Name, f.Load.Errors, f.Load.Calls, f.Load.ErrorTop)
 			}
+			checkShape(t, s.Name, f)
 		}
 		for _, n := range want[s.Name] {
 			f, ok := got[n]
@@ -182,6 +183,26 @@ func cloneReport(t *testing.T, r *Report) *Report {
 	return &c
 }
 
+// checkShape checks a figure's latency histogram (every allowed call of
+// its load) and, for a gRPC load, its timeline.
+func checkShape(t *testing.T, scenario string, f Figure) {
+	t.Helper()
+	if f.Load == nil || f.Load.P99 == 0 {
+		return // not a load, or one without latencies (a hit rate)
+	}
+	var inHist uint64
+	for _, b := range f.Load.Histogram {
+		inHist += b.Count
+	}
+	if inHist != f.Load.Calls-f.Load.Errors {
+		t.Errorf("scenario %s: %s: histogram holds %d calls, want the %d allowed", scenario, f.Name, inHist, f.Load.Calls-f.Load.Errors)
+	}
+	grpcLoad := scenario != ScenarioAgents && !strings.Contains(f.Name, "/metrics")
+	if grpcLoad && len(f.Load.Timeline) == 0 {
+		t.Errorf("scenario %s: %s: no timeline", scenario, f.Name)
+	}
+}
+
 // checkHTML parses report.html and checks that it has a section and a
 // chart for every scenario, no script and no external resource.
 func checkHTML(t *testing.T, path string, regressed bool) {
@@ -226,6 +247,11 @@ func checkHTML(t *testing.T, path string, regressed bool) {
 	}
 	if svgs < len(AllScenarios) {
 		t.Errorf("report.html has %d charts, want at least one per scenario", svgs)
+	}
+	for _, chart := range []string{"Throughput over time", "Latency histogram"} {
+		if !bytes.Contains(b, []byte(chart)) {
+			t.Errorf("report.html has no %q chart", chart)
+		}
 	}
 	if got := bytes.Contains(b, []byte("REGRESSION")); got != regressed {
 		t.Errorf("report.html marks a regression: %v, want %v", got, regressed)

@@ -79,6 +79,37 @@ type LoadStats struct {
 	Max       Dur            `json:"max"`
 	Elapsed   Dur            `json:"elapsed"`
 	Extra     map[string]any `json:"extra,omitempty"`
+	// Timeline is the throughput over the measured time (alternating
+	// rounds end to end); Histogram the latencies of the allowed calls.
+	Timeline  []Point `json:"timeline,omitempty"`
+	Histogram []Bar   `json:"histogram,omitempty"`
+}
+
+// Point is one step of a load's timeline.
+type Point struct {
+	Start     Dur     `json:"start"` // from the start of the measured time
+	Step      Dur     `json:"step"`
+	OpsPerSec float64 `json:"ops_per_sec"` // completed calls per second, errors included
+	Errors    uint64  `json:"errors"`
+	P99       Dur     `json:"p99"` // of the allowed calls that completed in the step
+}
+
+// Bar is one bucket of a latency histogram: the allowed calls that took
+// more than the previous bar's UpTo and at most UpTo.
+type Bar struct {
+	UpTo  Dur    `json:"le"`
+	Count uint64 `json:"count"`
+}
+
+// shapeOf sets s's timeline and histogram from a bench load's.
+func (s *LoadStats) shapeOf(tl []bench.Interval, h []bench.Bucket) *LoadStats {
+	for _, iv := range tl {
+		s.Timeline = append(s.Timeline, Point{Start: Dur(iv.Start), Step: Dur(iv.Step), OpsPerSec: iv.PerSec(), Errors: iv.Errors, P99: Dur(iv.P99)})
+	}
+	for _, b := range h {
+		s.Histogram = append(s.Histogram, Bar{UpTo: Dur(b.UpTo), Count: b.Count})
+	}
+	return s
 }
 
 // Process is one process's CPU and memory over a scenario.
@@ -133,7 +164,7 @@ func statsOf(r bench.LoadResult) *LoadStats {
 	if n := len(r.Latencies); n > 0 {
 		s.Max = Dur(r.Latencies[n-1])
 	}
-	return s
+	return s.shapeOf(r.Timeline, bench.Histogram(r.Latencies))
 }
 
 // figure makes a Figure and decides whether it met its target.

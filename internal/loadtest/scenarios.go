@@ -480,10 +480,11 @@ func (e *env) approvals(ctx context.Context, s *Scenario) error {
 }
 
 func targetStats(t bench.Target) *LoadStats {
-	return &LoadStats{
+	s := &LoadStats{
 		OpsPerSec: t.ChecksPerSec, Calls: t.Calls, Errors: t.Errors, ErrorTop: topOf(t.ErrorCounts),
-		Mean: Dur(t.Mean), P50: Dur(t.P50), P95: Dur(t.P95), P99: Dur(t.P99), Elapsed: Dur(t.Elapsed),
+		Mean: Dur(t.Mean), P50: Dur(t.P50), P95: Dur(t.P95), P99: Dur(t.P99), Max: Dur(t.Max), Elapsed: Dur(t.Elapsed),
 	}
+	return s.shapeOf(t.Timeline, t.Histogram)
 }
 
 func topOf(m map[string]int) []string {
