@@ -72,6 +72,10 @@ type Options struct {
 	KeyFile string `json:"key_file,omitempty"`
 	// Audience is the sidecars' M1_AUDIENCE, which the tokens name.
 	Audience string `json:"audience,omitempty"`
+	// Round, when set, is called as each measured round starts, with its
+	// target's name (TargetNoop or TargetM1); the func it returns, as the
+	// round ends. m1 loadtest reads the processes' CPU with it.
+	Round func(target string) (end func()) `json:"-"`
 }
 
 // DefaultOptions returns the defaults of `m1 bench`.
@@ -326,7 +330,13 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 			if err := env.refill(i, min(need, MaxRequests)); err != nil {
 				return rep, err
 			}
-			if err := l.run(ctx, &tallies[i]); err != nil {
+			end := func() {}
+			if opts.Round != nil {
+				end = opts.Round(t.Name)
+			}
+			err := l.run(ctx, &tallies[i])
+			end()
+			if err != nil {
 				return rep, fmt.Errorf("%s: round %d: %w", t.Name, r+1, err)
 			}
 			if i == 1 {

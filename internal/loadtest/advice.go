@@ -2,15 +2,16 @@ package loadtest
 
 import (
 	"fmt"
-	"runtime"
 	"strings"
+	"time"
+
+	"github.com/m1-agent/m1/internal/bench"
 )
 
 // adviseScenario writes concrete advice for each figure that missed its
-// target: what the processes' CPU and the profile say is the limit, and
-// what to change.
-func adviseScenario(s *Scenario) {
-	cpus := runtime.NumCPU()
+// target: what the processes' CPU (on this machine's cpus) and the profile
+// say is the limit, and what to change.
+func adviseScenario(s *Scenario, cpus int) {
 	// The most any one sidecar and the load generator used in a phase.
 	var sidecarCores, genCores float64
 	for _, p := range s.Processes {
@@ -31,7 +32,9 @@ func adviseScenario(s *Scenario) {
 			a = append(a, fmt.Sprintf("%d of %d calls failed (%s): fix those first; a failing call is not a fast one.",
 				f.Load.Errors, f.Load.Calls, strings.Join(f.Load.ErrorTop, "; ")))
 		}
-		if genCores > 0 && genCores+sidecarCores > 0.8*float64(cpus) {
+		if b, ok := boundOf(s, strings.TrimSuffix(f.Name, ratioSuffix)); ok && strings.HasSuffix(f.Name, ratioSuffix) {
+			a = append(a, b.advice(cpus))
+		} else if genCores > 0 && genCores+sidecarCores > 0.8*float64(cpus) {
 			a = append(a, fmt.Sprintf("the machine was saturated: the load generator took %.1f of %d cores and m1-authz %.1f. Measure with the load generator on another machine (m1 loadtest --target) or on more cores before concluding that m1-authz is slow.",
 				genCores, cpus, sidecarCores))
 		}
@@ -62,4 +65,58 @@ func adviseScenario(s *Scenario) {
 		}
 		s.Advice = append(s.Advice, f.Name+": "+strings.Join(a, " "))
 	}
+}
+
+// ratioSuffix ends the name of an approvals figure that compares m1-authz
+// with the no-op server.
+const ratioSuffix = ": m1-authz / no-op"
+
+// cpuBound is what the processes of one comparison spent per call: during
+// m1-authz's rounds, the sidecars (m1) and the load generator (gen); during
+// the no-op server's rounds, the load generator and no-op server together
+// (noop); and how busy the cores were during m1-authz's rounds (cores).
+type cpuBound struct {
+	m1, gen, noop time.Duration
+	cores         float64
+}
+
+// boundOf reads the cpuBound of the phase from its processes' rounds.
+func boundOf(s *Scenario, phase string) (cpuBound, bool) {
+	var b cpuBound
+	var sidecars, gens int
+	for _, p := range s.Processes {
+		if !strings.HasPrefix(p.Name, phase+": ") {
+			continue
+		}
+		for _, r := range p.Rounds {
+			switch {
+			case r.Target == bench.TargetM1:
+				b.cores += r.Cores
+				if strings.Contains(p.Name, "load generator") {
+					b.gen, gens = r.CPUPerCall.Std(), gens+1
+				} else {
+					b.m1, sidecars = b.m1+r.CPUPerCall.Std(), sidecars+1
+				}
+			case r.Target == bench.TargetNoop && strings.Contains(p.Name, "load generator"):
+				b.noop = r.CPUPerCall.Std()
+			}
+		}
+	}
+	return b, sidecars > 0 && gens == 1 && b.noop > 0
+}
+
+// advice says what the CPU per call bounds the ratio at, on shared cores.
+func (b cpuBound) advice(cpus int) string {
+	bound := float64(b.noop) / float64(b.gen+b.m1)
+	s := fmt.Sprintf("per check, m1-authz used %s of CPU and the load generator %s; per no-op check the load generator and the no-op server together used %s. With all of them on the same %d cores, the CPU alone bounds the ratio at %s / (%s + %s) = %.2f×: to go faster, m1-authz must spend less CPU per check (the profile below says where it goes), or run on cores of its own (m1 loadtest --target).",
+		micros(b.m1), micros(b.gen), micros(b.noop), cpus, micros(b.noop), micros(b.gen), micros(b.m1), bound)
+	if busy := b.cores / float64(cpus); busy < 0.9 {
+		s += fmt.Sprintf(" The cores were only %.0f%% busy during m1-authz's rounds: part of the time went in waiting (the disk's fsync, locks), not in CPU.", 100*busy)
+	}
+	return s
+}
+
+// micros prints d in whole microseconds.
+func micros(d time.Duration) string {
+	return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
 }

@@ -71,6 +71,16 @@ func (f Figure) Status() string {
 	}
 }
 
+// FormatRounds prints the process's CPU in each target's rounds: cores,
+// and CPU time per call of that target.
+func (p Process) FormatRounds() string {
+	var parts []string
+	for _, r := range p.Rounds {
+		parts = append(parts, fmt.Sprintf("%s rounds: %.2f cores, %s per call", r.Target, r.Cores, micros(r.CPUPerCall.Std())))
+	}
+	return strings.Join(parts, "; ")
+}
+
 // FormatChange prints the change against the baseline.
 func (f Figure) FormatChange() string {
 	if f.Baseline == nil {
@@ -386,8 +396,8 @@ Compared with <code>{{.Baseline}}</code>: <span class="{{if .Regressions}}regres
 {{latencyChart .}}
 {{timelineChart .}}
 {{histogramChart .}}
-{{with .Processes}}<h3>Processes</h3>{{cpuChart $sc}}<table><tr><th>process</th><th>pid</th><th>CPU</th><th>cores</th><th>RSS</th><th>peak RSS</th></tr>
-{{range .}}<tr><td>{{.Name}}</td><td class="num">{{.PID}}</td><td class="num">{{secs .CPUSec}}</td><td class="num">{{cores .Cores}}</td><td class="num">{{mib .RSSBytes}}</td><td class="num">{{mib .PeakRSS}}</td></tr>
+{{with .Processes}}<h3>Processes</h3>{{cpuChart $sc}}<table><tr><th>process</th><th>pid</th><th>CPU</th><th>cores</th><th>RSS</th><th>peak RSS</th><th>CPU per call, in each target's rounds</th></tr>
+{{range .}}<tr><td>{{.Name}}</td><td class="num">{{.PID}}</td><td class="num">{{secs .CPUSec}}</td><td class="num">{{cores .Cores}}</td><td class="num">{{mib .RSSBytes}}</td><td class="num">{{mib .PeakRSS}}</td><td>{{.FormatRounds}}</td></tr>
 {{end}}</table>{{end}}
 {{with .Profile}}<h3>CPU profile</h3><p>From {{.From}}{{with .Phase}}, during “{{.}}”{{end}}: {{printf "%.0f" .SampleMS}} ms of CPU sampled over {{printf "%.1f" .Seconds}} s ({{cores .Cores}} cores).</p>
 <table><tr><th>top with callees (cumulative)</th><th>cum</th><th>flat</th></tr>

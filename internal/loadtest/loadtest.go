@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -170,7 +171,7 @@ func Run(ctx context.Context, opts Options, logf func(format string, args ...any
 		t0 := time.Now()
 		s := runScenario(ctx, e, name)
 		e.stopAll()
-		adviseScenario(&s)
+		adviseScenario(&s, runtime.NumCPU())
 		rep.Scenarios = append(rep.Scenarios, s)
 		logf("scenario %s: done in %.1fs", name, time.Since(t0).Seconds())
 	}

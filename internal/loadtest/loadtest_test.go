@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/net/html"
+
+	"github.com/m1-agent/m1/internal/bench"
 )
 
 // buildBinaries builds the programs a load test starts into a temporary
@@ -101,6 +103,11 @@ func TestSmoke(t *testing.T) {
 		}
 		if s.Name != ScenarioAgents && len(s.Processes) == 0 {
 			t.Errorf("scenario %s: no process figures", s.Name)
+		}
+		for _, p := range s.Processes {
+			if s.Name == ScenarioApprovals && (len(p.Rounds) != 2 || p.Rounds[0].Target != bench.TargetNoop || p.Rounds[1].Target != bench.TargetM1) {
+				t.Errorf("scenario %s: process %s: rounds %+v, want its CPU in the no-op's and in m1-authz's", s.Name, p.Name, p.Rounds)
+			}
 		}
 	}
 	if !slices.Equal(names, AllScenarios) {
@@ -304,12 +311,12 @@ func TestAdviceProfileOfItsPhase(t *testing.T) {
 	}
 	const hot = "largest known part is the durable single-use commit (SQLite) at 21%"
 	s := scenario("fresh approval, 1 sidecar")
-	adviseScenario(s)
+	adviseScenario(s, 2)
 	if len(s.Advice) != 2 || strings.Contains(s.Advice[0], hot) || !strings.Contains(s.Advice[1], hot) {
 		t.Fatalf("advice with a profile of the fresh-approval phase =\n%s\nwant the profile named for the fresh approval only", strings.Join(s.Advice, "\n"))
 	}
 	s = scenario("")
-	adviseScenario(s)
+	adviseScenario(s, 2)
 	if len(s.Advice) != 2 || !strings.Contains(s.Advice[0], hot) || !strings.Contains(s.Advice[1], hot) {
 		t.Fatalf("advice with a profile of the whole scenario =\n%s\nwant the profile named for both", strings.Join(s.Advice, "\n"))
 	}
@@ -320,5 +327,35 @@ func TestAdviceProfileOfItsPhase(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "during “fresh approval, 1 sidecar”") {
 		t.Fatal("report.html does not say which phase the profile was taken during")
+	}
+}
+
+// The advice of a comparison states the ratio that the processes' CPU per
+// call bounds it at, from their use in each target's rounds, and whether
+// the cores were idle part of the time; only that phase's processes count.
+func TestAdviceCPUBound(t *testing.T) {
+	const phase = "fresh approval, 1 sidecar"
+	us := func(n int) Dur { return Dur(time.Duration(n) * time.Microsecond) }
+	s := &Scenario{
+		Figures: []Figure{{Name: phase + ": m1-authz / no-op", Value: 0.25, Unit: unitRatio, Cmp: ">=", Target: 0.5}},
+		Processes: []Process{
+			{Name: phase + ": m1-authz", Rounds: []RoundUse{{Target: bench.TargetNoop, Cores: 0.01, CPUPerCall: us(1)}, {Target: bench.TargetM1, Cores: 1.2, CPUPerCall: us(200)}}},
+			{Name: phase + ": m1 loadtest (load generator, no-op server)", Rounds: []RoundUse{{Target: bench.TargetNoop, Cores: 1.9, CPUPerCall: us(75)}, {Target: bench.TargetM1, Cores: 0.4, CPUPerCall: us(50)}}},
+			{Name: "grant, 1 sidecar: m1-authz", Rounds: []RoundUse{{Target: bench.TargetM1, Cores: 1.5, CPUPerCall: us(90)}}},
+		},
+	}
+	adviseScenario(s, 2)
+	for _, want := range []string{
+		"m1-authz used 200 µs of CPU and the load generator 50 µs",
+		"together used 75 µs",
+		"75 µs / (50 µs + 200 µs) = 0.30×",
+		"only 80% busy during m1-authz's rounds",
+	} {
+		if len(s.Advice) != 1 || !strings.Contains(s.Advice[0], want) {
+			t.Fatalf("advice = %q, want it to say %q", s.Advice, want)
+		}
+	}
+	if b, ok := boundOf(s, "grant, 1 sidecar"); ok {
+		t.Errorf("boundOf a phase without the load generator's rounds = %+v, true; want false", b)
 	}
 }

@@ -120,6 +120,18 @@ type Process struct {
 	Cores    float64 `json:"cores"`       // CPUSec / the scenario's wall time
 	RSSBytes int64   `json:"rss_bytes"`   // at the end
 	PeakRSS  int64   `json:"peak_rss_bytes"`
+	// Rounds is the process's CPU during the measured rounds of each target
+	// of a comparison with the no-op server (the approvals scenario).
+	Rounds []RoundUse `json:"rounds,omitempty"`
+}
+
+// RoundUse is a process's CPU during the measured rounds of one target:
+// m1-authz's or the no-op server's.
+type RoundUse struct {
+	Target string  `json:"target"`
+	Cores  float64 `json:"cores"`
+	// CPUPerCall is its CPU time over the target's measured calls.
+	CPUPerCall Dur `json:"cpu_per_call"`
 }
 
 // Dur is a duration that is a number of milliseconds in JSON.

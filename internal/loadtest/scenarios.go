@@ -105,6 +105,57 @@ func (s *sidecar) watched() []watched {
 	return []watched{{s.name, s.proc.pid()}}
 }
 
+// roundMeter sums the CPU time of each process, and the wall time, over
+// the measured rounds of each target of a bench.Run (bench.Options.Round):
+// what each process spent on m1-authz's calls and on the no-op server's.
+type roundMeter struct {
+	ws   []watched
+	mu   sync.Mutex
+	cpu  map[string]map[int]time.Duration // target → pid → CPU time
+	wall map[string]time.Duration         // target → time measured
+}
+
+func newRoundMeter(ws ...watched) *roundMeter {
+	ws = append(ws, watched{pid: os.Getpid()})
+	return &roundMeter{ws: ws, cpu: map[string]map[int]time.Duration{}, wall: map[string]time.Duration{}}
+}
+
+func (m *roundMeter) round(target string) func() {
+	t0 := time.Now()
+	start := make([]procUsage, len(m.ws))
+	for i, w := range m.ws {
+		start[i] = readUsage(w.pid)
+	}
+	return func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.wall[target] += time.Since(t0)
+		if m.cpu[target] == nil {
+			m.cpu[target] = map[int]time.Duration{}
+		}
+		for i, w := range m.ws {
+			if u := readUsage(w.pid); u.ok && start[i].ok {
+				m.cpu[target][w.pid] += u.cpu - start[i].cpu
+			}
+		}
+	}
+}
+
+// uses is pid's CPU during each target's rounds, per measured call.
+func (m *roundMeter) uses(pid int, targets []bench.Target) []RoundUse {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []RoundUse
+	for _, t := range targets {
+		cpu, ok := m.cpu[t.Name][pid]
+		if !ok || m.wall[t.Name] <= 0 || t.Calls == 0 {
+			continue
+		}
+		out = append(out, RoundUse{Target: t.Name, Cores: cpu.Seconds() / m.wall[t.Name].Seconds(), CPUPerCall: Dur(cpu / time.Duration(t.Calls))})
+	}
+	return out
+}
+
 // watch reads the processes' CPU time now; the returned func reads it
 // again and reports each process's use in between. This process (the load
 // generator and the no-op server) is always among them.
@@ -415,6 +466,8 @@ func (e *env) approvals(ctx context.Context, s *Scenario) error {
 		o.Concurrency, o.Connections, o.Duration = e.opts.Concurrency, len(scs), e.opts.Duration/2
 		o.Warmup = min(500, max(50, int(e.opts.Duration/(10*time.Millisecond))))
 		done := watch(ws...)
+		meter := newRoundMeter(ws...)
+		o.Round = meter.round
 		wait := func() {}
 		if profile {
 			wait = e.profileDuring(ctx, s, scs[0], e.opts.Duration, label)
@@ -427,6 +480,7 @@ func (e *env) approvals(ctx context.Context, s *Scenario) error {
 		}
 		for i := range procs {
 			procs[i].Name = label + ": " + procs[i].Name
+			procs[i].Rounds = meter.uses(procs[i].PID, rep.Targets)
 		}
 		s.Processes = append(s.Processes, procs...)
 		noop, m1 := rep.Targets[0], rep.Targets[1]
