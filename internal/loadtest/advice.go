@@ -111,7 +111,7 @@ func (b cpuBound) advice(cpus int) string {
 	s := fmt.Sprintf("per check, m1-authz used %s of CPU and the load generator %s; per no-op check the load generator and the no-op server together used %s. With all of them on the same %d cores, the CPU alone bounds the ratio at %s / (%s + %s) = %.2f×: to go faster, m1-authz must spend less CPU per check (the profile below says where it goes), or run on cores of its own (m1 loadtest --target).",
 		micros(b.m1), micros(b.gen), micros(b.noop), cpus, micros(b.noop), micros(b.gen), micros(b.m1), bound)
 	if busy := b.cores / float64(cpus); busy < 0.9 {
-		s += fmt.Sprintf(" The cores were only %.0f%% busy during m1-authz's rounds: part of the time went in waiting (the disk's fsync, locks), not in CPU.", 100*busy)
+		s += fmt.Sprintf(" the cores were only %.0f%% busy during m1-authz's rounds: part of the time went in waiting (the disk's fsync, locks), not in CPU.", 100*busy)
 	}
 	return s
 }
