@@ -160,7 +160,7 @@ func targetChart(s Scenario) template.HTML {
 	)
 	h := rowH*float64(len(fs)) + 30
 	var b strings.Builder
-	fmt.Fprintf(&b, `<svg class="chart" role="img" aria-label="figures against targets of %s" width="%.0f" height="%.0f" xmlns="http://www.w3.org/2000/svg">`, svgEsc(s.Name), left+width+120, h)
+	fmt.Fprintf(&b, `<svg class="chart" role="img" aria-label="figures against targets of %s" width="%.0f" height="%.0f" xmlns="http://www.w3.org/2000/svg">`, svgEsc(s.Name), left+width+260, h)
 	x1 := left + width/maxRatio
 	for i, f := range fs {
 		y := 10 + rowH*float64(i)
