@@ -102,7 +102,7 @@ func boundOf(s *Scenario, phase string) (cpuBound, bool) {
 			}
 		}
 	}
-	return b, sidecars > 0 && gens == 1 && b.noop > 0
+	return b, sidecars > 0 && gens == 1 && b.noop > 0 && b.gen+b.m1 > 0
 }
 
 // advice says what the CPU per call bounds the ratio at, on shared cores.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -168,6 +169,7 @@ func fmtMS(d time.Duration) string {
 
 // statsOf turns a bench load into LoadStats.
 func statsOf(r bench.LoadResult) *LoadStats {
+	slices.Sort(r.Latencies) // the caller's may not be
 	s := &LoadStats{
 		OpsPerSec: r.Rate(), Calls: r.Calls, Errors: r.Errors, ErrorTop: r.TopErrors(3),
 		Mean: Dur(r.Mean()), P50: Dur(r.Percentile(50)), P95: Dur(r.Percentile(95)), P99: Dur(r.Percentile(99)),
