@@ -32,7 +32,7 @@ func adviseScenario(s *Scenario, cpus int) {
 			a = append(a, fmt.Sprintf("%d of %d calls failed (%s): fix those first; a failing call is not a fast one.",
 				f.Load.Errors, f.Load.Calls, strings.Join(f.Load.ErrorTop, "; ")))
 		}
-		if b, ok := boundOf(s, strings.TrimSuffix(f.Name, ratioSuffix)); ok && strings.HasSuffix(f.Name, ratioSuffix) {
+		if b, ok := boundOf(s, f); ok {
 			a = append(a, b.advice(cpus))
 		} else if genCores > 0 && genCores+sidecarCores > 0.8*float64(cpus) {
 			a = append(a, fmt.Sprintf("the machine was saturated: the load generator took %.1f of %d cores and m1-authz %.1f. Measure with the load generator on another machine (m1 loadtest --target) or on more cores before concluding that m1-authz is slow.",
@@ -71,44 +71,58 @@ func adviseScenario(s *Scenario, cpus int) {
 // with the no-op server.
 const ratioSuffix = ": m1-authz / no-op"
 
-// cpuBound is what the processes of one comparison spent per call: during
-// m1-authz's rounds, the sidecars (m1) and the load generator (gen); during
-// the no-op server's rounds, the load generator and no-op server together
-// (noop); and how busy the cores were during m1-authz's rounds (cores).
+// cpuBound is what the processes of one comparison spent per call: the
+// sidecars (m1: all their CPU during the rounds of both targets, since what
+// they do after m1-authz's rounds, such as the audit appends, is for its
+// calls, over m1-authz's calls) and the load generator during m1-authz's
+// rounds (gen); the load generator and no-op server together during the
+// no-op server's rounds (noop); and how busy the cores were during
+// m1-authz's rounds (cores).
 type cpuBound struct {
 	m1, gen, noop time.Duration
 	cores         float64
 }
 
-// boundOf reads the cpuBound of the phase from its processes' rounds.
-func boundOf(s *Scenario, phase string) (cpuBound, bool) {
+// boundOf reads the cpuBound of a figure comparing m1-authz with the no-op
+// server from its phase's processes' rounds.
+func boundOf(s *Scenario, f Figure) (cpuBound, bool) {
+	phase, ok := strings.CutSuffix(f.Name, ratioSuffix)
+	if !ok || f.Load == nil || f.Load.Calls == 0 {
+		return cpuBound{}, false
+	}
 	var b cpuBound
+	var sidecarCPU float64
 	var sidecars, gens int
 	for _, p := range s.Processes {
 		if !strings.HasPrefix(p.Name, phase+": ") {
 			continue
 		}
+		gen := strings.Contains(p.Name, "load generator")
+		if !gen && len(p.Rounds) > 0 {
+			sidecars++
+		}
 		for _, r := range p.Rounds {
-			switch {
-			case r.Target == bench.TargetM1:
+			if r.Target == bench.TargetM1 {
 				b.cores += r.Cores
-				if strings.Contains(p.Name, "load generator") {
-					b.gen, gens = r.CPUPerCall.Std(), gens+1
-				} else {
-					b.m1, sidecars = b.m1+r.CPUPerCall.Std(), sidecars+1
-				}
-			case r.Target == bench.TargetNoop && strings.Contains(p.Name, "load generator"):
+			}
+			switch {
+			case !gen:
+				sidecarCPU += r.CPUSec
+			case r.Target == bench.TargetM1:
+				b.gen, gens = r.CPUPerCall.Std(), gens+1
+			case r.Target == bench.TargetNoop:
 				b.noop = r.CPUPerCall.Std()
 			}
 		}
 	}
+	b.m1 = time.Duration(sidecarCPU / float64(f.Load.Calls) * float64(time.Second))
 	return b, sidecars > 0 && gens == 1 && b.noop > 0 && b.gen+b.m1 > 0
 }
 
 // advice says what the CPU per call bounds the ratio at, on shared cores.
 func (b cpuBound) advice(cpus int) string {
 	bound := float64(b.noop) / float64(b.gen+b.m1)
-	s := fmt.Sprintf("per check, m1-authz used %s of CPU and the load generator %s; per no-op check the load generator and the no-op server together used %s. With all of them on the same %d cores, the CPU alone bounds the ratio at %s / (%s + %s) = %.2f×: to go faster, m1-authz must spend less CPU per check (the profile below says where it goes), or run on cores of its own (m1 loadtest --target).",
+	s := fmt.Sprintf("per check, m1-authz used %s of CPU (all of it, in the rounds of both targets, over its calls) and the load generator %s; per no-op check the load generator and the no-op server together used %s. With all of them on the same %d cores, the CPU alone bounds the ratio at %s / (%s + %s) = %.2f×: to go faster, m1-authz must spend less CPU per check (the profile below says where it goes), or run on cores of its own (m1 loadtest --target).",
 		micros(b.m1), micros(b.gen), micros(b.noop), cpus, micros(b.noop), micros(b.gen), micros(b.m1), bound)
 	if busy := b.cores / float64(cpus); busy < 0.9 {
 		s += fmt.Sprintf(" the cores were only %.0f%% busy during m1-authz's rounds: part of the time went in waiting (the disk's fsync, locks), not in CPU.", 100*busy)

@@ -196,7 +196,8 @@ func WriteText(w io.Writer, r *Report) error {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", f.Name, f.FormatValue(), f.FormatTarget(), status, p50, p99, errs)
 		}
 		for _, p := range s.Processes {
-			fmt.Fprintf(tw, "process %s\t%.2f cores\t%s RSS\t%s\t\t\t\t\n", p.Name, p.Cores, mib(p.RSSBytes), p.FormatRounds())
+			// The rounds last, past the columns, so that they do not widen them.
+			fmt.Fprintf(tw, "process %s\t%.2f cores\t%s RSS\t\t\t\t\t%s\n", p.Name, p.Cores, mib(p.RSSBytes), p.FormatRounds())
 		}
 		if p := s.Profile; p != nil && len(p.Cum) > 0 {
 			if hot, share := p.hotspot(); hot != "" {

@@ -336,17 +336,19 @@ func TestAdviceProfileOfItsPhase(t *testing.T) {
 func TestAdviceCPUBound(t *testing.T) {
 	const phase = "fresh approval, 1 sidecar"
 	us := func(n int) Dur { return Dur(time.Duration(n) * time.Microsecond) }
+	// 10,000 calls to m1-authz: 1.9 s of its CPU in its rounds, 0.1 s after
+	// them (in the no-op's rounds), 200 µs per call.
 	s := &Scenario{
-		Figures: []Figure{{Name: phase + ": m1-authz / no-op", Value: 0.25, Unit: unitRatio, Cmp: ">=", Target: 0.5}},
+		Figures: []Figure{{Name: phase + ": m1-authz / no-op", Value: 0.25, Unit: unitRatio, Cmp: ">=", Target: 0.5, Load: &LoadStats{Calls: 10000}}},
 		Processes: []Process{
-			{Name: phase + ": m1-authz", Rounds: []RoundUse{{Target: bench.TargetNoop, Cores: 0.01, CPUPerCall: us(1)}, {Target: bench.TargetM1, Cores: 1.2, CPUPerCall: us(200)}}},
+			{Name: phase + ": m1-authz", Rounds: []RoundUse{{Target: bench.TargetNoop, CPUSec: 0.1, Cores: 0.05, CPUPerCall: us(3)}, {Target: bench.TargetM1, CPUSec: 1.9, Cores: 1.2, CPUPerCall: us(190)}}},
 			{Name: phase + ": m1 loadtest (load generator, no-op server)", Rounds: []RoundUse{{Target: bench.TargetNoop, Cores: 1.9, CPUPerCall: us(75)}, {Target: bench.TargetM1, Cores: 0.4, CPUPerCall: us(50)}}},
 			{Name: "grant, 1 sidecar: m1-authz", Rounds: []RoundUse{{Target: bench.TargetM1, Cores: 1.5, CPUPerCall: us(90)}}},
 		},
 	}
 	adviseScenario(s, 2)
 	for _, want := range []string{
-		"m1-authz used 200 µs of CPU and the load generator 50 µs",
+		"m1-authz used 200 µs of CPU (all of it, in the rounds of both targets, over its calls) and the load generator 50 µs",
 		"together used 75 µs",
 		"75 µs / (50 µs + 200 µs) = 0.30×",
 		"only 80% busy during m1-authz's rounds",
@@ -355,7 +357,7 @@ func TestAdviceCPUBound(t *testing.T) {
 			t.Fatalf("advice = %q, want it to say %q", s.Advice, want)
 		}
 	}
-	if b, ok := boundOf(s, "grant, 1 sidecar"); ok {
+	if b, ok := boundOf(s, Figure{Name: "grant, 1 sidecar: m1-authz / no-op", Load: &LoadStats{Calls: 100}}); ok {
 		t.Errorf("boundOf a phase without the load generator's rounds = %+v, true; want false", b)
 	}
 }

@@ -130,6 +130,7 @@ type Process struct {
 // m1-authz's or the no-op server's.
 type RoundUse struct {
 	Target string  `json:"target"`
+	CPUSec float64 `json:"cpu_seconds"` // user + system during the target's rounds
 	Cores  float64 `json:"cores"`
 	// CPUPerCall is its CPU time over the target's measured calls.
 	CPUPerCall Dur `json:"cpu_per_call"`

@@ -151,7 +151,7 @@ func (m *roundMeter) uses(pid int, targets []bench.Target) []RoundUse {
 		if !ok || m.wall[t.Name] <= 0 || t.Calls == 0 {
 			continue
 		}
-		out = append(out, RoundUse{Target: t.Name, Cores: cpu.Seconds() / m.wall[t.Name].Seconds(), CPUPerCall: Dur(cpu / time.Duration(t.Calls))})
+		out = append(out, RoundUse{Target: t.Name, CPUSec: cpu.Seconds(), Cores: cpu.Seconds() / m.wall[t.Name].Seconds(), CPUPerCall: Dur(cpu / time.Duration(t.Calls))})
 	}
 	return out
 }
