@@ -366,7 +366,7 @@ var reportTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
-th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .met{color:#2e7d32;font-weight:600}.missed{color:#c62828;font-weight:600}.regressed{color:#c62828;font-weight:700}
 .chart{display:block;margin:.5em 0}.chart .lbl{font-size:12px}.chart .val{font-size:12px}.chart .small{font-size:10px}.chart .axis{font-size:11px;fill:#555}
 .advice{background:#fff3e0;border-left:4px solid #ef6c00;padding:.5em 1em}.note{color:#555}
