@@ -232,6 +232,9 @@ func (t *tally) add(rep *runner.Report, timedOut bool) {
 	}
 	for _, d := range rep.Details {
 		t.ends = append(t.ends, callEnd{at: t.elapsed + max(d.Timestamp.Sub(first), 0), latency: d.Latency, failed: d.Error != ""})
+		if d.Error == "" {
+			t.latencies = append(t.latencies, d.Latency)
+		}
 	}
 	t.calls += rep.Count
 	t.elapsed += rep.Total
@@ -245,11 +248,6 @@ func (t *tally) add(rep *runner.Report, timedOut bool) {
 		}
 		t.errDist[msg] += n
 		t.errors += uint64(n)
-	}
-	for _, d := range rep.Details {
-		if d.Error == "" {
-			t.latencies = append(t.latencies, d.Latency)
-		}
 	}
 }
 

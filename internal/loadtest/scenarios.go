@@ -105,9 +105,10 @@ func (s *sidecar) watched() []watched {
 	return []watched{{s.name, s.proc.pid()}}
 }
 
-// roundMeter sums the CPU time of each process, and the wall time, over
-// the measured rounds of each target of a bench.Run (bench.Options.Round):
-// what each process spent on m1-authz's calls and on the no-op server's.
+// roundMeter sums the CPU time of each process (watch's, this process
+// included), and the wall time, over the measured rounds of each target of
+// a bench.Run (bench.Options.Round): what each process spent on m1-authz's
+// calls and on the no-op server's.
 type roundMeter struct {
 	ws   []watched
 	mu   sync.Mutex
@@ -116,27 +117,22 @@ type roundMeter struct {
 }
 
 func newRoundMeter(ws ...watched) *roundMeter {
-	ws = append(ws, watched{pid: os.Getpid()})
-	return &roundMeter{ws: ws, cpu: map[string]map[int]time.Duration{}, wall: map[string]time.Duration{}}
+	return &roundMeter{ws: slices.Clip(ws), cpu: map[string]map[int]time.Duration{}, wall: map[string]time.Duration{}}
 }
 
 func (m *roundMeter) round(target string) func() {
 	t0 := time.Now()
-	start := make([]procUsage, len(m.ws))
-	for i, w := range m.ws {
-		start[i] = readUsage(w.pid)
-	}
+	done := watch(m.ws...)
 	return func() {
+		procs := done()
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		m.wall[target] += time.Since(t0)
 		if m.cpu[target] == nil {
 			m.cpu[target] = map[int]time.Duration{}
 		}
-		for i, w := range m.ws {
-			if u := readUsage(w.pid); u.ok && start[i].ok {
-				m.cpu[target][w.pid] += u.cpu - start[i].cpu
-			}
+		for _, p := range procs {
+			m.cpu[target][p.PID] += time.Duration(p.CPUSec * float64(time.Second))
 		}
 	}
 }
