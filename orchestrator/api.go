@@ -23,6 +23,10 @@ type RunRequest struct {
 	// BudgetUSD caps the run's LLM cost; 0 takes the orchestrator's
 	// default budget.
 	BudgetUSD float64 `json:"budget_usd,omitempty"`
+	// Grants are grant tokens (m1 grant) for the run's agent: a proposal
+	// of the run that one of them covers is approved with it and
+	// dispatched at once, without an operator (see docs/ORCHESTRATOR.md).
+	Grants []string `json:"grants,omitempty"`
 }
 
 // RunDetail is a run with its proposals and tool calls: the answer to

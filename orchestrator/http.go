@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +24,9 @@ const maxRequestBytes = 1 << 20
 
 // maxGoalBytes bounds a run's goal.
 const maxGoalBytes = 64 << 10
+
+// maxRunGrants bounds the grants one run may carry.
+const maxRunGrants = 16
 
 // Handler serves the API under /v1/ (see docs/ORCHESTRATOR.md). Errors are
 // {"error": code, "reason": text}: 400 bad_request (and the token codes of
@@ -68,9 +72,21 @@ func (s *Service) handleCreateRun(w http.ResponseWriter, r *http.Request) {
 	case req.BudgetUSD < 0:
 		writeError(w, http.StatusBadRequest, "bad_request", "budget_usd must not be negative")
 		return
+	case len(req.Grants) > maxRunGrants:
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("at most %d grants per run", maxRunGrants))
+		return
+	case slices.ContainsFunc(req.Grants, func(g string) bool { return strings.TrimSpace(g) == "" }):
+		writeError(w, http.StatusBadRequest, "bad_request", "grants must be grant tokens, not empty strings")
+		return
 	}
 	d, err := s.StartRun(r.Context(), req)
-	if err != nil {
+	var te *TokenError
+	switch {
+	case errors.As(err, &te):
+		s.log.Info("run refused: a grant cannot be used", zap.String(fieldAgent, req.Agent), zap.String("error", te.Code), zap.String("reason", te.Reason))
+		writeError(w, http.StatusBadRequest, te.Code, te.Reason)
+		return
+	case err != nil:
 		s.storeError(w, err)
 		return
 	}

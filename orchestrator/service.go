@@ -178,6 +178,9 @@ type Service struct {
 	// sidecar refuses any issued earlier. Kept in memory only: after a
 	// restart such a token is dispatched and refused by the sidecar again.
 	reapprove map[string]time.Time
+
+	grants    map[string]*heldGrant   // by jti: the grants runs hold (grants.go)
+	runGrants map[string][]*heldGrant // by run id
 }
 
 // ErrStopped is returned for work asked of a Service that is stopping.
@@ -230,6 +233,8 @@ func New(o Options) (*Service, error) {
 		},
 		runLocks:  map[string]*runLock{},
 		reapprove: map[string]time.Time{},
+		grants:    map[string]*heldGrant{},
+		runGrants: map[string][]*heldGrant{},
 	}
 	s.bg, s.cancel = context.WithCancel(context.Background())
 	return s, nil
@@ -324,9 +329,15 @@ func (s *Service) recoverDispatches(ctx context.Context) {
 
 // StartRun creates a run and plans its first step. A planner failure does
 // not fail the call: the run is returned with status failed and the error.
+// A grant of req.Grants that cannot serve the run is a *TokenError, and no
+// run is created.
 func (s *Service) StartRun(ctx context.Context, req RunRequest) (RunDetail, error) {
 	if s.opts.Planner == nil {
 		return RunDetail{}, ErrNoPlanner
+	}
+	grants, err := s.checkGrants(req.Agent, req.Grants)
+	if err != nil {
+		return RunDetail{}, err
 	}
 	if !s.track() {
 		return RunDetail{}, ErrStopped
@@ -347,7 +358,8 @@ func (s *Service) StartRun(ctx context.Context, req RunRequest) (RunDetail, erro
 	if s.opts.Metrics != nil {
 		s.opts.Metrics.RunsActive.Inc()
 	}
-	s.log.Info("run started", zap.String(fieldRunID, run.ID), zap.String(fieldAgent, run.Agent))
+	s.holdGrants(run.ID, grants)
+	s.log.Info("run started", zap.String(fieldRunID, run.ID), zap.String(fieldAgent, run.Agent), zap.Int("grants", len(grants)))
 	s.advance(run.ID) // cut short by Stop, the run is planned at the next start
 	return s.detail(ctx, run.ID)
 }
@@ -542,6 +554,7 @@ func (s *Service) propose(ctx context.Context, run store.Run, stepNo int, step S
 		s.log.Info("proposal", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID),
 			zap.String(fieldTool, p.Tool), zap.String("risk", p.Risk), zap.String("status", p.Status))
 	}
+	s.grant(ctx, ps)
 	if !anyPending {
 		s.goAdvance(run.ID)
 	}
@@ -623,6 +636,7 @@ func (s *Service) finish(ctx context.Context, run store.Run, status, why string)
 		s.log.Error("end run", zap.String(fieldRunID, run.ID), zap.Error(err))
 		return
 	}
+	s.dropGrants(run.ID)
 	if m := s.opts.Metrics; m != nil {
 		m.Runs.WithLabelValues(status).Inc()
 		m.RunsActive.Dec()
@@ -730,7 +744,7 @@ func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error
 	s.log.Info("proposal approved", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID), zap.String("approver", approver))
 
 	// The dispatch outlives a client that hangs up: the approval is spent.
-	d := s.dispatch(context.WithoutCancel(ctx), p, token)
+	d := s.dispatch(context.WithoutCancel(ctx), p, token, nil)
 	s.goAdvance(d.Proposal.RunID)
 	return d, nil
 }
@@ -746,7 +760,12 @@ func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error
 // again once the sidecar accepts new approvals (Decided.RetryAfter); its
 // run waits instead of failing. Only when the proposal would expire first
 // does it fail.
-func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) Decided {
+//
+// g is the grant the token is (nil for an approval). A deny about the
+// grant itself (grantRefused) spends it for every run holding it, and the
+// proposal goes back to pending for an operator, unless it would expire
+// first.
+func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string, g *heldGrant) Decided {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.DispatchTimeout+10*time.Second) // the records' share
 	defer cancel()
 	spec := s.opts.Registry[p.Tool]
@@ -773,6 +792,9 @@ func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) 
 	switch {
 	case o.status == store.CallSucceeded:
 	case o.status == store.CallDenied && o.code == deny.StateReset:
+		if g != nil {
+			s.spendGrant(g)
+		}
 		wait := s.opts.ClockSkew
 		if o.hasRetryAfter {
 			wait = o.retryAfter
@@ -786,6 +808,13 @@ func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string) 
 			s.mu.Unlock()
 		} else {
 			final, reapprove = store.ProposalFailed, time.Time{}
+		}
+	case g != nil && o.status == store.CallDenied && grantRefused(o.code):
+		s.spendGrant(g)
+		final = store.ProposalFailed
+		if p.ExpiresAt.IsZero() || s.now().Before(p.ExpiresAt) {
+			final, reason = store.ProposalPending, fmt.Sprintf("%s; the tool did not run: the sidecar refused the run's grant %s (%s), so the call waits for an operator's approval",
+				o.err, g.claims.ID, o.code)
 		}
 	default:
 		final = store.ProposalFailed

@@ -70,6 +70,7 @@ type toolServer struct {
 	bodies   []string
 	tokens   []string
 	deny     bool   // answer as a sidecar deny
+	denyCode string // answer tool calls as a sidecar deny with this code
 	redirect string // answer 307 to this URL
 	delay    time.Duration
 	// resets tool calls are answered as m1-authz answers an approval
@@ -115,6 +116,13 @@ func (ts *toolServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	ts.mu.Lock()
+	if code := ts.denyCode; code != "" {
+		ts.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(403)
+		io.WriteString(w, `{"error":"`+code+`","reason":"refused","decision_id":"dec-`+code+`"}`)
+		return
+	}
 	if ts.resets > 0 {
 		ts.resets--
 		ts.resetTokens = append(ts.resetTokens, r.Header.Get("x-m1-approval-token"))

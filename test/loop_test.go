@@ -3,6 +3,8 @@ package test
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"net"
 	"net/http"
 	"os"
@@ -415,3 +417,126 @@ func approveInteractively(t *testing.T, l *loop, p store.Proposal) {
 
 // ansiSeq matches terminal control sequences: CSI, OSC and two-byte escapes.
 var ansiSeq = regexp.MustCompile(`\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]`)
+
+// TestGrantedLoop: a run given a grant (m1 grant) needs no operator for
+// the calls the grant covers, through the real m1-authz, which counts the
+// grant's uses; once the sidecar refuses the grant (grant_exhausted), the
+// run's calls wait for an operator, and m1 approve finishes it.
+func TestGrantedLoop(t *testing.T) {
+	l := startLoop(t)
+	ctx := context.Background()
+	code, out := l.m1(t, "grant", "--agent", "demo-agent", "--tools", "list_dir,read_file,write_file", "--max-uses", "4", "--ttl", "2m")
+	if code != 0 {
+		t.Fatalf("m1 grant = exit %d\n%s", code, out)
+	}
+	grant := strings.TrimSpace(strings.SplitN(out, "\n", 2)[0])
+
+	// One use spent outside the orchestrator, as an agent with the grant
+	// could: the sidecar counts it, the orchestrator does not know of it.
+	if code, out := l.m1(t, "check", "--addr", l.sidecar.GRPCAddr, "--json", "--tool", "list_dir", "--args", `{"path":"."}`, "--token", grant); code != 0 || !strings.Contains(out, `"allow"`) {
+		t.Fatalf("m1 check with the grant = exit %d\n%s", code, out)
+	}
+
+	// Run 1: every call is covered, so no one is asked.
+	run, err := l.orch.CreateRun(ctx, orchestrator.RunRequest{Goal: "Review the workspace and record a summary.", Agent: "demo-agent", Grants: []string{grant}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var final orchestrator.RunDetail
+	testenv.Eventually(t, 20*time.Second, "the granted run to end", func() bool {
+		final, err = l.orch.Run(ctx, run.ID)
+		return err == nil && final.Status != store.RunRunning
+	})
+	if final.Status != store.RunCompleted || len(final.ToolCalls) != 3 {
+		t.Fatalf("granted run = %s (%s) with %d tool calls, want completed with 3\norchestrator:\n%s", final.Status, final.Error, len(final.ToolCalls), l.orchProc)
+	}
+	for _, p := range final.Proposals {
+		if p.Status != store.ProposalExecuted || p.Approver != "alice" {
+			t.Errorf("granted proposal %s = %s by %q, want executed, approver alice (the grant's act.sub)", p.Tool, p.Status, p.Approver)
+		}
+	}
+	if got, err := os.ReadFile(filepath.Join(l.workspace, "notes.txt")); err != nil || string(got) != "Workspace reviewed by the demo agent.\n" {
+		t.Fatalf("notes.txt = %q, %v; want the plan's content", got, err)
+	}
+
+	// Run 2: the orchestrator has dispatched 3 of the grant's 4 uses, so it
+	// sends list_dir with it; the sidecar has counted 4 and refuses. The
+	// call did not run and waits for an operator, as does read_file.
+	run2, err := l.orch.CreateRun(ctx, orchestrator.RunRequest{Goal: "again", Agent: "demo-agent", Grants: []string{grant}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, "both calls of step 1 pending", func() bool {
+		ps, err := l.orch.Run(ctx, run2.ID)
+		n := 0
+		for _, p := range ps.Proposals {
+			if p.Status == store.ProposalPending && (p.Tool != "list_dir" || strings.Contains(p.Reason, "grant_exhausted")) {
+				n++
+			}
+		}
+		return err == nil && n == 2
+	})
+	if d, _ := l.orch.Run(ctx, run2.ID); len(d.ToolCalls) != 1 || d.ToolCalls[0].Status != store.CallDenied || d.ToolCalls[0].Tool != "list_dir" {
+		t.Fatalf("run 2 tool calls = %+v, want list_dir denied", d.ToolCalls)
+	}
+	if code, out := l.m1(t, "approve", "--auto-risk", "read"); code != 0 {
+		t.Fatalf("m1 approve --auto-risk read = exit %d\n%s", code, out)
+	}
+	testenv.Eventually(t, 20*time.Second, "the write_file proposal, not granted", func() bool {
+		ps := l.pending(t)
+		return len(ps) == 1 && ps[0].Tool == "write_file" && ps[0].RunID == run2.ID
+	})
+	if code, out := l.m1(t, "approve", "--auto-risk", "write", "--yes"); code != 0 {
+		t.Fatalf("m1 approve --auto-risk write = exit %d\n%s", code, out)
+	}
+	testenv.Eventually(t, 20*time.Second, "run 2 to end", func() bool {
+		final, err = l.orch.Run(ctx, run2.ID)
+		return err == nil && final.Status != store.RunRunning
+	})
+	if final.Status != store.RunCompleted {
+		t.Fatalf("run 2 = %s (%s)\norchestrator:\n%s", final.Status, final.Error, l.orchProc)
+	}
+
+	// The sidecar's record: the grant allowed 4 calls and refused the 5th.
+	jti := jwtID(t, grant)
+	if final.Proposals[0].ApprovalJTI == jti || final.Proposals[0].ApprovalJTI == "" {
+		t.Fatalf("run 2's list_dir was approved with %q, want the operator's approval", final.Proposals[0].ApprovalJTI)
+	}
+	st := openStore(t, "", l.data)
+	var allowed, exhausted int
+	testenv.Eventually(t, 20*time.Second, "the sidecar's decisions under the grant", func() bool {
+		allowed, exhausted = 0, 0
+		st.Events(ctx, store.Filter{}, func(e store.Event) error {
+			if e.Kind == store.KindDecision && e.TokenJTI == jti {
+				switch {
+				case e.Decision == "allow":
+					allowed++
+				case e.Reason == "grant_exhausted":
+					exhausted++
+				}
+			}
+			return nil
+		})
+		return allowed == 4 && exhausted == 1
+	})
+}
+
+// jwtID is the jti of a JWT, read without verifying it.
+func jwtID(t *testing.T, token string) string {
+	t.Helper()
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		t.Fatalf("not a JWT: %q", token)
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		ID string `json:"jti"`
+	}
+	if err := json.Unmarshal(payload, &c); err != nil || c.ID == "" {
+		t.Fatalf("JWT payload %s: %v", payload, err)
+	}
+	return c.ID
+}
