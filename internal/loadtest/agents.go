@@ -38,20 +38,28 @@ steps:
         args:
           path: notes.txt
           content: "Workspace reviewed by the demo agent.\n"
-        reasoning: "Write the summary to notes.txt (a write: needs an operator's approval)."
+        reasoning: "Write the summary to notes.txt (a write: needs an operator's approval, or a grant)."
 `
+
+// demoTools are the tools of demoPlan: each agent's grant covers them.
+var demoTools = []string{"list_dir", "read_file", "write_file"}
 
 // Timing of the agents scenario.
 const (
-	runPoll     = 100 * time.Millisecond // how often an agent looks at its run
-	botPoll     = 25 * time.Millisecond  // how often the bot looks for pending proposals
-	runTimeout  = 60 * time.Second       // a run not finished by then failed
-	botWorkers  = 8                      // approvals posted at once
-	orchToken   = "loadtest-orchestrator-token"
-	botOperator = "loadtest-bot"
+	runPoll    = 100 * time.Millisecond // how often an agent looks at its run
+	runTimeout = 60 * time.Second       // a run not finished by then failed
+	orchToken  = "loadtest-orchestrator-token"
+	// grantOperator is the operator (act.sub) of the agents' grants.
+	grantOperator = "loadtest-operator"
+	// grantTTL is a grant's lifetime, within the sidecars' default
+	// M1_APPROVAL_TOKEN_TTL_MINUTES (5); an agent takes a new one once
+	// its grant is past grantRenew.
+	grantTTL, grantRenew = 4 * time.Minute, 2 * time.Minute
+	grantUses            = 1 << 20 // uses of one grant: never the limit here
 )
 
-// agents: concurrent runs of the demo plan, approved by a bot.
+// agents: concurrent runs of the demo plan, each carrying its agent's
+// grant, so that no person is needed.
 func (e *env) agents(ctx context.Context, s *Scenario) error {
 	var (
 		orchURL string
@@ -132,14 +140,14 @@ func (e *env) agents(ctx context.Context, s *Scenario) error {
 		return err
 	}
 	client := &orchestrator.Client{BaseURL: orchURL, Token: token}
-	b := &bot{client: client, key: key, audience: e.opts.Audience, seen: map[string]bool{}}
+	g := &granter{key: key, audience: e.opts.Audience}
 
 	done := watch(ws...)
 	var wait func()
 	if sc != nil {
 		wait = e.profileDuring(ctx, s, sc, e.opts.Duration, "")
 	}
-	res := runAgents(ctx, client, b, e.opts.Agents, e.opts.Duration)
+	res := runAgents(ctx, client, g, e.opts.Agents, e.opts.Duration)
 	s.Processes = append(s.Processes, done()...)
 	if wait != nil {
 		wait()
@@ -162,9 +170,10 @@ func (e *env) agents(ctx context.Context, s *Scenario) error {
 		f,
 		figure("completed runs/s ("+strconv.Itoa(e.opts.Agents)+" agents)", runsPS, unitRunsPS, "", 0, runStats),
 		figure("tool call p99 (dispatch through the proxy)", float64(callStats.P99)/1e6, unitMS, "", 0, callStats),
-		figure("approvals posted by the bot", float64(b.posted.Load()), "", "", 0, nil))
-	if b.failed.Load() > 0 {
-		s.Notes = append(s.Notes, fmt.Sprintf("the bot's approvals failed %d times: %s", b.failed.Load(), b.lastErr()))
+		figure("calls approved by a grant", float64(res.granted), "", "", 0, nil),
+		figure("grants signed", float64(g.signed.Load()), "", "", 0, nil))
+	if res.manual > 0 {
+		s.Notes = append(s.Notes, fmt.Sprintf("%d calls of completed runs were not approved by the agent's grant", res.manual))
 	}
 	if total == 0 {
 		return errors.New("no agent run finished")
@@ -180,17 +189,15 @@ type agentResult struct {
 	callTimes    []time.Duration // of the tool calls of completed runs, sorted
 	callErrors   int
 	callFailures map[string]int
+	granted      int // proposals of completed runs approved by their grant
+	manual       int // and by anything else
 	elapsed      time.Duration
 }
 
-// runAgents runs n agents, each starting a run of the plan and waiting for
-// its end, one after another, for d; then waits for the runs in flight
-// (up to runTimeout), while the bot approves every pending proposal.
-func runAgents(ctx context.Context, client *orchestrator.Client, b *bot, n int, d time.Duration) agentResult {
-	botCtx, stopBot := context.WithCancel(ctx)
-	var botWG sync.WaitGroup
-	botWG.Go(func() { b.run(botCtx) })
-
+// runAgents runs n agents, each starting a run of the plan with its grant
+// and waiting for its end, one after another, for d; then waits for the
+// runs in flight (up to runTimeout).
+func runAgents(ctx context.Context, client *orchestrator.Client, g *granter, n int, d time.Duration) agentResult {
 	var (
 		mu  sync.Mutex
 		res = agentResult{failures: map[string]int{}, callFailures: map[string]int{}}
@@ -207,10 +214,15 @@ func runAgents(ctx context.Context, client *orchestrator.Client, b *bot, n int, 
 	for i := range n {
 		agent := "agent-" + strconv.Itoa(i+1)
 		wg.Go(func() {
+			var grant agentGrant
 			for time.Now().Before(deadline) && ctx.Err() == nil {
 				start := time.Now()
+				if err := g.renew(&grant, agent, start); err != nil {
+					fail("sign a grant: " + err.Error())
+					return
+				}
 				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				run, err := client.CreateRun(cctx, orchestrator.RunRequest{Goal: "Review the workspace and record a summary.", Agent: agent})
+				run, err := client.CreateRun(cctx, orchestrator.RunRequest{Goal: "Review the workspace and record a summary.", Agent: agent, Grants: []string{grant.token}})
 				cancel()
 				if err != nil {
 					fail("create run: " + err.Error())
@@ -228,6 +240,13 @@ func runAgents(ctx context.Context, client *orchestrator.Client, b *bot, n int, 
 				mu.Lock()
 				res.ok++
 				res.runTimes = append(res.runTimes, time.Since(start))
+				for _, p := range detail.Proposals {
+					if p.ApprovalJTI == grant.jti {
+						res.granted++
+					} else {
+						res.manual++
+					}
+				}
 				for _, c := range detail.ToolCalls {
 					if c.Status == store.CallSucceeded {
 						res.callTimes = append(res.callTimes, time.Duration(c.DurationUS)*time.Microsecond)
@@ -242,8 +261,6 @@ func runAgents(ctx context.Context, client *orchestrator.Client, b *bot, n int, 
 	}
 	wg.Wait()
 	res.elapsed = time.Since(t0)
-	stopBot()
-	botWG.Wait()
 	slices.Sort(res.runTimes)
 	slices.Sort(res.callTimes)
 	return res
@@ -270,81 +287,36 @@ func waitRun(ctx context.Context, client *orchestrator.Client, id string) (orche
 	}
 }
 
-// bot approves every pending proposal it sees, signing each approval
-// with the operator's key, as m1 approve would.
-type bot struct {
-	client   *orchestrator.Client
+// granter signs the agents' grants with the operator's key, as m1 grant
+// would: each covers the demo plan's tools.
+type granter struct {
 	key      *approval.SigningKey
 	audience string
-	mu       sync.Mutex
-	seen     map[string]bool
-	errMsg   string
-	posted   atomic.Int64
-	failed   atomic.Int64
+	signed   atomic.Int64
 }
 
-func (b *bot) lastErr() string { b.mu.Lock(); defer b.mu.Unlock(); return b.errMsg }
-
-func (b *bot) run(ctx context.Context) {
-	work := make(chan store.Proposal)
-	var wg sync.WaitGroup
-	for range botWorkers {
-		wg.Go(func() {
-			for p := range work {
-				if err := b.approve(ctx, p); err != nil && ctx.Err() == nil {
-					b.failed.Add(1)
-					b.mu.Lock()
-					b.errMsg = err.Error()
-					delete(b.seen, p.ID) // try again
-					b.mu.Unlock()
-				} else if err == nil {
-					b.posted.Add(1)
-				}
-			}
-		})
-	}
-	defer func() { close(work); wg.Wait() }()
-	for ctx.Err() == nil {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		ps, err := b.client.Proposals(cctx, store.ProposalPending)
-		cancel()
-		if err == nil {
-			for _, p := range ps {
-				b.mu.Lock()
-				fresh := !b.seen[p.ID]
-				b.seen[p.ID] = true
-				b.mu.Unlock()
-				if !fresh {
-					continue
-				}
-				select {
-				case work <- p:
-				case <-ctx.Done():
-					return
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(botPoll):
-		}
-	}
+// agentGrant is the grant an agent's runs carry.
+type agentGrant struct {
+	token, jti string
+	issued     time.Time
 }
 
-func (b *bot) approve(ctx context.Context, p store.Proposal) error {
-	now := time.Now()
-	tok, err := approval.Mint(b.key, approval.Claims{
-		Kind: approval.KindApproval, Issuer: "m1-loadtest", Subject: p.Agent, Actor: botOperator,
-		Audience: []string{b.audience}, IssuedAt: now, NotBefore: now, Expiry: now.Add(4 * time.Minute),
-		Tool: p.Tool, ArgsSHA256: p.ArgsSHA256, RunID: p.RunID, ProposalID: p.ID,
-	})
+// renew gives g a new grant for agent when it has none, or one past
+// grantRenew.
+func (gr *granter) renew(g *agentGrant, agent string, now time.Time) error {
+	if g.token != "" && now.Sub(g.issued) < grantRenew {
+		return nil
+	}
+	c := approval.Claims{
+		Kind: approval.KindGrant, Issuer: "m1-loadtest", Subject: agent, Actor: grantOperator,
+		Audience: []string{gr.audience}, IssuedAt: now, NotBefore: now, Expiry: now.Add(grantTTL),
+		Tools: demoTools, MaxUses: grantUses, ID: "loadtest-grant-" + agent + "-" + strconv.FormatInt(now.UnixNano(), 36),
+	}
+	tok, err := approval.Mint(gr.key, c)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if _, err := b.client.Approve(ctx, p.ID, tok); err != nil {
-		return fmt.Errorf("approve %s (%s): %w", p.ID, p.Tool, err)
-	}
+	*g = agentGrant{token: tok, jti: c.ID, issued: now}
+	gr.signed.Add(1)
 	return nil
 }

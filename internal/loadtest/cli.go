@@ -98,7 +98,7 @@ its target:
   approvals  cacheable checks, fresh approvals and grants vs a no-op ext_authz server in the same
              run, one sidecar (≥ 0.85×, ≥ 0.5× and ≥ 0.7× no-op), then two sharing Redis
   agents     concurrent agent runs through m1-orchestrator, m1 dev-proxy, m1-authz and m1-demo-tool,
-             approved by a bot (> 95% complete; runs/s, tool call p99)
+             each run carrying its agent's grant: no person (> 95% complete; runs/s, tool call p99)
   metrics    /metrics scrape time under load (p99 < 100 ms)
 
 It starts m1-authz, m1-orchestrator, m1 dev-proxy and m1-demo-tool (from

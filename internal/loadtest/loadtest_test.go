@@ -70,7 +70,7 @@ func TestSmoke(t *testing.T) {
 		ScenarioCache:     {"L1: decisions/s", "L1: cache hit rate"},
 		ScenarioPolicy:    {"cacheable under invalidation: decisions/s", "cacheable under invalidation: cache hit rate", "cache flushes"},
 		ScenarioApprovals: {"cacheable, 1 sidecar: m1-authz / no-op", "fresh approval, 1 sidecar: m1-authz / no-op", "grant, 1 sidecar: m1-authz / no-op"},
-		ScenarioAgents:    {"agent runs that completed", "tool call p99 (dispatch through the proxy)"},
+		ScenarioAgents:    {"agent runs that completed", "tool call p99 (dispatch through the proxy)", "calls approved by a grant", "grants signed"},
 		ScenarioMetrics:   {"/metrics scrape p99"},
 	}
 	if redis {
@@ -100,6 +100,9 @@ func TestSmoke(t *testing.T) {
 			if f.Value <= 0 && !strings.Contains(n, "hit rate") {
 				t.Errorf("scenario %s: %s = %v, want a measured figure", s.Name, n, f.Value)
 			}
+		}
+		if n := got["calls approved by a grant"].Value; s.Name == ScenarioAgents && (len(s.Notes) > 0 || n < 3 || int(n)%3 != 0) {
+			t.Errorf("scenario agents: %v calls approved by a grant, notes %q; want the 3 calls of every completed run, none otherwise", n, s.Notes)
 		}
 		if s.Name != ScenarioAgents && len(s.Processes) == 0 {
 			t.Errorf("scenario %s: no process figures", s.Name)
