@@ -233,7 +233,7 @@ func answerFailed(step string, resp *http.Response, body []byte) (outcome, bool)
 	}
 	o := outcome{httpStatus: code, status: store.CallFailed, decisionID: resp.Header.Get("x-m1-decision-id")}
 	switch deny, isDeny := sidecarDeny(code, body); {
-	case isDeny:
+	case isDeny && deny.DecisionID == o.decisionID:
 		o.status, o.code, o.decisionID, o.err = store.CallDenied, deny.Error, deny.DecisionID, step+deny.Error+": "+deny.Reason
 		o.retryAfter, o.hasRetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"))
 	case code/100 == 3:
@@ -273,7 +273,10 @@ type denyBody struct {
 }
 
 // sidecarDeny recognises a deny by the sidecar: a 4xx/5xx with its JSON
-// body, which names the decision.
+// body, which names the decision. answerFailed also wants the decision id
+// in the x-m1-decision-id header, which m1-authz sets on every deny: a
+// tool's own error answer is not taken for a deny, after which a call
+// (that did run) could be approved and sent again.
 func sidecarDeny(status int, body []byte) (denyBody, bool) {
 	if status < 400 {
 		return denyBody{}, false

@@ -54,6 +54,8 @@ func (s *Service) checkGrants(agent string, tokens []string) ([]heldGrant, error
 			return nil, &TokenError{"subject_mismatch", fmt.Sprintf("grants[%d] is for agent %q, the run is %q's", i, c.Subject, agent)}
 		case c.RunID != "":
 			return nil, &TokenError{"run_mismatch", fmt.Sprintf("grants[%d] names run %q: a run's grants cannot name it, since it does not exist yet", i, c.RunID)}
+		case c.ProposalID != "":
+			return nil, &TokenError{"proposal_mismatch", fmt.Sprintf("grants[%d] names proposal %q: a grant given with a run covers its calls by tool", i, c.ProposalID)}
 		}
 		out = append(out, heldGrant{token: token, claims: c})
 	}
@@ -62,7 +64,9 @@ func (s *Service) checkGrants(agent string, tokens []string) ([]heldGrant, error
 
 // holdGrants gives the run its grants. A grant given with several runs is
 // held once, its uses counted together; what is known of it (uses,
-// spent) is kept until it expires, past the runs that held it.
+// spent) is kept until it expires, past the runs that held it. A grant is
+// known by its payload's hash, not its jti alone: a run uses exactly the
+// tokens it was given and checkGrants verified.
 func (s *Service) holdGrants(runID string, gs []heldGrant) {
 	if len(gs) == 0 {
 		return
@@ -70,16 +74,16 @@ func (s *Service) holdGrants(runID string, gs []heldGrant) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
-	for jti, g := range s.grants {
+	for k, g := range s.grants {
 		if !now.Before(g.claims.Expiry) {
-			delete(s.grants, jti)
+			delete(s.grants, k)
 		}
 	}
 	for _, g := range gs {
-		h := s.grants[g.claims.ID]
+		h := s.grants[g.claims.PayloadSHA256]
 		if h == nil {
 			h = &g
-			s.grants[g.claims.ID] = h
+			s.grants[g.claims.PayloadSHA256] = h
 		}
 		if !slices.Contains(s.runGrants[runID], h) {
 			s.runGrants[runID] = append(s.runGrants[runID], h)
@@ -159,7 +163,7 @@ func (s *Service) grant(ctx context.Context, ps []store.Proposal) {
 		if err != nil {
 			s.wg.Done()
 			s.releaseGrant(g)
-			if !errors.Is(err, store.ErrStatus) { // else an operator decided it first
+			if !errors.Is(err, store.ErrStatus) && ctx.Err() == nil { // else an operator decided it first, or stopping
 				s.log.Error("approve with a grant", zap.String(fieldProposalID, p.ID), zap.Error(err))
 			}
 			continue

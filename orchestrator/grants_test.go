@@ -83,9 +83,10 @@ func TestGrantedRun(t *testing.T) {
 		if p.Approver != "bob" || p.ApprovalJTI == "" {
 			t.Errorf("granted proposal %s: approver %q, jti %q; want bob and the grant's jti", p.Tool, p.Approver, p.ApprovalJTI)
 		}
-		if got := strings.Join(f.audit.kinds(p.ID), " "); got != "proposal:pending approval:approved result:succeeded" {
-			t.Errorf("audit of %s = %s", p.Tool, got)
-		}
+		// The result event follows the proposal's last update.
+		testenv.Eventually(t, 5*time.Second, "the audit of "+p.Tool, func() bool {
+			return strings.Join(f.audit.kinds(p.ID), " ") == "proposal:pending approval:approved result:succeeded"
+		})
 	}
 	if got := f.audit.reasons(orchestrator.KindApproval); got != "granted granted" {
 		t.Errorf("approval events' reasons = %q, want granted twice", got)
@@ -131,6 +132,7 @@ func TestGrantsRefused(t *testing.T) {
 		{"an approval", f.token(t, store.Proposal{Agent: "agent-7", Tool: "write_file", ArgsSHA256: strings.Repeat("0", 64), ID: "prop_x"}, nil), "token_invalid"},
 		{"another agent's grant", f.grantToken(t, 3, func(c *approval.Claims) { c.Subject = "agent-8" }, "write_file"), "subject_mismatch"},
 		{"a grant naming a run", f.grantToken(t, 3, func(c *approval.Claims) { c.RunID = "run_x" }, "write_file"), "run_mismatch"},
+		{"a grant naming a proposal", f.grantToken(t, 3, func(c *approval.Claims) { c.ProposalID = "prop_x" }, "write_file"), "proposal_mismatch"},
 		{"expired", f.grantToken(t, 3, func(c *approval.Claims) {
 			c.IssuedAt, c.Expiry = time.Now().Add(-time.Hour), time.Now().Add(-time.Minute)
 		}, "write_file"), "token_expired"},
@@ -286,4 +288,107 @@ func TestGrantUsesCounted(t *testing.T) {
 		return len(ps) == 2 && ps[1].Status == store.ProposalFailed && ps[1].ApprovalJTI != ""
 	})
 	waitRun(t, f4, d4.ID, store.RunCompleted)
+}
+
+// TestGrantEdges: a step with more calls than the grant's uses; a sidecar
+// state_reset of a grant; a tool's own error shaped like a deny; two
+// different grants that share a jti.
+func TestGrantEdges(t *testing.T) {
+	ctx := context.Background()
+	two := []orchestrator.Call{call("write_file", `{"path":"a","content":"1"}`), call("write_file", `{"path":"a","content":"2"}`)}
+
+	t.Run("more calls than uses", func(t *testing.T) {
+		f := newFixture(t, steps(two), nil)
+		d, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "agent-7", Grants: []string{f.grantToken(t, 1, nil, "write_file")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitProposal(t, f, d.Proposals[0].ID, store.ProposalExecuted)
+		if p, _ := f.rec.Proposal(ctx, d.Proposals[1].ID); p.Status != store.ProposalPending || p.ApprovalJTI != "" {
+			t.Fatalf("the second call under a grant of 1 use = %s (jti %q), want pending", p.Status, p.ApprovalJTI)
+		}
+	})
+
+	t.Run("state_reset", func(t *testing.T) {
+		f := newFixture(t, steps(two), nil)
+		f.tool.resets, f.tool.retryAfter = 2, "5"
+		d, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "agent-7", Grants: []string{f.grantToken(t, 5, nil, "write_file")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range d.Proposals {
+			testenv.Eventually(t, 5*time.Second, "the refused dispatch of "+p.ID, func() bool {
+				return strings.Join(f.audit.kinds(p.ID), " ") == "proposal:pending approval:approved result:denied"
+			})
+			got, _ := f.rec.Proposal(ctx, p.ID)
+			if got.Status != store.ProposalPending || !strings.Contains(got.Reason, "state_reset") {
+				t.Fatalf("proposal after state_reset = %s %q, want pending", got.Status, got.Reason)
+			}
+		}
+		// Both calls were sent before either was refused, or the second was
+		// never granted: the grant is spent once the first refusal arrives.
+		if n := len(f.tool.resetTokens); n < 1 || n > 2 {
+			t.Fatalf("%d calls refused, want 1 or 2", n)
+		}
+		var detail string
+		f.audit.mu.Lock()
+		for _, e := range f.audit.ev {
+			if e.Kind == orchestrator.KindResult {
+				detail = e.Detail
+			}
+		}
+		f.audit.mu.Unlock()
+		if !strings.Contains(detail, `"proposal_status":"pending"`) || !strings.Contains(detail, `"approve_again_after"`) {
+			t.Fatalf("result detail = %s, want the proposal pending and when to approve again", detail)
+		}
+		// An operator's approval issued after the time the sidecar named
+		// is dispatched.
+		p := d.Proposals[0]
+		f.advance(6 * time.Second)
+		tok := f.token(t, p, func(c *approval.Claims) { c.IssuedAt, c.Expiry = f.clock(), f.clock().Add(time.Minute) })
+		if dec, err := f.svc.Approve(ctx, p.ID, tok); err != nil || dec.Proposal.Status != store.ProposalExecuted {
+			t.Fatalf("Approve after state_reset = %+v, %v", dec.Proposal, err)
+		}
+	})
+
+	t.Run("a tool's error shaped like a deny", func(t *testing.T) {
+		f := newFixture(t, steps(two[:1]), nil)
+		f.tool.denyCode, f.tool.forgedDeny = "grant_exhausted", true
+		d, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "agent-7", Grants: []string{f.grantToken(t, 5, nil, "write_file")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := waitProposal(t, f, d.Proposals[0].ID, store.ProposalFailed)
+		calls, _ := f.rec.ToolCalls(ctx, d.ID)
+		if len(calls) != 1 || calls[0].Status != store.CallFailed {
+			t.Fatalf("tool calls = %+v, want one failed (the tool answered; no sidecar deny)", calls)
+		}
+		if strings.Contains(p.Reason, "operator") {
+			t.Fatalf("proposal reason = %q: a tool's answer was taken for the sidecar refusing the grant", p.Reason)
+		}
+	})
+
+	t.Run("two grants, one jti", func(t *testing.T) {
+		f := newFixture(t, steps(two[:1]), nil)
+		same := func(c *approval.Claims) { c.ID = "jti-shared" }
+		reads := f.grantToken(t, 5, same, "read_file")
+		writes := f.grantToken(t, 5, same, "write_file")
+		d1, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "agent-7", Grants: []string{reads}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d2, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "agent-7", Grants: []string{writes}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitProposal(t, f, d2.Proposals[0].ID, store.ProposalExecuted)
+		if p, _ := f.rec.Proposal(ctx, d1.Proposals[0].ID); p.Status != store.ProposalPending {
+			t.Fatalf("run 1's write_file under a read_file grant = %s, want pending", p.Status)
+		}
+		f.tool.mu.Lock()
+		defer f.tool.mu.Unlock()
+		if len(f.tool.tokens) != 1 || f.tool.tokens[0] != writes {
+			t.Fatalf("the tool got %d tokens; want run 2's own grant once", len(f.tool.tokens))
+		}
+	})
 }

@@ -30,7 +30,8 @@ const maxRunGrants = 16
 
 // Handler serves the API under /v1/ (see docs/ORCHESTRATOR.md). Errors are
 // {"error": code, "reason": text}: 400 bad_request (and the token codes of
-// an approval that does not fit its proposal), 404 not_found, 409
+// an approval that does not fit its proposal, or of a grant that cannot
+// serve a new run), 404 not_found, 409
 // not_pending, 413 body_too_large, 503 store_unavailable or stopping.
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()

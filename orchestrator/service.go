@@ -179,7 +179,7 @@ type Service struct {
 	// restart such a token is dispatched and refused by the sidecar again.
 	reapprove map[string]time.Time
 
-	grants    map[string]*heldGrant   // by jti: the grants runs hold (grants.go)
+	grants    map[[32]byte]*heldGrant // by payload hash: the grants runs hold (grants.go)
 	runGrants map[string][]*heldGrant // by run id
 }
 
@@ -233,7 +233,7 @@ func New(o Options) (*Service, error) {
 		},
 		runLocks:  map[string]*runLock{},
 		reapprove: map[string]time.Time{},
-		grants:    map[string]*heldGrant{},
+		grants:    map[[32]byte]*heldGrant{},
 		runGrants: map[string][]*heldGrant{},
 	}
 	s.bg, s.cancel = context.WithCancel(context.Background())
@@ -661,14 +661,17 @@ func (s *Service) expire(ctx context.Context) {
 	runs := map[string]bool{}
 	for _, p := range ps {
 		s.forgetReapprove(p.ID)
-		detail := "not decided before " + p.ExpiresAt.UTC().Format(time.RFC3339)
-		if p.ApprovalJTI != "" {
-			detail = "the held approval was not claimed before it expired at " + p.ExpiresAt.UTC().Format(time.RFC3339)
+		// A sidecar's proposal approved holds its approval; an orchestrator
+		// proposal pending again (its token refused by the sidecar) keeps
+		// the refused token's approver and jti, which expired nothing.
+		detail, jti := "not decided before "+p.ExpiresAt.UTC().Format(time.RFC3339), ""
+		if p.Origin == store.OriginSidecar && p.ApprovalJTI != "" {
+			detail, jti = "the held approval was not claimed before it expired at "+p.ExpiresAt.UTC().Format(time.RFC3339), p.ApprovalJTI
 		}
 		s.audit(store.Event{
 			Kind: KindRejection, Time: p.DecidedAt, Principal: p.Agent, RunID: p.RunID, ProposalID: p.ID,
 			Tool: p.Tool, ArgsSHA256: p.ArgsSHA256, Decision: store.ProposalExpired, Reason: "expired",
-			Detail: detail, TokenJTI: p.ApprovalJTI,
+			Detail: detail, TokenJTI: jti,
 		})
 		s.log.Info("proposal expired", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID))
 		runs[p.RunID] = true
@@ -841,8 +844,11 @@ func (s *Service) dispatch(ctx context.Context, p store.Proposal, token string, 
 		runCost = run.Usage.CostUSD
 	}
 	details := map[string]any{"tool_call_id": call.ID, "error": o.err, "run_cost_usd": runCost}
+	if p.Status == store.ProposalPending {
+		details["proposal_status"] = p.Status
+	}
 	if !reapprove.IsZero() {
-		details["proposal_status"], details["approve_again_after"] = p.Status, reapprove.UTC().Format(time.RFC3339)
+		details["approve_again_after"] = reapprove.UTC().Format(time.RFC3339)
 	}
 	detail, _ := json.Marshal(details)
 	s.audit(store.Event{

@@ -71,8 +71,11 @@ type toolServer struct {
 	tokens   []string
 	deny     bool   // answer as a sidecar deny
 	denyCode string // answer tool calls as a sidecar deny with this code
-	redirect string // answer 307 to this URL
-	delay    time.Duration
+	// forgedDeny answers denyCode's body without the sidecar's
+	// x-m1-decision-id header: a tool's own error, not a deny
+	forgedDeny bool
+	redirect   string // answer 307 to this URL
+	delay      time.Duration
 	// resets tool calls are answered as m1-authz answers an approval
 	// issued before its shared state was reset: 403 state_reset, with
 	// retryAfter as the retry-after header when it is set.
@@ -91,6 +94,7 @@ func (ts *toolServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(ts.delay)
 	}
 	if ts.deny {
+		w.Header().Set("x-m1-decision-id", "dec-1")
 		w.WriteHeader(403)
 		io.WriteString(w, `{"error":"token_replayed","reason":"used","decision_id":"dec-1"}`)
 		return
@@ -117,8 +121,12 @@ func (ts *toolServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ts.mu.Lock()
 	if code := ts.denyCode; code != "" {
+		ts.tokens = append(ts.tokens, r.Header.Get("x-m1-approval-token"))
 		ts.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
+		if !ts.forgedDeny {
+			w.Header().Set("x-m1-decision-id", "dec-"+code)
+		}
 		w.WriteHeader(403)
 		io.WriteString(w, `{"error":"`+code+`","reason":"refused","decision_id":"dec-`+code+`"}`)
 		return
@@ -131,6 +139,7 @@ func (ts *toolServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("retry-after", ts.retryAfter)
 		}
 		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("x-m1-decision-id", "dec-reset")
 		w.WriteHeader(403)
 		io.WriteString(w, `{"error":"state_reset","reason":"token issued before the shared state was reset; ask for a new approval","decision_id":"dec-reset"}`)
 		return

@@ -40,6 +40,7 @@ func (rt *resetTool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt.resets--
 		rt.refused = append(rt.refused, tok)
 		w.Header().Set("retry-after", rt.retryAfter)
+		w.Header().Set("x-m1-decision-id", "dec-reset") // as m1-authz sets on every deny
 		w.WriteHeader(http.StatusForbidden)
 		io.WriteString(w, `{"error":"state_reset","reason":"token issued before the shared state was reset; ask for a new approval","decision_id":"dec-reset"}`)
 		return
