@@ -26,6 +26,11 @@ import (
 // Grants are held in memory only, never stored: after a restart the runs
 // resume without them, and their proposals wait for an operator.
 
+// GrantApprover prefixes the approver of a proposal a run's grant approved:
+// "grant:" and the grant's act.sub (else its iss). The dashboards' approval
+// analytics count those apart from an operator's approvals.
+const GrantApprover = "grant:"
+
 // heldGrant is a grant the orchestrator holds for one or more runs.
 type heldGrant struct {
 	token  string
@@ -156,7 +161,7 @@ func (s *Service) grant(ctx context.Context, ps []store.Proposal) {
 			return
 		}
 		now := s.now()
-		approver := cmp.Or(g.claims.Actor, g.claims.Issuer)
+		approver := GrantApprover + cmp.Or(g.claims.Actor, g.claims.Issuer)
 		up, err := s.opts.Records.UpdateProposal(ctx, p.ID, store.ProposalPending, store.ProposalUpdate{
 			Status: store.ProposalApproved, Approver: approver, ApprovalJTI: g.claims.ID, DecidedAt: now, UpdatedAt: now,
 		})

@@ -80,8 +80,8 @@ func TestGrantedRun(t *testing.T) {
 	}
 	for _, p := range d.Proposals {
 		p = waitProposal(t, f, p.ID, store.ProposalExecuted)
-		if p.Approver != "bob" || p.ApprovalJTI == "" {
-			t.Errorf("granted proposal %s: approver %q, jti %q; want bob and the grant's jti", p.Tool, p.Approver, p.ApprovalJTI)
+		if p.Approver != "grant:bob" || p.ApprovalJTI == "" {
+			t.Errorf("granted proposal %s: approver %q, jti %q; want grant:bob and the grant's jti", p.Tool, p.Approver, p.ApprovalJTI)
 		}
 		// The result event follows the proposal's last update.
 		testenv.Eventually(t, 5*time.Second, "the audit of "+p.Tool, func() bool {

@@ -451,12 +451,29 @@ func TestGrantedLoop(t *testing.T) {
 		t.Fatalf("granted run = %s (%s) with %d tool calls, want completed with 3\norchestrator:\n%s", final.Status, final.Error, len(final.ToolCalls), l.orchProc)
 	}
 	for _, p := range final.Proposals {
-		if p.Status != store.ProposalExecuted || p.Approver != "alice" {
-			t.Errorf("granted proposal %s = %s by %q, want executed, approver alice (the grant's act.sub)", p.Tool, p.Status, p.Approver)
+		if p.Status != store.ProposalExecuted || p.Approver != "grant:alice" {
+			t.Errorf("granted proposal %s = %s by %q, want executed, approver grant:alice (the grant's act.sub)", p.Tool, p.Status, p.Approver)
 		}
 	}
 	if got, err := os.ReadFile(filepath.Join(l.workspace, "notes.txt")); err != nil || string(got) != "Workspace reviewed by the demo agent.\n" {
 		t.Fatalf("notes.txt = %q, %v; want the plan's content", got, err)
+	}
+
+	// The fleet dashboard counts them apart from operators' approvals.
+	req, _ := http.NewRequest("GET", l.orch.BaseURL+"/api/m1/dashboard/approvals", nil)
+	req.Header.Set("Authorization", "Bearer "+l.orch.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var analytics struct {
+		Approved, Granted int
+		ByOperator        []any `json:"by_operator"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&analytics)
+	resp.Body.Close()
+	if err != nil || analytics.Granted != 3 || analytics.Approved != 0 || len(analytics.ByOperator) != 0 {
+		t.Fatalf("approval analytics = %+v, %v; want 3 granted, no operator approvals", analytics, err)
 	}
 
 	// Run 2: the orchestrator has dispatched 3 of the grant's 4 uses, so it

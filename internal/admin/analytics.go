@@ -25,6 +25,10 @@ const (
 	// autoApprover prefixes the Approver of proposals m1 approve
 	// --auto-risk approved: no person decided them.
 	autoApprover = "auto-risk:"
+	// grantApprover prefixes the Approver of proposals a run's grant
+	// approved (orchestrator.GrantApprover): decided when the grant was
+	// signed, not when the proposal was made.
+	grantApprover = "grant:"
 )
 
 // ApprovalsDocument is the /api/m1/dashboard/approvals document.
@@ -33,6 +37,7 @@ type ApprovalsDocument struct {
 	Decided      int       `json:"decided"`       // proposals decided in the window
 	Approved     int       `json:"approved"`      // by an operator
 	AutoApproved int       `json:"auto_approved"` // by m1 approve --auto-risk
+	Granted      int       `json:"granted"`       // by a run's grant
 	Rejected     int       `json:"rejected"`
 	Expired      int       `json:"expired"`
 	Truncated    bool      `json:"truncated"` // more than MaxDecisions: the oldest left out
@@ -103,6 +108,9 @@ func AnalyzeApprovals(since time.Time, decisions []store.ProposalDecision, trunc
 		switch {
 		case strings.HasPrefix(d.Approver, autoApprover):
 			doc.AutoApproved++
+			continue
+		case strings.HasPrefix(d.Approver, grantApprover):
+			doc.Granted++
 			continue
 		case d.Approver != "":
 			doc.Approved++

@@ -22,12 +22,13 @@ func TestAnalyzeApprovals(t *testing.T) {
 		d("a", "read", "h1", store.ProposalFailed, "bob", 30*time.Second),  // approved, then the dispatch failed
 		d("a", "read", "h2", store.ProposalApproved, "bob", 2*time.Second), // other arguments; 2 s is not under 2 s
 		d("b", "read", "h1", store.ProposalApproved, "auto-risk:read", 0),  // no person decided
+		d("a", "read", "h1", store.ProposalExecuted, "grant:alice", 0),     // nor here: a run's grant
 		d("b", "write", "h3", store.ProposalRejected, "", time.Minute),
 		d("b", "write", "h3", store.ProposalExpired, "", time.Hour),
 	}, false)
-	if doc.Decided != 7 || doc.Approved != 4 || doc.AutoApproved != 1 || doc.Rejected != 1 || doc.Expired != 1 {
-		t.Errorf("counts = decided %d approved %d auto %d rejected %d expired %d, want 7 4 1 1 1",
-			doc.Decided, doc.Approved, doc.AutoApproved, doc.Rejected, doc.Expired)
+	if doc.Decided != 8 || doc.Approved != 4 || doc.AutoApproved != 1 || doc.Granted != 1 || doc.Rejected != 1 || doc.Expired != 1 {
+		t.Errorf("counts = decided %d approved %d auto %d granted %d rejected %d expired %d, want 8 4 1 1 1 1",
+			doc.Decided, doc.Approved, doc.AutoApproved, doc.Granted, doc.Rejected, doc.Expired)
 	}
 	if doc.RubberStamp.Count != 2 || doc.RubberStamp.Rate == nil || *doc.RubberStamp.Rate != 0.5 {
 		t.Errorf("rubber stamp = %+v, want 2 of 4 (under 2 s)", doc.RubberStamp)

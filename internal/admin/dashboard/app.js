@@ -613,7 +613,7 @@
       const a = d.approvals;
       if (a && !a.error) {
         setText('ap-approved', fmtInt(a.approved));
-        setText('ap-detail', fmtInt(a.rejected) + ' rejected · ' + fmtInt(a.expired) + ' expired · ' + fmtInt(a.auto_approved) + ' by --auto-risk' + (a.truncated ? ' (newest 10,000)' : ''));
+        setText('ap-detail', fmtInt(a.rejected) + ' rejected · ' + fmtInt(a.expired) + ' expired · ' + fmtInt(a.auto_approved) + ' by --auto-risk · ' + fmtInt(a.granted) + ' by grants' + (a.truncated ? ' (newest 10,000)' : ''));
         setText('ap-stamp', fmtPct(a.rubber_stamp.rate));
         setText('ap-stamp-detail', fmtInt(a.rubber_stamp.count) + ' approvals given under ' + a.rubber_stamp.threshold_seconds + ' s of the proposal');
         setText('ap-p50', 'p50 ' + fmtSeconds(a.time_to_approval.p50_seconds));
