@@ -41,7 +41,7 @@ type heldGrant struct {
 
 // checkGrants verifies a run's grants before the run is created: hard
 // checks 1–7 of DESIGN §4 (the Verifier), then that each is a grant, for
-// the run's agent, naming no run (the run does not exist yet). A grant
+// the run's agent, naming no run (it does not exist yet) nor proposal. A grant
 // that fails is a *TokenError naming it by its place in the list.
 func (s *Service) checkGrants(agent string, tokens []string) ([]heldGrant, error) {
 	out := make([]heldGrant, 0, len(tokens))
