@@ -133,12 +133,13 @@ func (s *Service) spendGrant(g *heldGrant) {
 }
 
 // grantRefused reports whether a sidecar deny with code is about the
-// grant itself (DESIGN §4 checks 1–9 and 11, and state_reset): the grant
-// will not pass again, but an operator's approval of the call may.
+// grant itself (DESIGN §4 checks 1–9 and 11; dispatch handles state_reset
+// apart, as for any token): the grant will not pass again, but an
+// operator's approval of the call may.
 func grantRefused(code string) bool {
 	switch code {
 	case deny.TokenInvalid, deny.TokenExpired, deny.TokenNotYetValid, deny.TokenTTLExceeded, deny.AudienceMismatch,
-		deny.IssuerUntrusted, deny.ToolMismatch, deny.TokenRevoked, deny.GrantExhausted, deny.StateReset:
+		deny.IssuerUntrusted, deny.ToolMismatch, deny.TokenRevoked, deny.GrantExhausted:
 		return true
 	}
 	return false
@@ -160,11 +161,8 @@ func (s *Service) grant(ctx context.Context, ps []store.Proposal) {
 			s.releaseGrant(g)
 			return
 		}
-		now := s.now()
 		approver := GrantApprover + cmp.Or(g.claims.Actor, g.claims.Issuer)
-		up, err := s.opts.Records.UpdateProposal(ctx, p.ID, store.ProposalPending, store.ProposalUpdate{
-			Status: store.ProposalApproved, Approver: approver, ApprovalJTI: g.claims.ID, DecidedAt: now, UpdatedAt: now,
-		})
+		up, err := s.approve(ctx, p, approver, g.claims.ID, "granted")
 		if err != nil {
 			s.wg.Done()
 			s.releaseGrant(g)
@@ -174,13 +172,6 @@ func (s *Service) grant(ctx context.Context, ps []store.Proposal) {
 			continue
 		}
 		p = up
-		s.audit(store.Event{
-			Kind: KindApproval, Time: now, Principal: p.Agent, RunID: p.RunID, ProposalID: p.ID, Tool: p.Tool,
-			ArgsSHA256: p.ArgsSHA256, Decision: store.ProposalApproved, Reason: "granted", TokenJTI: g.claims.ID,
-			Detail: "approver=" + approver + " grant=" + g.claims.ID,
-		})
-		s.log.Info("proposal approved by a grant", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID),
-			zap.String("approver", approver), zap.String("grant", g.claims.ID))
 		go func() {
 			defer s.wg.Done()
 			d := s.dispatch(context.WithoutCancel(s.bg), p, g.token, g)

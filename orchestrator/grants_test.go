@@ -44,24 +44,38 @@ func call(tool, args string) orchestrator.Call {
 	return orchestrator.Call{Tool: tool, Args: json.RawMessage(args)}
 }
 
-func waitRun(t *testing.T, f *fixture, id, status string) store.Run {
+// waitRun waits for run id to reach status.
+func waitRun(t *testing.T, f *fixture, id, status string) {
 	t.Helper()
-	var r store.Run
-	testenv.Eventually(t, 5*time.Second, "run "+status, func() bool {
-		r, _ = f.rec.Run(context.Background(), id)
-		return r.Status == status
-	})
-	return r
+	await(t, "run "+status, func() (store.Run, error) { return f.rec.Run(context.Background(), id) },
+		func(r store.Run) bool { return r.Status == status })
 }
 
+// waitProposal waits for proposal id to reach status, and returns it.
 func waitProposal(t *testing.T, f *fixture, id, status string) store.Proposal {
 	t.Helper()
-	var p store.Proposal
-	testenv.Eventually(t, 5*time.Second, "proposal "+status, func() bool {
-		p, _ = f.rec.Proposal(context.Background(), id)
-		return p.Status == status
+	return await(t, "proposal "+status, func() (store.Proposal, error) { return f.rec.Proposal(context.Background(), id) },
+		func(p store.Proposal) bool { return p.Status == status })
+}
+
+// onePending waits for run id to have one pending proposal, and returns it.
+func onePending(t *testing.T, f *fixture, id string) store.Proposal {
+	t.Helper()
+	ps := await(t, "one pending proposal", func() ([]store.Proposal, error) {
+		return f.rec.Proposals(context.Background(), store.ProposalFilter{RunID: id, Status: store.ProposalPending})
+	}, func(ps []store.Proposal) bool { return len(ps) == 1 })
+	return ps[0]
+}
+
+// await polls get until done holds of what it returns, and returns that.
+func await[T any](t *testing.T, what string, get func() (T, error), done func(T) bool) T {
+	t.Helper()
+	var v T
+	testenv.Eventually(t, 5*time.Second, what, func() bool {
+		v, _ = get()
+		return done(v)
 	})
-	return p
+	return v
 }
 
 // TestGrantedRun: a run given a grant has the calls the grant covers
@@ -99,14 +113,7 @@ func TestGrantedRun(t *testing.T) {
 	}
 
 	// run_command is not covered: it waits for an operator.
-	var cmd store.Proposal
-	testenv.Eventually(t, 5*time.Second, "the run_command proposal", func() bool {
-		ps, _ := f.rec.Proposals(ctx, store.ProposalFilter{RunID: d.ID, Status: store.ProposalPending})
-		if len(ps) == 1 {
-			cmd = ps[0]
-		}
-		return len(ps) == 1
-	})
+	cmd := onePending(t, f, d.ID)
 	time.Sleep(50 * time.Millisecond)
 	if p, _ := f.rec.Proposal(ctx, cmd.ID); p.Tool != "run_command" || p.Status != store.ProposalPending {
 		t.Fatalf("uncovered proposal = %s %s, want run_command pending", p.Tool, p.Status)
@@ -201,14 +208,7 @@ func TestGrantRefusedBySidecar(t *testing.T) {
 	if dec, err := f.svc.Approve(ctx, p.ID, f.token(t, p, nil)); err != nil || dec.Proposal.Status != store.ProposalExecuted {
 		t.Fatalf("Approve = %+v, %v; want executed", dec.Proposal, err)
 	}
-	var next store.Proposal
-	testenv.Eventually(t, 5*time.Second, "step 2", func() bool {
-		ps, _ := f.rec.Proposals(ctx, store.ProposalFilter{RunID: d.ID, Status: store.ProposalPending})
-		if len(ps) == 1 {
-			next = ps[0]
-		}
-		return len(ps) == 1
-	})
+	next := onePending(t, f, d.ID)
 	if next.Step != 2 || next.ApprovalJTI != "" {
 		t.Fatalf("step 2 proposal = %+v, want pending, not granted", next)
 	}

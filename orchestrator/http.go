@@ -81,13 +81,7 @@ func (s *Service) handleCreateRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d, err := s.StartRun(r.Context(), req)
-	var te *TokenError
-	switch {
-	case errors.As(err, &te):
-		s.log.Info("run refused: a grant cannot be used", zap.String(fieldAgent, req.Agent), zap.String("error", te.Code), zap.String("reason", te.Reason))
-		writeError(w, http.StatusBadRequest, te.Code, te.Reason)
-		return
-	case err != nil:
+	if err != nil {
 		s.storeError(w, err)
 		return
 	}
@@ -160,16 +154,11 @@ func (s *Service) handleApproval(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d, err := s.Approve(r.Context(), r.PathValue("id"), req.Token)
-	var te *TokenError
-	switch {
-	case errors.As(err, &te):
-		s.log.Info("approval refused", zap.String(fieldProposalID, r.PathValue("id")), zap.String("error", te.Code), zap.String("reason", te.Reason))
-		writeError(w, http.StatusBadRequest, te.Code, te.Reason)
-	case err != nil:
+	if err != nil {
 		s.storeError(w, err)
-	default:
-		writeJSON(w, http.StatusOK, d)
+		return
 	}
+	writeJSON(w, http.StatusOK, d)
 }
 
 func (s *Service) handleRejection(w http.ResponseWriter, r *http.Request) {
@@ -213,7 +202,11 @@ func (s *Service) handleCosts(w http.ResponseWriter, r *http.Request) {
 
 // storeError maps a Service or store error to its answer.
 func (s *Service) storeError(w http.ResponseWriter, err error) {
+	var te *TokenError
 	switch {
+	case errors.As(err, &te): // an approval or a run's grant that cannot serve
+		s.log.Info("token refused", zap.String("error", te.Code), zap.String("reason", te.Reason))
+		writeError(w, http.StatusBadRequest, te.Code, te.Reason)
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, errNotPending):

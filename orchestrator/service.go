@@ -728,9 +728,7 @@ func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error
 	if p.Origin == store.OriginSidecar {
 		return s.hold(ctx, p, token, approver, claims.ID, claims.Expiry)
 	}
-	p, err = s.opts.Records.UpdateProposal(ctx, id, store.ProposalPending, store.ProposalUpdate{
-		Status: store.ProposalApproved, Approver: approver, ApprovalJTI: claims.ID, DecidedAt: now, UpdatedAt: now,
-	})
+	p, err = s.approve(ctx, p, approver, claims.ID, "approved")
 	if err != nil {
 		if errors.Is(err, store.ErrStatus) {
 			cur, _ := s.opts.Records.Proposal(ctx, id)
@@ -738,18 +736,34 @@ func (s *Service) Approve(ctx context.Context, id, token string) (Decided, error
 		}
 		return Decided{}, err
 	}
-	s.forgetReapprove(id)
-	s.audit(store.Event{
-		Kind: KindApproval, Time: now, Principal: p.Agent, RunID: p.RunID, ProposalID: p.ID, Tool: p.Tool,
-		ArgsSHA256: p.ArgsSHA256, Decision: store.ProposalApproved, Reason: "approved", TokenJTI: claims.ID,
-		Detail: "approver=" + approver,
-	})
-	s.log.Info("proposal approved", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID), zap.String("approver", approver))
 
 	// The dispatch outlives a client that hangs up: the approval is spent.
 	d := s.dispatch(context.WithoutCancel(ctx), p, token, nil)
 	s.goAdvance(d.Proposal.RunID)
 	return d, nil
+}
+
+// approve marks the pending proposal p approved by approver with the token
+// jti, and audits it with reason: "approved" (an operator's approval) or
+// "granted" (a run's grant). It fails with store.ErrStatus when p is no
+// longer pending.
+func (s *Service) approve(ctx context.Context, p store.Proposal, approver, jti, reason string) (store.Proposal, error) {
+	now := s.now()
+	p, err := s.opts.Records.UpdateProposal(ctx, p.ID, store.ProposalPending, store.ProposalUpdate{
+		Status: store.ProposalApproved, Approver: approver, ApprovalJTI: jti, DecidedAt: now, UpdatedAt: now,
+	})
+	if err != nil {
+		return p, err
+	}
+	s.forgetReapprove(p.ID)
+	s.audit(store.Event{
+		Kind: KindApproval, Time: now, Principal: p.Agent, RunID: p.RunID, ProposalID: p.ID, Tool: p.Tool,
+		ArgsSHA256: p.ArgsSHA256, Decision: store.ProposalApproved, Reason: reason, TokenJTI: jti,
+		Detail: "approver=" + approver,
+	})
+	s.log.Info("proposal approved", zap.String(fieldRunID, p.RunID), zap.String(fieldProposalID, p.ID),
+		zap.String("approver", approver), zap.String("reason", reason))
+	return p, nil
 }
 
 // dispatch runs an approved proposal and records the result. The call has

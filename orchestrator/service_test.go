@@ -69,7 +69,6 @@ type toolServer struct {
 	mu       sync.Mutex
 	bodies   []string
 	tokens   []string
-	deny     bool   // answer as a sidecar deny
 	denyCode string // answer tool calls as a sidecar deny with this code
 	// forgedDeny answers denyCode's body without the sidecar's
 	// x-m1-decision-id header: a tool's own error, not a deny
@@ -92,12 +91,6 @@ func (ts *toolServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if ts.delay > 0 {
 		time.Sleep(ts.delay)
-	}
-	if ts.deny {
-		w.Header().Set("x-m1-decision-id", "dec-1")
-		w.WriteHeader(403)
-		io.WriteString(w, `{"error":"token_replayed","reason":"used","decision_id":"dec-1"}`)
-		return
 	}
 	var rpc struct {
 		ID     json.RawMessage `json:"id"`
@@ -573,7 +566,7 @@ func TestPlannerFailureAndBadProposals(t *testing.T) {
 
 func TestDispatchDeniedBySidecar(t *testing.T) {
 	f := newFixture(t, &twoSteps{}, nil)
-	f.tool.deny = true
+	f.tool.denyCode = "token_replayed"
 	ctx := context.Background()
 	d, err := f.svc.StartRun(ctx, orchestrator.RunRequest{Goal: "g", Agent: "agent-7"})
 	if err != nil {
@@ -584,7 +577,7 @@ func TestDispatchDeniedBySidecar(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if dec.ToolCall.Status != store.CallDenied || dec.ToolCall.DecisionID != "dec-1" || dec.Proposal.Status != store.ProposalFailed || !strings.HasPrefix(dec.Proposal.Reason, "token_replayed") {
+	if dec.ToolCall.Status != store.CallDenied || dec.ToolCall.DecisionID != "dec-token_replayed" || dec.Proposal.Status != store.ProposalFailed || !strings.HasPrefix(dec.Proposal.Reason, "token_replayed") {
 		t.Fatalf("Approve = %+v / %+v; want denied with the sidecar's decision id", dec.Proposal, dec.ToolCall)
 	}
 }

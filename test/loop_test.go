@@ -3,7 +3,6 @@ package test
 import (
 	"bufio"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"net"
 	"net/http"
@@ -515,7 +514,16 @@ func TestGrantedLoop(t *testing.T) {
 	}
 
 	// The sidecar's record: the grant allowed 4 calls and refused the 5th.
-	jti := jwtID(t, grant)
+	code, out = l.m1(t, "token", "inspect", grant, "--json")
+	var inspected struct {
+		Claims struct {
+			JTI string `json:"jti"`
+		} `json:"claims"`
+	}
+	if err := json.Unmarshal([]byte(out), &inspected); code != 0 || err != nil || inspected.Claims.JTI == "" {
+		t.Fatalf("m1 token inspect = exit %d, %v\n%s", code, err, out)
+	}
+	jti := inspected.Claims.JTI
 	if final.Proposals[0].ApprovalJTI == jti || final.Proposals[0].ApprovalJTI == "" {
 		t.Fatalf("run 2's list_dir was approved with %q, want the operator's approval", final.Proposals[0].ApprovalJTI)
 	}
@@ -536,24 +544,4 @@ func TestGrantedLoop(t *testing.T) {
 		})
 		return allowed == 4 && exhausted == 1
 	})
-}
-
-// jwtID is the jti of a JWT, read without verifying it.
-func jwtID(t *testing.T, token string) string {
-	t.Helper()
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		t.Fatalf("not a JWT: %q", token)
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	var c struct {
-		ID string `json:"jti"`
-	}
-	if err := json.Unmarshal(payload, &c); err != nil || c.ID == "" {
-		t.Fatalf("JWT payload %s: %v", payload, err)
-	}
-	return c.ID
 }
