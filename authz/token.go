@@ -57,7 +57,13 @@ func (s *Service) checkToken(ctx context.Context, raw string, v *verdict) bool {
 	if err != nil {
 		var ae *approval.Error
 		if errors.As(err, &ae) {
-			return fail(ae.Code, ae.Error())
+			// The body's error names the code: the reason says only why.
+			reason := ae.Reason
+			if reason == "" {
+				e, _ := deny.Lookup(ae.Code)
+				reason = e.Meaning
+			}
+			return fail(ae.Code, reason)
 		}
 		return fail(deny.TokenInvalid, err.Error())
 	}

@@ -2,6 +2,7 @@ package authz
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -112,6 +113,10 @@ func TestHardChecks(t *testing.T) {
 			r := check(t, f.Service, tt.req)
 			if r.allowed || r.status != tt.status || r.body.Error != tt.code {
 				t.Fatalf("Check(%s) = allowed %v %d %s, want deny %d %s", tt.name, r.allowed, r.status, r.raw, tt.status, tt.code)
+			}
+			// reason says why; the code is the body's error alone
+			if r.body.Reason == "" || strings.Contains(r.body.Reason, tt.code) {
+				t.Errorf("Check(%s) reason = %q, want a reason that does not repeat the code", tt.name, r.body.Reason)
 			}
 		})
 	}
