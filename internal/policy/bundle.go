@@ -43,6 +43,11 @@ type Bundle struct {
 	// path and content both hashed), so any change to any of them changes
 	// it. When empty, [Prepare] derives one from Modules, Tests and Data.
 	Revision string
+	// Digest is "sha256:<hex>" of the bundle's files whatever names the
+	// revision (empty for a Bundle built in code): a source tells a change
+	// of files from an unchanged bundle by it, and a reloader refuses new
+	// files under the revision in force.
+	Digest string
 	// Modules maps a slash-separated path relative to the bundle root to
 	// the source of each non-test .rego file.
 	Modules map[string]string
@@ -180,8 +185,9 @@ func fromFiles(files []bundleFile) (*Bundle, error) {
 	if len(b.Modules) == 0 {
 		return nil, errors.New("no .rego modules found")
 	}
+	b.Digest = hashFiles(files)
 	if b.Revision == "" {
-		b.Revision = hashFiles(files)
+		b.Revision = b.Digest
 	}
 	return b, nil
 }

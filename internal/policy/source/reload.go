@@ -88,6 +88,7 @@ type Reloader struct {
 
 	mu       sync.Mutex // serialises Reload
 	tag      string     // tag of the bundle in force
+	digest   string     // Digest of the bundle in force
 	lastLog  string     // the failure last logged
 	statusMu sync.Mutex
 	status   Status
@@ -181,8 +182,14 @@ func (r *Reloader) load(ctx context.Context) (*policy.Engine, error) {
 	if res.Bundle == nil {
 		return nil, errors.New("source returned no bundle")
 	}
-	rev := res.Bundle.Revision
+	rev, digest := res.Bundle.Revision, res.Bundle.Digest
 	if rev != "" && rev == r.Status().Revision {
+		if digest != "" && r.digest != "" && digest != r.digest {
+			// The decision cache (Redis included) and the audit name a
+			// revision: new rules under the one in force would go on
+			// answering with the old rules' cached decisions.
+			return nil, fmt.Errorf("revision %s: the bundle's files changed but its revision did not; give the new files a new revision in .manifest", rev)
+		}
 		r.tag = res.Tag
 		return nil, nil
 	}
@@ -190,7 +197,7 @@ func (r *Reloader) load(ctx context.Context) (*policy.Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("revision %s: %w", revisionName(res.Bundle), err)
 	}
-	r.tag = res.Tag
+	r.tag, r.digest = res.Tag, digest
 	return e, nil
 }
 

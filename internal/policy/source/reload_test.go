@@ -152,6 +152,60 @@ func TestBrokenRevisionsKeepDeciding(t *testing.T) {
 	}
 }
 
+// TestNewFilesUnderTheRevisionInForce: changed files that keep the
+// .manifest revision are refused (the decision cache and the audit name
+// the revision), reported until the files are reverted or given a new
+// revision, and never decide.
+func TestNewFilesUnderTheRevisionInForce(t *testing.T) {
+	dir := t.TempDir()
+	manifest := `{"revision": "r2"}`
+	sourcetest.WriteDir(t, dir, map[string]string{".manifest": manifest, "authz.rego": goodPolicy})
+	dl, err := dirsource.New(dirsource.Options{Dir: dir, Debounce: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var active atomic.Pointer[policy.Engine]
+	var failed atomic.Int64
+	r, err := source.NewReloader(source.ReloaderOptions{
+		Loader:   dl,
+		Activate: func(e *policy.Engine) { active.Store(e) },
+		Failed:   func() { failed.Add(1) },
+		Logger:   zap.NewNop(),
+		Now:      time.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if e, err := r.Reload(ctx); err != nil || e == nil || e.Revision() != "r2" {
+		t.Fatalf("Reload(r2) = %v, %v; want revision r2 activated", e, err)
+	}
+	good := active.Load()
+	edited := strings.Replace(goodPolicy, `"read_file"`, `"write_file"`, 1)
+	sourcetest.WriteDir(t, dir, map[string]string{".manifest": manifest, "authz.rego": edited})
+	for range 2 { // refused on every load, not only the first
+		if e, err := r.Reload(ctx); e != nil || err == nil || !strings.Contains(err.Error(), "revision did not") {
+			t.Fatalf("Reload(new files, revision r2) = %v, %v; want an error saying the revision did not change", e, err)
+		}
+	}
+	if st := r.Status(); st.Error == "" || st.Revision != "r2" || failed.Load() != 2 || active.Load() != good {
+		t.Fatalf("status %+v, failures %d; want the error, r2 in force and 2 failures counted", st, failed.Load())
+	}
+	if !decide(t, active.Load(), "read_file") || decide(t, active.Load(), "write_file") {
+		t.Fatal("the refused files decide")
+	}
+	// Reverted: healthy again, nothing activated.
+	sourcetest.WriteDir(t, dir, map[string]string{".manifest": manifest, "authz.rego": goodPolicy})
+	if e, err := r.Reload(ctx); e != nil || err != nil || r.Status().Error != "" {
+		t.Fatalf("Reload(reverted) = %v, %v, status %+v; want nil, nil and no error", e, err, r.Status())
+	}
+	// A new revision for the edit activates it.
+	sourcetest.WriteDir(t, dir, map[string]string{".manifest": `{"revision": "r3"}`, "authz.rego": edited})
+	if e, err := r.Reload(ctx); err != nil || e == nil || e.Revision() != "r3" || !decide(t, e, "write_file") {
+		t.Fatalf("Reload(r3) = %v, %v; want r3 activated, allowing write_file", e, err)
+	}
+}
+
 // TestRunTriggersAndPolls checks that Run loads on Trigger and on its
 // poll interval, and stops with its context.
 func TestRunTriggersAndPolls(t *testing.T) {

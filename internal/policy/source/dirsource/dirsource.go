@@ -56,17 +56,18 @@ func New(o Options) (*Source, error) {
 	return &Source{opts: o}, nil
 }
 
-// Load reads the directory. The tag is the bundle's revision, so an
-// unchanged directory gives ErrNotModified.
+// Load reads the directory. The tag is the digest of the bundle's files, so
+// an unchanged directory gives ErrNotModified, and changed files do not,
+// even under an unchanged .manifest revision.
 func (s *Source) Load(_ context.Context, tag string) (source.Result, error) {
 	b, err := policy.ReadDir(s.opts.Dir, s.opts.Read)
 	if err != nil {
 		return source.Result{}, err
 	}
-	if tag != "" && b.Revision == tag {
+	if tag != "" && b.Digest == tag {
 		return source.Result{}, source.ErrNotModified
 	}
-	return source.Result{Bundle: b, Tag: b.Revision}, nil
+	return source.Result{Bundle: b, Tag: b.Digest}, nil
 }
 
 // Watch calls changed, at most once per Debounce, after files under the

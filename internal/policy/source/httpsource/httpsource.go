@@ -140,7 +140,7 @@ func (s *Source) Load(ctx context.Context, tag string) (source.Result, error) {
 	}
 	etag := resp.Header.Get("ETag")
 	if etag == "" {
-		etag = b.Revision
+		etag = b.Digest
 	}
 	return source.Result{Bundle: b, Tag: etag}, nil
 }

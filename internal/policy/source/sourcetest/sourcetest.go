@@ -131,6 +131,24 @@ func Run(t *testing.T, newFixture func(t *testing.T) Fixture) {
 		}
 	})
 
+	// New files under an unchanged .manifest revision are loaded, not
+	// taken as unchanged: the reloader must see them to refuse them.
+	t.Run("SameRevisionNewFiles", func(t *testing.T) {
+		f := newFixture(t)
+		manifest := `{"revision": "v7-reviewed", "roots": [""]}`
+		one, two := Bundle("one"), Bundle("two")
+		one[".manifest"], two[".manifest"] = manifest, manifest
+		f.Publish(t, one)
+		l := f.Loader(t, policy.ReadOptions{})
+		first := load(t, l, "")
+		f.Publish(t, two)
+		second := load(t, l, first.Tag)
+		if second.Bundle.Revision != "v7-reviewed" || second.Bundle.Digest == "" || second.Bundle.Digest == first.Bundle.Digest {
+			t.Errorf("Load after new files under one revision: revision %q, digest %q (first %q); want v7-reviewed and a new digest",
+				second.Bundle.Revision, second.Bundle.Digest, first.Bundle.Digest)
+		}
+	})
+
 	t.Run("Broken", func(t *testing.T) {
 		for _, tt := range []struct {
 			name  string
