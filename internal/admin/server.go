@@ -108,21 +108,29 @@ func SecurityHeaders(next http.Handler) http.Handler {
 	})
 }
 
-// limitBody answers 413 to a request whose Content-Length exceeds max,
-// without reading its body, and caps the body of every other request at
-// max bytes (http.MaxBytesReader).
+// limitBody caps the body of every request at max bytes. A request whose
+// Content-Length exceeds max gets a body that fails its first read, so
+// that the handler still answers a caller without the token 401 (DESIGN
+// §7: before any body) and a handler that reads answers 413 through
+// BodyTooLarge, neither reading a byte of it; other bodies are read
+// through http.MaxBytesReader.
 func limitBody(max int64, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ContentLength > max {
-			writeBodyTooLarge(w, max)
-			return
-		}
-		if r.Body != nil && r.Body != http.NoBody {
+		switch {
+		case r.ContentLength > max:
+			r.Body = tooLarge{max}
+		case r.Body != nil && r.Body != http.NoBody:
 			r.Body = http.MaxBytesReader(w, r.Body, max)
 		}
 		next.ServeHTTP(w, r)
 	})
 }
+
+// tooLarge is the body of a request that announced more than limit bytes.
+type tooLarge struct{ limit int64 }
+
+func (b tooLarge) Read([]byte) (int, error) { return 0, &http.MaxBytesError{Limit: b.limit} }
+func (tooLarge) Close() error               { return nil }
 
 // BodyTooLarge answers 413 body_too_large and ends the connection when err
 // is a read past the body limit (an *http.MaxBytesError), and reports

@@ -62,6 +62,22 @@ func RunBounds(t *testing.T, tg Target) {
 			waitClosed(t, c, "after the 401")
 		}
 	})
+	t.Run("401 before the body limit", func(t *testing.T) {
+		// A body over the limit is announced: a caller without the token
+		// is answered 401 all the same, one with it 413.
+		for _, tc := range []struct {
+			auth string
+			want int
+		}{{"", 401}, {"Authorization: Bearer wrong\r\n", 401}, {"Authorization: Bearer " + tg.Token + "\r\n", 413}} {
+			c := dial(t, tg.Addr)
+			send(t, c, "POST "+tg.BodyPath+" HTTP/1.1\r\nHost: m1\r\nContent-Type: application/json\r\n"+tc.auth+
+				"Content-Length: "+strconv.FormatInt(tg.Limits.MaxBodyBytes+1, 10)+"\r\n\r\n{")
+			if resp := readResponse(t, c); resp.StatusCode != tc.want {
+				t.Errorf("POST %s (%q) announcing %d bytes = %d, want %d", tg.BodyPath, tc.auth, tg.Limits.MaxBodyBytes+1, resp.StatusCode, tc.want)
+			}
+			waitClosed(t, c, "after the answer")
+		}
+	})
 	t.Run("trickled headers are cut off", func(t *testing.T) {
 		c := dial(t, tg.Addr)
 		closed := watchClosed(c)
