@@ -270,7 +270,8 @@ type RunStats struct {
 }
 
 // ToolExecutions are tool calls by tool and outcome: this process's
-// m1_tool_executions_total, or the fleet's increase over 24 hours.
+// m1_tool_executions_total, or the fleet's sidecars' increase over 24
+// hours.
 type ToolExecutions struct {
 	Source string          `json:"source"` // process or prometheus
 	PromQL string          `json:"promql,omitempty"`
@@ -310,7 +311,14 @@ var (
 	ageBounds = []float64{60, 300, 900, 3600}
 )
 
-const toolExecutionsPromQL = `sum by (tool, outcome) (increase(m1_tool_executions_total[24h]))`
+// sidecarsOnly keeps the series of sidecars (the processes that export
+// m1_policy_bundle_info) out of a vector: the tool-outcome metrics are
+// the sidecars', from Envoy's access log, and m1-orchestrator counts its
+// dispatches, which went through a sidecar, a second time under the same
+// names.
+const sidecarsOnly = ` and on (instance) m1_policy_bundle_info`
+
+const toolExecutionsPromQL = `sum by (tool, outcome) (increase(m1_tool_executions_total[24h])` + sidecarsOnly + `)`
 
 func (a *DashboardAPI) operations(r *http.Request) (any, error) {
 	now := a.Now().UTC()

@@ -93,7 +93,7 @@ type promAnswer struct {
 
 // Query evaluates an instant query at t.
 func (p *Prometheus) Query(ctx context.Context, q string, t time.Time) ([]PromSample, error) {
-	v := url.Values{"query": {q}, "time": {strconv.FormatInt(t.Unix(), 10)}}
+	v := url.Values{"query": {q}, "time": {strconv.FormatFloat(float64(t.UnixMilli())/1e3, 'f', 3, 64)}} // not the second's start: the last scrape may be later
 	a, err := p.get(ctx, "/api/v1/query", v)
 	if err != nil {
 		return nil, err

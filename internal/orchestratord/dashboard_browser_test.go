@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/m1-agent/m1/internal/admin"
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/sidecar"
 	"github.com/m1-agent/m1/internal/store"
@@ -92,7 +94,7 @@ func TestFleetDashboardInChromium(t *testing.T) {
 	}
 	c := &orchestrator.Client{BaseURL: "http://" + orchAddr, Token: o.AdminToken}
 	ctx := context.Background()
-	for range 3 {
+	for i := range 3 {
 		d, err := c.CreateRun(ctx, orchestrator.RunRequest{Goal: xssGoal, Agent: "agent-0"})
 		if err != nil {
 			t.Fatal(err)
@@ -101,11 +103,22 @@ func TestFleetDashboardInChromium(t *testing.T) {
 		if _, err := c.Approve(ctx, p.ID, approvalToken(t, key, p)); err != nil {
 			t.Fatalf("approve %s: %v", p.ID, err)
 		}
+		if i == 0 { // scraped before the next two: Prometheus sees the count increase
+			prom.WaitFor(t, `sum(m1_tool_executions_total{job="m1-orchestrator"})`, 1, 30*time.Second)
+		}
 	}
 	seedXSSAgent(t, data)
 
 	prom.WaitFor(t, `count(up == 1)`, 3, 30*time.Second)
 	prom.WaitFor(t, `count(sum by (instance) (rate(m1_policy_checks_total[1m])) > 0)`, 2, 30*time.Second)
+	// The orchestrator's 3 failed dispatches are in Prometheus under the
+	// tool-outcome names, but the fleet's tool executions are the
+	// sidecars' (none: nothing sends them an access log here), so that a
+	// dispatched call is not counted twice.
+	prom.WaitFor(t, `sum(increase(m1_tool_executions_total{job="m1-orchestrator"}[24h]))`, 1, 30*time.Second)
+	if te := operationsToolExecutions(t, "http://"+orchAddr, o.AdminToken); te.Source != "prometheus" || len(te.Rows) != 0 {
+		t.Errorf("fleet tool executions = %+v, want none from Prometheus (the orchestrator's dispatches left out)", te)
+	}
 
 	if os.Getenv("M1_SCREENSHOTS") != "" {
 		time.Sleep(15 * time.Second) // charts worth a picture
@@ -189,6 +202,25 @@ func TestFleetDashboardInChromium(t *testing.T) {
 	for _, p := range b.Problems() {
 		t.Errorf("browser: %s", p)
 	}
+}
+
+// operationsToolExecutions reads the operations document's tool executions.
+func operationsToolExecutions(t *testing.T, base, token string) admin.ToolExecutions {
+	t.Helper()
+	req, _ := http.NewRequest("GET", base+"/api/m1/dashboard/operations", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var doc struct {
+		ToolExecutions admin.ToolExecutions `json:"tool_executions"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET /api/m1/dashboard/operations = %d, %v", resp.StatusCode, err)
+	}
+	return doc.ToolExecutions
 }
 
 // startSidecar starts an m1-authz in-process on the shared store under

@@ -141,8 +141,12 @@ func DefaultOptions() Options {
 		LogLevel:        "info",
 		HTTP:            defaultHTTPLimits(),
 		PruneEvery:      time.Hour,
-		Version:         buildinfo.Version(),
-		Now:             time.Now,
+		Gateway: GatewayOptions{ // shown by --help; 0 also means these
+			MaxPending: orchestrator.DefaultGatewayLimits().MaxPending,
+			PerMinute:  orchestrator.DefaultGatewayLimits().PerMinute,
+		},
+		Version: buildinfo.Version(),
+		Now:     time.Now,
 	}
 }
 
