@@ -1,6 +1,10 @@
 package orchestrator
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/m1-agent/m1/internal/store"
+)
 
 // Metrics are m1-orchestrator's (DESIGN §8): runs, tool executions and LLM
 // cost, registered on an injected registerer by NewMetrics.
@@ -52,6 +56,11 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
+	}
+	// Every end status from the start, at 0: a rate or an alert on one
+	// has a series before the first run ends so.
+	for _, status := range []string{store.RunCompleted, store.RunFailed, store.RunOverBudget} {
+		m.Runs.WithLabelValues(status)
 	}
 	return m, nil
 }

@@ -37,7 +37,10 @@ type Report struct {
 	// Ready is false while the policy is not loaded or the process drains;
 	// it decides the 503 of /health and /health/ready.
 	Ready bool `json:"-"`
-	// Started is true once startup finished (policy loaded, listeners up).
+	// Started is true once startup finished: the listeners are up. A
+	// remote policy source that has not loaded yet keeps Ready false, not
+	// Started: a bundle server down at start must not have the kubelet
+	// restart the pod over and over.
 	Started bool `json:"-"`
 }
 

@@ -109,7 +109,7 @@ func (o *Options) validate() error {
 		return fmt.Errorf("REDIS_DB %d: want a database number ≥ 0 (or -1 for the URL's)", o.DB)
 	}
 	if o.MaxRetries < -1 {
-		return fmt.Errorf("REDIS_MAX_RETRIES %d: want ≥ 0 (-1 for none)", o.MaxRetries)
+		return fmt.Errorf("REDIS_MAX_RETRIES %d: want ≥ 0 (0 for the default, 3; -1 for none)", o.MaxRetries)
 	}
 	if o.MaxRetries == 0 {
 		o.MaxRetries = d.MaxRetries

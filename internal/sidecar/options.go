@@ -216,7 +216,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.StringVar(&o.Redis.Password, "redis-password", o.Redis.Password, "Redis password (overrides the URL's)")
 	fs.IntVar(&o.Redis.DB, "redis-db", o.Redis.DB, "Redis database number (-1 = from the URL)")
 	fs.BoolVar(&o.Redis.TLS, "redis-tls", o.Redis.TLS, "connect to Redis with TLS (implied by rediss://)")
-	fs.IntVar(&o.Redis.MaxRetries, "redis-max-retries", o.Redis.MaxRetries, "retries of a failed Redis command")
+	fs.IntVar(&o.Redis.MaxRetries, "redis-max-retries", o.Redis.MaxRetries, "retries of a failed Redis command (0: the default; -1: none)")
 	fs.Var(msFlag{&o.Redis.RetryDelay}, "redis-retry-delay-ms", "first retry backoff, doubling per retry")
 	fs.Var(msFlag{&o.Redis.RetryDelayMax}, "redis-retry-delay-max-ms", "longest retry backoff")
 	fs.Var(msFlag{&o.Redis.ConnectTimeout}, "redis-connect-timeout-ms", "Redis dial timeout")
