@@ -311,8 +311,8 @@ var (
 	ageBounds = []float64{60, 300, 900, 3600}
 )
 
-// sidecarsOnly keeps the series of sidecars (the processes that export
-// m1_policy_bundle_info) out of a vector: the tool-outcome metrics are
+// sidecarsOnly keeps only the series of sidecars (the processes that
+// export m1_policy_bundle_info) in a vector: the tool-outcome metrics are
 // the sidecars', from Envoy's access log, and m1-orchestrator counts its
 // dispatches, which went through a sidecar, a second time under the same
 // names.
