@@ -99,6 +99,7 @@ var (
 	errNotCanonical = errors.New("number does not survive a round trip through an IEEE-754 double")
 	errTooDeep      = errors.New("arguments nested deeper than 64 levels")
 	errFoldedDup    = errors.New("an object has two member names that differ only in case")
+	errNULName      = errors.New("a member name holds a NUL character")
 )
 
 // Parse classifies an Envoy HTTP request and, for the MCP path and tool
@@ -124,7 +125,7 @@ func Parse(h *authv3.AttributeContext_HttpRequest, headers Headers, opts Options
 	case path == opts.MCPPath && (c.Method == "POST" || c.Method == "GET" || c.Method == "DELETE"):
 		c.Kind, c.IsMCP = KindMCP, true
 		if c.Method != "POST" {
-			return c, nil
+			return c, routingHeaders(c, headers) // no JSON-RPC method: an mcp-method header names one
 		}
 		if rerr := jsonMediaType(headers); rerr != nil {
 			return c, rerr
@@ -391,8 +392,13 @@ func (s *scanner) closeObject() error {
 // addName records an unescaped member name of the innermost open object and
 // refuses it when it equals an earlier one under Unicode simple case folding
 // ("path" and "PATH", "s" and "ſ"): Go's encoding/json and other
-// case-insensitive readers would take one for the other.
+// case-insensitive readers would take one for the other. A name holding
+// NUL ("method\u0000") is refused too: a reader in C that ends strings at
+// NUL would take it for another ("method").
 func (s *scanner) addName(name []byte) error {
+	if bytes.IndexByte(name, 0) >= 0 {
+		return errNULName
+	}
 	off := len(s.folded)
 	s.folded = foldName(s.folded, name)
 	n := span{off, len(s.folded)}
@@ -539,7 +545,7 @@ func scanError(err error) *Error {
 	switch {
 	case errors.Is(err, errNotCanonical):
 		return &Error{Code: deny.NumberNotCanonical, Reason: err.Error()}
-	case errors.Is(err, errTooDeep), errors.Is(err, errFoldedDup):
+	case errors.Is(err, errTooDeep), errors.Is(err, errFoldedDup), errors.Is(err, errNULName):
 		return badRequest(err.Error())
 	}
 	return badRequest("invalid JSON: " + err.Error())

@@ -173,6 +173,12 @@ func TestParseCallRejects(t *testing.T) {
 		// MCP routing headers that disagree with the body.
 		{"mcp-method differs", httpReq("POST", "/mcp", mcpCall("write_file", `{}`), "mcp-method", "tools/list"), deny.HeaderMismatch, 400},
 		{"mcp-method on a response", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":3,"result":{}}`, "mcp-method", "ping"), deny.HeaderMismatch, 400},
+		{"mcp-method on the session stream", httpReq("GET", "/mcp", ``, "mcp-method", "tools/call"), deny.HeaderMismatch, 400},
+		{"mcp-method on session end", httpReq("DELETE", "/mcp", ``, "mcp-method", "tools/call"), deny.HeaderMismatch, 400},
+		// Names a reader that ends strings at NUL takes for others.
+		{"method with NUL", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method\u0000":"tools/call","params":{"name":"write_file","arguments":{}}}`), deny.BadRequest, 400},
+		{"name with NUL", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name\u0000":"write_file","name":"read_file","arguments":{}}}`), deny.BadRequest, 400},
+		{"argument name with NUL", httpReq("POST", "/tools/x", `{"a":{"path\u0000x":"/etc/passwd","path":"/tmp"}}`), deny.BadRequest, 400},
 		{"mcp-name differs", httpReq("POST", "/mcp", mcpCall("write_file", `{}`), "mcp-method", "tools/call", "mcp-name", "read_file"), deny.HeaderMismatch, 400},
 		{"mcp-name differs in case", httpReq("POST", "/mcp", mcpCall("write_file", `{}`), "mcp-name", "Write_File"), deny.HeaderMismatch, 400},
 		{"mcp-name repeated", &authv3.AttributeContext_HttpRequest{Method: "POST", Path: "/mcp", Body: mcpCall("read_file", `{}`),
