@@ -76,7 +76,8 @@ signs and posts a new approval of the same call once. Ctrl-C stops the
 wait; the proposal stays pending.
 
 Exit status: 0 done, 1 an approval or rejection was refused by the
-orchestrator (or still refused with state_reset after the retry), 2 error
+orchestrator (or still refused with state_reset after the retry), or a call
+approved did not succeed (the sidecar denied it, or the tool failed), 2 error
 (bad flags, a proposal that cannot be approved or is not pending,
 orchestrator unreachable or answering with an error).`
 
@@ -189,6 +190,7 @@ func (o *orchestratorFlags) client(c *cmdIO) (*orchestrator.Client, error) {
 // tally counts what m1 approve did and keeps the exit status.
 type tally struct {
 	approved, rejected, skipped int
+	callsFailed                 int // approved, then denied by the sidecar or failed at the tool
 	refused                     int // by the orchestrator
 	failed                      int // errors
 	code                        int
@@ -199,6 +201,9 @@ func (t *tally) note(code int) { t.code = max(t.code, code) }
 
 func (t *tally) String() string {
 	s := fmt.Sprintf("%d approved, %d rejected, %d skipped", t.approved, t.rejected, t.skipped)
+	if t.callsFailed > 0 {
+		s += fmt.Sprintf(", %d approved calls did not succeed", t.callsFailed)
+	}
 	if t.refused > 0 {
 		s += fmt.Sprintf(", %d refused by the orchestrator", t.refused)
 	}
@@ -355,6 +360,10 @@ func (a *approver) report(approved bool, verb string, id string, d orchestrator.
 		printDecided(a.c.stdout, verb, d)
 		if approved {
 			a.tally.approved++
+			if tc := d.ToolCall; tc != nil && (tc.Status == store.CallFailed || tc.Status == store.CallDenied) {
+				a.tally.callsFailed++
+				a.tally.note(exitDeny)
+			}
 		} else {
 			a.tally.rejected++
 		}

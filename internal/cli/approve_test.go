@@ -26,6 +26,7 @@ type fakeOrchestrator struct {
 	proposals  []store.Proposal // in creation order
 	runs       map[string]store.Run
 	refuse     map[string]bool // proposal ids whose approval is answered 400 args_mismatch
+	callStatus map[string]string // proposal ids whose approved call ends so (default succeeded)
 	approvals  []posted
 	rejections []posted
 	auth       []string // Authorization headers seen
@@ -38,7 +39,7 @@ type posted struct {
 
 func newFakeOrchestrator(t *testing.T, ps ...store.Proposal) *fakeOrchestrator {
 	t.Helper()
-	f := &fakeOrchestrator{proposals: ps, runs: map[string]store.Run{}, refuse: map[string]bool{}}
+	f := &fakeOrchestrator{proposals: ps, runs: map[string]store.Run{}, refuse: map[string]bool{}, callStatus: map[string]string{}}
 	for _, p := range ps {
 		f.runs[p.RunID] = store.Run{ID: p.RunID, Agent: p.Agent, Status: store.RunRunning, Usage: store.Usage{CostUSD: 0.0123}}
 	}
@@ -97,10 +98,16 @@ func newFakeOrchestrator(t *testing.T, ps ...store.Proposal) *fakeOrchestrator {
 		default:
 			f.proposals[i].Status = store.ProposalExecuted
 			p := f.proposals[i]
-			writeJSON(w, http.StatusOK, orchestrator.Decided{Proposal: p, ToolCall: &store.ToolCall{
+			tc := &store.ToolCall{
 				ID: "call-" + id, RunID: p.RunID, Tool: p.Tool, ProposalID: id, DecisionID: "dec-" + id,
 				Status: store.CallSucceeded, HTTPStatus: 200, Result: json.RawMessage(`{"content": [{"type": "text", "text": "done\u001b[2J"}]}`),
-			}})
+			}
+			if s := f.callStatus[id]; s != "" {
+				f.proposals[i].Status = store.ProposalFailed
+				p = f.proposals[i]
+				tc.Status, tc.HTTPStatus, tc.Result, tc.Error = s, 403, nil, "token_revoked: token or subject revoked"
+			}
+			writeJSON(w, http.StatusOK, orchestrator.Decided{Proposal: p, ToolCall: tc})
 		}
 	})
 	mux.HandleFunc("POST /v1/proposals/{id}/rejection", func(w http.ResponseWriter, r *http.Request) {
@@ -251,6 +258,26 @@ func TestApproveByID(t *testing.T) {
 	for _, a := range f.auth {
 		if a != "Bearer orchestrator-admin-token" {
 			t.Errorf("orchestrator got Authorization %q, want the bearer $M1_ADMIN_TOKEN", a)
+		}
+	}
+}
+
+// An approval whose call the sidecar denies, or that fails at the tool,
+// is reported, counted apart and exits 1: the call did not run as approved.
+func TestApproveCallNotSucceeded(t *testing.T) {
+	f := newFakeOrchestrator(t,
+		proposal(t, "p-1", "read_file", `{"path":"/tmp/a"}`, "read"),
+		proposal(t, "p-2", "read_file", `{"path":"/tmp/b"}`, "read"),
+		proposal(t, "p-3", "read_file", `{"path":"/tmp/c"}`, "read"))
+	f.callStatus["p-2"], f.callStatus["p-3"] = store.CallDenied, store.CallFailed
+	env, _ := approveEnv(t, f)
+	r := m1With(t, env, "", "approve", "p-1", "p-2", "p-3")
+	if r.code != exitDeny {
+		t.Errorf("m1 approve with a denied and a failed call exited %d, want %d:\n%s", r.code, exitDeny, r)
+	}
+	for _, want := range []string{"tool call call-p-2: denied, HTTP 403", "tool call call-p-3: failed, HTTP 403", "3 approved, 0 rejected, 0 skipped, 2 approved calls did not succeed"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("m1 approve output lacks %q:\n%s", want, r)
 		}
 	}
 }
