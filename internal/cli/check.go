@@ -101,6 +101,7 @@ func runCheck(ctx context.Context, c *cmdIO, args []string) int {
 			tool: *tool, toolArgs: *toolArgs, raw: *raw, principal: *principal,
 			token: *token, approvalHeader: *approvalHeader, source: *source, dest: *dest,
 			context: contextExt, hostSet: isSet(fs, "host"), bodySet: isSet(fs, "body"), toolSet: isSet(fs, "tool"),
+			argsSet: isSet(fs, "args"),
 		})
 	}
 	if err != nil {
@@ -148,6 +149,7 @@ type checkRequestFlags struct {
 	source, dest              string
 	context                   []string
 	hostSet, bodySet, toolSet bool
+	argsSet                   bool
 }
 
 // buildRequest turns m1 check's flags into a CheckRequest.
@@ -189,9 +191,17 @@ func buildRequest(c *cmdIO, f checkRequestFlags) (*authv3.CheckRequest, error) {
 		r.ContextExtensions[k] = v
 	}
 
+	prefix, ok := c.lookupEnv("M1_TOOLS_PATH_PREFIX")
+	if !ok || prefix == "" {
+		prefix = "/tools/"
+	}
 	switch {
 	case f.bodySet && f.toolSet:
 		return nil, errors.New("--body and --tool cannot be combined")
+	case f.argsSet && !f.toolSet:
+		return nil, errors.New("--args needs --tool (for a REST tool path, give the arguments as --body)")
+	case f.toolSet && strings.HasPrefix(f.path, prefix):
+		return nil, fmt.Errorf("--tool sends an MCP tools/call, not to the tool path %q: give the arguments as --body there, or --path the MCP path", f.path)
 	case f.toolSet:
 		args, err := readArg(c, f.toolArgs)
 		if err != nil {

@@ -237,6 +237,8 @@ func TestCheckErrors(t *testing.T) {
 		{"request file missing", []string{"--request", "does-not-exist.json"}, "read CheckRequest"},
 		{"request not a CheckRequest", []string{"--request", "-"}, "parse CheckRequest"},
 		{"args not JSON", []string{"--tool", "read_file", "--args", "{path:1}"}, "--args is not JSON"},
+		{"args without tool", []string{"--path", "/tools/read_file", "--args", `{"path":"x"}`}, "--args needs --tool"},
+		{"tool to a tool path", []string{"--path", "/tools/write_file", "--tool", "read_file"}, "--tool sends an MCP tools/call"},
 		{"bad header", []string{"--header", "no-separator"}, "want name=value"},
 		{"pseudo-header", []string{"--header", ":path=/x"}, "want name=value"},
 		{"bad context", []string{"--context", "novalue"}, "want key=value"},
