@@ -114,13 +114,14 @@ func (s *Service) handleGetRun(w http.ResponseWriter, r *http.Request) {
 var proposalStatuses = map[string]bool{
 	store.ProposalPending: true, store.ProposalApproved: true, store.ProposalRejected: true,
 	store.ProposalExpired: true, store.ProposalExecuted: true, store.ProposalFailed: true,
+	store.ProposalClaimed: true,
 }
 
 func (s *Service) handleListProposals(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	status := q.Get("status")
 	if status != "" && !proposalStatuses[status] {
-		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("status %q: want pending, approved, rejected, expired, executed or failed", status))
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("status %q: want pending, approved, rejected, expired, executed, failed or claimed", status))
 		return
 	}
 	limit, ok := limitParam(w, q.Get("limit"))

@@ -48,6 +48,13 @@ func TestHTTPAPI(t *testing.T) {
 	if _, err := c.Run(ctx, "run_nope"); apiError(err) == nil || apiError(err).Status != 404 {
 		t.Fatalf("Run(unknown) = %v, want 404", err)
 	}
+	// Every proposal status is a filter, claimed (a sidecar's, run) included.
+	for _, status := range []string{store.ProposalExecuted, store.ProposalClaimed} {
+		ps, err := c.Proposals(ctx, status)
+		if err != nil || (status == store.ProposalExecuted) != (len(ps) == 1) {
+			t.Errorf("Proposals(%s) = %d proposals, %v; want the executed one only under executed", status, len(ps), err)
+		}
+	}
 
 	bad := []struct {
 		name, method, path, body string
