@@ -31,8 +31,9 @@ once in the sidecar that takes it, and, with Redis, in every sidecar. The
 server's JSON answer is printed on stdout. An https:// --admin-url (a
 sidecar with M1_TLS_CERT_FILE) is verified against --ca-file ($M1_CA_FILE).
 
-Exit status: 0 done (201, 204, 200), 1 refused (4xx, 5xx: the JSON error
-is printed), 2 error (bad flags, connection failure, timeout).`
+Exit status: 0 done (201, 204, 200), 1 refused (4xx but 401, 5xx: the JSON
+error is printed), 2 error (bad flags, the admin token refused (401),
+connection failure, timeout), as for m1 approve and m1 reject.`
 
 func runRevoke(ctx context.Context, c *cmdIO, args []string) int {
 	fs := newFlagSet("revoke", "m1 revoke (--jti JTI | --sub SUB) [--until RFC3339] | --sub SUB --lift | --list [--admin-url URL] [--admin-token TOKEN]",
@@ -127,6 +128,9 @@ func runRevoke(ctx context.Context, c *cmdIO, args []string) int {
 	}
 	if status < 200 || status > 299 {
 		fmt.Fprintf(c.stderr, "m1 revoke: %s %s: %d %s\n", method, endpoint, status, http.StatusText(status))
+		if status == http.StatusUnauthorized { // a setting to fix, not a refusal of this revocation
+			return exitError
+		}
 		return exitDeny
 	}
 	return exitOK

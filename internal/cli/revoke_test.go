@@ -221,8 +221,8 @@ func TestRevokeErrors(t *testing.T) {
 		wantStdout string
 		wantStderr string
 	}{
-		{"wrong admin token", []string{"--sub", "a", "--admin-token", "wrong"}, nil, exitDeny, `"unauthorized"`, "401"},
-		{"wrong admin token from env", []string{"--list"}, map[string]string{"M1_ADMIN_TOKEN": "wrong"}, exitDeny, `"unauthorized"`, "401"},
+		{"wrong admin token", []string{"--sub", "a", "--admin-token", "wrong"}, nil, exitError, `"unauthorized"`, "401"},
+		{"wrong admin token from env", []string{"--list"}, map[string]string{"M1_ADMIN_TOKEN": "wrong"}, exitError, `"unauthorized"`, "401"},
 		{"no admin token", []string{"--sub", "a"}, map[string]string{"M1_ADMIN_TOKEN": ""}, exitError, "", "M1_ADMIN_TOKEN"},
 		{"until in the past", []string{"--sub", "a", "--until", "2001-01-01T00:00:00Z"}, nil, exitDeny, `"bad_request"`, "400"},
 		{"bad until", []string{"--sub", "a", "--until", "tomorrow"}, nil, exitError, "", "RFC 3339"},
