@@ -358,7 +358,7 @@ func (p *Proxy) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			x.upFailed, x.details = true, "upstream_reset_before_response_started"
 		}
 		fields := []zap.Field{zap.String(fieldDecision, "allow"), zap.String(fieldDecisionID, id),
-			zap.Duration(fieldDuration, time.Since(start))}
+			zap.Int(fieldStatus, w.status()), zap.Duration(fieldDuration, time.Since(start))}
 		if len(skipped) > 0 {
 			fields = append(fields, zap.Strings(fieldSkipped, skipped))
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/m1-agent/m1/internal/approval"
 	"github.com/m1-agent/m1/internal/demotool"
@@ -768,4 +769,29 @@ func keys(m *sync.Map) []any {
 	var out []any
 	m.Range(func(k, _ any) bool { out = append(out, k); return true })
 	return out
+}
+
+// Every request logs one line with its decision and the status the client
+// got: the upstream's on an allow, the sidecar's on a deny.
+func TestRequestLogLine(t *testing.T) {
+	az := startAuthz(t)
+	up := startUpstream(t, func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusAccepted) })
+	core, logs := observer.New(zap.InfoLevel)
+	base := startProxy(t, az.addr, up.url, func(o *devproxy.Options) { o.Logger = zap.New(core) })
+	h := map[string]string{"Content-Type": "application/json"}
+	send(t, "POST", base+"/tools/read_file", h, `{"path":"notes.txt"}`)
+	send(t, "POST", base+"/tools/write_file", h, `{"path":"x","content":"y"}`)
+	lines := logs.FilterMessage("request").AllUntimed()
+	if len(lines) != 2 {
+		t.Fatalf("logged %d request lines, want 2: %v", len(lines), lines)
+	}
+	for i, want := range []struct {
+		decision string
+		status   int64
+	}{{"allow", http.StatusAccepted}, {"deny", http.StatusUnauthorized}} {
+		m := lines[i].ContextMap()
+		if m["decision"] != want.decision || m["status"] != want.status {
+			t.Errorf("request line %d: decision %v, status %v; want %s, %d", i, m["decision"], m["status"], want.decision, want.status)
+		}
+	}
 }
