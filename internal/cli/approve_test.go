@@ -25,7 +25,7 @@ type fakeOrchestrator struct {
 	mu         sync.Mutex
 	proposals  []store.Proposal // in creation order
 	runs       map[string]store.Run
-	refuse     map[string]bool // proposal ids whose approval is answered 400 args_mismatch
+	refuse     map[string]bool   // proposal ids whose approval is answered 400 args_mismatch
 	callStatus map[string]string // proposal ids whose approved call ends so (default succeeded)
 	approvals  []posted
 	rejections []posted

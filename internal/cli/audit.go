@@ -195,8 +195,9 @@ type chainReport struct {
 	LastSeq  int64        `json:"last_seq"`
 	LastHash string       `json:"last_hash"`
 	Break    *breakReport `json:"break,omitempty"`
-	// Signed is what the signed checkpoints (--checkpoints) say of the
-	// chain; absent without any for it.
+	// Signed is what the checkpoints (--checkpoints) say of the chain,
+	// signed or, when Signed.Verified is false, read unverified; absent
+	// without any for it.
 	Signed *signedReport `json:"signed,omitempty"`
 }
 
@@ -219,17 +220,14 @@ func runAuditVerify(ctx context.Context, c *cmdIO, args []string) int {
 	if code, ok := parse(fs, c, args, 0, 0); !ok {
 		return code
 	}
-	var (
-		signed  map[string][]checkpoint.SignedHead
-		nSigned int
-		badCps  map[string]error
-	)
+	var cps checkpointSet
 	if *cpDir != "" {
 		var err error
-		if signed, nSigned, badCps, err = loadCheckpoints(c, *cpDir, *cpKeys); err != nil {
+		if cps, err = loadCheckpoints(c, *cpDir, *cpKeys); err != nil {
 			return fail(c, "audit verify", err)
 		}
 	}
+	signed, badCps := cps.heads, cps.bad
 	st, err := sf.open(ctx)
 	if err != nil {
 		return fail(c, "audit verify", err)
@@ -273,6 +271,9 @@ func runAuditVerify(ctx context.Context, c *cmdIO, args []string) int {
 			verr = err
 			break
 		}
+		if r.Signed != nil {
+			r.Signed.Verified = cps.verified
+		}
 		events += r.Events
 		if r.OK {
 			intact++
@@ -303,12 +304,18 @@ func runAuditVerify(ctx context.Context, c *cmdIO, args []string) int {
 			Intact int           `json:"intact"`
 			Broken int           `json:"broken"`
 			Events int64         `json:"events"`
-			// Checkpoints counts the signed checkpoints verified;
-			// BadCheckpoints names those that did not verify, and why.
-			Checkpoints    int               `json:"checkpoints,omitempty"`
-			BadCheckpoints map[string]string `json:"bad_checkpoints,omitempty"`
-			Error          string            `json:"error,omitempty"` // verification stopped
-		}{OK: broken == 0 && len(badCps) == 0 && verr == nil, Chains: reports, Intact: intact, Broken: broken, Events: events, Checkpoints: nSigned}
+			// Checkpoints counts the checkpoints read, their signatures
+			// verified when CheckpointsVerified (given with --checkpoints)
+			// is true; BadCheckpoints names those that were refused, and
+			// why.
+			Checkpoints         int               `json:"checkpoints,omitempty"`
+			CheckpointsVerified *bool             `json:"checkpoints_verified,omitempty"`
+			BadCheckpoints      map[string]string `json:"bad_checkpoints,omitempty"`
+			Error               string            `json:"error,omitempty"` // verification stopped
+		}{OK: broken == 0 && len(badCps) == 0 && verr == nil, Chains: reports, Intact: intact, Broken: broken, Events: events, Checkpoints: cps.good}
+		if *cpDir != "" {
+			out.CheckpointsVerified = &cps.verified
+		}
 		if out.Chains == nil {
 			out.Chains = []chainReport{}
 		}
@@ -327,8 +334,12 @@ func runAuditVerify(ctx context.Context, c *cmdIO, args []string) int {
 		}
 		fmt.Fprintf(c.stdout, "%s\n", b)
 	case verr == nil && *cpDir != "":
-		fmt.Fprintf(c.stdout, "%d chains: %d intact, %d broken; %d events verified; %d signed checkpoints, %d bad\n",
-			intact+broken, intact, broken, events, nSigned, len(badCps))
+		read := "signed"
+		if !cps.verified {
+			read = "unverified"
+		}
+		fmt.Fprintf(c.stdout, "%d chains: %d intact, %d broken; %d events verified; %d %s checkpoints, %d bad\n",
+			intact+broken, intact, broken, events, cps.good, read, len(badCps))
 	case verr == nil:
 		fmt.Fprintf(c.stdout, "%d chains: %d intact, %d broken; %d events verified\n", intact+broken, intact, broken, events)
 	}
@@ -355,8 +366,11 @@ func printChainReport(c *cmdIO, r chainReport) {
 		case r.Checkpoint > 0:
 			fmt.Fprintf(c.stdout, " (seq %d to %d; pruned through seq %d)", r.Checkpoint+1, r.LastSeq, r.Checkpoint)
 		}
-		if r.Signed != nil {
-			fmt.Fprintf(c.stdout, " (holds its signed head, seq %d)", r.Signed.Seq)
+		switch s := r.Signed; {
+		case s != nil && s.Verified:
+			fmt.Fprintf(c.stdout, " (holds its signed head, seq %d)", s.Seq)
+		case s != nil:
+			fmt.Fprintf(c.stdout, " (holds its unverified checkpoint head, seq %d)", s.Seq)
 		}
 		fmt.Fprintln(c.stdout)
 		return

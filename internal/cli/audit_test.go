@@ -7,8 +7,10 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -642,5 +644,32 @@ func TestParseAge(t *testing.T) {
 		if (err == nil) != tc.ok || got != tc.want {
 			t.Errorf("parseAge(%q) = %v, %v; want %v, ok %v", tc.in, got, err, tc.want, tc.ok)
 		}
+	}
+}
+
+// The CSV columns are the fields of docs/AUDIT.md's event table in its
+// order, except args_truncated, which comes last; the doc says so where it
+// describes the CSV export.
+func TestAuditCSVColumnsMatchDoc(t *testing.T) {
+	raw, err := os.ReadFile("../../docs/AUDIT.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(raw)
+	_, event, _ := strings.Cut(doc, "\n## The event\n")
+	event, _, _ = strings.Cut(event, "\n## ")
+	var fields []string
+	for _, m := range regexp.MustCompile("(?m)^\\| `([a-z_0-9]+)` \\|").FindAllStringSubmatch(event, -1) {
+		fields = append(fields, m[1])
+	}
+	want := slices.DeleteFunc(slices.Clone(fields), func(f string) bool { return f == "args_truncated" })
+	want = append(want, "args_truncated")
+	if len(fields) != len(csvHeader) || !slices.Equal(csvHeader, want) {
+		t.Errorf("csvHeader = %v\nwant the event table's fields with args_truncated last: %v", csvHeader, want)
+	}
+	_, bullet, _ := strings.Cut(doc, "\n- `--format csv`:")
+	bullet, _, _ = strings.Cut(bullet, "\n- ")
+	if !regexp.MustCompile("(?s)`args_truncated`.*\\blast\\b").MatchString(bullet) {
+		t.Errorf("docs/AUDIT.md's --format csv does not say that args_truncated comes last:\n%s", bullet)
 	}
 }

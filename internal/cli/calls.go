@@ -17,10 +17,11 @@ import (
 // Envoy's access log); m1-orchestrator's results have another.
 const outcomeSource = "envoy_access_log"
 
-// call is one row of export --format calls: a decision and what came of it.
+// call is one row of export --format calls: a decision and what came of it,
+// or a dispatch result that matches no decision.
 type call struct {
 	time       time.Time
-	decisionID string
+	decisionID string // "-" for a dispatch result that matches no decision
 	tool       string
 	principal  string
 	decision   string // allow | deny, "-" when the decision is not in the export
@@ -32,8 +33,11 @@ type call struct {
 // callsView gathers the events of an export by decision id, in the order
 // their first event came (time order), and prints them side by side: the
 // decision, the tool's outcome as Envoy saw it, and the orchestrator's
-// dispatch result when there is one. It holds the rows in memory: bound the
-// export (--run, --since, --limit).
+// dispatch result when there is one. A dispatch result that matches no
+// decision of the export is a row of its own, with the decision's columns
+// "-": a call made under a grant (whose decision names no proposal or run),
+// a decision outside the export's window or filters. It holds the rows in
+// memory: bound the export (--run, --since, --limit).
 type callsView struct {
 	rows       []*call
 	byID       map[string]*call
@@ -47,10 +51,13 @@ func newCallsView() *callsView {
 func (v *callsView) add(e store.Event) error {
 	if e.Kind == store.KindResult && e.DecisionID == "" && e.ProposalID != "" {
 		// The orchestrator's dispatch result when the tool's answer did
-		// not carry the decision id: linked by its proposal.
+		// not carry the decision id: linked by its proposal, else a row
+		// of its own.
 		if c, ok := v.byProposal[e.ProposalID]; ok && c.dispatch == nil {
 			c.dispatch = &e
+			return nil
 		}
+		v.rows = append(v.rows, &call{time: e.Time, decisionID: "-", tool: e.Tool, principal: e.Principal, decision: "-", dispatch: &e})
 		return nil
 	}
 	if e.DecisionID == "" || (e.Kind != store.KindDecision && e.Kind != store.KindResult) {

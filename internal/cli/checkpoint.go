@@ -96,8 +96,13 @@ func writeCheckpoint(ctx context.Context, src checkpoint.Source, tg checkpoint.T
 	return name, cp, nil
 }
 
-// signedReport is what the signed checkpoints say of one chain.
+// signedReport is what the checkpoints say of one chain.
 type signedReport struct {
+	// Verified is whether the checkpoints' signatures were verified
+	// (--checkpoint-keys or $M1_AUDIT_CHECKPOINT_KEY_FILE); false: they
+	// were read unverified, and prove nothing against someone who can
+	// write them.
+	Verified bool `json:"verified"`
 	// Seq is the highest head the checkpoints hold for the chain, File and
 	// Time the checkpoint that holds it.
 	Seq  int64     `json:"seq"`
@@ -163,7 +168,7 @@ func (h *heads) report(streamed bool) *signedReport {
 	for _, s := range h.signed {
 		if got, ok := h.got[s.Seq]; ok && got != s.Hash {
 			r.Finding = findingRewritten
-			r.Reason = fmt.Sprintf("seq %d's hash %.16s… is not the %.16s… that checkpoint %s (%s) signed: the chain was rewritten",
+			r.Reason = fmt.Sprintf("seq %d's hash %.16s… is not the %.16s… that checkpoint %s (%s) holds: the chain was rewritten",
 				s.Seq, got, s.Hash, s.File, s.Time.UTC().Format(time.RFC3339))
 			return r
 		}
@@ -182,12 +187,20 @@ func missingChain(writer string, signed []checkpoint.SignedHead) chainReport {
 	}}
 }
 
+// checkpointSet is the checkpoints loadCheckpoints read.
+type checkpointSet struct {
+	heads    map[string][]checkpoint.SignedHead // by writer, of the good files
+	good     int                                // files read (and verified, when verified)
+	bad      map[string]error                   // file name → why it was refused
+	verified bool                               // the signatures were verified
+}
+
 // loadCheckpoints reads the checkpoints in dir and verifies their
 // signatures with the keys in keysFile or, without one, with the public
 // half of $M1_AUDIT_CHECKPOINT_KEY_FILE (the key m1-authz signs them with);
-// with neither, the signatures are not verified and a warning on stderr
-// says so.
-func loadCheckpoints(c *cmdIO, dir, keysFile string) (map[string][]checkpoint.SignedHead, int, map[string]error, error) {
+// with neither, the signatures are not verified (verified is false) and a
+// warning on stderr says so.
+func loadCheckpoints(c *cmdIO, dir, keysFile string) (checkpointSet, error) {
 	if keysFile == "" {
 		keysFile, _ = c.lookupEnv("M1_AUDIT_CHECKPOINT_KEY_FILE")
 	}
@@ -195,14 +208,14 @@ func loadCheckpoints(c *cmdIO, dir, keysFile string) (map[string][]checkpoint.Si
 	if keysFile != "" {
 		var err error
 		if keys, err = checkpoint.LoadKeys(keysFile); err != nil {
-			return nil, 0, nil, err
+			return checkpointSet{}, err
 		}
 	} else {
 		fmt.Fprintln(c.stderr, "warning: checkpoint signatures not verified (no --checkpoint-keys, $M1_AUDIT_CHECKPOINT_KEYS or $M1_AUDIT_CHECKPOINT_KEY_FILE): they can show a chain cut short or rewritten, but only signed ones prove it intact against someone who can write the checkpoints too")
 	}
 	good, bad, err := checkpoint.ReadDir(dir, keys)
 	if err != nil {
-		return nil, 0, nil, err
+		return checkpointSet{}, err
 	}
-	return checkpoint.ByWriter(good), len(good), bad, nil
+	return checkpointSet{heads: checkpoint.ByWriter(good), good: len(good), bad: bad, verified: keysFile != ""}, nil
 }

@@ -181,6 +181,52 @@ func testAuditCheckpoint(t *testing.T, newDB func(*testing.T) auditDB) {
 	})
 }
 
+// Checkpoints read without a key are not called signed: verify says they
+// went unverified, in the text and in --json.
+func TestAuditVerifyUnverifiedCheckpoints(t *testing.T) {
+	const w = "m1-authz/host-1/7/20260301T120000.000000000Z"
+	priv, pub := checkpointKeys(t)
+	d := newSQLiteDB(t)
+	d.add(t, w, auditEvents("w", spaced(time.Now().Add(-time.Hour), time.Second, 3)))
+	cps := filepath.Join(t.TempDir(), "checkpoints")
+	if r := m1Audit(t, "checkpoint", "--db", d.dsn, "--out", cps, "--key", priv); r.code != 0 {
+		t.Fatalf("audit checkpoint =\n%v", r)
+	}
+
+	r := m1Audit(t, "verify", "--db", d.dsn, "--checkpoints", cps)
+	if r.code != 0 || !strings.Contains(r.stdout, "ok      "+w+"  3 events (holds its unverified checkpoint head, seq 3)\n") ||
+		!strings.HasSuffix(r.stdout, "; 1 unverified checkpoints, 0 bad\n") || strings.Contains(r.stdout, "signed") {
+		t.Errorf("verify --checkpoints without keys =\n%v\nwant the head and the checkpoints called unverified, never signed", r)
+	}
+	var got struct {
+		Checkpoints         int           `json:"checkpoints"`
+		CheckpointsVerified *bool         `json:"checkpoints_verified"`
+		Chains              []chainReport `json:"chains"`
+	}
+	r = m1Audit(t, "verify", "--db", d.dsn, "--checkpoints", cps, "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || r.code != 0 {
+		t.Fatalf("verify --checkpoints --json without keys = %v\n%v", err, r)
+	}
+	if got.Checkpoints != 1 || got.CheckpointsVerified == nil || *got.CheckpointsVerified ||
+		len(got.Chains) != 1 || got.Chains[0].Signed == nil || got.Chains[0].Signed.Verified {
+		t.Errorf("verify --checkpoints --json without keys = %s\nwant checkpoints 1, checkpoints_verified false, the chain's signed.verified false", r.stdout)
+	}
+
+	// With the key: signed, and verified.
+	r = m1Audit(t, "verify", "--db", d.dsn, "--checkpoints", cps, "--checkpoint-keys", pub)
+	if r.code != 0 || !strings.Contains(r.stdout, "(holds its signed head, seq 3)\n") || !strings.HasSuffix(r.stdout, "; 1 signed checkpoints, 0 bad\n") {
+		t.Errorf("verify --checkpoints --checkpoint-keys =\n%v", r)
+	}
+	got.CheckpointsVerified = nil
+	r = m1Audit(t, "verify", "--db", d.dsn, "--checkpoints", cps, "--checkpoint-keys", pub, "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || r.code != 0 {
+		t.Fatalf("verify --checkpoints --checkpoint-keys --json = %v\n%v", err, r)
+	}
+	if got.CheckpointsVerified == nil || !*got.CheckpointsVerified || got.Chains[0].Signed == nil || !got.Chains[0].Signed.Verified {
+		t.Errorf("verify --checkpoints --checkpoint-keys --json = %s\nwant checkpoints_verified true, signed.verified true", r.stdout)
+	}
+}
+
 // export --format calls puts each decision beside its outcome from Envoy's
 // access log and the orchestrator's dispatch result.
 func TestAuditExportCalls(t *testing.T) {
@@ -222,5 +268,58 @@ func TestAuditExportCalls(t *testing.T) {
 		if got := strings.Join(strings.Fields(lines[i+1])[1:], " "); got != want {
 			t.Errorf("row %d = %q, want %q", i+1, got, want)
 		}
+	}
+}
+
+// A call made under a run's grant: the sidecar's decision names no run or
+// proposal (the grant names neither), so the orchestrator's dispatch result
+// matches no decision row. It is printed as its own row, never dropped.
+func TestAuditExportCallsGranted(t *testing.T) {
+	d := newSQLiteDB(t)
+	at := time.Now().Add(-time.Minute).UTC().Truncate(time.Second)
+	ev := func(off int, e store.Event) store.Event {
+		e.Time = at.Add(time.Duration(off) * time.Second)
+		return e
+	}
+	d.add(t, "m1-authz/h/1/x", []store.Event{
+		ev(0, store.Event{Kind: store.KindDecision, DecisionID: "d-g1", Tool: "read_file", Principal: "agent-1", Decision: "allow", Reason: "ok", Status: 200, TokenJTI: "grant-1"}),
+		ev(1, store.Event{Kind: store.KindResult, DecisionID: "d-g1", Tool: "read_file", Principal: "agent-1", Decision: "succeeded", Reason: "ok", Status: 200, LatencyMicros: 2500,
+			Detail: `{"source":"envoy_access_log"}`}),
+	})
+	d.add(t, "m1-orchestrator/h/2/x", []store.Event{
+		ev(2, store.Event{Kind: store.KindResult, RunID: "run-g", ProposalID: "p-1", Tool: "read_file", Principal: "agent-1", Decision: "succeeded", Reason: "ok", Status: 200,
+			Detail: `{"run_cost_usd":0.1}`}),
+		ev(3, store.Event{Kind: store.KindResult, RunID: "run-g", ProposalID: "p-2", Tool: "write_file", Principal: "agent-1", Decision: "failed", Reason: "interrupted"}),
+	})
+	for _, tt := range []struct {
+		name string
+		args []string
+		want []string // rows, without the time
+	}{
+		{"the run", []string{"--run", "run-g"}, []string{
+			"- read_file agent-1 - - - - - succeeded 200",
+			"- write_file agent-1 - - - - - failed",
+		}},
+		{"everything", nil, []string{
+			"d-g1 read_file agent-1 allow ok succeeded 200 2.5 -",
+			"- read_file agent-1 - - - - - succeeded 200",
+			"- write_file agent-1 - - - - - failed",
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := m1Audit(t, append([]string{"export", "--db", d.dsn, "--since", "1h", "--format", "calls"}, tt.args...)...)
+			if r.code != 0 {
+				t.Fatalf("export --format calls %v =\n%v", tt.args, r)
+			}
+			lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+			if len(lines) != len(tt.want)+1 {
+				t.Fatalf("export --format calls %v = %q, want a header and %d rows", tt.args, r.stdout, len(tt.want))
+			}
+			for i, want := range tt.want {
+				if got := strings.Join(strings.Fields(lines[i+1])[1:], " "); got != want {
+					t.Errorf("export --format calls %v: row %d = %q, want %q", tt.args, i+1, got, want)
+				}
+			}
+		})
 	}
 }

@@ -205,3 +205,28 @@ func TestHealthCommand(t *testing.T) {
 		}
 	}
 }
+
+// m1 help lists the commands in two columns: every summary starts in the
+// same column, at least two spaces after the longest name.
+func TestHelpCommandsAligned(t *testing.T) {
+	r := m1(t, "", "help")
+	_, list, ok := strings.Cut(r.stdout, "Commands:\n")
+	if r.code != exitOK || !ok {
+		t.Fatalf("m1 help =\n%v", r)
+	}
+	list, _, _ = strings.Cut(list, "\n\n")
+	lines := strings.Split(list, "\n")
+	if len(lines) != len(commands()) {
+		t.Fatalf("m1 help lists %d commands, want %d:\n%s", len(lines), len(commands()), list)
+	}
+	longest := 0
+	for _, cmd := range commands() {
+		longest = max(longest, len(cmd.name))
+	}
+	for i, cmd := range commands() {
+		want := "  " + cmd.name + strings.Repeat(" ", longest-len(cmd.name)+2) + cmd.summary
+		if lines[i] != want {
+			t.Errorf("m1 help line %d = %q, want %q", i+1, lines[i], want)
+		}
+	}
+}

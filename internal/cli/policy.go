@@ -26,7 +26,7 @@ const policyUsage = `Usage:
   m1 policy test [DIR]
   m1 policy eval [DIR] --input FILE [flags]
   m1 policy sign DIR --key PRIVATE.pem (--out BUNDLE.tar.gz | --signatures)
-  m1 policy replay BUNDLE --since DURATION [--db URL] [--json]
+  m1 policy replay BUNDLE [--since T] [--db URL] [--json]
 
 Commands:
   test    run the bundle's Rego unit tests (exit 0 pass, 1 fail, 2 error)

@@ -85,9 +85,13 @@ func runPolicySign(_ context.Context, c *cmdIO, args []string) int {
 	return exitOK
 }
 
-const policyReplayDescription = `Re-decide the decisions of the audit trail since DURATION ago with the
-candidate bundle (a directory or a .tar.gz) and list every one whose
-decision would change: the rollout check before a bundle goes live.
+const policyReplayDescription = `Re-decide the decisions of the audit trail since T with the candidate
+bundle (a directory or a .tar.gz) and list every one whose decision would
+change: the rollout check before a bundle goes live.
+
+T is, as for m1 audit export, an RFC 3339 time (2026-03-01T12:00:00Z) or
+an age back from now: a Go duration (90m, 24h) or whole days, weeks or
+years (7d, 2w, 1y; a year is 365 days).
 
 Only decisions the policy made are replayed (allowed, policy_denied,
 policy_error; a call refused by a hard check never reached the policy).
@@ -126,16 +130,22 @@ type replayReport struct {
 func runPolicyReplay(ctx context.Context, c *cmdIO, args []string) int {
 	env := auditEnv()
 	env["path"] = "M1_POLICY_PATH"
-	fs := newFlagSet("policy replay", "m1 policy replay BUNDLE --since DURATION [--db URL] [--json]", policyReplayDescription, env)
-	since := fs.Duration("since", 24*time.Hour, "replay the decisions of this last `duration`")
+	fs := newFlagSet("policy replay", "m1 policy replay BUNDLE [--since T] [--db URL] [--json]", policyReplayDescription, env)
+	since := fs.String("since", "24h", "replay the decisions at or after `T`: an RFC 3339 time, or an age such as 24h or 7d")
 	path := fs.String("path", policy.DefaultPath, "decision `path` in the bundle")
 	asJSON := fs.Bool("json", false, "print the report as one JSON object")
 	sf := addStoreFlags(fs)
 	if code, ok := parse(fs, c, args, 1, 1); !ok {
 		return code
 	}
-	if *since <= 0 {
-		code, _ := usageError(fs, c, errors.New("--since must be positive"))
+	now := time.Now()
+	from, err := parseWhen(*since, now)
+	switch {
+	case err != nil:
+		code, _ := usageError(fs, c, fmt.Errorf("--since %w", err))
+		return code
+	case !from.Before(now):
+		code, _ := usageError(fs, c, fmt.Errorf("--since must be in the past, not %s", from.UTC().Format(time.RFC3339)))
 		return code
 	}
 	b, err := readCandidate(fs.Arg(0))
@@ -152,7 +162,7 @@ func runPolicyReplay(ctx context.Context, c *cmdIO, args []string) int {
 	}
 	defer st.Close()
 
-	rep := replayReport{Candidate: engine.Revision(), Since: time.Now().Add(-*since).UTC(), Changed: []replayed{}, Skipped: map[string]int{}}
+	rep := replayReport{Candidate: engine.Revision(), Since: from.UTC(), Changed: []replayed{}, Skipped: map[string]int{}}
 	needs := engine.Needs()
 	outside := needs.All || needs.Attributes || needs.ParsedPath || needs.ParsedQuery || needs.ParsedBody || needs.TruncatedBody || needs.Version
 	readsArgs := needs.M1Paths == nil

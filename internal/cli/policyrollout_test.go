@@ -112,3 +112,57 @@ decision := {"allowed": false, "reason": "secret_path", "http_status": 403} if s
 		t.Errorf("m1 policy replay (same decisions): %v, want exit 0", r)
 	}
 }
+
+// --since takes what m1 audit export's does: an age (a Go duration, or
+// days, weeks, years) or an RFC 3339 time.
+func TestPolicyReplaySince(t *testing.T) {
+	db := newSQLiteDB(t)
+	now := time.Now().UTC()
+	ev := func(id string, at time.Duration) store.Event {
+		return store.Event{DecisionID: id, Time: now.Add(-at), Kind: store.KindDecision, Principal: "agent-1", Tool: "write_file",
+			ArgsSHA256: "x", Decision: "allow", Reason: "ok", Status: 200, PolicyRevision: "old"}
+	}
+	db.add(t, "m1-authz/test", []store.Event{ev("d-1h", time.Hour), ev("d-3d", 72*time.Hour), ev("d-10d", 240*time.Hour)})
+	// The candidate denies every call: each replayed decision changes.
+	candidate := sourcetest.WriteDir(t, t.TempDir(), map[string]string{"authz.rego": "package m1.authz\n\nimport rego.v1\n\ndecision := {\"allowed\": false, \"reason\": \"no\"}\n"})
+	for _, tt := range []struct {
+		since    string
+		wantCode int
+		want     int    // decisions replayed
+		stderr   string // on exit 2
+	}{
+		{"2h", exitDeny, 1, ""},
+		{"7d", exitDeny, 2, ""},
+		{"2w", exitDeny, 3, ""},
+		{now.Add(-100 * time.Hour).Format(time.RFC3339), exitDeny, 2, ""},
+		{"xyz", exitError, 0, `--since "xyz": want an RFC 3339 time`},
+		{"0s", exitError, 0, "--since must be in the past"},
+		{"now", exitError, 0, "--since must be in the past"},
+		{now.Add(time.Hour).Format(time.RFC3339), exitError, 0, "--since must be in the past"},
+		{"-1h", exitError, 0, "negative"},
+	} {
+		t.Run(tt.since, func(t *testing.T) {
+			r := m1Env(t, map[string]string{}, "policy", "replay", candidate, "--since", tt.since, "--db", db.dsn, "--json")
+			if r.code != tt.wantCode {
+				t.Fatalf("m1 policy replay --since %s: %v, want exit %d", tt.since, r, tt.wantCode)
+			}
+			if tt.wantCode == exitError {
+				if !strings.Contains(r.stderr, tt.stderr) {
+					t.Errorf("m1 policy replay --since %s: stderr %q, want %q", tt.since, r.stderr, tt.stderr)
+				}
+				return
+			}
+			var rep replayReport
+			if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+				t.Fatalf("--json output: %v\n%s", err, r.stdout)
+			}
+			if rep.Replayed != tt.want {
+				t.Errorf("m1 policy replay --since %s: replayed %d, want %d", tt.since, rep.Replayed, tt.want)
+			}
+		})
+	}
+	// The default is the last day.
+	if r := m1Env(t, map[string]string{}, "policy", "replay", candidate, "--db", db.dsn); r.code != exitDeny || !strings.Contains(r.stdout, "1 decisions since") {
+		t.Errorf("m1 policy replay (default --since): %v", r)
+	}
+}

@@ -61,6 +61,16 @@ func argsSHA256(tool string, args []byte) (string, error) {
 	return sum, err
 }
 
+// checkTool refuses a --tool the sidecar would refuse, as the flag's error:
+// argsSHA256 checks the tool's name too, but its error would be taken for
+// one of the arguments.
+func checkTool(tool string) error {
+	if _, err := argsSHA256(tool, []byte("{}")); err != nil {
+		return fmt.Errorf("--tool: %w", err)
+	}
+	return nil
+}
+
 const tokenMintDescription = `Sign an approval token and print it on stdout (and nothing else, so that
 TOKEN=$(m1 token mint …) works).
 
@@ -101,7 +111,7 @@ func runTokenMint(_ context.Context, c *cmdIO, args []string) int {
 	runID := fs.String("run-id", "", "orchestrator run `id` (m1.run_id)")
 	proposalID := fs.String("proposal-id", "", "orchestrator proposal `id` (m1.proposal_id)")
 	jti := fs.String("jti", "", "token `id` (default: 128 random bits)")
-	nbfSkew := fs.Duration("nbf-skew", 0, "backdate iat and nbf by this `duration`")
+	nbfSkew := fs.Duration("nbf-skew", 0, "backdate iat and nbf by this `duration`, whole seconds")
 	asJSON := fs.Bool("json", false, "print {token, jti, exp, args_sha256} as one JSON object")
 	if code, ok := parse(fs, c, args, 0, 0); !ok {
 		return code
@@ -119,6 +129,8 @@ func runTokenMint(_ context.Context, c *cmdIO, args []string) int {
 		return usageErr("--sub is required")
 	case *nbfSkew < 0 || *nbfSkew >= sf.ttl:
 		return usageErr("--nbf-skew %v: must be at least 0 and less than --ttl", *nbfSkew)
+	case *nbfSkew%time.Second != 0:
+		return usageErr("--nbf-skew %v: must be a whole number of seconds (iat and nbf are in seconds)", *nbfSkew)
 	}
 	audience, err := sf.audience()
 	if err != nil {
@@ -151,6 +163,9 @@ func runTokenMint(_ context.Context, c *cmdIO, args []string) int {
 			return usageErr("--tools and --max-uses need --grant")
 		case *tool == "":
 			return usageErr("--tool is required (or --grant)")
+		}
+		if err := checkTool(*tool); err != nil {
+			return usageErr("%v", err)
 		}
 		raw, err := readArg(c, *toolArgs)
 		if err != nil {
@@ -248,6 +263,8 @@ func (s *signing) check() error {
 		return errors.New("--aud (or $M1_AUDIENCE) is required")
 	case s.ttl < time.Second:
 		return fmt.Errorf("--ttl %v: must be at least 1s", s.ttl)
+	case s.ttl%time.Second != 0:
+		return fmt.Errorf("--ttl %v: must be a whole number of seconds (exp is in seconds)", s.ttl)
 	case s.maxTTLMinutes < 0:
 		return errors.New("--max-ttl-minutes must not be negative")
 	case s.maxTTLMinutes > 0 && s.ttl > time.Duration(s.maxTTLMinutes)*time.Minute:
@@ -396,13 +413,15 @@ With --jwks (the sidecars' public JWKS; --secret-env NAME adds an HS256
 secret, or verifies with it alone) the token is verified by the sidecar's
 own verifier, hard checks 1 to 7: signature and algorithm, typ and claims,
 expiry, not-before, lifetime, audience (--aud, else the token's first
-aud), issuer; it prints ok or the error code. With --tool (and --args,
+aud), issuer; it prints ok or the error code. --aud, --clock-skew,
+--max-ttl-minutes and --trusted-issuers apply to that verification only,
+and are refused without --jwks or --secret-env. With --tool (and --args,
 default {}) it also says whether the token allows that call (tool_mismatch,
 args_mismatch). Revocation and single use are the sidecar's state and are
 not checked.
 
 Exit status: 0 decoded (and, when asked, valid and bound to the call),
-1 malformed, invalid or not bound, 2 error.`
+1 malformed, invalid or not bound, 2 error (bad flags, no token).`
 
 func runTokenInspect(_ context.Context, c *cmdIO, args []string) int {
 	fs := newFlagSet("token inspect", "m1 token inspect TOKEN|- [--jwks FILE] [--aud AUD] [--tool TOOL [--args JSON]]",
@@ -415,12 +434,12 @@ func runTokenInspect(_ context.Context, c *cmdIO, args []string) int {
 		})
 	jwks := fs.String("jwks", "", "verify against this public JWKS `file`")
 	secretEnv := fs.String("secret-env", "", "verify HS256 with the secret in the environment variable `NAME`")
-	aud := fs.String("aud", "", "the sidecar's `audience` (default: the token's first aud)")
+	aud := fs.String("aud", "", "with --jwks: the sidecar's `audience` (default: the token's first aud)")
 	tool := fs.String("tool", "", "check that the token allows a call of this `tool`")
 	toolArgs := fs.String("args", "{}", "with --tool: the call's `arguments`, a JSON object, @FILE, or @- for stdin")
-	maxTTL := fs.Int("max-ttl-minutes", int(approval.DefaultMaxTTL/time.Minute), "longest accepted lifetime (exp - iat) in `minutes`")
-	skew := fs.Duration("clock-skew", approval.DefaultClockSkew, "leeway on exp, nbf and iat")
-	issuers := fs.String("trusted-issuers", "", "comma-separated `issuers` to accept (empty: any)")
+	maxTTL := fs.Int("max-ttl-minutes", int(approval.DefaultMaxTTL/time.Minute), "with --jwks: longest accepted lifetime (exp - iat) in `minutes`")
+	skew := fs.Duration("clock-skew", approval.DefaultClockSkew, "with --jwks: leeway on exp, nbf and iat")
+	issuers := fs.String("trusted-issuers", "", "with --jwks: comma-separated `issuers` to accept (empty: any)")
 	asJSON := fs.Bool("json", false, "print the result as one JSON object")
 	if code, ok := parse(fs, c, args, 1, 1); !ok {
 		return code
@@ -437,6 +456,23 @@ func runTokenInspect(_ context.Context, c *cmdIO, args []string) int {
 	case *skew < 0:
 		return usageErr("--clock-skew must not be negative")
 	}
+	if *jwks == "" && *secretEnv == "" {
+		// Given on the command line, not from the environment: a shell
+		// that sets $M1_AUDIENCE for the sidecars may still decode.
+		var verifyOnly []string
+		for _, name := range []string{"aud", "clock-skew", "max-ttl-minutes", "trusted-issuers"} {
+			if fs.given[name] {
+				verifyOnly = append(verifyOnly, "--"+name)
+			}
+		}
+		if len(verifyOnly) > 0 {
+			verb := "needs"
+			if len(verifyOnly) > 1 {
+				verb = "need"
+			}
+			return usageErr("%s %s --jwks FILE (or --secret-env NAME for HS256): without a key nothing is verified", strings.Join(verifyOnly, ", "), verb)
+		}
+	}
 	token := fs.Arg(0)
 	if token == "-" {
 		b, err := io.ReadAll(io.LimitReader(c.stdin, approval.MaxTokenLen+1024))
@@ -445,11 +481,20 @@ func runTokenInspect(_ context.Context, c *cmdIO, args []string) int {
 		}
 		token = string(b)
 	}
-	token = strings.TrimSpace(token)
+	if token = strings.TrimSpace(token); token == "" {
+		where := "the argument is empty"
+		if fs.Arg(0) == "-" {
+			where = "stdin is empty"
+		}
+		return fail(c, "token inspect", fmt.Errorf("no token: %s", where))
+	}
 
 	// Everything that can fail for a reason other than the token first.
 	var wantSHA string
 	if *tool != "" {
+		if err := checkTool(*tool); err != nil {
+			return usageErr("%v", err)
+		}
 		raw, err := readArg(c, *toolArgs)
 		if err != nil {
 			return fail(c, "token inspect", fmt.Errorf("read --args: %w", err))

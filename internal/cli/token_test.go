@@ -400,7 +400,7 @@ func TestTokenKeysRevokeHelp(t *testing.T) {
 		wantStdout string
 		wantStderr string
 	}{
-		{"listed in m1 help", []string{"help"}, exitOK, "  revoke   revoke approval tokens", ""},
+		{"listed in m1 help", []string{"help"}, exitOK, "  revoke     revoke approval tokens", ""},
 		{"keys", []string{"keys"}, exitError, "", "m1 keys gen"},
 		{"keys -h", []string{"keys", "-h"}, exitOK, "m1 keys gen", ""},
 		{"keys unknown", []string{"keys", "rotate"}, exitError, "", `unknown command "rotate"`},
@@ -424,6 +424,104 @@ func TestTokenKeysRevokeHelp(t *testing.T) {
 			}
 			if !strings.Contains(r.stdout, tt.wantStdout) || !strings.Contains(r.stderr, tt.wantStderr) {
 				t.Errorf("m1 %s: want stdout with %q, stderr with %q\n%s", strings.Join(tt.args, " "), tt.wantStdout, tt.wantStderr, r)
+			}
+		})
+	}
+}
+
+// A bad --tool is reported as --tool's, not as --args'.
+func TestTokenBadToolNamesTool(t *testing.T) {
+	key := keysGen(t, t.TempDir(), "--kid", "k1").PrivateKey
+	m := mint(t, nil, "--key", key, "--sub", "a", "--aud", "tools", "--tool", "t")
+	for _, tt := range []struct {
+		name string
+		args []string
+	}{
+		{"mint", []string{"token", "mint", "--key", key, "--sub", "a", "--aud", "tools", "--tool", "bad name"}},
+		{"mint with --args", []string{"token", "mint", "--key", key, "--sub", "a", "--aud", "tools", "--tool", "bad name", "--args", `{"a":1}`}},
+		{"inspect", []string{"token", "inspect", m.Token, "--tool", "bad name"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := m1With(t, nil, "", tt.args...)
+			if r.code != exitError || r.stdout != "" {
+				t.Fatalf("m1 %s: exit %d, stdout %q; want exit 2 and nothing on stdout\n%s", strings.Join(tt.args, " "), r.code, r.stdout, r)
+			}
+			first, _, _ := strings.Cut(r.stderr, "\n")
+			if !strings.Contains(first, `--tool: tool "bad name"`) || strings.Contains(first, "--args") {
+				t.Errorf("m1 %s: error %q, want it to name --tool (and not --args)", strings.Join(tt.args, " "), first)
+			}
+		})
+	}
+}
+
+// A lifetime (or backdating) that is not whole seconds is refused, not
+// truncated: the token could only carry whole seconds.
+func TestSigningRefusesFractionalSeconds(t *testing.T) {
+	key := keysGen(t, t.TempDir(), "--kid", "k1").PrivateKey
+	mintBase := []string{"token", "mint", "--key", key, "--sub", "a", "--aud", "tools", "--tool", "t"}
+	grantBase := []string{"grant", "--key", key, "--agent", "a", "--aud", "tools", "--tools", "t", "--max-uses", "1", "--operator", "op"}
+	for _, tt := range []struct {
+		name       string
+		args       []string
+		wantCode   int
+		wantStderr string
+	}{
+		{"mint --ttl 1500ms", append(slices.Clone(mintBase), "--ttl", "1500ms"), exitError, "--ttl 1.5s: must be a whole number of seconds"},
+		{"mint --ttl 90.5s", append(slices.Clone(mintBase), "--ttl", "90.5s"), exitError, "--ttl 1m30.5s: must be a whole number of seconds"},
+		{"mint --ttl 2m", append(slices.Clone(mintBase), "--ttl", "2m"), exitOK, ""},
+		{"mint --nbf-skew 1500ms", append(slices.Clone(mintBase), "--nbf-skew", "1500ms"), exitError, "--nbf-skew 1.5s: must be a whole number of seconds"},
+		{"grant --ttl 1500ms", append(slices.Clone(grantBase), "--ttl", "1500ms"), exitError, "--ttl 1.5s: must be a whole number of seconds"},
+		{"grant --ttl 90s", append(slices.Clone(grantBase), "--ttl", "90s"), exitOK, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := m1With(t, nil, "", tt.args...)
+			if r.code != tt.wantCode {
+				t.Fatalf("m1 %s: exit %d, want %d\n%s", strings.Join(tt.args, " "), r.code, tt.wantCode, r)
+			}
+			if tt.wantCode != exitOK && (r.stdout != "" || !strings.Contains(r.stderr, tt.wantStderr)) {
+				t.Errorf("m1 %s: stdout %q, stderr %q; want no token and %q", strings.Join(tt.args, " "), r.stdout, r.stderr, tt.wantStderr)
+			}
+		})
+	}
+}
+
+// Flags that only matter to verification need a key to verify with; an
+// empty token is an error, not a malformed token.
+func TestTokenInspectUsage(t *testing.T) {
+	dir := t.TempDir()
+	key := keysGen(t, dir, "--kid", "k1").PrivateKey
+	jwks := filepath.Join(dir, "jwks.json")
+	m := mint(t, nil, "--key", key, "--sub", "a", "--aud", "tools", "--tool", "t")
+	for _, tt := range []struct {
+		name       string
+		env        map[string]string
+		stdin      string
+		args       []string
+		wantCode   int
+		wantStderr string
+	}{
+		{"--aud without --jwks", nil, "", []string{m.Token, "--aud", "other"}, exitError, "--aud needs --jwks"},
+		{"--clock-skew without --jwks", nil, "", []string{m.Token, "--clock-skew", "1m"}, exitError, "--clock-skew needs --jwks"},
+		{"--max-ttl-minutes without --jwks", nil, "", []string{m.Token, "--max-ttl-minutes", "5"}, exitError, "--max-ttl-minutes needs --jwks"},
+		{"--trusted-issuers without --jwks", nil, "", []string{m.Token, "--trusted-issuers", "m1-cli"}, exitError, "--trusted-issuers needs --jwks"},
+		{"several without --jwks", nil, "", []string{m.Token, "--trusted-issuers", "x", "--aud", "other"}, exitError, "--aud, --trusted-issuers need --jwks"},
+		{"--aud with --jwks", nil, "", []string{m.Token, "--aud", "other", "--jwks", jwks}, exitDeny, ""},
+		{"--aud with $M1_JWKS_FILE", map[string]string{"M1_JWKS_FILE": jwks}, "", []string{m.Token, "--aud", "tools"}, exitOK, ""},
+		{"$M1_AUDIENCE without --jwks", map[string]string{"M1_AUDIENCE": "other", "M1_CLOCK_SKEW": "1m"}, "", []string{m.Token}, exitOK, ""},
+		{"--tool without --jwks", nil, "", []string{m.Token, "--tool", "t"}, exitOK, ""},
+		{"empty stdin", nil, "", []string{"-"}, exitError, "no token"},
+		{"blank stdin", nil, " \n\t\n", []string{"-"}, exitError, "no token"},
+		{"empty argument", nil, "", []string{""}, exitError, "no token"},
+		{"token on stdin", nil, m.Token + "\n", []string{"-"}, exitOK, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"token", "inspect"}, tt.args...)
+			r := m1With(t, tt.env, tt.stdin, args...)
+			if r.code != tt.wantCode {
+				t.Fatalf("m1 %q: exit %d, want %d\n%s", args, r.code, tt.wantCode, r)
+			}
+			if tt.wantCode == exitError && (r.stdout != "" || !strings.Contains(r.stderr, tt.wantStderr)) {
+				t.Errorf("m1 %q: stdout %q, stderr %q; want nothing and %q", args, r.stdout, r.stderr, tt.wantStderr)
 			}
 		})
 	}
