@@ -226,7 +226,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.DurationVar(&o.CacheL2TTL, "cache-l2-ttl", o.CacheL2TTL, "Redis decision cache entry lifetime")
 	fs.BoolVar(&o.Audit, "audit", o.Audit, "record every decision in the audit store")
 	fs.IntVar(&o.AuditMaxArgs, "audit-max-args-bytes", o.AuditMaxArgs, "largest tool arguments an audit event keeps (allowed calls of non-sensitive tools only); larger ones keep their args_sha256 alone, marked args_truncated")
-	fs.DurationVar(&o.PruneEvery, "audit-prune-interval", o.PruneEvery, "apply the retention policy (decisions, runs, tool calls: 2 years; revoked tokens: 30 days) this often; 0 = never")
+	fs.DurationVar(&o.PruneEvery, "audit-prune-interval", o.PruneEvery, "apply the retention policy (decisions, runs, proposals, tool calls: 2 years; revoked tokens: 30 days) this often; 0 = never")
 	fs.StringVar(&o.DatabaseURL, "database-url", o.DatabaseURL, "the store (security state and audit trail): empty = SQLite file m1.db under --data-dir; postgres://… for PostgreSQL")
 	fs.StringVar(&o.Checkpoint.Out, "audit-checkpoint-out", o.Checkpoint.Out, "write signed checkpoints of this process's audit chain to this directory (write-once storage) or http(s):// PUT URL (empty = off)")
 	fs.StringVar(&o.Checkpoint.KeyFile, "audit-checkpoint-key-file", o.Checkpoint.KeyFile, "the Ed25519 private JWK that signs audit checkpoints (required with --audit-checkpoint-out)")
