@@ -125,7 +125,7 @@ func Parse(h *authv3.AttributeContext_HttpRequest, headers Headers, opts Options
 	case path == opts.MCPPath && (c.Method == "POST" || c.Method == "GET" || c.Method == "DELETE"):
 		c.Kind, c.IsMCP = KindMCP, true
 		if c.Method != "POST" {
-			return c, routingHeaders(c, headers) // no JSON-RPC method: an mcp-method header names one
+			return c, noRoutingHeaders(headers)
 		}
 		if rerr := jsonMediaType(headers); rerr != nil {
 			return c, rerr
@@ -228,6 +228,19 @@ func routingHeaders(c Call, headers Headers) *Error {
 	}
 	if n, ok := headers.Lookup(headerMCPName); ok && c.Kind == KindToolCall && n != c.Tool {
 		return &Error{Code: deny.HeaderMismatch, Reason: "mcp-name header " + strconv.Quote(n) + " differs from params.name " + strconv.Quote(c.Tool)}
+	}
+	return nil
+}
+
+// noRoutingHeaders refuses MCP routing headers on a GET or DELETE of the
+// MCP path (the session stream, the session's end): there is no message
+// for them to agree with, and a gateway routing on them would take the
+// request for the call they name.
+func noRoutingHeaders(headers Headers) *Error {
+	for _, h := range []string{headerMCPMethod, headerMCPName} {
+		if v, ok := headers.Lookup(h); ok {
+			return &Error{Code: deny.HeaderMismatch, Reason: h + " header " + strconv.Quote(v) + " on a request that carries no JSON-RPC message"}
+		}
 	}
 	return nil
 }
@@ -657,6 +670,9 @@ func parseMCP(c Call, body []byte) (Call, *Error) {
 			}
 			if c.MCPMethod, err = s.readString(); err != nil {
 				return c, scanError(err)
+			}
+			if strings.IndexByte(c.MCPMethod, 0) >= 0 { // a C reader would end it there: "tools/call\u0000"
+				return c, badRequest("JSON-RPC method holds a NUL character")
 			}
 			hasMethod = true
 		case "params":

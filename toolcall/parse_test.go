@@ -175,6 +175,9 @@ func TestParseCallRejects(t *testing.T) {
 		{"mcp-method on a response", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":3,"result":{}}`, "mcp-method", "ping"), deny.HeaderMismatch, 400},
 		{"mcp-method on the session stream", httpReq("GET", "/mcp", ``, "mcp-method", "tools/call"), deny.HeaderMismatch, 400},
 		{"mcp-method on session end", httpReq("DELETE", "/mcp", ``, "mcp-method", "tools/call"), deny.HeaderMismatch, 400},
+		{"empty mcp-method on the session stream", httpReq("GET", "/mcp", ``, "mcp-method", ""), deny.HeaderMismatch, 400},
+		{"mcp-name on the session stream", httpReq("GET", "/mcp", ``, "mcp-name", "write_file"), deny.HeaderMismatch, 400},
+		{"method value with NUL", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call\u0000","params":{"name":"write_file","arguments":{}}}`), deny.BadRequest, 400},
 		// Names a reader that ends strings at NUL takes for others.
 		{"method with NUL", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method\u0000":"tools/call","params":{"name":"write_file","arguments":{}}}`), deny.BadRequest, 400},
 		{"name with NUL", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name\u0000":"write_file","name":"read_file","arguments":{}}}`), deny.BadRequest, 400},

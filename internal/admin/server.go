@@ -31,10 +31,12 @@ type Limits struct {
 	// MaxHeaderBytes bounds the request line and headers (net/http allows
 	// 4 KiB of slack beyond it); larger: 431.
 	MaxHeaderBytes int
-	// MaxBodyBytes bounds a request body: a larger Content-Length is
-	// answered 413 body_too_large before any handler runs, and a body that
-	// grows past it (chunked) fails the handler's read with an
-	// *http.MaxBytesError, which handlers answer 413 (see ReadError).
+	// MaxBodyBytes bounds a request body: with a larger Content-Length,
+	// or a body that grows past it (chunked), the handler's read fails
+	// with an *http.MaxBytesError, which handlers answer 413
+	// (BodyTooLarge) once the caller passed the token check (401 first);
+	// a larger Content-Length also ends the connection after the answer,
+	// its body unread (limitBody).
 	MaxBodyBytes int64
 }
 
@@ -112,12 +114,14 @@ func SecurityHeaders(next http.Handler) http.Handler {
 // Content-Length exceeds max gets a body that fails its first read, so
 // that the handler still answers a caller without the token 401 (DESIGN
 // §7: before any body) and a handler that reads answers 413 through
-// BodyTooLarge, neither reading a byte of it; other bodies are read
-// through http.MaxBytesReader.
+// BodyTooLarge, neither reading a byte of it; its answer, whatever it is,
+// ends the connection (RefuseBody), so that net/http does not read that
+// body after it either. Other bodies are read through http.MaxBytesReader.
 func limitBody(max int64, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.ContentLength > max:
+			RefuseBody(w)
 			r.Body = tooLarge{max}
 		case r.Body != nil && r.Body != http.NoBody:
 			r.Body = http.MaxBytesReader(w, r.Body, max)

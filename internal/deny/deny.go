@@ -55,11 +55,11 @@ type Entry struct {
 
 var table = []Entry{
 	{BodyTooLarge, 413, "the body is partial, larger than M1_MAX_BODY_BYTES, or shorter than its content-length says"},
-	{BadRequest, 400, "the body cannot be read exactly one way: not JSON, a batch, duplicate or case-folded duplicate names, a name holding NUL, too deep, bad framing"},
+	{BadRequest, 400, "the body cannot be read exactly one way: not JSON, a batch, duplicate or case-folded duplicate names, a name or JSON-RPC method holding NUL, too deep, bad framing"},
 	{NumberNotCanonical, 400, "a number does not survive a round trip through an IEEE-754 double, so RFC 8785 would hash two values alike"},
 	{UnsupportedMediaType, 415, "the content-type is not JSON: a tool choosing its parser by media type would read other arguments"},
 	{BadPath, 400, "the path has an empty, . or .. segment, a tool name outside [A-Za-z0-9_.-]{1,128}, or a query on a tool path"},
-	{HeaderMismatch, 400, "an MCP routing header (mcp-method, mcp-name) disagrees with the body, or names a method on a GET or DELETE of the MCP path"},
+	{HeaderMismatch, 400, "an MCP routing header (mcp-method, mcp-name) disagrees with the body, or comes with a GET or DELETE of the MCP path"},
 	{TokenInvalid, 401, "the approval token does not decode, its key or signature is wrong, or a claim is missing or malformed"},
 	{TokenExpired, 401, "the approval token's exp has passed (with M1_CLOCK_SKEW leeway)"},
 	{TokenNotYetValid, 401, "the approval token's nbf or iat lies in the future"},
