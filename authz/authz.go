@@ -291,7 +291,7 @@ func (s *Service) evaluate(ctx context.Context, req *authv3.CheckRequest, header
 	var key cache.Key
 	cacheable, _ := s.caching(engine)
 	if cacheable {
-		key = cacheKey(engine.Revision(), engine.Path(), engine.Needs().M1Paths, &v.call, v.principal, v.claims)
+		key = cacheKey(engine.CacheRevision(), engine.Path(), engine.Needs().M1Paths, &v.call, v.principal, v.claims)
 		if d, tier, ok := s.opts.Cache.Get(ctx, key); ok {
 			s.opts.Metrics.CacheHits.WithLabelValues(tier).Inc()
 			v.tier = tier

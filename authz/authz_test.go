@@ -345,6 +345,34 @@ func TestDecisionIDsUnique(t *testing.T) {
 	}
 }
 
+// Sidecars that share a decision cache (Redis) and run bundles with one
+// .manifest revision but other files (one started after the files changed)
+// never answer from each other's decisions.
+func TestCacheKeyIncludesTheBundlesFiles(t *testing.T) {
+	engine := func(allowed string) *policy.Engine {
+		b, err := policy.LoadFS(fstest.MapFS{
+			".manifest": {Data: []byte(`{"revision": "r2"}`)},
+			"p.rego":    {Data: []byte("package m1.authz\nimport rego.v1\ndecision := {\"allowed\": " + allowed + "}\n")},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return engineFrom(t, b)
+	}
+	open, closed := newService(t, engine("true"), true), newService(t, engine("false"), true)
+	if open.Policy().Revision() != "r2" || closed.Policy().Revision() != "r2" {
+		t.Fatalf("revisions %q and %q, want r2 for both", open.Policy().Revision(), closed.Policy().Revision())
+	}
+	closed.opts.Cache = open.opts.Cache // one shared cache
+	req := httpReq("POST", "/mcp", mcpCall("read_file", `{"path":"/etc/hosts"}`))
+	if r := check(t, open.Service, req); !r.allowed {
+		t.Fatalf("Check(allowing files) = deny %s, want allow", r.raw)
+	}
+	if r := check(t, closed.Service, req); r.allowed || r.body.Error != deny.PolicyDenied {
+		t.Fatalf("Check(denying files under the same revision, cache shared) = allowed %v %s, want deny policy_denied", r.allowed, r.raw)
+	}
+}
+
 // Sidecars that share a decision cache (Redis) and a bundle but evaluate
 // different rules of it (M1_POLICY_PATH) never answer from each other's
 // decisions.

@@ -55,6 +55,7 @@ type Options struct {
 // concurrent use.
 type Engine struct {
 	revision  string
+	cacheRev  string // see CacheRevision
 	path      string // display form of the decision path, "data.m1.authz.decision"
 	timeout   time.Duration
 	query     rego.PreparedEvalQuery
@@ -144,8 +145,13 @@ func Prepare(ctx context.Context, b *Bundle, opts Options) (*Engine, error) {
 	}
 
 	a := analyze(compiler)
+	cacheRev := revision
+	if b.Digest != "" && b.Digest != revision {
+		cacheRev = revision + "\n" + b.Digest
+	}
 	return &Engine{
 		revision:  revision,
+		cacheRev:  cacheRev,
 		path:      ref.String(),
 		timeout:   opts.Timeout,
 		query:     query,
@@ -159,6 +165,14 @@ func Prepare(ctx context.Context, b *Bundle, opts Options) (*Engine, error) {
 // Revision returns the bundle revision the engine was prepared from
 // (Bundle.Revision, or a hash derived by Prepare when that was empty).
 func (e *Engine) Revision() string { return e.revision }
+
+// CacheRevision is what decision-cache keys hash for this engine: the
+// revision and, when a .manifest or a Git commit names it, the digest of
+// the bundle's files too. Two bundles under one revision name with other
+// files never share a cached decision, though sidecars on one Redis may
+// load them side by side (a sidecar refuses new files under the revision
+// it has in force, but one that starts after the change loads them).
+func (e *Engine) CacheRevision() string { return e.cacheRev }
 
 // Path returns the decision's path, as data.m1.authz.decision.
 func (e *Engine) Path() string { return e.path }
