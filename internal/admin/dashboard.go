@@ -312,13 +312,16 @@ var (
 )
 
 // sidecarsOnly keeps only the series of sidecars (the processes that
-// export m1_policy_bundle_info) in a vector: the tool-outcome metrics are
-// the sidecars', from Envoy's access log, and m1-orchestrator counts its
+// exported m1_policy_bundle_info within window w, so that a pod replaced
+// since still counts) in a vector: the tool-outcome metrics are the
+// sidecars', from Envoy's access log, and m1-orchestrator counts its
 // dispatches, which went through a sidecar, a second time under the same
 // names.
-const sidecarsOnly = ` and on (instance) m1_policy_bundle_info`
+func sidecarsOnly(w string) string {
+	return ` and on (instance) last_over_time(m1_policy_bundle_info[` + w + `])`
+}
 
-const toolExecutionsPromQL = `sum by (tool, outcome) (increase(m1_tool_executions_total[24h])` + sidecarsOnly + `)`
+var toolExecutionsPromQL = `sum by (tool, outcome) (increase(m1_tool_executions_total[24h])` + sidecarsOnly("24h") + `)`
 
 func (a *DashboardAPI) operations(r *http.Request) (any, error) {
 	now := a.Now().UTC()

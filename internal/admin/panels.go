@@ -60,7 +60,7 @@ var panels = []panel{
 			return latencyBetween(p, c, "m1_check_duration_seconds")
 		}},
 	{ID: "tool_executions", Tab: TabOperations, Title: "Tool executions per second by outcome", Unit: "/s",
-		Queries: []panelQuery{{By: "outcome", Expr: `sum by (outcome) (rate(m1_tool_executions_total[$w])` + sidecarsOnly + `)`}},
+		Queries: []panelQuery{{By: "outcome", Expr: `sum by (outcome) (rate(m1_tool_executions_total[$w])` + sidecarsOnly("$w") + `)`}},
 		Local:   func(p, c *sample) map[string]float64 { return rateBy(p, c, "m1_tool_executions_total", "outcome", nil) }},
 	{ID: "runs_active", Tab: TabOperations, Title: "Active runs", Unit: "",
 		Queries: []panelQuery{{Label: "active", Expr: `sum(m1_agent_runs_active)`}},
@@ -136,7 +136,7 @@ var panels = []panel{
 		Queries: []panelQuery{
 			{Label: "decision errors", Expr: `sum(rate(m1_policy_checks_total{reason=~"` + deny.PolicyError + `|` + deny.InternalError + `"}[$w]))`},
 			{Label: "bundle load errors", Expr: `sum(rate(m1_policy_bundle_load_errors_total[$w]))`},
-			{Label: "tool errors", Expr: `sum(rate(m1_tool_execution_errors_total[$w])` + sidecarsOnly + `)`},
+			{Label: "tool errors", Expr: `sum(rate(m1_tool_execution_errors_total[$w])` + sidecarsOnly("$w") + `)`},
 			{Label: "outcomes dropped", Expr: `sum(rate(m1_access_log_dropped_total[$w]))`},
 		},
 		Local: func(p, c *sample) map[string]float64 {
