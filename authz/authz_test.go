@@ -345,9 +345,25 @@ func TestDecisionIDsUnique(t *testing.T) {
 	}
 }
 
-// Sidecars that share a decision cache (Redis) and run bundles with one
-// .manifest revision but other files (one started after the files changed)
-// never answer from each other's decisions.
+// neverSharesDecisions checks that two sidecars sharing one decision cache
+// (Redis), open allowing a call and closed denying it, each answer with
+// their own decision: the cache key tells their policies apart.
+func neverSharesDecisions(t *testing.T, open, closed *policy.Engine) {
+	t.Helper()
+	o, c := newService(t, open, true), newService(t, closed, true)
+	c.opts.Cache = o.opts.Cache // one shared cache
+	req := httpReq("POST", "/mcp", mcpCall("read_file", `{"path":"/etc/hosts"}`))
+	if r := check(t, o.Service, req); !r.allowed {
+		t.Fatalf("Check(open policy) = deny %s, want allow", r.raw)
+	}
+	if r := check(t, c.Service, req); r.allowed || r.body.Error != deny.PolicyDenied {
+		t.Fatalf("Check(closed policy, cache shared with the open one) = allowed %v %s, want deny policy_denied", r.allowed, r.raw)
+	}
+}
+
+// Sidecars that run bundles with one .manifest revision but other files
+// (one started after the files changed) never answer from each other's
+// decisions.
 func TestCacheKeyIncludesTheBundlesFiles(t *testing.T) {
 	engine := func(allowed string) *policy.Engine {
 		b, err := policy.LoadFS(fstest.MapFS{
@@ -357,25 +373,17 @@ func TestCacheKeyIncludesTheBundlesFiles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return engineFrom(t, b)
+		e := engineFrom(t, b)
+		if e.Revision() != "r2" {
+			t.Fatalf("revision %q, want r2", e.Revision())
+		}
+		return e
 	}
-	open, closed := newService(t, engine("true"), true), newService(t, engine("false"), true)
-	if open.Policy().Revision() != "r2" || closed.Policy().Revision() != "r2" {
-		t.Fatalf("revisions %q and %q, want r2 for both", open.Policy().Revision(), closed.Policy().Revision())
-	}
-	closed.opts.Cache = open.opts.Cache // one shared cache
-	req := httpReq("POST", "/mcp", mcpCall("read_file", `{"path":"/etc/hosts"}`))
-	if r := check(t, open.Service, req); !r.allowed {
-		t.Fatalf("Check(allowing files) = deny %s, want allow", r.raw)
-	}
-	if r := check(t, closed.Service, req); r.allowed || r.body.Error != deny.PolicyDenied {
-		t.Fatalf("Check(denying files under the same revision, cache shared) = allowed %v %s, want deny policy_denied", r.allowed, r.raw)
-	}
+	neverSharesDecisions(t, engine("true"), engine("false"))
 }
 
-// Sidecars that share a decision cache (Redis) and a bundle but evaluate
-// different rules of it (M1_POLICY_PATH) never answer from each other's
-// decisions.
+// Sidecars that run one bundle but evaluate different rules of it
+// (M1_POLICY_PATH) never answer from each other's decisions.
 func TestCacheKeyIncludesTheDecisionPath(t *testing.T) {
 	b, err := policy.LoadFS(fstest.MapFS{"p.rego": {Data: []byte(`package m1.authz
 import rego.v1
@@ -392,13 +400,5 @@ closed := {"allowed": false, "reason": "closed"}
 		}
 		return e
 	}
-	open, closed := newService(t, engine("m1/authz/open"), true), newService(t, engine("m1/authz/closed"), true)
-	closed.opts.Cache = open.opts.Cache // one shared cache
-	req := httpReq("POST", "/mcp", mcpCall("read_file", `{"path":"/etc/hosts"}`))
-	if r := check(t, open.Service, req); !r.allowed {
-		t.Fatalf("Check(open rule) = deny %s, want allow", r.raw)
-	}
-	if r := check(t, closed.Service, req); r.allowed || r.body.Error != deny.PolicyDenied {
-		t.Fatalf("Check(closed rule, cache shared with the open one) = allowed %v %s, want deny policy_denied", r.allowed, r.raw)
-	}
+	neverSharesDecisions(t, engine("m1/authz/open"), engine("m1/authz/closed"))
 }
