@@ -20,9 +20,8 @@ func ArgsSHA256(tool string, args []byte) (string, error) {
 	if !ValidName(tool) {
 		return "", &Error{Code: deny.BadPath, Reason: fmt.Sprintf("tool %q: want 1 to 128 of [A-Za-z0-9_.-]", tool)}
 	}
-	const prefix = "/tools/"
-	req := &authv3.AttributeContext_HttpRequest{Method: "POST", Path: prefix + tool, RawBody: args}
-	call, rerr := Parse(req, HeadersOf(req), Options{MCPPath: "/mcp", ToolsPathPrefix: prefix})
+	req := &authv3.AttributeContext_HttpRequest{Method: "POST", Path: DefaultToolsPathPrefix + tool, RawBody: args}
+	call, rerr := Parse(req, HeadersOf(req), Options{MCPPath: DefaultMCPPath, ToolsPathPrefix: DefaultToolsPathPrefix})
 	if rerr != nil {
 		return "", rerr
 	}

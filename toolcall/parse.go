@@ -37,10 +37,17 @@ const maxDepth = 64
 // JSON-RPC tools/call (message, then params).
 const mcpEnvelopeDepth = 2
 
+// The default places of tool calls (DESIGN §3: M1_MCP_PATH,
+// M1_TOOLS_PATH_PREFIX); every binary and command defaults to these.
+const (
+	DefaultMCPPath         = "/mcp"
+	DefaultToolsPathPrefix = "/tools/"
+)
+
 // Options says where tool calls live and how large a body may be.
 type Options struct {
-	MCPPath         string // e.g. "/mcp"
-	ToolsPathPrefix string // e.g. "/tools/"
+	MCPPath         string // e.g. DefaultMCPPath
+	ToolsPathPrefix string // e.g. DefaultToolsPathPrefix
 	MaxBodyBytes    int64
 }
 

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/m1-agent/m1/internal/envoy"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // Defaults of m1 check.
@@ -55,7 +56,7 @@ func runCheck(ctx context.Context, c *cmdIO, args []string) int {
 	var tf tlsFlags
 	tf.register(fs, true)
 	method := fs.String("method", "POST", "HTTP `method`")
-	path := fs.String("path", "/mcp", "request `path`, with the query (the sidecars' MCP path by default)")
+	path := fs.String("path", toolcall.DefaultMCPPath, "request `path`, with the query (the sidecars' MCP path by default)")
 	host := fs.String("host", "localhost", "request `host` (the :authority)")
 	var headers, contextExt listFlag
 	fs.Var(&headers, "header", "request header `name=value` or 'name: value' (repeatable)")
@@ -193,7 +194,7 @@ func buildRequest(c *cmdIO, f checkRequestFlags) (*authv3.CheckRequest, error) {
 
 	prefix, ok := c.lookupEnv("M1_TOOLS_PATH_PREFIX")
 	if !ok || prefix == "" {
-		prefix = "/tools/"
+		prefix = toolcall.DefaultToolsPathPrefix
 	}
 	switch {
 	case f.bodySet && f.toolSet:

@@ -61,12 +61,11 @@ func argsSHA256(tool string, args []byte) (string, error) {
 	return sum, err
 }
 
-// checkTool refuses a --tool the sidecar would refuse, as the flag's error:
-// argsSHA256 checks the tool's name too, but its error would be taken for
-// one of the arguments.
+// checkTool refuses a --tool the sidecar would refuse, as the flag's error
+// (argsSHA256's would be taken for one of the arguments).
 func checkTool(tool string) error {
-	if _, err := argsSHA256(tool, []byte("{}")); err != nil {
-		return fmt.Errorf("--tool: %w", err)
+	if !toolcall.ValidName(tool) {
+		return fmt.Errorf("--tool: tool %q: want 1 to 128 of [A-Za-z0-9_.-]", tool)
 	}
 	return nil
 }

@@ -38,6 +38,7 @@ import (
 	"github.com/m1-agent/m1/orchestrator/claude"
 	"github.com/m1-agent/m1/orchestrator/scripted"
 	"github.com/m1-agent/m1/policies"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // Planner kinds of Options.Planner.
@@ -129,8 +130,8 @@ func DefaultOptions() Options {
 		DataDir:         "./data",
 		ToolEndpoint:    "http://127.0.0.1:10000",
 		ApprovalHeader:  "x-m1-approval-token",
-		MCPPath:         "/mcp",
-		ToolsPathPrefix: "/tools/",
+		MCPPath:         toolcall.DefaultMCPPath,
+		ToolsPathPrefix: toolcall.DefaultToolsPathPrefix,
 		ProposalTTL:     15 * time.Minute,
 		DispatchTimeout: 30 * time.Second,
 		TokenTTLMinutes: 5,

@@ -14,6 +14,7 @@ import (
 	"github.com/m1-agent/m1/internal/audit"
 	"github.com/m1-agent/m1/internal/buildinfo"
 	"github.com/m1-agent/m1/internal/redisconn"
+	"github.com/m1-agent/m1/toolcall"
 )
 
 // Options configure m1-authz. Flags, env (M1_*) and the config file fill
@@ -144,8 +145,8 @@ func DefaultOptions() Options {
 		GRPCAddr:           ":9191",
 		AdminAddr:          ":9192",
 		ApprovalHeader:     "x-m1-approval-token",
-		MCPPath:            "/mcp",
-		ToolsPathPrefix:    "/tools/",
+		MCPPath:            toolcall.DefaultMCPPath,
+		ToolsPathPrefix:    toolcall.DefaultToolsPathPrefix,
 		MaxBodyBytes:       1 << 20,
 		PolicyPath:         "m1/authz/decision",
 		PolicyTimeout:      100 * time.Millisecond,
