@@ -185,9 +185,9 @@ func (r *Reloader) load(ctx context.Context) (*policy.Engine, error) {
 	rev, digest := res.Bundle.Revision, res.Bundle.Digest
 	if rev != "" && rev == r.Status().Revision {
 		if digest != "" && r.digest != "" && digest != r.digest {
-			// The decision cache (Redis included) and the audit name a
-			// revision: new rules under the one in force would go on
-			// answering with the old rules' cached decisions.
+			// The audit, /health and m1_policy_bundle_info name a
+			// revision: new rules under the one in force would decide
+			// under a name that says the old rules do.
 			return nil, fmt.Errorf("revision %s: the bundle's files changed but its revision did not; give the new files a new revision in .manifest", rev)
 		}
 		r.tag = res.Tag
