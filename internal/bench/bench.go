@@ -54,8 +54,15 @@ type Options struct {
 	Duration    time.Duration `json:"duration_ns"`    // measured time per target instead of Requests; at most MaxDuration
 	Warmup      int           `json:"warmup"`         // unmeasured calls per target before measuring; at most MaxRequests
 	Addr        string        `json:"addr,omitempty"` // running m1-authz (loopback host:port, comma-separated for several) to measure instead of in-process ones
-	Audit       bool          `json:"audit"`          // the in-process m1-authz also audits every decision (SQLite in a temp dir)
-	Rate        float64       `json:"rate,omitempty"` // measured calls started per second per target, at most MaxRate; 0 = as fast as they are answered
+	// NoopAddr is a running no-op server (loopback host:port, `m1 bench
+	// --serve-noop`) to measure as the baseline instead of an in-process
+	// one. A baseline in a process of its own pays what m1-authz at Addr
+	// pays beside the load generator (a second Go runtime on the same
+	// cores, loopback TCP between processes): with the baseline in-process
+	// and m1-authz outside, the ratio charged m1-authz ~35% for that alone.
+	NoopAddr string  `json:"noop_addr,omitempty"`
+	Audit    bool    `json:"audit"`          // the in-process m1-authz also audits every decision (SQLite in a temp dir)
+	Rate     float64 `json:"rate,omitempty"` // measured calls started per second per target, at most MaxRate; 0 = as fast as they are answered
 	// Mode is the path the load takes: ModeCache (default), ModeApproval
 	// (a fresh approval per call) or ModeGrant (one grant reused).
 	Mode string `json:"mode"`
@@ -111,6 +118,11 @@ func (o Options) validate() error {
 	case "", ModeCache, ModeApproval, ModeGrant:
 	default:
 		return fmt.Errorf("Mode (--mode) must be %s, %s or %s, got %q", ModeCache, ModeApproval, ModeGrant, o.Mode)
+	}
+	if o.NoopAddr != "" {
+		if err := loopback(o.NoopAddr); err != nil {
+			return fmt.Errorf("NoopAddr (--noop-addr): %w", err)
+		}
 	}
 	if o.Addr != "" {
 		for _, a := range strings.Split(o.Addr, ",") {
@@ -269,7 +281,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 		return rep, err
 	}
 	targets := []Target{
-		{Name: TargetNoop, Addr: env.noopAddr, InProcess: true},
+		{Name: TargetNoop, Addr: env.noopAddr, InProcess: opts.NoopAddr == ""},
 		{Name: TargetM1, Addr: strings.Join(env.m1Addrs, ","), InProcess: opts.Addr == "", Sidecars: len(env.m1Addrs)},
 	}
 	addrs := [][]string{{env.noopAddr}, env.m1Addrs}
@@ -387,7 +399,12 @@ type env struct {
 func setUp(ctx context.Context, opts Options) (*env, error) {
 	e := &env{opts: opts}
 	var err error
-	if e.noopAddr, e.stopNoop, err = startGRPC(ctx, noop{}); err != nil {
+	if opts.NoopAddr != "" {
+		if err := reachable(ctx, opts.NoopAddr); err != nil {
+			return e, fmt.Errorf("%s: %w", TargetNoop, err)
+		}
+		e.noopAddr = opts.NoopAddr
+	} else if e.noopAddr, e.stopNoop, err = startGRPC(ctx, noop{}); err != nil {
 		return e, fmt.Errorf("no-op server: %w", err)
 	}
 	if opts.Mode != ModeCache {

@@ -1,10 +1,15 @@
 package bench
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -131,6 +136,11 @@ func TestMainExitCodes(t *testing.T) {
 		{"rate not a number", []string{"--rate", "NaN"}, 2},
 		{"host name addr", []string{"--addr", "example.com:9191"}, 2},
 		{"unreachable addr", []string{"--addr", "127.0.0.1:1", "--requests", "10", "--warmup", "0"}, 2},
+		{"remote noop addr", []string{"--noop-addr", "10.0.0.9:9191"}, 2},
+		{"unreachable noop addr", []string{"--noop-addr", "127.0.0.1:1", "--requests", "10", "--warmup", "0"}, 2},
+		{"serve-noop with other flags", []string{"--serve-noop", "127.0.0.1:0", "--mode", "grant"}, 2},
+		{"serve-noop on a public address", []string{"--serve-noop", "0.0.0.0:0"}, 2},
+		{"serve-noop without a port", []string{"--serve-noop", "127.0.0.1"}, 2},
 		{"help", []string{"-h"}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -157,6 +167,82 @@ func TestMainHelp(t *testing.T) {
 	out.Reset()
 	if got := Main(t.Context(), []string{"--nope"}, &out, &errOut); got != 2 || out.Len() != 0 || !strings.Contains(errOut.String(), "Run 'm1 bench -h' for help.") {
 		t.Errorf("Main(--nope) = %d, stdout %q, stderr %q; want 2 and a short usage error on stderr", got, out.String(), errOut.String())
+	}
+}
+
+// TestMain lets this test binary stand in for m1 as the child process of
+// `m1 bench --addr` (StartNoopProcess runs os.Executable() bench
+// --serve-noop …).
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "bench" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		code := Main(ctx, os.Args[2:], os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// TestMainAddrBaselineInItsOwnProcess: with --addr, m1-authz is a process
+// of its own, and so is the no-op baseline (a child this run starts and
+// stops), so that the ratio compares like with like.
+func TestMainAddrBaselineInItsOwnProcess(t *testing.T) {
+	addr, stop, err := startGRPC(t.Context(), noop{}) // stands in for m1-authz
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	var out, errOut bytes.Buffer
+	if got := Main(t.Context(), []string{"--addr", addr, "--json", "--requests", "200", "--concurrency", "2", "--warmup", "10"}, &out, &errOut); got != 0 {
+		t.Fatalf("Main(--addr) = %d, want 0 (stderr %q)", got, errOut.String())
+	}
+	var rep Report
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("Main(--addr --json) output is not a Report: %v\n%s", err, out.String())
+	}
+	base := rep.Targets[0]
+	if base.InProcess || base.Addr == "" || base.Addr != rep.Options.NoopAddr || base.Addr == addr || base.Calls != 200 || base.Errors != 0 {
+		t.Fatalf("Main(--addr) baseline = %+v (options' noop_addr %q); want a process of its own answering all 200 calls", base, rep.Options.NoopAddr)
+	}
+	// The child is gone once Main returns.
+	if err := reachable(t.Context(), base.Addr); err == nil {
+		t.Errorf("the no-op server at %s still answers after Main returned", base.Addr)
+	}
+}
+
+// TestServeNoop: the no-op server prints its address, answers checks
+// there (as the baseline of a run given --noop-addr), and stops with ctx.
+func TestServeNoop(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	r, w := io.Pipe()
+	served := make(chan error, 1)
+	go func() { served <- ServeNoop(ctx, "127.0.0.1:0", w) }()
+	line, err := bufio.NewReader(r).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := strings.TrimSpace(line)
+	o := smallOptions()
+	o.NoopAddr = addr
+	rep, err := Run(t.Context(), o)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if base := rep.Targets[0]; base.InProcess || base.Addr != addr || base.Calls != 2000 || base.Errors != 0 {
+		t.Errorf("Run baseline = %+v; want the server at %s, not in-process, 2000 calls", base, addr)
+	}
+	var buf bytes.Buffer
+	if err := WriteTable(&buf, rep); err != nil || !strings.Contains(buf.String(), "no-op server in its own process") {
+		t.Errorf("WriteTable = %q, %v; want it to say where the no-op server ran", buf.String(), err)
+	}
+	cancel()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("ServeNoop after cancel = %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeNoop still serving 5s after its ctx ended")
 	}
 }
 

@@ -33,7 +33,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&opts.Requests, "requests", opts.Requests, "measured calls per target (when --duration is 0)")
 	fs.DurationVar(&opts.Duration, "duration", opts.Duration, "measured time per target instead of --requests (0 = use --requests; at most "+MaxDuration.String()+")")
 	fs.IntVar(&opts.Warmup, "warmup", opts.Warmup, "unmeasured calls per target before measuring (they also fill m1-authz's decision cache)")
-	fs.StringVar(&opts.Addr, "addr", "", "a running m1-authz (loopback `host:port`) to measure instead of an in-process one")
+	fs.StringVar(&opts.Addr, "addr", "", "a running m1-authz (loopback `host:port`) to measure instead of an in-process one; the no-op baseline then runs in a process of its own too (see --noop-addr)")
+	fs.StringVar(&opts.NoopAddr, "noop-addr", "", "a running no-op server (loopback `host:port`, from --serve-noop) as the baseline; default: in-process, or with --addr a child process this run starts")
+	serveNoop := fs.String("serve-noop", "", "serve the no-op ext_authz server on `host:port` (loopback; port 0 picks one, printed on the first line) until interrupted, and measure nothing")
 	fs.BoolVar(&opts.Audit, "audit", false, "the in-process m1-authz also audits every decision to SQLite")
 	fs.Float64Var(&opts.Rate, "rate", 0, "measured calls started per second per target (latency at a fixed load); 0 = as fast as they are answered")
 	fs.StringVar(&opts.Mode, "mode", opts.Mode, "the path measured: cache (a cacheable call, decision-cache hit), approval (a fresh EdDSA approval per call, each used once), grant (one grant reused by every call)")
@@ -57,8 +59,40 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() > 0 {
 		return usageErr(fmt.Errorf("unexpected argument %q", fs.Arg(0)))
 	}
+	if *serveNoop != "" {
+		if fs.NFlag() > 1 {
+			return usageErr(errors.New("--serve-noop takes no other flag"))
+		}
+		if err := ServeNoop(ctx, *serveNoop, stdout); err != nil {
+			fmt.Fprintln(stderr, "m1 bench:", err)
+			return 2
+		}
+		return 0
+	}
 	if err := opts.validate(); err != nil {
 		return usageErr(err)
+	}
+	if opts.Addr != "" && opts.NoopAddr == "" {
+		// Like for like: m1-authz runs in a process of its own, so does
+		// the baseline (Options.NoopAddr says why).
+		for _, a := range strings.Split(opts.Addr, ",") {
+			if err := reachable(ctx, a); err != nil {
+				fmt.Fprintf(stderr, "m1 bench: %s: %v\n", TargetM1, err)
+				return 2
+			}
+		}
+		exe, err := os.Executable()
+		if err == nil {
+			var p *NoopProcess
+			if p, err = StartNoopProcess(ctx, exe); err == nil {
+				defer p.Stop()
+				opts.NoopAddr = p.Addr
+			}
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "m1 bench:", err)
+			return 2
+		}
 	}
 
 	if *cpuProfile != "" {
@@ -103,8 +137,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 const synopsis = "m1 bench [flags]"
 
 const description = `Measure ext_authz Check throughput and latency of m1-authz (in-process with
-the default policy, or --addr) against a no-op ext_authz server, with ghz on
-127.0.0.1, in alternating rounds. --mode picks the path: cache (an MCP
+the default policy, or --addr) against a no-op ext_authz server (in-process
+too, or with --addr in a process of its own), with ghz on 127.0.0.1, in
+alternating rounds. --mode picks the path: cache (an MCP
 tools/call of read_file that the default policy allows, answered from the
 decision cache), approval (write_file with a fresh EdDSA approval on every
 call, each used once: signature, durable single use, audit), grant (one
@@ -192,6 +227,9 @@ func WriteTable(w io.Writer, rep Report) error {
 	}
 	if len(rep.Targets) > 1 && rep.Targets[1].Sidecars > 1 {
 		mode += ", " + strconv.Itoa(rep.Targets[1].Sidecars) + " sidecars"
+	}
+	if len(rep.Targets) > 0 && !rep.Targets[0].InProcess {
+		mode += ", no-op server in its own process"
 	}
 	fmt.Fprintf(w, "\nmode %s; concurrency %d, connections %d, %s per target in %d alternating rounds after %d warm-up calls, GOMAXPROCS %d\n",
 		mode, o.Concurrency, o.Connections, load, rep.Rounds, o.Warmup, rep.GOMAXPROCS)

@@ -1,10 +1,17 @@
 package bench
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/netip"
 	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,6 +52,100 @@ func startGRPC(ctx context.Context, srv authv3.AuthorizationServer) (addr string
 	authv3.RegisterAuthorizationServer(s, srv)
 	go s.Serve(lis) //nolint:errcheck // Serve returns when stop closes the listener
 	return lis.Addr().String(), s.Stop, nil
+}
+
+// ServeNoop serves the no-op server on addr (a loopback host:port; port 0
+// picks a free one) until ctx ends: `m1 bench --serve-noop`, the baseline
+// in a process of its own. It writes the address it listens on, alone on
+// a line, to w first.
+func ServeNoop(ctx context.Context, addr string, w io.Writer) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q: the no-op server listens on a loopback IP address (127.0.0.1, ::1) only", addr)
+	}
+	var lc net.ListenConfig
+	lis, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	s := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(s, noop{})
+	if _, err := fmt.Fprintln(w, lis.Addr().String()); err != nil {
+		lis.Close()
+		return err
+	}
+	go func() {
+		<-ctx.Done()
+		s.Stop()
+	}()
+	if err := s.Serve(lis); err != nil && ctx.Err() == nil {
+		return err
+	}
+	return nil
+}
+
+// NoopProcess is a no-op server in a child process (bin bench --serve-noop).
+type NoopProcess struct {
+	Addr string
+	cmd  *exec.Cmd
+}
+
+// StartNoopProcess starts `bin bench --serve-noop 127.0.0.1:0` (bin is an
+// m1 binary) and waits for its address.
+func StartNoopProcess(ctx context.Context, bin string) (*NoopProcess, error) {
+	cmd := exec.Command(bin, "bench", "--serve-noop", "127.0.0.1:0")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("no-op server: %w", err)
+	}
+	p := &NoopProcess{cmd: cmd}
+	line := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		if sc.Scan() {
+			line <- strings.TrimSpace(sc.Text())
+		}
+		close(line)
+		_, _ = io.Copy(io.Discard, out)
+	}()
+	select {
+	case l, ok := <-line:
+		if ok && loopback(l) == nil {
+			p.Addr = l
+			return p, nil
+		}
+		p.Stop()
+		return nil, fmt.Errorf("no-op server (%s bench --serve-noop): no address on its first line (%q)", bin, l)
+	case <-time.After(10 * time.Second):
+		p.Stop()
+		return nil, fmt.Errorf("no-op server (%s bench --serve-noop): no address within 10s", bin)
+	case <-ctx.Done():
+		p.Stop()
+		return nil, ctx.Err()
+	}
+}
+
+// PID is the child's process id.
+func (p *NoopProcess) PID() int { return p.cmd.Process.Pid }
+
+// Stop ends the child and waits for it.
+func (p *NoopProcess) Stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
 }
 
 // m1Server is an in-process m1-authz with the embedded default policy and

@@ -75,8 +75,9 @@ const ratioSuffix = ": m1-authz / no-op"
 // sidecars (m1: all their CPU during the rounds of both targets, since what
 // they do after m1-authz's rounds, such as the audit appends, is for its
 // calls, over m1-authz's calls) and the load generator during m1-authz's
-// rounds (gen); the load generator and no-op server together during the
-// no-op server's rounds (noop); and how busy the cores were during
+// rounds (gen); the load generator and no-op server (its process, or the
+// load generator's when in-process) together during the no-op server's
+// rounds (noop); and how busy the cores were during
 // m1-authz's rounds (cores).
 type cpuBound struct {
 	m1, gen, noop time.Duration
@@ -98,7 +99,8 @@ func boundOf(s *Scenario, f Figure) (cpuBound, bool) {
 			continue
 		}
 		gen := strings.Contains(p.Name, "load generator")
-		if !gen && len(p.Rounds) > 0 {
+		noop := strings.HasSuffix(p.Name, ": "+noopProcName)
+		if !gen && !noop && len(p.Rounds) > 0 {
 			sidecars++
 		}
 		for _, r := range p.Rounds {
@@ -106,12 +108,13 @@ func boundOf(s *Scenario, f Figure) (cpuBound, bool) {
 				b.cores += r.Cores
 			}
 			switch {
+			case r.Target == bench.TargetNoop && (gen || noop):
+				b.noop += r.CPUPerCall.Std()
+			case noop: // idle while m1-authz is measured
 			case !gen:
 				sidecarCPU += r.CPUSec
 			case r.Target == bench.TargetM1:
 				b.gen, gens = r.CPUPerCall.Std(), gens+1
-			case r.Target == bench.TargetNoop:
-				b.noop = r.CPUPerCall.Std()
 			}
 		}
 	}

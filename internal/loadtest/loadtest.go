@@ -219,7 +219,7 @@ func (e *skipError) Error() string { return "skipped: " + e.why }
 var descriptions = map[string]string{
 	ScenarioCache:     "The decision cache under a mixed workload: 80% of the calls repeat one of 64 cacheable calls (hits), 20% are new (misses, a policy evaluation each), with the default bundle plus a rule on the arguments (so that each new path is a new cache key); L1 alone, then with Redis as L2 (M1_CACHE_L2_MODE=always).",
 	ScenarioPolicy:    "Cacheable checks while the cache is invalidated: the bundle in M1_POLICY_DIR changes (a new revision) and the cache is flushed (POST /api/m1/cache/flush), each about every second.",
-	ScenarioApprovals: "Against a no-op ext_authz server in the same run (the ratio is m1-authz over no-op): a cacheable call without a token (the decision-cache hit), a fresh EdDSA approval on every call (each used once, durable single use, audit on), one grant reused by every call; one sidecar with its state in SQLite, then two sharing one Redis.",
+	ScenarioApprovals: "Against a no-op ext_authz server in the same run, in a process of its own as m1-authz is (the ratio is m1-authz over no-op): a cacheable call without a token (the decision-cache hit), a fresh EdDSA approval on every call (each used once, durable single use, audit on), one grant reused by every call; one sidecar with its state in SQLite, then two sharing one Redis.",
 	ScenarioAgents:    "Concurrent agent runs of the demo plan through m1-orchestrator, m1 dev-proxy, m1-authz and m1-demo-tool: each run carries its agent's grant (signed with the operator's key, as m1 grant would), so no person is needed.",
 	ScenarioMetrics:   "GET /metrics, one scrape after another, while cacheable checks load the sidecar.",
 }

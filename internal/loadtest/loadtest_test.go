@@ -107,10 +107,22 @@ func TestSmoke(t *testing.T) {
 		if s.Name != ScenarioAgents && len(s.Processes) == 0 {
 			t.Errorf("scenario %s: no process figures", s.Name)
 		}
+		noopProcs := 0
 		for _, p := range s.Processes {
 			if s.Name == ScenarioApprovals && (len(p.Rounds) != 2 || p.Rounds[0].Target != bench.TargetNoop || p.Rounds[1].Target != bench.TargetM1) {
 				t.Errorf("scenario %s: process %s: rounds %+v, want its CPU in the no-op's and in m1-authz's", s.Name, p.Name, p.Rounds)
 			}
+			if strings.HasSuffix(p.Name, ": "+noopProcName) {
+				noopProcs++
+				if p.PID == os.Getpid() || p.Rounds[0].CPUPerCall <= 0 {
+					t.Errorf("scenario %s: %s (pid %d): rounds %+v; want a process of its own, busy in the no-op's rounds", s.Name, p.Name, p.PID, p.Rounds)
+				}
+			}
+		}
+		// Like for like: each comparison's no-op server ran in a process
+		// of its own, as m1-authz did.
+		if phases := len(want[ScenarioApprovals]); s.Name == ScenarioApprovals && noopProcs != phases {
+			t.Errorf("scenario approvals: %d phases with the no-op server in a process of its own, want %d", noopProcs, phases)
 		}
 	}
 	if !slices.Equal(names, AllScenarios) {
@@ -345,7 +357,8 @@ func TestAdviceCPUBound(t *testing.T) {
 		Figures: []Figure{{Name: phase + ": m1-authz / no-op", Value: 0.25, Unit: unitRatio, Cmp: ">=", Target: 0.5, Load: &LoadStats{Calls: 10000}}},
 		Processes: []Process{
 			{Name: phase + ": m1-authz", Rounds: []RoundUse{{Target: bench.TargetNoop, CPUSec: 0.1, Cores: 0.05, CPUPerCall: us(3)}, {Target: bench.TargetM1, CPUSec: 1.9, Cores: 1.2, CPUPerCall: us(190)}}},
-			{Name: phase + ": m1 loadtest (load generator, no-op server)", Rounds: []RoundUse{{Target: bench.TargetNoop, Cores: 1.9, CPUPerCall: us(75)}, {Target: bench.TargetM1, Cores: 0.4, CPUPerCall: us(50)}}},
+			{Name: phase + ": " + genProcName, Rounds: []RoundUse{{Target: bench.TargetNoop, Cores: 1.3, CPUPerCall: us(50)}, {Target: bench.TargetM1, Cores: 0.4, CPUPerCall: us(50)}}},
+			{Name: phase + ": " + noopProcName, Rounds: []RoundUse{{Target: bench.TargetNoop, Cores: 0.6, CPUPerCall: us(25)}, {Target: bench.TargetM1, Cores: 0.01, CPUPerCall: us(1)}}},
 			{Name: "grant, 1 sidecar: m1-authz", Rounds: []RoundUse{{Target: bench.TargetM1, Cores: 1.5, CPUPerCall: us(90)}}},
 		},
 	}

@@ -154,9 +154,9 @@ func (m *roundMeter) uses(pid int, targets []bench.Target) []RoundUse {
 
 // watch reads the processes' CPU time now; the returned func reads it
 // again and reports each process's use in between. This process (the load
-// generator and the no-op server) is always among them.
+// generator) is always among them.
 func watch(ws ...watched) func() []Process {
-	ws = append(ws, watched{"m1 loadtest (load generator, no-op server)", os.Getpid()})
+	ws = append(ws, watched{genProcName, os.Getpid()})
 	t0 := time.Now()
 	start := make([]procUsage, len(ws))
 	for i, w := range ws {
@@ -443,10 +443,47 @@ func flipBundle(dir string, n int) error {
 	return os.Rename(tmp, filepath.Join(d, "data.json"))
 }
 
+// Process names of the load generator (this process) and of the no-op
+// server's process.
+const (
+	genProcName  = "m1 loadtest (load generator)"
+	noopProcName = "no-op server"
+)
+
+// noopServer is the approvals scenario's baseline: a no-op ext_authz
+// server in a process of its own (m1 bench --serve-noop), as m1-authz is,
+// so that both pay the same for being a process beside the load generator
+// (bench.Options.NoopAddr). Without an m1 binary (only --target processes)
+// it is in-process: addr and pid are empty, and a note says so.
+type noopServer struct {
+	addr string
+	pid  int
+}
+
+func (e *env) startNoop(ctx context.Context, s *Scenario) (noopServer, error) {
+	if e.bins.CLI == "" {
+		s.Notes = append(s.Notes, "the no-op baseline ran in the load generator's process (no m1 binary to start it in its own): the ratios read low")
+		return noopServer{}, nil
+	}
+	p, err := e.start(noopProcName, e.bins.CLI, []string{"bench", "--serve-noop", "127.0.0.1:0"}, nil)
+	if err != nil {
+		return noopServer{}, err
+	}
+	addr, err := p.firstLine(ctx)
+	if err != nil {
+		return noopServer{}, err
+	}
+	return noopServer{addr: addr, pid: p.pid()}, nil
+}
+
 // approvals: fresh approvals and grants against the no-op server, one
 // sidecar (state in SQLite, audit on), then two sharing Redis.
 func (e *env) approvals(ctx context.Context, s *Scenario) error {
 	one, err := e.sidecarFor(ctx, "m1-authz")
+	if err != nil {
+		return err
+	}
+	noop, err := e.startNoop(ctx, s)
 	if err != nil {
 		return err
 	}
@@ -457,8 +494,12 @@ func (e *env) approvals(ctx context.Context, s *Scenario) error {
 			addrs[i] = sc.grpc
 			ws = append(ws, sc.watched()...)
 		}
+		if noop.pid != 0 {
+			ws = append(ws, watched{noopProcName, noop.pid})
+		}
 		o := bench.DefaultOptions()
 		o.Addr, o.Mode, o.KeyFile, o.Audience = strings.Join(addrs, ","), mode, e.keyFile, e.opts.Audience
+		o.NoopAddr = noop.addr
 		o.Concurrency, o.Connections, o.Duration = e.opts.Concurrency, len(scs), e.opts.Duration/2
 		o.Warmup = min(500, max(50, int(e.opts.Duration/(10*time.Millisecond))))
 		done := watch(ws...)
@@ -479,14 +520,14 @@ func (e *env) approvals(ctx context.Context, s *Scenario) error {
 			procs[i].Rounds = meter.uses(procs[i].PID, rep.Targets)
 		}
 		s.Processes = append(s.Processes, procs...)
-		noop, m1 := rep.Targets[0], rep.Targets[1]
+		base, m1 := rep.Targets[0], rep.Targets[1]
 		cmp := ">="
 		if target == 0 {
 			cmp = ""
 		}
 		s.Figures = append(s.Figures,
 			figure(label+": m1-authz / no-op", rep.Ratio.Throughput, unitRatio, cmp, target, targetStats(m1)),
-			figure(label+": no-op baseline", noop.ChecksPerSec, unitOps, "", 0, targetStats(noop)))
+			figure(label+": no-op baseline", base.ChecksPerSec, unitOps, "", 0, targetStats(base)))
 		if m1.MintedLive > 0 {
 			s.Notes = append(s.Notes, fmt.Sprintf("%s: %d approvals were minted during measured rounds; the figure reads low", label, m1.MintedLive))
 		}
@@ -509,7 +550,7 @@ func (e *env) approvals(ctx context.Context, s *Scenario) error {
 		s.Notes = append(s.Notes, "two sidecars on Redis not measured: give --target authz2=… (sharing authz's Redis)")
 		return nil
 	default:
-		e.stopAll()
+		e.stopAll() // the no-op server too: started again below
 		url, err := e.startRedis(ctx)
 		if err != nil {
 			s.Notes = append(s.Notes, "two sidecars on Redis not measured: "+err.Error())
@@ -521,6 +562,11 @@ func (e *env) approvals(ctx context.Context, s *Scenario) error {
 				return err
 			}
 			two = append(two, sc)
+		}
+		if noop.pid != 0 {
+			if noop, err = e.startNoop(ctx, s); err != nil {
+				return err
+			}
 		}
 	}
 	if err := run("grant, 2 sidecars on Redis", bench.ModeGrant, 0, false, two...); err != nil {
