@@ -132,9 +132,6 @@ func StartNoopProcess(ctx context.Context, bin string) (*NoopProcess, error) {
 	}
 }
 
-// PID is the child's process id.
-func (p *NoopProcess) PID() int { return p.cmd.Process.Pid }
-
 // Stop ends the child and waits for it.
 func (p *NoopProcess) Stop() {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
