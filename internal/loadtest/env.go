@@ -48,7 +48,11 @@ func newEnv(opts Options, logf func(string, ...any)) (*env, error) {
 		e.keyFile = opts.KeyFile // the key the targets trust
 	}
 	if opts.Targets.Authz != "" && opts.Targets.Orchestrator != "" {
-		return e, nil // nothing to start
+		// Nothing to start but the approvals scenario's no-op server,
+		// which needs only the m1 binary.
+		b, _ := FindBinaries(opts.BinDir)
+		e.bins.CLI = b.CLI
+		return e, nil
 	}
 	if e.bins, err = FindBinaries(opts.BinDir); err != nil {
 		return e, err

@@ -377,3 +377,25 @@ func TestAdviceCPUBound(t *testing.T) {
 		t.Errorf("boundOf a phase without the load generator's rounds = %+v, true; want false", b)
 	}
 }
+
+// With every process given as a --target, the load test starts none but
+// the approvals scenario's no-op server, for which it still finds m1.
+func TestNewEnvTargetsFindsTheCLI(t *testing.T) {
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "m1"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	o := DefaultOptions()
+	o.BinDir = bin
+	o.Targets = Targets{Authz: "127.0.0.1:9191", Admin: "127.0.0.1:9192", Orchestrator: "127.0.0.1:8080"}
+	e, err := newEnv(o, t.Logf)
+	if e != nil {
+		defer e.close()
+	}
+	if err != nil {
+		t.Fatalf("newEnv: %v", err)
+	}
+	if want := filepath.Join(bin, "m1"); e.bins.CLI != want || e.bins.Authz != "" {
+		t.Errorf("newEnv with targets: binaries %+v; want only m1 (%s)", e.bins, want)
+	}
+}

@@ -453,8 +453,9 @@ const (
 // noopServer is the approvals scenario's baseline: a no-op ext_authz
 // server in a process of its own (m1 bench --serve-noop), as m1-authz is,
 // so that both pay the same for being a process beside the load generator
-// (bench.Options.NoopAddr). Without an m1 binary (only --target processes)
-// it is in-process: addr and pid are empty, and a note says so.
+// (bench.Options.NoopAddr). Without an m1 binary (none beside this one,
+// in --bin or on PATH) it is in-process: addr and pid are empty, and a
+// note says so.
 type noopServer struct {
 	addr string
 	pid  int
