@@ -161,13 +161,18 @@ func (o Options) validate() error {
 	return nil
 }
 
-// loopback accepts host:port only when host is a loopback IP address.
-func loopback(hostport string) error {
+// loopback accepts host:port only when host is a loopback IP address and
+// port is set.
+func loopback(hostport string) error { return loopbackAddr(hostport, false) }
+
+// loopbackAddr is loopback, with port 0 (any free port) accepted when
+// anyPort (an address to listen on).
+func loopbackAddr(hostport string, anyPort bool) error {
 	host, port, err := net.SplitHostPort(hostport)
 	if err != nil {
 		return err
 	}
-	if port == "" || port == "0" {
+	if port == "" || port == "0" && !anyPort {
 		return fmt.Errorf("%q has no port", hostport)
 	}
 	ip, err := netip.ParseAddr(host)
@@ -219,6 +224,7 @@ type Target struct {
 	TimedOut     bool           `json:"timed_out,omitempty"`  // stopped at the time limit before Requests calls
 	Cache        *CacheStats    `json:"cache,omitempty"`      // in-process m1-authz only
 	Sidecars     int            `json:"sidecars,omitempty"`   // m1-authz processes that shared the load
+	PID          int            `json:"pid,omitempty"`        // the process serving this target, when the run started it (the no-op server of m1 bench --addr)
 	// MintedLive counts fresh approvals minted while a round was measured,
 	// because the ones minted before it ran out (approval mode): that
 	// minting took CPU from the servers and the round reads low.

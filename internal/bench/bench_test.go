@@ -144,8 +144,12 @@ func TestMainExitCodes(t *testing.T) {
 		{"help", []string{"-h"}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			// A --serve-noop accepted by mistake would serve until the
+			// deadline and answer 0.
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
 			var out, errOut bytes.Buffer
-			if got := Main(t.Context(), tc.args, &out, &errOut); got != tc.want {
+			if got := Main(ctx, tc.args, &out, &errOut); got != tc.want {
 				t.Errorf("Main(%q) = %d, want %d (stderr %q)", tc.args, got, tc.want, errOut.String())
 			}
 		})
@@ -201,12 +205,15 @@ func TestMainAddrBaselineInItsOwnProcess(t *testing.T) {
 		t.Fatalf("Main(--addr --json) output is not a Report: %v\n%s", err, out.String())
 	}
 	base := rep.Targets[0]
-	if base.InProcess || base.Addr == "" || base.Addr != rep.Options.NoopAddr || base.Addr == addr || base.Calls != 200 || base.Errors != 0 {
+	if base.InProcess || base.PID == 0 || base.PID == os.Getpid() || base.Addr == "" || base.Addr != rep.Options.NoopAddr || base.Addr == addr || base.Calls != 200 || base.Errors != 0 {
 		t.Fatalf("Main(--addr) baseline = %+v (options' noop_addr %q); want a process of its own answering all 200 calls", base, rep.Options.NoopAddr)
 	}
 	// The child is gone once Main returns.
 	if err := reachable(t.Context(), base.Addr); err == nil {
 		t.Errorf("the no-op server at %s still answers after Main returned", base.Addr)
+	}
+	if err := syscall.Kill(base.PID, 0); err == nil {
+		t.Errorf("the no-op server's process %d is still running after Main returned", base.PID)
 	}
 }
 

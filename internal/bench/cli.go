@@ -23,6 +23,11 @@ import (
 // some calls failed or were not allowed (the report is still written),
 // 2 for bad usage or a run that failed (m1-authz unreachable, no call
 // completed, a time limit before any result). -h prints help to stdout.
+//
+// With --addr and without --noop-addr it runs the no-op baseline as a
+// child, os.Executable() bench --serve-noop 127.0.0.1:0: the executable
+// must be m1, or route those arguments to Main (as this package's tests
+// do in TestMain).
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	opts := DefaultOptions()
 	fs := flag.NewFlagSet("m1 bench", flag.ContinueOnError)
@@ -44,7 +49,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&opts.KeyFile, "key", "", "with --addr in approval or grant mode: the private JWK (m1 keys gen) whose public key the sidecar trusts")
 	fs.StringVar(&opts.Audience, "audience", opts.Audience, "the sidecars' M1_AUDIENCE, named in the tokens minted")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process (load generator, no-op server and in-process m1-authz) to `file` (go tool pprof)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process (the load generator, and the no-op server and m1-authz when in-process) to `file` (go tool pprof)")
 	usageErr := func(err error) int {
 		fmt.Fprintf(stderr, "m1 bench: %v\nUsage: %s\nRun 'm1 bench -h' for help.\n", err, synopsis)
 		return 2
@@ -72,6 +77,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err := opts.validate(); err != nil {
 		return usageErr(err)
 	}
+	var noopProc *noopProcess // the baseline's process, when this run starts it
 	if opts.Addr != "" && opts.NoopAddr == "" {
 		// Like for like: m1-authz runs in a process of its own, so does
 		// the baseline (Options.NoopAddr says why).
@@ -83,10 +89,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		exe, err := os.Executable()
 		if err == nil {
-			var p *NoopProcess
-			if p, err = StartNoopProcess(ctx, exe); err == nil {
-				defer p.Stop()
-				opts.NoopAddr = p.Addr
+			if noopProc, err = startNoopProcess(ctx, exe, stderr); err == nil {
+				defer noopProc.stop()
+				opts.NoopAddr = noopProc.addr
 			}
 		}
 		if err != nil {
@@ -113,6 +118,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "m1 bench:", err)
 		return 2
 	}
+	if noopProc != nil {
+		rep.Targets[0].PID = noopProc.cmd.Process.Pid
+	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -137,9 +145,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 const synopsis = "m1 bench [flags]"
 
 const description = `Measure ext_authz Check throughput and latency of m1-authz (in-process with
-the default policy, or --addr) against a no-op ext_authz server (in-process
-too, or with --addr in a process of its own), with ghz on 127.0.0.1, in
-alternating rounds. --mode picks the path: cache (an MCP
+the default policy, or --addr) against a no-op ext_authz server, with ghz on
+127.0.0.1, in alternating rounds. The no-op server runs where m1-authz runs:
+in-process, or with --addr in a process of its own (this m1 started again as
+m1 bench --serve-noop; --noop-addr names a running one). --mode picks the path: cache (an MCP
 tools/call of read_file that the default policy allows, answered from the
 decision cache), approval (write_file with a fresh EdDSA approval on every
 call, each used once: signature, durable single use, audit), grant (one

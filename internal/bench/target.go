@@ -1,12 +1,11 @@
 package bench
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -59,89 +58,100 @@ func startGRPC(ctx context.Context, srv authv3.AuthorizationServer) (addr string
 // in a process of its own. It writes the address it listens on, alone on
 // a line, to w first.
 func ServeNoop(ctx context.Context, addr string, w io.Writer) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
-		return fmt.Errorf("%q: the no-op server listens on a loopback IP address (127.0.0.1, ::1) only", addr)
+	if err := loopbackAddr(addr, true); err != nil {
+		return fmt.Errorf("serve the no-op server: %w", err)
 	}
 	var lc net.ListenConfig
 	lis, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+		return fmt.Errorf("serve the no-op server: %w", err)
 	}
 	s := grpc.NewServer()
 	authv3.RegisterAuthorizationServer(s, noop{})
 	if _, err := fmt.Fprintln(w, lis.Addr().String()); err != nil {
 		lis.Close()
-		return err
+		return fmt.Errorf("serve the no-op server: write its address: %w", err)
 	}
-	go func() {
-		<-ctx.Done()
-		s.Stop()
-	}()
+	stop := context.AfterFunc(ctx, s.Stop)
+	defer stop()
 	if err := s.Serve(lis); err != nil && ctx.Err() == nil {
-		return err
+		return fmt.Errorf("serve the no-op server: %w", err)
 	}
 	return nil
 }
 
-// NoopProcess is a no-op server in a child process (bin bench --serve-noop).
-type NoopProcess struct {
-	Addr string
-	cmd  *exec.Cmd
+// noopProcess is a no-op server in a child process (bin bench --serve-noop).
+type noopProcess struct {
+	addr   string // where it listens
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when cmd.Wait returned
 }
 
-// StartNoopProcess starts `bin bench --serve-noop 127.0.0.1:0` (bin is an
-// m1 binary) and waits for its address.
-func StartNoopProcess(ctx context.Context, bin string) (*NoopProcess, error) {
-	cmd := exec.Command(bin, "bench", "--serve-noop", "127.0.0.1:0")
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
+// firstLine sends the first line written to it on line (once) and
+// discards everything after: a child's stdout, which exec.Cmd copies.
+type firstLine struct {
+	buf  []byte
+	line chan<- string // buffered; nil once the line was sent
+}
+
+func (f *firstLine) Write(b []byte) (int, error) {
+	if f.line == nil {
+		return len(b), nil
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("no-op server: %w", err)
+	f.buf = append(f.buf, b...)
+	i := bytes.IndexByte(f.buf, '\n')
+	if i < 0 && len(f.buf) <= 4096 {
+		return len(b), nil
 	}
-	p := &NoopProcess{cmd: cmd}
+	if i < 0 {
+		i = len(f.buf)
+	}
+	f.line <- strings.TrimSpace(string(f.buf[:i]))
+	f.buf, f.line = nil, nil
+	return len(b), nil
+}
+
+// startNoopProcess starts `bin bench --serve-noop 127.0.0.1:0` (bin is an
+// m1 binary: `m1 bench --addr` passes its own executable) and waits for
+// its address. The child's errors go to stderr.
+func startNoopProcess(ctx context.Context, bin string, stderr io.Writer) (*noopProcess, error) {
 	line := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		if sc.Scan() {
-			line <- strings.TrimSpace(sc.Text())
-		}
-		close(line)
-		_, _ = io.Copy(io.Discard, out)
-	}()
+	cmd := exec.Command(bin, "bench", "--serve-noop", "127.0.0.1:0")
+	cmd.Stdout, cmd.Stderr = &firstLine{line: line}, stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start the no-op server: %w", err)
+	}
+	p := &noopProcess{cmd: cmd, exited: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.exited) }()
+	fail := func(why string) (*noopProcess, error) {
+		p.stop()
+		return nil, fmt.Errorf("start the no-op server (%s bench --serve-noop): %s", bin, why)
+	}
 	select {
-	case l, ok := <-line:
-		if ok && loopback(l) == nil {
-			p.Addr = l
-			return p, nil
+	case l := <-line:
+		if err := loopback(l); err != nil {
+			return fail(fmt.Sprintf("its first line is not its address: %v", err))
 		}
-		p.Stop()
-		return nil, fmt.Errorf("no-op server (%s bench --serve-noop): no address on its first line (%q)", bin, l)
+		p.addr = l
+		return p, nil
+	case <-p.exited:
+		return fail("it exited: " + cmd.ProcessState.String())
 	case <-time.After(10 * time.Second):
-		p.Stop()
-		return nil, fmt.Errorf("no-op server (%s bench --serve-noop): no address within 10s", bin)
+		return fail("no address within 10s")
 	case <-ctx.Done():
-		p.Stop()
+		p.stop()
 		return nil, ctx.Err()
 	}
 }
 
-// Stop ends the child and waits for it.
-func (p *NoopProcess) Stop() {
+// stop ends the child (SIGTERM, then SIGKILL after 5s) and waits for it.
+func (p *noopProcess) stop() {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-p.exited:
 	case <-time.After(5 * time.Second):
 		_ = p.cmd.Process.Kill()
-		<-done
+		<-p.exited
 	}
 }
 

@@ -105,9 +105,9 @@ It starts m1-authz, m1-orchestrator, m1 dev-proxy and m1-demo-tool (from
 --bin, beside this m1, or PATH) on free 127.0.0.1 ports in a temporary
 directory, and redis-server when a scenario needs it; or uses --target
 addresses. The load generator (ghz) runs in this process, and the no-op
-server in one of its own (m1 bench --serve-noop), on the same cores. It writes report.json (every figure: ops/s,
-mean, p50, p95, p99, errors, CPU and memory of each process) and a
-self-contained report.html (charts, each figure against its target, the top
+server in one of its own (m1 bench --serve-noop), on the same cores. It
+writes report.json (every figure: ops/s, mean, p50, p95, p99, errors, CPU
+and memory of each process) and a self-contained report.html (charts, each figure against its target, the top
 functions of a CPU profile taken from a sidecar, advice where a target is
 missed, regressions against --baseline).
 

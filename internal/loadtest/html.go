@@ -374,7 +374,7 @@ code{font-size:12px}
 </style></head><body>
 <h1>m1 loadtest</h1>
 <p>Started {{.Started.Format "2006-01-02 15:04:05 UTC"}} on {{.Machine.CPUs}} CPUs{{with .Machine.Model}} ({{.}}){{end}}, {{.Machine.OS}}, {{.Machine.GoVersion}}; each measured phase {{.Duration.Std}}.
-The load generator runs in the m1 loadtest process, and the no-op server of the approvals scenario in a process of its own, as m1-authz does, all on the same cores as the processes measured: every figure is a floor.{{if .Baseline}}
+The load generator runs in the m1 loadtest process, and the no-op server of the approvals scenario in a process of its own, as m1-authz does (unless a note below says otherwise), all on the same cores as the processes measured: every figure is a floor.{{if .Baseline}}
 Compared with <code>{{.Baseline}}</code>: <span class="{{if .Regressions}}regressed{{else}}met{{end}}">{{.Regressions}} regression(s)</span> (a figure more than 10% worse).{{end}}</p>
 
 <h2 id="summary">Summary</h2>

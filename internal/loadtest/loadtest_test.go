@@ -114,7 +114,7 @@ func TestSmoke(t *testing.T) {
 			}
 			if strings.HasSuffix(p.Name, ": "+noopProcName) {
 				noopProcs++
-				if p.PID == os.Getpid() || p.Rounds[0].CPUPerCall <= 0 {
+				if p.PID == os.Getpid() || len(p.Rounds) == 0 || p.Rounds[0].CPUPerCall <= 0 {
 					t.Errorf("scenario %s: %s (pid %d): rounds %+v; want a process of its own, busy in the no-op's rounds", s.Name, p.Name, p.PID, p.Rounds)
 				}
 			}
@@ -358,7 +358,7 @@ func TestAdviceCPUBound(t *testing.T) {
 		Processes: []Process{
 			{Name: phase + ": m1-authz", Rounds: []RoundUse{{Target: bench.TargetNoop, CPUSec: 0.1, Cores: 0.05, CPUPerCall: us(3)}, {Target: bench.TargetM1, CPUSec: 1.9, Cores: 1.2, CPUPerCall: us(190)}}},
 			{Name: phase + ": " + genProcName, Rounds: []RoundUse{{Target: bench.TargetNoop, Cores: 1.3, CPUPerCall: us(50)}, {Target: bench.TargetM1, Cores: 0.4, CPUPerCall: us(50)}}},
-			{Name: phase + ": " + noopProcName, Rounds: []RoundUse{{Target: bench.TargetNoop, Cores: 0.6, CPUPerCall: us(25)}, {Target: bench.TargetM1, Cores: 0.01, CPUPerCall: us(1)}}},
+			{Name: phase + ": " + noopProcName, Rounds: []RoundUse{{Target: bench.TargetNoop, CPUSec: 0.5, Cores: 0.6, CPUPerCall: us(25)}, {Target: bench.TargetM1, CPUSec: 0.01, Cores: 0.01, CPUPerCall: us(1)}}},
 			{Name: "grant, 1 sidecar: m1-authz", Rounds: []RoundUse{{Target: bench.TargetM1, Cores: 1.5, CPUPerCall: us(90)}}},
 		},
 	}
