@@ -144,14 +144,19 @@ func startNoopProcess(ctx context.Context, bin string, stderr io.Writer) (*noopP
 	}
 }
 
-// stop ends the child (SIGTERM, then SIGKILL after 5s) and waits for it.
-func (p *noopProcess) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+// stop ends the child and waits for it.
+func (p *noopProcess) stop() { StopProcess(p.cmd.Process, p.exited, 5*time.Second) }
+
+// StopProcess sends p SIGTERM and waits until exited is closed (by the
+// goroutine that waits for p), killing p if it is still running after
+// grace.
+func StopProcess(p *os.Process, exited <-chan struct{}, grace time.Duration) {
+	_ = p.Signal(syscall.SIGTERM)
 	select {
-	case <-p.exited:
-	case <-time.After(5 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
+	case <-exited:
+	case <-time.After(grace):
+		_ = p.Kill()
+		<-exited
 	}
 }
 

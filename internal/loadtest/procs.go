@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/m1-agent/m1/internal/bench"
 )
 
 // startTimeout bounds how long a started process may take to answer.
@@ -127,15 +129,7 @@ func (p *proc) waitHTTP(ctx context.Context, url string) error {
 }
 
 // stop sends SIGTERM and waits (SIGKILL after 10s).
-func (p *proc) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
-}
+func (p *proc) stop() { bench.StopProcess(p.cmd.Process, p.exited, 10*time.Second) }
 
 type writerFunc func([]byte)
 
