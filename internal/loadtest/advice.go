@@ -33,7 +33,7 @@ func adviseScenario(s *Scenario, cpus int) {
 				f.Load.Errors, f.Load.Calls, strings.Join(f.Load.ErrorTop, "; ")))
 		}
 		if b, ok := boundOf(s, f); ok {
-			a = append(a, b.advice(cpus))
+			a = append(a, b.advice(cpus, f.Target))
 		} else if genCores > 0 && genCores+sidecarCores > 0.8*float64(cpus) {
 			a = append(a, fmt.Sprintf("the machine was saturated: the load generator took %.1f of %d cores and m1-authz %.1f. Measure with the load generator on another machine (m1 loadtest --target) or on more cores before concluding that m1-authz is slow.",
 				genCores, cpus, sidecarCores))
@@ -123,10 +123,15 @@ func boundOf(s *Scenario, f Figure) (cpuBound, bool) {
 }
 
 // advice says what the CPU per call bounds the ratio at, on shared cores.
-func (b cpuBound) advice(cpus int) string {
+func (b cpuBound) advice(cpus int, target float64) string {
 	bound := float64(b.noop) / float64(b.gen+b.m1)
 	s := fmt.Sprintf("per check, m1-authz used %s of CPU (all of it, in the rounds of both targets, over its calls) and the load generator %s; per no-op check the load generator and the no-op server together used %s. With all of them on the same %d cores, the CPU alone bounds the ratio at %s / (%s + %s) = %.2f×: to go faster, m1-authz must spend less CPU per check (the profile below says where it goes), or run on cores of its own (m1 loadtest --target).",
 		micros(b.m1), micros(b.gen), micros(b.noop), cpus, micros(b.noop), micros(b.gen), micros(b.m1), bound)
+	if target > 0 { // at the target N / (G + M) = target, so M = N / target - G
+		if allowed := time.Duration(float64(b.noop)/target) - b.gen; allowed > 0 && allowed < b.m1 {
+			s += fmt.Sprintf(" For %.2f× on these cores m1-authz may spend at most %s per check, %s less than now.", target, micros(allowed), micros(b.m1-allowed))
+		}
+	}
 	if busy := b.cores / float64(cpus); busy < 0.9 {
 		s += fmt.Sprintf(" the cores were only %.0f%% busy during m1-authz's rounds: part of the time went in waiting (the disk's fsync, locks), not in CPU.", 100*busy)
 	}

@@ -367,6 +367,7 @@ func TestAdviceCPUBound(t *testing.T) {
 		"m1-authz used 200 µs of CPU (all of it, in the rounds of both targets, over its calls) and the load generator 50 µs",
 		"together used 75 µs",
 		"75 µs / (50 µs + 200 µs) = 0.30×",
+		"For 0.50× on these cores m1-authz may spend at most 100 µs per check, 100 µs less than now.",
 		"only 80% busy during m1-authz's rounds",
 	} {
 		if len(s.Advice) != 1 || !strings.Contains(s.Advice[0], want) {
