@@ -148,13 +148,13 @@ const description = `Measure ext_authz Check throughput and latency of m1-authz 
 the default policy, or --addr) against a no-op ext_authz server, with ghz on
 127.0.0.1, in alternating rounds. The no-op server runs where m1-authz runs:
 in-process, or with --addr in a process of its own (this m1 started again as
-m1 bench --serve-noop; --noop-addr names a running one). --mode picks the path: cache (an MCP
-tools/call of read_file that the default policy allows, answered from the
-decision cache), approval (write_file with a fresh EdDSA approval on every
-call, each used once: signature, durable single use, audit), grant (one
-grant of write_file reused by every call: verified-token cache and use
-counter). In-process sidecars get a key the run generates; --addr needs
---key. A deny counts as an error.
+m1 bench --serve-noop; --noop-addr names a running one). --mode picks the
+path: cache (an MCP tools/call of read_file that the default policy allows,
+answered from the decision cache), approval (write_file with a fresh EdDSA
+approval on every call, each used once: signature, durable single use,
+audit), grant (one grant of write_file reused by every call: verified-token
+cache and use counter). In-process sidecars get a key the run generates;
+--addr needs --key. A deny counts as an error.
 
 Exit status: 0 every call allowed, 1 some calls failed or were denied (the
 report is still written), 2 error (bad flags, m1-authz unreachable, no call

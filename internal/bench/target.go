@@ -1,7 +1,7 @@
 package bench
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -87,42 +87,30 @@ type noopProcess struct {
 	exited chan struct{} // closed when cmd.Wait returned
 }
 
-// firstLine sends the first line written to it on line (once) and
-// discards everything after: a child's stdout, which exec.Cmd copies.
-type firstLine struct {
-	buf  []byte
-	line chan<- string // buffered; nil once the line was sent
-}
-
-func (f *firstLine) Write(b []byte) (int, error) {
-	if f.line == nil {
-		return len(b), nil
-	}
-	f.buf = append(f.buf, b...)
-	i := bytes.IndexByte(f.buf, '\n')
-	if i < 0 && len(f.buf) <= 4096 {
-		return len(b), nil
-	}
-	if i < 0 {
-		i = len(f.buf)
-	}
-	f.line <- strings.TrimSpace(string(f.buf[:i]))
-	f.buf, f.line = nil, nil
-	return len(b), nil
-}
-
 // startNoopProcess starts `bin bench --serve-noop 127.0.0.1:0` (bin is an
 // m1 binary: `m1 bench --addr` passes its own executable) and waits for
 // its address. The child's errors go to stderr.
 func startNoopProcess(ctx context.Context, bin string, stderr io.Writer) (*noopProcess, error) {
-	line := make(chan string, 1)
 	cmd := exec.Command(bin, "bench", "--serve-noop", "127.0.0.1:0")
-	cmd.Stdout, cmd.Stderr = &firstLine{line: line}, stderr
+	cmd.Stderr = stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("start the no-op server: %w", err)
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start the no-op server: %w", err)
 	}
 	p := &noopProcess{cmd: cmd, exited: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(p.exited) }()
+	line := make(chan string, 1)
+	go func() { // reads stdout to its end before Wait, as os/exec requires
+		r := bufio.NewReader(out)
+		if l, err := r.ReadString('\n'); err == nil {
+			line <- strings.TrimSpace(l)
+		}
+		_, _ = io.Copy(io.Discard, r)
+		_ = cmd.Wait()
+		close(p.exited)
+	}()
 	fail := func(why string) (*noopProcess, error) {
 		p.stop()
 		return nil, fmt.Errorf("start the no-op server (%s bench --serve-noop): %s", bin, why)
