@@ -343,6 +343,47 @@ func TestRevocationSurvivesRedisFlush(t *testing.T) {
 	expectCheck(t, b, "another sub", k.mint(t, "agent-8", nil), allowed)
 }
 
+// As TestRevocationSurvivesRedisFlush, but a new sidecar reaches the
+// emptied Redis first and sets the new epoch: the sidecar whose store
+// holds the revocation still stores it again when it restarts, and a lift
+// taken at another sidecar afterwards is not undone by its next restart.
+func TestRevocationSurvivesRedisFlushAnotherSidecarFirst(t *testing.T) {
+	k := newKeyed(t)
+	r := testenv.StartRedis(t, testenv.RedisOptions{})
+	withRedis := func(dir string) Options {
+		o := k.options(t, dir)
+		o.Redis.URL, o.Redis.CommandTimeout, o.ClockSkew = r.URL(), 300*time.Millisecond, time.Second
+		return o
+	}
+	dir := testenv.DataDir(t)
+	a := startServer(t, withRedis(dir))
+	waitPastEpoch(t, a)
+	if code, body := adminCall(t, a, "POST", "/api/m1/revocations", `{"sub":"agent-7"}`); code != 201 {
+		t.Fatalf("POST revocation = %d %s, want 201", code, body)
+	}
+	stop(t, a)
+	if err := flushAll(r); err != nil {
+		t.Fatal(err)
+	}
+	b := startServer(t, withRedis(testenv.DataDir(t))) // a new pod: sets the new epoch, knows nothing
+	waitPastEpoch(t, b)
+	a2 := startServer(t, withRedis(dir))
+	waitPastEpoch(t, a2)
+	expectCheck(t, a2, "new token of the revoked sub at the restarted sidecar", k.mint(t, "agent-7", nil), checkOutcome{"token_revoked", 403})
+	testenv.Eventually(t, 5*time.Second, "the sidecar started first learns the revocation", func() bool {
+		return decide(t, b, k.mint(t, "agent-7", nil)) == checkOutcome{"token_revoked", 403}
+	})
+
+	if code, body := adminCall(t, b, "DELETE", "/api/m1/revocations/sub/agent-7", ""); code != 200 && code != 204 {
+		t.Fatalf("DELETE revocation at b = %d %s", code, body)
+	}
+	stop(t, a2)
+	a3 := startServer(t, withRedis(dir)) // its store still holds the revocation
+	waitPastEpoch(t, a3)
+	expectCheck(t, a3, "the sub lifted at another sidecar, after a restart", k.mint(t, "agent-7", nil), allowed)
+	expectCheck(t, b, "the sub lifted, at the sidecar that lifted it", k.mint(t, "agent-7", nil), allowed)
+}
+
 // flushAll empties r, as a Redis restarted without persistence.
 func flushAll(r *testenv.Redis) error {
 	c := redis.NewClient(&redis.Options{Addr: r.Addr})

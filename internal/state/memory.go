@@ -77,6 +77,10 @@ type Revocation struct {
 	// By is who revoked (the admin caller), kept in the durable store's
 	// revoked_tokens.created_by; it is not part of the API's JSON.
 	By string `json:"-"`
+	// Stored is when the durable store recorded the revocation
+	// (revoked_tokens.created_at), set on those restored from it; the Redis
+	// store weighs it against a later lift by another sidecar.
+	Stored time.Time `json:"-"`
 }
 
 // Validate checks that exactly one of JTI and Sub is set.

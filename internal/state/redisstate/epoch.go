@@ -2,6 +2,7 @@ package redisstate
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -13,15 +14,17 @@ import (
 // (0 for none). A missing key, one that is not a plain integer (the use
 // script compares it as a string with the adopted value), or one older
 // than what the caller adopted (Redis restored from an old backup) is
-// replaced by ARGV[1]; otherwise the stored epoch is returned.
+// replaced by ARGV[1]; otherwise the stored epoch is kept. It returns the
+// epoch and 1 when it set it, else 0: a peer may have set the very value
+// this caller proposes, in the same second.
 var epochScript = redis.NewScript(`
 local raw = redis.call('GET', KEYS[1])
 local v = raw and tonumber(raw)
 if v and string.format('%d', v) == raw and v >= tonumber(ARGV[2]) then
-  return v
+  return {v, 0}
 end
 redis.call('SET', KEYS[1], ARGV[1])
-return tonumber(ARGV[1])
+return {tonumber(ARGV[1]), 1}
 `)
 
 // syncEpoch reads the epoch from Redis, setting a new one if it is missing
@@ -32,13 +35,16 @@ func (s *Store) syncEpoch(ctx context.Context) (epoch int64, set bool, err error
 	defer s.epochMu.Unlock()
 	prev := s.epoch.Load()
 	candidate := max(s.opts.Now().Add(s.opts.EpochMargin).Unix()+1, prev+1)
-	e, err := call(ctx, s, func(ctx context.Context) (int64, error) {
-		return epochScript.Run(ctx, s.client, []string{s.epochKey}, candidate, prev).Int64()
+	res, err := call(ctx, s, func(ctx context.Context) ([]int64, error) {
+		return epochScript.Run(ctx, s.client, []string{s.epochKey}, candidate, prev).Int64Slice()
 	})
+	if err == nil && len(res) != 2 {
+		err = fmt.Errorf("epoch script answered %v", res)
+	}
 	if err != nil {
 		return prev, false, &unavailable{"sync epoch", err}
 	}
-	set = e == candidate
+	e, set := res[0], res[1] == 1
 	if set {
 		s.setEpoch.Store(true)
 	}

@@ -174,3 +174,66 @@ func TestRevocationsSurviveReset(t *testing.T) {
 		t.Fatalf("revocation lost locally after the reset: a %v, b %v", revoked(t, a, "", sub.Sub), revoked(t, b, "", sub.Sub))
 	}
 }
+
+// A sidecar's durable store keeps the revocations taken through it; when
+// the sidecar restarts after another one reached an emptied Redis first
+// (and set the new epoch, with nothing to write back), its first reload
+// stores them in Redis again. A revocation another sidecar lifted after
+// it was stored stays lifted; one stored after a lift is written.
+func TestRestoredRevocationsOfferedToRedis(t *testing.T) {
+	ctx := context.Background()
+	r := testenv.StartRedis(t, testenv.RedisOptions{})
+	prefix := uniquePrefix()
+	opts := redisstate.Options{Prefix: prefix, Channel: prefix + "events"}
+	b := newStore(t, newClient(t, r.Addr, true), opts) // reached Redis first: it holds the epoch
+	start(t, b)
+	hour := time.Now().Add(time.Hour)
+	stale := state.Revocation{Sub: "lifted-since", Stored: time.Now().Add(-time.Minute)}
+	if err := b.Revoke(ctx, state.Revocation{Sub: stale.Sub}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.LiftSub(ctx, stale.Sub); err != nil { // lifted at b after the restarted sidecar stored it
+		t.Fatal(err)
+	}
+	if _, err := b.LiftSub(ctx, "revoked-again"); err != nil { // a lift older than the revocation below
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	restored := []state.Revocation{
+		{Sub: "agent-7", Stored: time.Now().Add(-time.Minute)},
+		{JTI: "stolen-1", Until: hour, Stored: time.Now().Add(-time.Minute)},
+		{Sub: "revoked-again", Stored: time.Now()},
+		stale,
+	}
+	a, err := redisstate.New(newClient(t, r.Addr, true), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Restore(restored)
+	if !revoked(t, a, "", "agent-7") || !revoked(t, a, "", stale.Sub) {
+		t.Fatal("Restore did not apply the revocations in this process")
+	}
+	if err := a.Resync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range restored[:3] {
+		if !listHas(b, want) {
+			t.Errorf("%+v not written to Redis by the restarted sidecar's first reload", want)
+		}
+		testenv.Eventually(t, 10*time.Second, "the other sidecar learns "+want.Sub+want.JTI, func() bool { return revoked(t, b, want.JTI, want.Sub) })
+	}
+	if listHas(b, stale) || revoked(t, a, "", stale.Sub) {
+		t.Errorf("a revocation lifted at another sidecar after it was stored came back: in Redis %v, at the restarted sidecar %v",
+			listHas(b, stale), revoked(t, a, "", stale.Sub))
+	}
+	// Later reloads do not offer them again: lift agent-7 and reload.
+	if _, err := b.LiftSub(ctx, "agent-7"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Resync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if listHas(b, state.Revocation{Sub: "agent-7"}) || revoked(t, a, "", "agent-7") {
+		t.Error("a lift was undone by a later reload of the restarted sidecar")
+	}
+}

@@ -203,7 +203,7 @@ type Store struct {
 	log      *zap.Logger
 	fallback *state.Memory // nil unless FallbackLocal
 
-	epochKey, revKey, usePrefix string
+	epochKey, revKey, liftedKey, usePrefix string
 
 	epoch    atomic.Int64 // adopted epoch, unix seconds; 0 before first contact
 	epochMu  sync.Mutex   // serialises epoch syncs so the adopted value only moves forward
@@ -212,6 +212,7 @@ type Store struct {
 	revs     revocationSet
 	reloadMu sync.Mutex // one reload at a time
 	loaded   int64      // epoch the revocation set was last loaded under; reloadMu
+	restored []state.Revocation // from the durable store, offered to Redis by the first reload; reloadMu
 
 	pmu      sync.Mutex
 	pending  map[string]*pendingUse // uses counted locally during an outage, not yet in Redis
@@ -245,6 +246,7 @@ func New(client redis.UniversalClient, o Options) (*Store, error) {
 		log:       o.Logger,
 		epochKey:  o.Prefix + "epoch",
 		revKey:    o.Prefix + "revocations",
+		liftedKey: o.Prefix + "lifted",
 		usePrefix: o.Prefix + "use:",
 		pending:   map[string]*pendingUse{},
 		kick:      make(chan struct{}, 1),

@@ -61,12 +61,14 @@ end
 return {}
 `)
 
-// liftScript removes a revocation and publishes the lift. KEYS[1] is the
-// revocation hash; ARGV[1] the field, ARGV[2] now in unix ms, ARGV[3] the
-// channel, ARGV[4] the event. It returns 1 if a revocation was in force.
+// liftScript removes a revocation, notes when it was lifted, and
+// publishes the lift. KEYS[1] is the revocation hash, KEYS[2] the lifted
+// hash; ARGV[1] the field, ARGV[2] now in unix ms, ARGV[3] the channel,
+// ARGV[4] the event. It returns 1 if a revocation was in force.
 var liftScript = redis.NewScript(pruneLua + `
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 prune(KEYS[1], tonumber(ARGV[2]))
 if v then
@@ -334,7 +336,7 @@ func (s *Store) LiftSub(ctx context.Context, sub string) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, adminTimeout)
 	defer cancel()
 	n, err := call(ctx, s, func(ctx context.Context) (int64, error) {
-		return liftScript.Run(ctx, s.client, []string{s.revKey}, f, now, s.opts.Channel, s.payload(ev)).Int64()
+		return liftScript.Run(ctx, s.client, []string{s.revKey, s.liftedKey}, f, now, s.opts.Channel, s.payload(ev)).Int64()
 	})
 	if err != nil {
 		return local, &unavailable{"lift revocation " + f, err}
@@ -343,17 +345,25 @@ func (s *Store) LiftSub(ctx context.Context, sub string) (bool, error) {
 }
 
 // Restore applies, in this process only, revocations read from the durable
-// store at start (before Resync). The first reload replaces them with
-// Redis's set, which is the authority while its epoch holds; when that
-// reload (or any later one) finds a new epoch, every revocation in force
-// here, these included, is written back to Redis.
+// store at start (before Resync). The first reload offers them to Redis:
+// each is stored there unless Redis holds it already or another sidecar
+// lifted it after it was stored (the lifted hash; Stored), so that one
+// stored while Redis was unreachable, or before Redis lost its data and
+// another sidecar set the new epoch, is not forgotten. The reload then
+// replaces the set with Redis's; when it (or any later one) finds a new
+// epoch itself, every revocation in force here is written back.
 func (s *Store) Restore(rs []state.Revocation) {
 	now := s.nowMs()
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
 	for _, r := range rs {
 		if r.Validate() != nil {
 			continue
 		}
 		s.revs.apply(Event{Type: EventRevoke, JTI: r.JTI, Sub: r.Sub, Until: untilMs(r.Until)}, now)
+		if s.loaded == 0 {
+			s.restored = append(s.restored, r)
+		}
 	}
 }
 
@@ -405,22 +415,27 @@ func (s *Store) List(ctx context.Context) ([]state.Revocation, error) {
 }
 
 // reloadScript is revocationsScript for a reload, atomically with the
-// epoch: KEYS[1] is the revocation hash, KEYS[2] the epoch key; ARGV[1] now
-// in unix ms, ARGV[2] the channel, ARGV[3] the adopted epoch; then groups
-// of four as for revocationsScript. It returns {"epoch"} without writing
-// anything when the epoch key is not the adopted epoch (Redis lost its data
-// since the epoch was read), else "ok" followed by the hash's fields and
-// values.
+// epoch: KEYS[1] is the revocation hash, KEYS[2] the epoch key, KEYS[3]
+// the lifted hash; ARGV[1] now in unix ms, ARGV[2] the channel, ARGV[3]
+// the adopted epoch; then groups of five: "set", "nx" or "restore", the
+// field, the until, the event to publish when the field was written, and
+// (restore) when the durable store recorded it, unix ms. A restore is an
+// nx unless the lifted hash says the field was lifted at or after that. It
+// returns {"epoch"} without writing anything when the epoch key is not the
+// adopted epoch (Redis lost its data since the epoch was read), else "ok"
+// followed by the hash's fields and values.
 var reloadScript = redis.NewScript(pruneLua + `
 if redis.call('GET', KEYS[2]) ~= ARGV[3] then
   return {'epoch'}
 end
-for i = 4, #ARGV, 4 do
+for i = 4, #ARGV, 5 do
   local written = 1
   if ARGV[i] == 'set' then
     redis.call('HSET', KEYS[1], ARGV[i+1], ARGV[i+2])
-  else
+  elseif ARGV[i] == 'nx' or tonumber(redis.call('HGET', KEYS[3], ARGV[i+1]) or '-1') < tonumber(ARGV[i+4]) then
     written = redis.call('HSETNX', KEYS[1], ARGV[i+1], ARGV[i+2])
+  else
+    written = 0
   end
   if written == 1 then
     redis.call('PUBLISH', ARGV[2], ARGV[i+3])
@@ -468,14 +483,27 @@ func (s *Store) reloadOnce(ctx context.Context) (done bool, err error) {
 	args := []any{now, s.opts.Channel, epoch}
 	for f, u := range current {
 		if _, ok := pending[f]; !ok {
-			args = append(args, "nx", f, u, s.payload(eventOf(f, u)))
+			args = append(args, "nx", f, u, s.payload(eventOf(f, u)), 0)
 		}
 	}
 	for f, u := range pending {
-		args = append(args, "set", f, u, s.payload(eventOf(f, u)))
+		args = append(args, "set", f, u, s.payload(eventOf(f, u)), 0)
+	}
+	if !reset { // else current holds them
+		for _, r := range s.restored {
+			ev := Event{Type: EventRevoke, JTI: r.JTI, Sub: r.Sub, Until: untilMs(r.Until)}
+			f := ev.field()
+			if _, ok := pending[f]; !ok && inForce(ev.Until, now) {
+				stored := r.Stored
+				if stored.IsZero() { // not known: offer it as if stored now
+					stored = time.UnixMilli(now)
+				}
+				args = append(args, "restore", f, ev.Until, s.payload(ev), stored.UnixMilli())
+			}
+		}
 	}
 	res, err := call(ctx, s, func(ctx context.Context) ([]string, error) {
-		return reloadScript.Run(ctx, s.client, []string{s.revKey, s.epochKey}, args...).StringSlice()
+		return reloadScript.Run(ctx, s.client, []string{s.revKey, s.epochKey, s.liftedKey}, args...).StringSlice()
 	})
 	if err != nil {
 		s.revs.abort()
@@ -493,7 +521,7 @@ func (s *Store) reloadOnce(ctx context.Context) (done bool, err error) {
 	}
 	snapshot := res[1:]
 	n := s.revs.finish(snapshot, pending, s.nowMs())
-	s.loaded = epoch
+	s.loaded, s.restored = epoch, nil
 	fields := []zap.Field{zap.Int(fieldCount, n), zap.Time(fieldEpoch, time.Unix(epoch, 0))}
 	if reset {
 		s.log.Warn("revocations re-stored in Redis after a shared-state reset", append(fields, zap.Int(fieldRestored, len(current)))...)

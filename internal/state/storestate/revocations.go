@@ -68,7 +68,7 @@ func (r *Revocations) Load(ctx context.Context) error {
 	}
 	var rs []state.Revocation
 	err := r.db.Revocations(ctx, r.now(), func(row store.Revocation) error {
-		rs = append(rs, state.Revocation{JTI: row.JTI, Sub: row.Sub, Until: row.ExpiresAt, By: row.CreatedBy})
+		rs = append(rs, state.Revocation{JTI: row.JTI, Sub: row.Sub, Until: row.ExpiresAt, By: row.CreatedBy, Stored: row.CreatedAt})
 		return nil
 	})
 	if err != nil {
