@@ -210,8 +210,8 @@ type Store struct {
 	setEpoch atomic.Bool  // this process set a new epoch since the last reload
 
 	revs     revocationSet
-	reloadMu sync.Mutex // one reload at a time
-	loaded   int64      // epoch the revocation set was last loaded under; reloadMu
+	reloadMu sync.Mutex         // one reload at a time
+	loaded   int64              // epoch the revocation set was last loaded under; reloadMu
 	restored []state.Revocation // from the durable store, offered to Redis by the first reload; reloadMu
 
 	pmu      sync.Mutex
