@@ -306,4 +306,17 @@ func TestPolicyAnnounced(t *testing.T) {
 	first.decides(t, denyReason(403, "policy_denied", "denied_by_v2"), 5*time.Second)
 	took := second.decides(t, denyReason(403, "policy_denied", "denied_by_v2"), 5*time.Second)
 	t.Logf("the second sidecar decided with the announced revision after %v", took)
+
+	// The other way, and then a rollback to the revision the first one
+	// announced: the second sidecar announces both.
+	for _, rev := range []string{"v3", "v2"} {
+		b.publish(t, revisionPolicy(rev, false))
+		if err := second.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		want := denyReason(403, "policy_denied", "denied_by_"+rev)
+		second.decides(t, want, 5*time.Second)
+		took := first.decides(t, want, 5*time.Second)
+		t.Logf("the first sidecar decided with %s, announced by the second, after %v", rev, took)
+	}
 }

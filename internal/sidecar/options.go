@@ -190,7 +190,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) map[string]string {
 	fs.StringVar(&o.PolicyPath, "policy-path", o.PolicyPath, "decision path in the bundle")
 	fs.DurationVar(&o.PolicyTimeout, "policy-timeout", o.PolicyTimeout, "per-evaluation policy timeout (deny policy_error when exceeded)")
 	fs.StringVar(&o.PolicyBundleURL, "policy-bundle-url", o.PolicyBundleURL, "OPA bundle server URL of a .tar.gz bundle, polled with If-None-Match (instead of --policy-dir)")
-	fs.StringVar(&o.PolicyBundleToken, "policy-bundle-token", o.PolicyBundleToken, "bearer token sent to the bundle server")
+	fs.StringVar(&o.PolicyBundleToken, "policy-bundle-token", o.PolicyBundleToken, "bearer token sent to the bundle server (and to the shadow bundle URL on the same scheme, host and port)")
 	fs.StringVar(&o.PolicyGitURL, "policy-git-url", o.PolicyGitURL, "Git repository holding the bundle: https://, ssh:// or file:// (instead of --policy-dir)")
 	fs.StringVar(&o.PolicyGitRef, "policy-git-ref", o.PolicyGitRef, "branch or tag of --policy-git-url")
 	fs.StringVar(&o.PolicyGitPath, "policy-git-path", o.PolicyGitPath, "bundle root inside the repository (empty = the root)")

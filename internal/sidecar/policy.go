@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -66,8 +67,8 @@ type policySources struct {
 	shadow  *followed // nil: no shadow policy
 
 	mu       sync.Mutex
-	heard    map[string]bool // revisions other sidecars announced
-	announce bool            // publish activations (after the first load)
+	heard    string // the revision another sidecar announced last, until this one activates it
+	announce bool   // publish activations (after the first load)
 	stop     context.CancelFunc
 	done     sync.WaitGroup
 }
@@ -88,9 +89,9 @@ func (o *Options) readOptions() (policy.ReadOptions, error) {
 	return ro, nil
 }
 
-// newFollowed builds the loader of one source: a directory, a bundle URL or
-// a Git URL (at most one is set; validate checks).
-func newFollowed(dir, bundleURL, gitURL string, o *Options, ro policy.ReadOptions) (*followed, source.Loader, error) {
+// newFollowed builds the loader of one source: a directory, a bundle URL
+// (sent token, if any) or a Git URL (at most one is set; validate checks).
+func newFollowed(dir, bundleURL, token, gitURL string, o *Options, ro policy.ReadOptions) (*followed, source.Loader, error) {
 	switch {
 	case dir != "":
 		do := dirsource.DefaultOptions()
@@ -99,7 +100,7 @@ func newFollowed(dir, bundleURL, gitURL string, o *Options, ro policy.ReadOption
 		return &followed{kind: "dir", where: dir, dir: s}, s, err
 	case bundleURL != "":
 		ho := httpsource.DefaultOptions()
-		ho.URL, ho.Token, ho.Read = bundleURL, o.PolicyBundleToken, ro
+		ho.URL, ho.Token, ho.Read = bundleURL, token, ro
 		ho.Timeout = min(ho.Timeout, o.PolicyPollInterval)
 		s, err := httpsource.New(ho)
 		return &followed{kind: "bundle", where: bundleURL}, s, err
@@ -115,6 +116,19 @@ func newFollowed(dir, bundleURL, gitURL string, o *Options, ro policy.ReadOption
 	return nil, nil, nil
 }
 
+// shadowToken is the bearer token sent to the shadow bundle server:
+// M1_POLICY_BUNDLE_TOKEN when both bundle URLs name the same server
+// (scheme, host and port), else none, since the token is the active
+// server's credential.
+func shadowToken(o *Options) string {
+	a, errA := url.Parse(o.PolicyBundleURL)
+	b, errB := url.Parse(o.PolicyShadowBundleURL)
+	if errA != nil || errB != nil || o.PolicyBundleURL == "" || !strings.EqualFold(a.Scheme, b.Scheme) || !strings.EqualFold(a.Host, b.Host) {
+		return ""
+	}
+	return o.PolicyBundleToken
+}
+
 // setupPolicy builds the policy sources and loads each once. A directory
 // that does not load is a startup error (the operator's own files, named
 // with file and line); a remote source that does not answer yet leaves the
@@ -128,7 +142,7 @@ func (s *Server) setupPolicy(ctx context.Context) error {
 	}
 	popts := policy.Options{Path: o.PolicyPath, Timeout: o.PolicyTimeout}
 
-	active, loader, err := newFollowed(o.PolicyDir, o.PolicyBundleURL, o.PolicyGitURL, o, ro)
+	active, loader, err := newFollowed(o.PolicyDir, o.PolicyBundleURL, o.PolicyBundleToken, o.PolicyGitURL, o, ro)
 	if err != nil {
 		return err
 	}
@@ -158,7 +172,7 @@ func (s *Server) setupPolicy(ctx context.Context) error {
 		}
 	}
 
-	shadow, sloader, err := newFollowed(o.PolicyShadowDir, o.PolicyShadowBundleURL, "", o, ro)
+	shadow, sloader, err := newFollowed(o.PolicyShadowDir, o.PolicyShadowBundleURL, shadowToken(o), "", o, ro)
 	if err != nil || shadow == nil {
 		return err
 	}
@@ -195,7 +209,10 @@ func (s *Server) activate(e *policy.Engine) {
 	}
 	p := s.policy
 	p.mu.Lock()
-	publish := p.announce && s.shared != nil && !p.heard[e.Revision()]
+	publish := p.announce && s.shared != nil && p.heard != e.Revision()
+	if p.heard == e.Revision() {
+		p.heard = "" // announced once; a later return to it (a rollback) is news
+	}
 	p.mu.Unlock()
 	if publish {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -207,15 +224,16 @@ func (s *Server) activate(e *policy.Engine) {
 }
 
 // heardRevision handles another sidecar's announcement: fetch now rather
-// than at the next poll. An announced revision is not announced again.
+// than at the next poll. Activating the announced revision is not
+// announced again (every sidecar would echo it to every other).
 func (s *Server) heardRevision(rev string) {
 	p := s.policy
 	if p == nil {
 		return
 	}
 	p.mu.Lock()
-	if rev != "" {
-		p.heard[rev] = true
+	if cur := s.authz.Policy(); rev != "" && (cur == nil || cur.Revision() != rev) {
+		p.heard = rev
 	}
 	p.mu.Unlock()
 	for _, f := range []*followed{p.active, p.shadow} {

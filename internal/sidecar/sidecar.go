@@ -118,7 +118,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
 	s := &Server{opts: opts, log: opts.Logger, done: make(chan struct{})}
-	s.policy = &policySources{metrics: pm, heard: map[string]bool{}}
+	s.policy = &policySources{metrics: pm}
 	if err := s.setupKeys(); err != nil {
 		return nil, err
 	}
