@@ -9,6 +9,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/gowebpki/jcs"
+	"golang.org/x/text/cases"
 )
 
 // FuzzParseCall feeds arbitrary paths and bodies to the parser. It must
@@ -69,7 +70,7 @@ func FuzzParseCall(f *testing.F) {
 
 // foldedDuplicate walks body with encoding/json (independently of the
 // parser) and returns the first two member names of one object that are
-// equal under Unicode case folding.
+// equal under Unicode case folding (simple or full).
 func foldedDuplicate(body []byte) (a, b string, dup bool) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
@@ -89,7 +90,7 @@ func foldedDuplicate(body []byte) (a, b string, dup bool) {
 				}
 				name, _ := k.(string)
 				for _, n := range names {
-					if strings.EqualFold(n, name) {
+					if strings.EqualFold(n, name) || cases.Fold().String(n) == cases.Fold().String(name) {
 						a, b, dup = n, name, true
 						return false
 					}

@@ -17,6 +17,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/go-json-experiment/json/jsontext"
+	"golang.org/x/text/cases"
 
 	"github.com/m1-agent/m1/internal/deny"
 )
@@ -162,9 +163,7 @@ func Parse(h *authv3.AttributeContext_HttpRequest, headers Headers, opts Options
 		}
 		c.Kind, c.Tool = KindToolCall, name
 		if len(body) == 0 {
-			body = emptyObject
-		} else if len(bytes.Trim(body, jsonSpace)) == 0 {
-			body = emptyObject // only JSON's white space: as empty
+			body = emptyObject // white space alone is not JSON: refused below
 		}
 		if rerr := scanArgs(body, 0); rerr != nil {
 			return c, rerr
@@ -202,10 +201,6 @@ func contentLength(headers Headers) (n int64, ok, valid bool) {
 }
 
 var emptyObject = []byte("{}")
-
-// jsonSpace is JSON's white space (RFC 8259); bytes.TrimSpace would also
-// take Unicode spaces, which are not JSON.
-const jsonSpace = " \t\n\r"
 
 // jsonMediaType refuses a body that a tool choosing its parser by media type
 // would not read as JSON (a form, multipart): the approval and the policy saw
@@ -253,13 +248,20 @@ func noRoutingHeaders(headers Headers) *Error {
 }
 
 // ambiguousKey reports whether key is not one of keys but equals one of
-// them ignoring case (Unicode simple folding). M1 reads "method" and
+// them ignoring case (as foldName folds). M1 reads "method" and
 // "arguments" exactly; a server that matches keys regardless of case, as Go's
 // encoding/json does, would read "Method" or "Arguments" instead: such a
 // message is refused rather than read two ways.
 func ambiguousKey(key []byte, keys ...string) bool {
+	var folded []byte
 	for _, k := range keys {
-		if string(key) != k && strings.EqualFold(string(key), k) {
+		if string(key) == k {
+			continue
+		}
+		if folded == nil {
+			folded = foldName(nil, key)
+		}
+		if string(folded) == string(foldName(nil, []byte(k))) {
 			return true
 		}
 	}
@@ -410,8 +412,8 @@ func (s *scanner) closeObject() error {
 }
 
 // addName records an unescaped member name of the innermost open object and
-// refuses it when it equals an earlier one under Unicode simple case folding
-// ("path" and "PATH", "s" and "ſ"): Go's encoding/json and other
+// refuses it when it equals an earlier one under Unicode case folding
+// ("path" and "PATH", "s" and "ſ", "ss" and "ß"): Go's encoding/json and other
 // case-insensitive readers would take one for the other. A name holding
 // NUL ("method\u0000") is refused too: a reader in C that ends strings at
 // NUL would take it for another ("method").
@@ -451,10 +453,20 @@ func (s *scanner) addName(name []byte) error {
 	return nil
 }
 
-// foldName appends name with every rune replaced by the least rune of its
-// Unicode simple case folding orbit, the equivalence strings.EqualFold uses:
-// two names fold alike exactly when EqualFold reports them equal.
+// foldName appends name folded so that two names fold alike exactly when
+// they are equal under Unicode full case folding ("ß" and "ss", "ﬁ" and
+// "fi"; Python's str.casefold, JavaScript's toUpperCase comparisons) or
+// under simple case folding, the equivalence strings.EqualFold uses ("s"
+// and "ſ"): the full folding (x/text/cases), then every rune replaced by
+// the least rune of its simple folding orbit. An ASCII name skips the
+// first step, which would only lower its case.
 func foldName(dst, name []byte) []byte {
+	for _, c := range name {
+		if c >= utf8.RuneSelf {
+			name = cases.Fold().Bytes(name) // a Caser is not safe for concurrent use
+			break
+		}
+	}
 	for i := 0; i < len(name); {
 		c := name[i]
 		if c < utf8.RuneSelf {

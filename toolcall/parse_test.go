@@ -10,6 +10,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/gowebpki/jcs"
+	"golang.org/x/text/cases"
 
 	"github.com/m1-agent/m1/internal/deny"
 )
@@ -146,15 +147,21 @@ func TestParseCallRejects(t *testing.T) {
 		{"name in other case", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","Name":"b"}}`), deny.BadRequest, 400},
 		{"arguments with long s", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{},"argument\u017f":{"p":1}}}`), deny.BadRequest, 400},
 		{"params with long s", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"ping","param\u017f":{}}`), deny.BadRequest, 400},
-		// Names equal under Unicode simple case folding, at any depth: Go's
-		// encoding/json in the tool would read the other one.
+		// Names equal under Unicode case folding, at any depth: Go's
+		// encoding/json in the tool would read the other one (simple
+		// folding), Python's casefold or JavaScript's toUpperCase too (full).
 		{"args names differ in case", httpReq("POST", "/mcp", mcpCall("read_file", `{"path":"public.txt","PATH":"secret.txt"}`)), deny.BadRequest, 400},
 		{"rest names differ in case", httpReq("POST", "/tools/read_file", `{"path":"public.txt","PATH":"secret.txt"}`), deny.BadRequest, 400},
 		{"deep names differ in case", httpReq("POST", "/tools/x", `{"a":[{"b":{"Key":1,"kEY":2}}]}`), deny.BadRequest, 400},
 		{"names differ by long s", httpReq("POST", "/tools/x", `{"s":1,"ſ":2}`), deny.BadRequest, 400},
 		{"names differ by kelvin sign", httpReq("POST", "/tools/x", `{"k":1,"K":2}`), deny.BadRequest, 400},
 		{"names differ by escaped case", httpReq("POST", "/tools/x", `{"path":1,"PATH":2}`), deny.BadRequest, 400},
+		{"rest body of white space", httpReq("POST", "/tools/list_dir", " \r\n\t"), deny.BadRequest, 400},
+		{"rest body of a newline", httpReq("POST", "/tools/list_dir", "\n"), deny.BadRequest, 400},
 		{"greek names differ in case", httpReq("POST", "/tools/x", `{"σ":1,"Σ":2}`), deny.BadRequest, 400},
+		{"names differ by sharp s", httpReq("POST", "/tools/x", `{"ss":1,"ß":2}`), deny.BadRequest, 400},
+		{"names differ by capital sharp s", httpReq("POST", "/tools/x", `{"a":{"SS":1,"ẞ":2}}`), deny.BadRequest, 400},
+		{"names differ by a ligature", httpReq("POST", "/mcp", mcpCall("x", `{"file":1,"\ufb01le":2}`)), deny.BadRequest, 400},
 		{"names differ in case in the envelope", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"ID":2,"method":"ping"}`), deny.BadRequest, 400},
 		{"names differ in case in _meta", httpReq("POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":{"a":1,"A":2}}}`), deny.BadRequest, 400},
 		{"many names, two differ in case", httpReq("POST", "/tools/x", manyNames(40, "N7")), deny.BadRequest, 400},
@@ -244,15 +251,17 @@ func manyNames(n int, extra string) string {
 	return b.String()
 }
 
-// TestFoldNameMatchesEqualFold: two names fold alike exactly when
-// strings.EqualFold says they are equal.
-func TestFoldNameMatchesEqualFold(t *testing.T) {
-	words := []string{"path", "PATH", "Path", "s", "S", "ſ", "k", "K", "K", "σ", "Σ", "ς", "ǅ", "ǆ", "Ǆ", "ß", "ẞ", "i", "İ", "ı", "µ", "μ", "Μ", "é", "É", "ω", "Ω", "Ω", "x", ""}
+// TestFoldNameMatchesCaseFolding: two names fold alike exactly when
+// strings.EqualFold says they are equal (simple case folding) or Unicode
+// full case folding makes them equal.
+func TestFoldNameMatchesCaseFolding(t *testing.T) {
+	words := []string{"path", "PATH", "Path", "s", "S", "ſ", "k", "K", "K", "σ", "Σ", "ς", "ǅ", "ǆ", "Ǆ", "ß", "ẞ", "i", "İ", "ı", "µ", "μ", "Μ", "é", "É", "ω", "Ω", "Ω", "x", "", "ss", "SS", "sS", "ſs", "ﬁ", "fi", "FI", "ﬀ", "ff", "ﬆ", "st", "ﬅ", "ŉ", "ʼn", "ᾈ", "ᾀ", "ἀι"}
 	for _, a := range words {
 		for _, b := range words {
 			same := string(foldName(nil, []byte(a))) == string(foldName(nil, []byte(b)))
-			if same != strings.EqualFold(a, b) {
-				t.Errorf("fold(%q) == fold(%q) is %v, EqualFold is %v", a, b, same, !same)
+			want := strings.EqualFold(a, b) || cases.Fold().String(a) == cases.Fold().String(b)
+			if same != want {
+				t.Errorf("fold(%q) == fold(%q) is %v, want %v", a, b, same, want)
 			}
 		}
 	}
