@@ -212,7 +212,7 @@ type Store struct {
 	revs     revocationSet
 	reloadMu sync.Mutex         // one reload at a time
 	loaded   int64              // epoch the revocation set was last loaded under; reloadMu
-	restored []state.Revocation // from the durable store, offered to Redis by the first reload; reloadMu
+	restored []state.Revocation // from the durable store, offered to Redis by the next reload; reloadMu
 
 	pmu      sync.Mutex
 	pending  map[string]*pendingUse // uses counted locally during an outage, not yet in Redis

@@ -345,7 +345,8 @@ func (s *Store) LiftSub(ctx context.Context, sub string) (bool, error) {
 }
 
 // Restore applies, in this process only, revocations read from the durable
-// store at start (before Resync). The first reload offers them to Redis:
+// store at start (before Resync, or later when the store answered late).
+// The next reload offers them to Redis:
 // each is stored there unless Redis holds it already or another sidecar
 // lifted it after it was stored (the lifted hash; Stored), so that one
 // stored while Redis was unreachable, or before Redis lost its data and
@@ -361,9 +362,7 @@ func (s *Store) Restore(rs []state.Revocation) {
 			continue
 		}
 		s.revs.apply(Event{Type: EventRevoke, JTI: r.JTI, Sub: r.Sub, Until: untilMs(r.Until)}, now)
-		if s.loaded == 0 {
-			s.restored = append(s.restored, r)
-		}
+		s.restored = append(s.restored, r)
 	}
 }
 
