@@ -288,12 +288,13 @@ func TestGroupCommit(t *testing.T) {
 	}
 }
 
-// A commit that follows a commit of several uses lingers for more to join
-// it, until the batch is full; one that follows a lone use does not.
+// A commit that follows a commit of LingerAfter checks or more lingers for
+// more to join it, until the batch is full; one that follows fewer does
+// not.
 func TestGroupCommitLingers(t *testing.T) {
 	ctx := context.Background()
 	g := &gatedDB{State: newSQLite(t).open(t), entered: make(chan int, 16), release: make(chan struct{})}
-	s := newStore(t, g, storestate.Options{Timeout: time.Minute, MaxBatch: 3, Linger: time.Hour})
+	s := newStore(t, g, storestate.Options{Timeout: time.Minute, MaxBatch: 3, Linger: time.Hour, LingerAfter: 2})
 	iat := s.Epoch()
 	var wg sync.WaitGroup
 	use := func(jti string) {
@@ -338,6 +339,48 @@ func TestGroupCommitLingers(t *testing.T) {
 	if c := g.calls.Load(); c != 3 {
 		t.Fatalf("%d commits for 6 uses, want 3", c)
 	}
+}
+
+// With the default LingerAfter, a commit that follows a commit of a few
+// checks (a sidecar that is not busy) does not linger: the checks waiting
+// would only wait longer.
+func TestGroupCommitNoLingerWhenNotBusy(t *testing.T) {
+	ctx := context.Background()
+	g := &gatedDB{State: newSQLite(t).open(t), entered: make(chan int, 16), release: make(chan struct{})}
+	s := newStore(t, g, storestate.Options{Timeout: time.Minute, Linger: time.Hour})
+	iat := s.Epoch()
+	var wg sync.WaitGroup
+	use := func(jti string) {
+		wg.Go(func() {
+			if ok, err := s.Use(ctx, state.Use{JTI: jti, IssuedAt: iat, Exp: iat.Add(time.Minute), MaxUses: 1}); !ok || err != nil {
+				t.Errorf("Use(%s) = %v, %v", jti, ok, err)
+			}
+		})
+	}
+	entered := func(want int, what string) {
+		t.Helper()
+		select {
+		case n := <-g.entered:
+			if n != want {
+				t.Fatalf("%s: a commit of %d uses, want %d", what, n, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no commit began (lingering?)", what)
+		}
+	}
+	use("a")
+	entered(1, "a lone use")
+	for _, jti := range []string{"b", "c", "d"} {
+		use(jti)
+	}
+	testenv.Eventually(t, 10*time.Second, "b, c and d to queue", func() bool { return s.Queued() == 3 })
+	g.release <- struct{}{}
+	entered(3, "after a commit of one use")
+	g.release <- struct{}{}
+	use("e") // the last commit had three checks, fewer than LingerAfter
+	entered(1, "after a commit of three checks")
+	g.release <- struct{}{}
+	wg.Wait()
 }
 
 // Two sidecars sharing one PostgreSQL count a grant's uses together, and
