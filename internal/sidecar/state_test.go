@@ -312,19 +312,7 @@ func TestRevocationSurvivesRestart(t *testing.T) {
 // learns it (written back to Redis from the store). Before, the restarted
 // sidecar had forgotten it.
 func TestRevocationSurvivesRedisFlush(t *testing.T) {
-	k := newKeyed(t)
-	r := testenv.StartRedis(t, testenv.RedisOptions{})
-	withRedis := func(dir string) Options {
-		o := k.options(t, dir)
-		o.Redis.URL, o.Redis.CommandTimeout, o.ClockSkew = r.URL(), 300*time.Millisecond, time.Second
-		return o
-	}
-	dir := testenv.DataDir(t)
-	a := startServer(t, withRedis(dir))
-	waitPastEpoch(t, a)
-	if code, body := adminCall(t, a, "POST", "/api/m1/revocations", `{"sub":"agent-7"}`); code != 201 {
-		t.Fatalf("POST revocation = %d %s, want 201 (stored everywhere)", code, body)
-	}
+	k, r, withRedis, dir, a := revokedWithRedis(t)
 	if err := flushAll(r); err != nil {
 		t.Fatal(err)
 	}
@@ -348,19 +336,7 @@ func TestRevocationSurvivesRedisFlush(t *testing.T) {
 // holds the revocation still stores it again when it restarts, and a lift
 // taken at another sidecar afterwards is not undone by its next restart.
 func TestRevocationSurvivesRedisFlushAnotherSidecarFirst(t *testing.T) {
-	k := newKeyed(t)
-	r := testenv.StartRedis(t, testenv.RedisOptions{})
-	withRedis := func(dir string) Options {
-		o := k.options(t, dir)
-		o.Redis.URL, o.Redis.CommandTimeout, o.ClockSkew = r.URL(), 300*time.Millisecond, time.Second
-		return o
-	}
-	dir := testenv.DataDir(t)
-	a := startServer(t, withRedis(dir))
-	waitPastEpoch(t, a)
-	if code, body := adminCall(t, a, "POST", "/api/m1/revocations", `{"sub":"agent-7"}`); code != 201 {
-		t.Fatalf("POST revocation = %d %s, want 201", code, body)
-	}
+	k, r, withRedis, dir, a := revokedWithRedis(t)
 	stop(t, a)
 	if err := flushAll(r); err != nil {
 		t.Fatal(err)
@@ -382,6 +358,27 @@ func TestRevocationSurvivesRedisFlushAnotherSidecarFirst(t *testing.T) {
 	waitPastEpoch(t, a3)
 	expectCheck(t, a3, "the sub lifted at another sidecar, after a restart", k.mint(t, "agent-7", nil), allowed)
 	expectCheck(t, b, "the sub lifted, at the sidecar that lifted it", k.mint(t, "agent-7", nil), allowed)
+}
+
+// revokedWithRedis starts Redis and a sidecar on it with a data directory
+// of its own (dir; withRedis gives the options of a sidecar on Redis and a
+// directory), which revokes sub agent-7, stored everywhere (201).
+func revokedWithRedis(t *testing.T) (k keyed, r *testenv.Redis, withRedis func(dir string) Options, dir string, a *Server) {
+	t.Helper()
+	k = newKeyed(t)
+	r = testenv.StartRedis(t, testenv.RedisOptions{})
+	withRedis = func(dir string) Options {
+		o := k.options(t, dir)
+		o.Redis.URL, o.Redis.CommandTimeout, o.ClockSkew = r.URL(), 300*time.Millisecond, time.Second
+		return o
+	}
+	dir = testenv.DataDir(t)
+	a = startServer(t, withRedis(dir))
+	waitPastEpoch(t, a)
+	if code, body := adminCall(t, a, "POST", "/api/m1/revocations", `{"sub":"agent-7"}`); code != 201 {
+		t.Fatalf("POST revocation = %d %s, want 201 (stored everywhere)", code, body)
+	}
+	return k, r, withRedis, dir, a
 }
 
 // flushAll empties r, as a Redis restarted without persistence.

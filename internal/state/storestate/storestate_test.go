@@ -288,23 +288,18 @@ func TestGroupCommit(t *testing.T) {
 	}
 }
 
-// A commit that follows a commit of LingerAfter checks or more lingers for
-// more to join it, until the batch is full; one that follows fewer does
-// not.
-func TestGroupCommitLingers(t *testing.T) {
-	ctx := context.Background()
-	g := &gatedDB{State: newSQLite(t).open(t), entered: make(chan int, 16), release: make(chan struct{})}
-	s := newStore(t, g, storestate.Options{Timeout: time.Minute, MaxBatch: 3, Linger: time.Hour, LingerAfter: 2})
+// gatedUses returns use, which starts a Use of an approval jti in wg, and
+// entered, which waits for g's next commit and checks its size.
+func gatedUses(t *testing.T, s *storestate.Store, g *gatedDB, wg *sync.WaitGroup) (use func(jti string), entered func(want int, what string)) {
 	iat := s.Epoch()
-	var wg sync.WaitGroup
-	use := func(jti string) {
+	use = func(jti string) {
 		wg.Go(func() {
-			if ok, err := s.Use(ctx, state.Use{JTI: jti, IssuedAt: iat, Exp: iat.Add(time.Minute), MaxUses: 1}); !ok || err != nil {
+			if ok, err := s.Use(context.Background(), state.Use{JTI: jti, IssuedAt: iat, Exp: iat.Add(time.Minute), MaxUses: 1}); !ok || err != nil {
 				t.Errorf("Use(%s) = %v, %v", jti, ok, err)
 			}
 		})
 	}
-	entered := func(want int, what string) {
+	entered = func(want int, what string) {
 		t.Helper()
 		select {
 		case n := <-g.entered:
@@ -315,6 +310,17 @@ func TestGroupCommitLingers(t *testing.T) {
 			t.Fatalf("%s: no commit began", what)
 		}
 	}
+	return use, entered
+}
+
+// A commit that follows a commit of LingerAfter checks or more lingers for
+// more to join it, until the batch is full; one that follows fewer does
+// not.
+func TestGroupCommitLingers(t *testing.T) {
+	g := &gatedDB{State: newSQLite(t).open(t), entered: make(chan int, 16), release: make(chan struct{})}
+	s := newStore(t, g, storestate.Options{Timeout: time.Minute, MaxBatch: 3, Linger: time.Hour, LingerAfter: 2})
+	var wg sync.WaitGroup
+	use, entered := gatedUses(t, s, g, &wg)
 	use("a")
 	entered(1, "a lone use")
 	use("b")
@@ -345,29 +351,10 @@ func TestGroupCommitLingers(t *testing.T) {
 // checks (a sidecar that is not busy) does not linger: the checks waiting
 // would only wait longer.
 func TestGroupCommitNoLingerWhenNotBusy(t *testing.T) {
-	ctx := context.Background()
 	g := &gatedDB{State: newSQLite(t).open(t), entered: make(chan int, 16), release: make(chan struct{})}
 	s := newStore(t, g, storestate.Options{Timeout: time.Minute, Linger: time.Hour})
-	iat := s.Epoch()
 	var wg sync.WaitGroup
-	use := func(jti string) {
-		wg.Go(func() {
-			if ok, err := s.Use(ctx, state.Use{JTI: jti, IssuedAt: iat, Exp: iat.Add(time.Minute), MaxUses: 1}); !ok || err != nil {
-				t.Errorf("Use(%s) = %v, %v", jti, ok, err)
-			}
-		})
-	}
-	entered := func(want int, what string) {
-		t.Helper()
-		select {
-		case n := <-g.entered:
-			if n != want {
-				t.Fatalf("%s: a commit of %d uses, want %d", what, n, want)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s: no commit began (lingering?)", what)
-		}
-	}
+	use, entered := gatedUses(t, s, g, &wg)
 	use("a")
 	entered(1, "a lone use")
 	for _, jti := range []string{"b", "c", "d"} {
