@@ -255,17 +255,31 @@ func noRoutingHeaders(headers Headers) *Error {
 func ambiguousKey(key []byte, keys ...string) bool {
 	var folded []byte
 	for _, k := range keys {
-		if string(key) == k {
-			continue
-		}
-		if folded == nil {
-			folded = foldName(nil, key)
-		}
-		if string(folded) == string(foldName(nil, []byte(k))) {
-			return true
+		switch {
+		case string(key) == k:
+		case isASCII(key): // the keys are ASCII: no folding but case's to find
+			if strings.EqualFold(string(key), k) {
+				return true
+			}
+		default:
+			if folded == nil {
+				folded = foldName(nil, key)
+			}
+			if string(folded) == string(foldName(nil, []byte(k))) {
+				return true
+			}
 		}
 	}
 	return false
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }
 
 // requestBody returns the body Envoy sent and refuses partial or oversized
@@ -461,11 +475,8 @@ func (s *scanner) addName(name []byte) error {
 // the least rune of its simple folding orbit. An ASCII name skips the
 // first step, which would only lower its case.
 func foldName(dst, name []byte) []byte {
-	for _, c := range name {
-		if c >= utf8.RuneSelf {
-			name = cases.Fold().Bytes(name) // a Caser is not safe for concurrent use
-			break
-		}
+	if !isASCII(name) {
+		name = cases.Fold().Bytes(name) // a Caser is not safe for concurrent use
 	}
 	for i := 0; i < len(name); {
 		c := name[i]
