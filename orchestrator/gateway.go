@@ -108,6 +108,10 @@ func (e *errLimited) Error() string { return e.reason }
 // and answers it pending. A principal over its limits gets an
 // *errLimited; a new proposal is audited.
 func (s *Service) File(ctx context.Context, r gateway.FileRequest) (gateway.Answer, error) {
+	// Concurrent filings of one principal must not all see room under
+	// MaxPending: the count and the insert below are one step.
+	s.fileMu.Lock()
+	defer s.fileMu.Unlock()
 	now := s.now()
 	lim := s.opts.GatewayLimits
 	pending, err := s.opts.Records.Proposals(ctx, store.ProposalFilter{Origin: store.OriginSidecar, Agent: r.Principal, Status: store.ProposalPending})

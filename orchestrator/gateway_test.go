@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -305,5 +306,46 @@ m1_proposals_pending_oldest_age_seconds{risk="write"} 30
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// M1_APPROVALS_MAX_PENDING holds for filings that arrive together: each
+// counts the principal's pending proposals and stores its own as one step.
+func TestMaxPendingUnderConcurrentFilings(t *testing.T) {
+	f, sc, _ := gatewayFixture(t, nil) // MaxPending 10, PerMinute 20
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range 20 {
+		req := filing(t, sidecarPrincipal, "write_file", fmt.Sprintf(`{"path":"f%d"}`, i))
+		wg.Go(func() { <-start; _, _ = sc.File(ctx, req) })
+	}
+	close(start)
+	wg.Wait()
+	ps, err := f.rec.Proposals(ctx, store.ProposalFilter{Agent: sidecarPrincipal, Status: store.ProposalPending})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 10 {
+		t.Fatalf("%d proposals of one principal pending after 20 concurrent filings, want the limit, 10", len(ps))
+	}
+}
+
+// A call's arguments of HTML are filed as the sidecar took them: not
+// HTML-escaped on the way (six bytes for each <, > and &), which would
+// make a 320 KB body outgrow the orchestrator's limit on a filing.
+func TestFilingOfHTMLArgs(t *testing.T) {
+	f, sc, _ := gatewayFixture(t, nil)
+	args := `{"content":"` + strings.Repeat("<b>&amp;</b>", 30000) + `","path":"a.html"}`
+	a, err := sc.File(context.Background(), filing(t, sidecarPrincipal, "write_file", args))
+	if err != nil {
+		t.Fatalf("File(%d bytes of arguments) = %v", len(args), err)
+	}
+	p, err := f.rec.Proposal(context.Background(), a.ProposalID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(p.Args) != args {
+		t.Errorf("stored arguments differ from the call's (%d bytes, want %d)", len(p.Args), len(args))
 	}
 }

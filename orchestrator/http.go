@@ -94,7 +94,12 @@ func (s *Service) handleListRuns(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	runs, err := s.opts.Records.Runs(r.Context(), store.RunFilter{Agent: q.Get("agent"), Status: q.Get("status"), Limit: limit})
+	status := q.Get("status")
+	if status != "" && !runStatuses[status] {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("status %q: want running, completed, failed or over_budget", status))
+		return
+	}
+	runs, err := s.opts.Records.Runs(r.Context(), store.RunFilter{Agent: q.Get("agent"), Status: status, Limit: limit})
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -109,6 +114,10 @@ func (s *Service) handleGetRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, d)
+}
+
+var runStatuses = map[string]bool{
+	store.RunRunning: true, store.RunCompleted: true, store.RunFailed: true, store.RunOverBudget: true,
 }
 
 var proposalStatuses = map[string]bool{

@@ -73,6 +73,7 @@ func TestHTTPAPI(t *testing.T) {
 		{"garbage grant", "POST", "/v1/runs", `{"goal":"g","agent":"a","grants":["not.a.token"]}`, 400, "token_invalid"},
 		{"another agent's grant", "POST", "/v1/runs", `{"goal":"g","agent":"agent-8","grants":["` + f.grantToken(t, 1, nil, "write_file") + `"]}`, 400, "subject_mismatch"},
 		{"bad status", "GET", "/v1/proposals?status=maybe", ``, 400, "bad_request"},
+		{"bad run status", "GET", "/v1/runs?status=maybe", ``, 400, "bad_request"},
 		{"bad limit", "GET", "/v1/proposals?limit=-2", ``, 400, "bad_request"},
 		{"no token", "POST", "/v1/proposals/" + p.ID + "/approval", `{}`, 400, "bad_request"},
 		{"no reason", "POST", "/v1/proposals/" + p.ID + "/rejection", `{"reason":" "}`, 400, "bad_request"},

@@ -171,7 +171,8 @@ type Service struct {
 	runLocks map[string]*runLock
 	stopped  bool // set by Stop: no new background work
 
-	filings filings // sidecars' new proposals per principal, for GatewayLimits
+	filings filings    // sidecars' new proposals per principal, for GatewayLimits
+	fileMu  sync.Mutex // a filing counts the pending proposals and stores its own as one step
 
 	// reapprove holds, for each proposal pending again after a state_reset
 	// deny, the time a new approval must be issued at or after: the

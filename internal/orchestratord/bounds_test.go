@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/m1-agent/m1/internal/admin/admintest"
+	"github.com/m1-agent/m1/orchestrator"
 )
 
 func startTest(t *testing.T, mod func(*Options)) *Server {
@@ -88,6 +89,15 @@ func TestWriteTimeoutOutlastsDispatch(t *testing.T) {
 	}
 	if o.HTTP.WriteTimeout <= o.DispatchTimeout {
 		t.Fatalf("HTTP.WriteTimeout = %v with DispatchTimeout %v: an approval's answer would be cut", o.HTTP.WriteTimeout, o.DispatchTimeout)
+	}
+	// POST /v1/runs answers after the run's first planning step.
+	o = testOptions(t, jwks)
+	o.DispatchTimeout = time.Second
+	if err := o.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if plan := orchestrator.DefaultOptions().PlanTimeout; o.HTTP.WriteTimeout <= plan {
+		t.Fatalf("HTTP.WriteTimeout = %v with a planning step's timeout %v: a new run's answer would be cut", o.HTTP.WriteTimeout, plan)
 	}
 	o = testOptions(t, jwks)
 	o.HTTP.WriteTimeout = o.DispatchTimeout

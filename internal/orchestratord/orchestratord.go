@@ -109,8 +109,10 @@ type Options struct {
 
 	// HTTP bounds every connection of the HTTP server (DESIGN §7). Not
 	// flags: the defaults suit every deployment; tests shorten them.
-	// WriteTimeout 0 means DispatchTimeout + 30s: an approval is answered
-	// after its dispatch.
+	// WriteTimeout 0 means the longer of DispatchTimeout and a planning
+	// step's timeout (orchestrator.Options.PlanTimeout, 2m), plus 30s: an
+	// approval is answered after its dispatch, POST /v1/runs after the
+	// run's first planning step.
 	HTTP admin.Limits
 
 	// Injected.
@@ -258,7 +260,7 @@ func (o *Options) validate() error {
 		return fmt.Errorf("AllowedOrigins (ALLOWED_ORIGINS): %w", err)
 	}
 	if o.HTTP.WriteTimeout == 0 {
-		o.HTTP.WriteTimeout = o.DispatchTimeout + 30*time.Second
+		o.HTTP.WriteTimeout = max(o.DispatchTimeout, orchestrator.DefaultOptions().PlanTimeout) + 30*time.Second
 	}
 	if err := o.HTTP.Validate(); err != nil {
 		return fmt.Errorf("HTTP: %w", err)
