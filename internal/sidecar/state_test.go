@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/m1-agent/m1/internal/approval"
@@ -379,6 +381,77 @@ func revokedWithRedis(t *testing.T) (k keyed, r *testenv.Redis, withRedis func(d
 		t.Fatalf("POST revocation = %d %s, want 201 (stored everywhere)", code, body)
 	}
 	return k, r, withRedis, dir, a
+}
+
+// The PostgreSQL role docs/AUDIT.md grants m1-authz (the SQL of its
+// "psql \"$OWNER_URL\"" block, run as is) is enough for m1-authz without
+// Redis: it loads its state, counts a single use, stores and lifts a
+// revocation and appends the audit trail, and it cannot change the trail.
+func TestDocumentedPostgresRole(t *testing.T) {
+	ctx := context.Background()
+	k := newKeyed(t)
+	pg := testenv.StartPostgres(t)
+	dsn := pg.NewDatabase(t)
+	owner, err := postgres.Open(ctx, dsn, postgres.DefaultOptions()) // the owner runs the migrations
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := owner.StateEpoch(ctx, time.Now().Add(-time.Hour)); err != nil { // a store that has been running
+		t.Fatal(err)
+	}
+	owner.Close()
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "AUDIT.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, grants, ok := strings.Cut(string(doc), "psql \"$OWNER_URL\" <<'EOF'\n")
+	grants, _, ok2 := strings.Cut(grants, "\nEOF\n")
+	if !ok || !ok2 || !strings.Contains(grants, "GRANT") {
+		t.Fatal("docs/AUDIT.md: no psql \"$OWNER_URL\" <<'EOF' block of grants")
+	}
+	admin, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "CREATE ROLE m1_authz LOGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Exec(ctx, grants); err != nil {
+		t.Fatalf("the documented grants: %v", err)
+	}
+	roleDSN := strings.Replace(dsn, "postgres://postgres@", "postgres://m1_authz@", 1)
+
+	o := k.options(t, t.TempDir())
+	o.DatabaseURL = roleDSN
+	a := startServer(t, o)
+	if !a.stateLoaded() {
+		t.Fatal("the security state is not loaded as the documented role")
+	}
+	tok := k.mint(t, "agent-42", nil)
+	expectCheck(t, a, "an approval", tok, allowed)
+	expectCheck(t, a, "the approval again", tok, checkOutcome{"token_replayed", 403})
+	if code, body := adminCall(t, a, "POST", "/api/m1/revocations", `{"sub":"agent-7"}`); code != 201 {
+		t.Fatalf("POST revocation as the documented role = %d %s, want 201", code, body)
+	}
+	if code, body := adminCall(t, a, "DELETE", "/api/m1/revocations/sub/agent-7", ""); code != 200 && code != 204 {
+		t.Fatalf("DELETE revocation as the documented role = %d %s", code, body)
+	}
+	stop(t, a) // flushes the audit trail
+	var events int
+	if err := admin.QueryRow(ctx, "SELECT count(*) FROM audit_events").Scan(&events); err != nil || events < 4 {
+		t.Fatalf("audit events stored as the documented role: %d (%v), want at least 4", events, err)
+	}
+	role, err := pgx.Connect(ctx, roleDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer role.Close(ctx)
+	for _, q := range []string{"UPDATE audit_events SET reason = 'x'", "DELETE FROM audit_events", "DROP TABLE audit_events"} {
+		if _, err := role.Exec(ctx, q); err == nil {
+			t.Errorf("%s as the documented role succeeded, want it refused", q)
+		}
+	}
 }
 
 // flushAll empties r, as a Redis restarted without persistence.
