@@ -52,6 +52,10 @@ type Options struct {
 // DefaultMaxArgsBytes is the default Options.MaxArgsBytes, 64 KiB.
 const DefaultMaxArgsBytes = 64 << 10
 
+// ArgsBytesLimit is the largest Options.MaxArgsBytes, 4 MiB: an event
+// must fit a spool line (maxSpoolLine) with room to spare.
+const ArgsBytesLimit = 4 << 20
+
 // Recorder is safe for concurrent use. Start it once; Close flushes.
 type Recorder struct {
 	o       Options
@@ -70,11 +74,16 @@ type Recorder struct {
 	events   prometheus.Counter
 	depth    prometheus.GaugeFunc
 	spooled  prometheus.Counter
-	mu       sync.Mutex // guards the fields below (read by Stats)
+	mu       sync.Mutex // the writer's: guards the fields below, held across store calls
 	spoolN   int64      // events in the spool
 	spoolLen int64      // spool size in bytes
 	written  int64
 	lastErr  string
+
+	// A copy of them for Stats, published by the writer when it lets go
+	// of mu: /health must answer while a store call hangs.
+	statMu sync.Mutex
+	stat   Stats
 }
 
 // New returns a Recorder; it registers m1_audit_events_total and
@@ -83,6 +92,9 @@ type Recorder struct {
 func New(o Options) (*Recorder, error) {
 	if o.Writer == "" || o.Sink == nil || o.SpoolPath == "" {
 		return nil, errors.New("audit: Writer, Sink and SpoolPath are required")
+	}
+	if o.MaxArgsBytes > ArgsBytesLimit {
+		return nil, fmt.Errorf("audit: MaxArgsBytes %d is over %d", o.MaxArgsBytes, ArgsBytesLimit)
 	}
 	if o.QueueSize <= 0 {
 		o.QueueSize = 65536
@@ -134,6 +146,7 @@ func New(o Options) (*Recorder, error) {
 		return nil, err
 	}
 	r.spoolN, r.spoolLen = n, size
+	r.publish()
 	if n > 0 {
 		r.log.Warn("audit spool from an earlier run will be replayed", zap.String("path", o.SpoolPath), zap.Int64("events", n))
 	}
@@ -144,8 +157,9 @@ func New(o Options) (*Recorder, error) {
 // room (the writer spools to disk if the store is slow or down, so the
 // wait is short). After Close it writes e to the spool directly.
 //
-// Arguments beyond MaxArgsBytes are left out before e is queued (so they
-// take no room in the queue either) and e is marked ArgsTruncated.
+// Arguments beyond MaxArgsBytes as stored (see storedLen) are left out
+// before e is queued (so they take no room in the queue either) and e is
+// marked ArgsTruncated.
 //
 // Record wakes the writer only when a batch is waiting (or the queue is
 // full); otherwise the writer takes the queue at its next tick
@@ -153,7 +167,7 @@ func New(o Options) (*Recorder, error) {
 // writer for a pass of its loop, per event.
 func (r *Recorder) Record(e store.Event) {
 	r.events.Inc()
-	if len(e.Args) > r.o.MaxArgsBytes {
+	if storedLen(e.Args) > r.o.MaxArgsBytes {
 		e.Args, e.ArgsTruncated = nil, true
 	}
 	// Close waits for every Record that saw the recorder open to finish
@@ -195,6 +209,7 @@ func (r *Recorder) wake() {
 func (r *Recorder) spoolLate(e store.Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.publish()
 	batch := []store.Event{e}
 	r.chainer.Chain(batch)
 	if err := r.appendSpoolLocked(batch); err != nil {
@@ -236,11 +251,21 @@ type Stats struct {
 	LastError   string `json:"last_error,omitempty"`
 }
 
-// Stats returns a snapshot.
+// Stats returns a snapshot. It does not wait for the writer: the spool and
+// store figures are those of its last step.
 func (r *Recorder) Stats() Stats {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return Stats{QueueDepth: len(r.queue), SpoolEvents: r.spoolN, SpoolBytes: r.spoolLen, Written: r.written, LastError: r.lastErr}
+	r.statMu.Lock()
+	st := r.stat
+	r.statMu.Unlock()
+	st.QueueDepth = len(r.queue)
+	return st
+}
+
+// publish copies the writer's figures for Stats; mu is held.
+func (r *Recorder) publish() {
+	r.statMu.Lock()
+	r.stat = Stats{SpoolEvents: r.spoolN, SpoolBytes: r.spoolLen, Written: r.written, LastError: r.lastErr}
+	r.statMu.Unlock()
 }
 
 func (r *Recorder) run(ctx context.Context) {
@@ -300,6 +325,7 @@ func (r *Recorder) take(ctx context.Context, batch []store.Event) []store.Event 
 func (r *Recorder) flush(ctx context.Context, batch []store.Event) []store.Event {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.publish()
 	// A batch kept after a failed flush is chained already: chain only the
 	// events added since, or a retry would renumber what a partial spool
 	// write may already hold.
@@ -370,6 +396,7 @@ func (r *Recorder) appendSpoolLocked(batch []store.Event) error {
 func (r *Recorder) replay(ctx context.Context) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.publish()
 	if r.spoolN == 0 {
 		return
 	}
@@ -442,9 +469,9 @@ func (r *Recorder) replay(ctx context.Context) {
 	r.spoolN, r.spoolLen, r.lastErr = 0, 0, ""
 }
 
-// maxSpoolLine bounds one spooled event (its args are at most
-// MaxArgsBytes, escaped; a spool of an older version may hold up to
-// M1_MAX_BODY_BYTES).
+// maxSpoolLine bounds one spooled event: its args are at most
+// MaxArgsBytes (ArgsBytesLimit) as stored, and the spool adds no escapes
+// to them.
 const maxSpoolLine = 16 << 20
 
 // rejectLine sets an undecodable spool line aside. r.mu is held.
@@ -464,6 +491,7 @@ func (r *Recorder) ReportError(err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.lastErr = err.Error()
+	r.publish()
 }
 
 // permanent reports store errors that no retry can cure.
@@ -525,7 +553,7 @@ func countSpool(path string) (n, size int64, err error) {
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	sc.Buffer(make([]byte, 64<<10), maxSpoolLine)
 	for sc.Scan() {
 		if len(sc.Bytes()) > 0 {
 			n++
@@ -536,4 +564,21 @@ func countSpool(path string) (n, size int64, err error) {
 		return 0, 0, err
 	}
 	return n, st.Size(), sc.Err()
+}
+
+// storedLen bounds the length of args in the form the store keeps
+// (store.Chain's: as encoding/json marshals a json.RawMessage, which
+// escapes <, > and & as \u003c and U+2028, U+2029 as \u2028, six bytes
+// each), so that MaxArgsBytes bounds what is stored, not what was sent.
+func storedLen(args []byte) int {
+	n := len(args)
+	for i, c := range args {
+		switch {
+		case c == '<' || c == '>' || c == '&':
+			n += 5
+		case c == 0xE2 && i+2 < len(args) && args[i+1] == 0x80 && (args[i+2] == 0xA8 || args[i+2] == 0xA9):
+			n += 3
+		}
+	}
+	return n
 }

@@ -411,3 +411,94 @@ func TestArgumentsBeyondTheCapAreLeftOutAndMarked(t *testing.T) {
 		})
 	}
 }
+
+// MaxArgsBytes bounds the arguments as stored, where <, > and & take six
+// bytes each (store.Chain's form): 42 bytes of "<…" are 242 stored.
+func TestArgumentsCapCountsTheStoredForm(t *testing.T) {
+	const maxArgs = 100
+	db := &flaky{Store: newSQLite(t)}
+	r, err := New(Options{Writer: "test/cap", Sink: db, SpoolPath: filepath.Join(t.TempDir(), "spool.jsonl"),
+		MaxArgsBytes: maxArgs, FlushEvery: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start(context.Background())
+	sent := [][]byte{[]byte(`"` + strings.Repeat("<", 10) + `"`), []byte(`"` + strings.Repeat("<", 40) + `"`)}
+	for i, a := range sent {
+		e := event(i)
+		e.Args = a
+		r.Record(e)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var got []store.Event
+	if err := db.Chain(ctx, "test/cap", func(e store.Event) error { got = append(got, e); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("%d events stored, want 2", len(got))
+	}
+	if len(got[0].Args) != 62 || got[0].ArgsTruncated {
+		t.Errorf("12 bytes of args (62 stored): stored %d bytes, truncated %v; want 62, false", len(got[0].Args), got[0].ArgsTruncated)
+	}
+	if len(got[1].Args) != 0 || !got[1].ArgsTruncated {
+		t.Errorf("42 bytes of args (242 stored, cap %d): stored %d bytes, truncated %v; want 0, true", maxArgs, len(got[1].Args), got[1].ArgsTruncated)
+	}
+}
+
+// hanging is a store whose appends hang until released (or their context
+// ends), as a PostgreSQL that accepts connections and never answers.
+type hanging struct {
+	*sqlite.Store
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h *hanging) AppendEvents(ctx context.Context, events []store.Event) error {
+	h.entered <- struct{}{}
+	select {
+	case <-h.release:
+		return h.Store.AppendEvents(ctx, events)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Stats (/health) answers while the writer waits on a store that hangs.
+func TestStatsWhileTheStoreHangs(t *testing.T) {
+	h := &hanging{Store: newSQLite(t), entered: make(chan struct{}, 4), release: make(chan struct{})}
+	r, err := New(Options{Writer: "test/hang", Sink: h, SpoolPath: filepath.Join(t.TempDir(), "spool.jsonl"),
+		FlushEvery: 5 * time.Millisecond, Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start(context.Background())
+	r.Record(event(0))
+	select {
+	case <-h.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the writer did not reach the store")
+	}
+	got := make(chan Stats, 1)
+	go func() { got <- r.Stats() }()
+	select {
+	case st := <-got:
+		if st.Written != 0 {
+			t.Errorf("Stats while the append hangs = %+v, want nothing written yet", st)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Stats waited for the store's append")
+	}
+	close(h.release)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.Stats(); st.Written != 1 {
+		t.Errorf("Stats after the append = %+v, want 1 written", st)
+	}
+}

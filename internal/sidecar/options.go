@@ -355,8 +355,8 @@ func (o *Options) validate() error {
 		return fmt.Errorf("CacheL2Mode (M1_CACHE_L2_MODE) %q: want auto, always or off", o.CacheL2Mode)
 	case o.Redis.URL != "" && (o.Redis.CommandTimeout <= 0 || o.Redis.ConnectTimeout <= 0):
 		return fmt.Errorf("REDIS_COMMAND_TIMEOUT_MS and REDIS_CONNECT_TIMEOUT_MS must be positive")
-	case o.AuditMaxArgs < 1:
-		return fmt.Errorf("AuditMaxArgs (M1_AUDIT_MAX_ARGS_BYTES) must be positive, got %d", o.AuditMaxArgs)
+	case o.AuditMaxArgs < 1 || o.AuditMaxArgs > audit.ArgsBytesLimit:
+		return fmt.Errorf("AuditMaxArgs (M1_AUDIT_MAX_ARGS_BYTES) must be 1 to %d (4 MiB: an event must fit a line of the audit spool), got %d", audit.ArgsBytesLimit, o.AuditMaxArgs)
 	case o.Checkpoint.Out != "" && o.Checkpoint.KeyFile == "":
 		return fmt.Errorf("Checkpoint.KeyFile (M1_AUDIT_CHECKPOINT_KEY_FILE) is required with M1_AUDIT_CHECKPOINT_OUT")
 	case o.Checkpoint.Out != "" && !o.Audit:

@@ -89,6 +89,7 @@ func TestValidateNamesTheField(t *testing.T) {
 		}, "M1_AUDIT_CHECKPOINT_INTERVAL"},
 		{"checkpoints without audit", func(o *Options) { o.Checkpoint.Out, o.Checkpoint.KeyFile, o.Audit = "/tmp/cp", "k.jwk", false }, "M1_AUDIT"},
 		{"zero audit args", func(o *Options) { o.AuditMaxArgs = 0 }, "M1_AUDIT_MAX_ARGS_BYTES"},
+		{"audit args over 4 MiB", func(o *Options) { o.AuditMaxArgs = 4<<20 + 1 }, "M1_AUDIT_MAX_ARGS_BYTES"},
 		{"prune too often", func(o *Options) { o.PruneEvery = time.Second }, "M1_AUDIT_PRUNE_INTERVAL"},
 		{"certificate without key", func(o *Options) { o.TLS.CertFile = "tls.crt" }, "M1_TLS_KEY_FILE"},
 		{"verification key without a source", func(o *Options) { o.PolicyVerificationKey = "verify.pem" }, "M1_POLICY_VERIFICATION_KEY"},
