@@ -382,15 +382,7 @@ func TestArgumentsBeyondTheCapAreLeftOutAndMarked(t *testing.T) {
 				}
 				db.down.Store(false)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if err := r.Close(ctx); err != nil {
-				t.Fatal(err)
-			}
-			var got []store.Event
-			if err := db.Chain(ctx, "test/cap", func(e store.Event) error { got = append(got, e); return nil }); err != nil {
-				t.Fatal(err)
-			}
+			got := closeAndRead(t, r, db, "test/cap")
 			if b := store.VerifyChain(got); b != nil || len(got) != len(sizes) {
 				t.Fatalf("chain of %d events (want %d): %v", len(got), len(sizes), b)
 			}
@@ -429,15 +421,7 @@ func TestArgumentsCapCountsTheStoredForm(t *testing.T) {
 		e.Args = a
 		r.Record(e)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := r.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
-	var got []store.Event
-	if err := db.Chain(ctx, "test/cap", func(e store.Event) error { got = append(got, e); return nil }); err != nil {
-		t.Fatal(err)
-	}
+	got := closeAndRead(t, r, db, "test/cap")
 	if len(got) != 2 {
 		t.Fatalf("%d events stored, want 2", len(got))
 	}
@@ -501,4 +485,19 @@ func TestStatsWhileTheStoreHangs(t *testing.T) {
 	if st := r.Stats(); st.Written != 1 {
 		t.Errorf("Stats after the append = %+v, want 1 written", st)
 	}
+}
+
+// closeAndRead closes r (flushing it) and returns writer's chain in db.
+func closeAndRead(t *testing.T, r *Recorder, db *flaky, writer string) []store.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var got []store.Event
+	if err := db.Chain(ctx, writer, func(e store.Event) error { got = append(got, e); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return got
 }
