@@ -257,7 +257,7 @@ func ambiguousKey(key []byte, keys ...string) bool {
 	for _, k := range keys {
 		switch {
 		case string(key) == k:
-		case isASCII(key): // the keys are ASCII: no folding but case's to find
+		case isASCII(key): // the keys are ASCII too: folding is only case, as EqualFold compares
 			if strings.EqualFold(string(key), k) {
 				return true
 			}

@@ -157,7 +157,7 @@ func New(o Options) (*Recorder, error) {
 // room (the writer spools to disk if the store is slow or down, so the
 // wait is short). After Close it writes e to the spool directly.
 //
-// Arguments beyond MaxArgsBytes as stored (see storedLen) are left out
+// Arguments beyond MaxArgsBytes as stored (store.StoredArgsLen) are left out
 // before e is queued (so they take no room in the queue either) and e is
 // marked ArgsTruncated.
 //
@@ -167,7 +167,7 @@ func New(o Options) (*Recorder, error) {
 // writer for a pass of its loop, per event.
 func (r *Recorder) Record(e store.Event) {
 	r.events.Inc()
-	if storedLen(e.Args) > r.o.MaxArgsBytes {
+	if store.StoredArgsLen(e.Args) > r.o.MaxArgsBytes {
 		e.Args, e.ArgsTruncated = nil, true
 	}
 	// Close waits for every Record that saw the recorder open to finish
@@ -564,21 +564,4 @@ func countSpool(path string) (n, size int64, err error) {
 		return 0, 0, err
 	}
 	return n, st.Size(), sc.Err()
-}
-
-// storedLen bounds the length of args in the form the store keeps
-// (store.Chain's: as encoding/json marshals a json.RawMessage, which
-// escapes <, > and & as \u003c and U+2028, U+2029 as \u2028, six bytes
-// each), so that MaxArgsBytes bounds what is stored, not what was sent.
-func storedLen(args []byte) int {
-	n := len(args)
-	for i, c := range args {
-		switch {
-		case c == '<' || c == '>' || c == '&':
-			n += 5
-		case c == 0xE2 && i+2 < len(args) && args[i+1] == 0x80 && (args[i+2] == 0xA8 || args[i+2] == 0xA9):
-			n += 3
-		}
-	}
-	return n
 }

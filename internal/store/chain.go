@@ -177,13 +177,10 @@ func normalize(e *Event) {
 func marshalsAsIs(b []byte) bool {
 	in := false // inside a string
 	for i := 0; i < len(b); i++ {
-		switch c := b[i]; c {
-		case '<', '>', '&':
+		if escapeGrowth(b, i) > 0 {
 			return false
-		case 0xE2: // U+2028 and U+2029 are E2 80 A8 and E2 80 A9
-			if i+2 < len(b) && b[i+1] == 0x80 && b[i+2]&^1 == 0xA8 {
-				return false
-			}
+		}
+		switch b[i] {
 		case '"':
 			in = !in
 		case '\\':
@@ -195,6 +192,32 @@ func marshalsAsIs(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// escapeGrowth is how many bytes json.Marshal adds escaping b[i] in a
+// json.RawMessage: '<', '>' and '&' become \u003c and the like (+5),
+// U+2028 and U+2029 (E2 80 A8, E2 80 A9) \u2028 and \u2029 (+3).
+func escapeGrowth(b []byte, i int) int {
+	switch b[i] {
+	case '<', '>', '&':
+		return 5
+	case 0xE2:
+		if i+2 < len(b) && b[i+1] == 0x80 && b[i+2]&^1 == 0xA8 {
+			return 3
+		}
+	}
+	return 0
+}
+
+// StoredArgsLen bounds the length of args as Chain stores them: escaped
+// as json.Marshal escapes a json.RawMessage (compaction can only make it
+// shorter). A cap on stored arguments compares this, not len(args).
+func StoredArgsLen(args []byte) int {
+	n := len(args)
+	for i := range args {
+		n += escapeGrowth(args, i)
+	}
+	return n
 }
 
 // texts are e's free-text fields (all its strings but the chain's own).

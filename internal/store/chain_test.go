@@ -253,3 +253,17 @@ func TestPlanPrune(t *testing.T) {
 		}
 	}
 }
+
+// StoredArgsLen is the length json.Marshal gives compact arguments as a
+// json.RawMessage (the form Chain stores), escapes included.
+func TestStoredArgsLen(t *testing.T) {
+	for _, args := range []string{`{}`, `{"a":"<b>&amp;</b>"}`, "{\"s\":\"\u2028 \u2029 ok\"}", `["x<y",1,{"z":">"}]`, `"plain"`} {
+		m, err := json.Marshal(json.RawMessage(args))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := store.StoredArgsLen([]byte(args)); got != len(m) {
+			t.Errorf("StoredArgsLen(%s) = %d, json.Marshal gives %d bytes", args, got, len(m))
+		}
+	}
+}
